@@ -1,0 +1,46 @@
+"""Exceptions raised by autoprune.
+
+Every error a user can cause is an :class:`AutopruneError`, a ``ValueError`` subclass whose
+message is one line naming the bad input and what was expected. The CLI prints that line and
+exits with status 2.
+"""
+
+
+class AutopruneError(ValueError):
+    """Base class of the errors caused by bad input."""
+
+
+class UnknownModelError(AutopruneError):
+    """A model name that no registry entry, torchvision model or import path matches."""
+
+
+class TraceError(AutopruneError):
+    """A model construct the channel tracer cannot follow."""
+
+
+class SpaceError(AutopruneError):
+    """A search-space setting or override file that is invalid."""
+
+
+class WidthError(AutopruneError):
+    """A width vector of the wrong length or with a width outside the allowed set."""
+
+
+class ArchError(AutopruneError):
+    """An architecture JSON that is malformed, of another schema or for another model."""
+
+
+class BudgetError(AutopruneError):
+    """A budget that cannot be parsed or cannot be met."""
+
+
+class DataError(AutopruneError):
+    """A dataset that is missing, corrupted or of the wrong form."""
+
+
+class CheckpointError(AutopruneError):
+    """A checkpoint that is missing, corrupted or for another model."""
+
+
+class SearchError(AutopruneError):
+    """A search setting that is invalid (unknown method, unreachable storage, ...)."""

@@ -1,0 +1,24 @@
+"""Model registry and the CIFAR zoo (VGG-BN, ResNet, MobileNetV2)."""
+
+from autoprune.models import cifar as _cifar  # noqa: F401  (registers the zoo)
+from autoprune.models.registry import (
+    TV_MODELS,
+    create_model,
+    default_input_size,
+    default_num_classes,
+    get_builder,
+    list_models,
+    model_kwargs,
+    register_model,
+)
+
+__all__ = [
+    "TV_MODELS",
+    "create_model",
+    "default_input_size",
+    "default_num_classes",
+    "get_builder",
+    "list_models",
+    "model_kwargs",
+    "register_model",
+]

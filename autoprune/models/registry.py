@@ -1,0 +1,124 @@
+"""One registry of models: a name maps to a constructor.
+
+Three kinds of name are understood by :func:`create_model`:
+
+* a zoo name registered with :func:`register_model` (``vgg16``, ``resnet56``, ...);
+* ``tv:NAME`` for a torchvision classification model (``tv:resnet50``), built without weights;
+* ``package.module:callable`` for a user constructor, imported and called with the kwargs.
+
+>>> model = create_model("resnet20", num_classes=10)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Callable
+
+import torch.nn as nn
+
+from autoprune.errors import UnknownModelError
+
+_ZOO: dict[str, Callable[..., nn.Module]] = {}
+_ZOO_INPUT_SIZE = 32
+_TV_INPUT_SIZE = 224
+# torchvision models the tests and docs promise; any other torchvision classifier works too.
+TV_MODELS = ("resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "densenet121")
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a zoo constructor under its function's name."""
+    _ZOO[fn.__name__] = fn
+    return fn
+
+
+def list_models(include_tv: bool = True) -> list[str]:
+    names = sorted(_ZOO)
+    if include_tv:
+        names += [f"tv:{n}" for n in TV_MODELS]
+    return names
+
+
+def default_input_size(name: str) -> int:
+    return _TV_INPUT_SIZE if name.startswith("tv:") else _ZOO_INPUT_SIZE
+
+
+def default_num_classes(name: str) -> int:
+    return 1000 if name.startswith("tv:") else 10
+
+
+def _tv_builder(name: str) -> Callable[..., nn.Module]:
+    import torchvision.models as tvm
+
+    available = tvm.list_models(module=tvm)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = f"; did you mean {', '.join('tv:' + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown torchvision model 'tv:{name}'{hint}")
+
+    def build(**kwargs):
+        return tvm.get_model(name, weights=None, **kwargs)
+
+    return build
+
+
+def _import_builder(name: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownModelError(f"model '{name}': cannot import module '{module_name}' ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UnknownModelError(f"model '{name}': module '{module_name}' has no callable '{attr}'")
+    return fn
+
+
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    """The constructor a model name stands for; raises UnknownModelError with close names."""
+    if name in _ZOO:
+        return _ZOO[name]
+    if name.startswith("tv:"):
+        return _tv_builder(name[3:])
+    if ":" in name:
+        return _import_builder(name)
+    close = difflib.get_close_matches(name, list_models(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"unknown model '{name}'{hint} (see `autoprune models`)")
+
+
+def model_kwargs(name: str, **kwargs) -> dict:
+    """The constructor kwargs :func:`create_model` would use, defaults filled in.
+
+    Only ``num_classes`` gets a default; a user constructor that does not take it is called
+    without it.
+    """
+    out = dict(kwargs)
+    builder = get_builder(name)
+    if "num_classes" not in out and _accepts(builder, "num_classes"):
+        out["num_classes"] = default_num_classes(name)
+    return out
+
+
+def _accepts(fn: Callable, arg: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by registry name; see the module docstring for the name forms."""
+    builder = get_builder(name)
+    kwargs = model_kwargs(name, **kwargs)
+    if name.startswith("tv:") and kwargs.pop("in_channels", 3) != 3:
+        raise UnknownModelError(f"model '{name}': torchvision models take 3 input channels only")
+    try:
+        model = builder(**kwargs)
+    except TypeError as exc:
+        raise UnknownModelError(f"model '{name}': bad constructor arguments {kwargs} ({exc})") from None
+    if not isinstance(model, nn.Module):
+        raise UnknownModelError(f"model '{name}': constructor returned {type(model).__name__}, not nn.Module")
+    return model
