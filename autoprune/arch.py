@@ -1,0 +1,172 @@
+"""Architecture JSON (schema ``autoprune.arch/1``): a pruned model described as data.
+
+It holds everything needed to rebuild the pruned model with no search state at hand: the
+model name and constructor kwargs, the input shape, the search-space config, every free
+group (name, member layers, original and kept width), the width vector, MACs and params of
+base and pruned model, and how it was found (budget, method, seed, score, version).
+
+>>> from autoprune.models import create_model
+>>> from autoprune.space import SearchSpace
+>>> space = SearchSpace.from_model(create_model("resnet20"), (3, 32, 32))
+>>> arch = make_arch("resnet20", {"num_classes": 10}, space, space.uniform(0.5))
+>>> build(arch).fc.in_features
+32
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.nn as nn
+
+from autoprune import __version__
+from autoprune.cost import macs, params
+from autoprune.errors import ArchError, AutopruneError
+from autoprune.models import create_model
+from autoprune.space import SearchSpace, SpaceConfig
+from autoprune.surgery import materialise
+
+SCHEMA = "autoprune.arch/1"
+_REQUIRED = {
+    "schema": str, "model": dict, "input_shape": list, "num_classes": (int, type(None)), "space": dict,
+    "groups": list, "widths": list, "macs": dict, "params": dict, "version": str,
+}
+
+
+def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: Sequence[int], *,
+              budget: dict | None = None, method: str | None = None, seed: int | None = None,
+              score: float | None = None, extra: dict | None = None) -> dict:
+    """The architecture dict for ``widths`` in ``space``."""
+    widths = space.validate(widths)
+    full = space.max_widths()
+    arch = {
+        "schema": SCHEMA,
+        "model": {"name": model_name, "kwargs": dict(model_kwargs)},
+        "input_shape": list(space.graph.input_shape),
+        "num_classes": model_kwargs.get("num_classes"),
+        "space": space.config.to_dict(),
+        "groups": [
+            {"name": g.name, "members": list(g.members), "width": g.width, "kept": w, "choices": list(c)}
+            for g, w, c in zip(space.groups, widths, space.choices)
+        ],
+        "widths": list(widths),
+        "macs": {"base": int(macs(space, full)), "pruned": int(macs(space, widths))},
+        "params": {"base": int(params(space, full)), "pruned": int(params(space, widths))},
+        "budget": budget,
+        "method": method,
+        "seed": seed,
+        "score": score,
+        "version": __version__,
+    }
+    if extra:
+        arch.update(extra)
+    return arch
+
+
+def save_arch(arch: dict, path: str | Path) -> Path:
+    """Write atomically: a crash never leaves a half-written file at ``path``."""
+    return write_json_atomic(arch, path)
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def validate_arch(arch: Any, source: str = "architecture") -> dict:
+    """Check the schema and field types; ArchError naming the bad field."""
+    if not isinstance(arch, dict):
+        raise ArchError(f"{source}: expected a JSON object, got {type(arch).__name__}")
+    schema = arch.get("schema")
+    if schema != SCHEMA:
+        raise ArchError(f"{source}: field 'schema' is {schema!r}; this autoprune reads {SCHEMA!r}")
+    for key, kind in _REQUIRED.items():
+        if key not in arch:
+            raise ArchError(f"{source}: missing field '{key}'")
+        if not isinstance(arch[key], kind):
+            raise ArchError(f"{source}: field '{key}' has type {type(arch[key]).__name__}")
+    if not isinstance(arch["model"].get("name"), str) or not isinstance(arch["model"].get("kwargs", {}), dict):
+        raise ArchError(f"{source}: field 'model' needs a string 'name' and a 'kwargs' object")
+    if not all(isinstance(w, int) and not isinstance(w, bool) for w in arch["widths"]):
+        raise ArchError(f"{source}: field 'widths' must be a list of integers")
+    if len(arch["groups"]) != len(arch["widths"]):
+        raise ArchError(f"{source}: field 'groups' has {len(arch['groups'])} entries but 'widths' has "
+                        f"{len(arch['widths'])}")
+    for i, g in enumerate(arch["groups"]):
+        if not isinstance(g, dict) or not {"name", "width", "kept"} <= set(g):
+            raise ArchError(f"{source}: groups[{i}] needs 'name', 'width' and 'kept'")
+        if g["kept"] != arch["widths"][i]:
+            raise ArchError(f"{source}: groups[{i}].kept ({g['kept']}) disagrees with widths[{i}] "
+                            f"({arch['widths'][i]})")
+    for key in ("macs", "params"):
+        if not {"base", "pruned"} <= set(arch[key]):
+            raise ArchError(f"{source}: field '{key}' needs 'base' and 'pruned'")
+    return arch
+
+
+def load_arch(path: str | Path) -> dict:
+    """Read and validate an architecture JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ArchError(f"cannot read architecture file {path}: {exc.strerror}") from None
+    try:
+        arch = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArchError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return validate_arch(arch, str(path))
+
+
+def arch_space(arch: dict, model: nn.Module | None = None) -> tuple[nn.Module, SearchSpace]:
+    """The unpruned model and the search space an architecture was found in.
+
+    ``model`` is needed when the architecture was searched on a user nn.Module that the
+    registry cannot rebuild by name. ArchError if the space no longer matches ``arch``.
+    """
+    arch = validate_arch(arch)
+    if model is None:
+        try:
+            model = create_model(arch["model"]["name"], **arch["model"].get("kwargs", {}))
+        except AutopruneError as exc:
+            raise ArchError(f"architecture field 'model': {exc}") from None
+    try:
+        config = SpaceConfig.from_dict(arch["space"], source="architecture field 'space'")
+        space = SearchSpace.from_model(model, tuple(arch["input_shape"]), config=config)
+    except AutopruneError as exc:
+        raise ArchError(f"architecture does not fit model '{arch['model']['name']}': {exc}") from None
+    names = [g["name"] for g in arch["groups"]]
+    if list(space.names) != names:
+        raise ArchError(f"architecture is for another model: its groups {names[:3]}... do not match "
+                        f"'{arch['model']['name']}' ({list(space.names)[:3]}...)")
+    widths = tuple(arch["widths"])
+    for name, w, c in zip(space.names, widths, space.choices):
+        if w not in c:
+            raise ArchError(f"architecture field 'widths': {w} for group '{name}' is not allowed; allowed: {list(c)}")
+    return model, space
+
+
+def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
+    """The pruned model of ``arch``, freshly initialised, ready to train from scratch.
+
+    Built from the registry, it keeps the first channels of a newly constructed model, so
+    the constructor's own initialisation applies; a given ``model`` (which may be trained)
+    is re-initialised with each module's ``reset_parameters``.
+    """
+    given = model is not None
+    model, space = arch_space(arch, model)
+    return materialise(model, space, arch["widths"], keep="first", fresh=given)

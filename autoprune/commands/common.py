@@ -1,0 +1,33 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+from autoprune.models import create_model, default_input_size, model_kwargs
+from autoprune.space import SearchSpace
+
+
+def add_model_args(p) -> None:
+    """--model, --input-size, --num-classes, --in-channels and the search-space options."""
+    p.add_argument("--model", required=True, help="registry name, tv:NAME or package.module:callable")
+    p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 zoo, 224 tv:)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 zoo, 1000 tv:)")
+    p.add_argument("--in-channels", type=int, default=None, help="input channels (default 3)")
+    p.add_argument("--space", default=None, metavar="YAML", help="search-space overrides file")
+    p.add_argument("--round-to", type=int, default=None, help="widths rounded to a multiple of this (default 8)")
+    p.add_argument("--min-ratio", type=float, default=None, help="smallest width as a ratio (default 0.1)")
+
+
+def model_and_space(args):
+    """(model name, constructor kwargs, model, space) from the parsed model arguments."""
+    kwargs = {}
+    if args.num_classes is not None:
+        kwargs["num_classes"] = args.num_classes
+    if getattr(args, "in_channels", None) is not None:
+        kwargs["in_channels"] = args.in_channels
+    kwargs = model_kwargs(args.model, **kwargs)
+    model = create_model(args.model, **kwargs)
+    size = args.input_size or default_input_size(args.model)
+    channels = kwargs.get("in_channels", 3)
+    space = SearchSpace.from_model(model, (channels, size, size), model_name=args.model, space_file=args.space,
+                                   round_to=args.round_to, min_ratio=args.min_ratio)
+    return args.model, kwargs, model, space

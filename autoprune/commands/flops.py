@@ -1,0 +1,45 @@
+"""``autoprune flops``: MACs and params of a model, or of a pruned architecture."""
+
+from __future__ import annotations
+
+import json
+
+from autoprune.arch import arch_space, load_arch
+from autoprune.commands.common import add_model_args, model_and_space
+from autoprune.cost import human, macs, params
+
+
+def register(sub) -> None:
+    p = sub.add_parser("flops", help="MACs and parameters of a model or an architecture JSON")
+    add_model_args(p)
+    p.add_argument("--arch", default=None, help="architecture JSON to cost instead of the full model")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.arch:
+        arch = load_arch(args.arch)
+        if arch["model"]["name"] != args.model:
+            from autoprune.errors import ArchError
+
+            raise ArchError(f"{args.arch} is for model '{arch['model']['name']}', not '{args.model}'")
+        _, space = arch_space(arch)
+        widths = tuple(arch["widths"])
+    else:
+        _, _, _, space = model_and_space(args)
+        widths = space.max_widths()
+    base_m, base_p = macs(space, space.max_widths()), params(space, space.max_widths())
+    m, p = macs(space, widths), params(space, widths)
+    row = {"model": args.model, "input_shape": list(space.graph.input_shape), "macs": m, "flops": 2 * m,
+           "params": p, "macs_ratio": m / base_m, "params_ratio": p / base_p, "free_groups": len(space)}
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    shape = "x".join(map(str, space.graph.input_shape))
+    print(f"model       {args.model} (input {shape})")
+    print(f"MACs        {human(m)} ({m:,})" + (f"  {m / base_m:.1%} of base" if args.arch else ""))
+    print(f"FLOPs       {human(2 * m)} (2 x MACs)")
+    print(f"params      {human(p)} ({p:,})" + (f"  {p / base_p:.1%} of base" if args.arch else ""))
+    print(f"free groups {len(space)}")
+    return 0

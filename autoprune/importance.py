@@ -1,0 +1,65 @@
+"""Which channels of a group to keep: one score per channel, the highest survive.
+
+Rules:
+
+* ``l1`` — L1 norm of each producer's output filter, divided by that producer's mean so that
+  the branches of a residual group weigh alike, summed over producers (Li et al., 2017);
+* ``bn_gamma`` — |γ| of the BatchNorms over the group, summed (Liu et al., 2017);
+* ``random`` — a seeded random score;
+* ``first`` — the first k channels (for rebuilding an architecture from scratch).
+
+Scores only depend on the model's weights and the traced graph, never on an optimizer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from autoprune.errors import AutopruneError
+from autoprune.graph import ChannelGraph
+
+RULES = ("l1", "bn_gamma", "random", "first")
+
+
+def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str = "l1", seed: int = 0) -> dict[int, torch.Tensor]:
+    """A score per channel for every group id (higher is kept first)."""
+    if rule not in RULES:
+        raise AutopruneError(f"unknown importance rule '{rule}'; expected one of {', '.join(RULES)}")
+    scores = {g.id: torch.zeros(g.width, dtype=torch.float64) for g in graph.groups}
+    if rule == "first":
+        return {gid: -torch.arange(len(s), dtype=torch.float64) for gid, s in scores.items()}
+    if rule == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return {gid: torch.rand(len(s), generator=gen, dtype=torch.float64) for gid, s in scores.items()}
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for layer in graph.layers:
+            m = modules[layer.name]
+            if rule == "l1" and layer.out_group is not None:
+                w = m.weight.detach().double().abs().flatten(1).sum(1)
+                scores[layer.out_group] += w / w.mean().clamp_min(1e-12)
+            elif rule == "bn_gamma" and layer.kind == "norm" and m.weight is not None:
+                gamma = m.weight.detach().double().abs()
+                offset = 0
+                for gid in layer.in_layout:
+                    n = graph.groups[gid].width
+                    scores[gid] += gamma[offset:offset + n]
+                    offset += n
+    return scores
+
+
+def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], rule: str = "l1",
+                 seed: int = 0) -> dict[int, torch.Tensor]:
+    """Sorted indices of the channels each group keeps, the top ``full_widths[g]`` by score."""
+    scores = channel_scores(model, graph, rule, seed)
+    out = {}
+    for g in graph.groups:
+        k = int(full_widths[g.id])
+        if k >= g.width:
+            out[g.id] = torch.arange(g.width)
+        else:
+            # Stable sort so that ties (e.g. all-equal fresh weights) keep the first channels.
+            order = torch.sort(-scores[g.id], stable=True).indices[:k]
+            out[g.id] = torch.sort(order).values
+    return out

@@ -1,0 +1,128 @@
+"""Turn a width vector into a physically smaller model.
+
+:func:`materialise` copies the model and replaces the weights of every traced Conv, Linear
+and BatchNorm layer by the slices that the kept channels select, so the copy runs the same
+forward code with fewer channels. Coupled layers slice the same indices because they share
+a group; a concatenation is sliced with each part's offset.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from autoprune.graph import ChannelGraph
+from autoprune.importance import keep_indices
+from autoprune.space import SearchSpace
+
+
+def layout_indices(graph: ChannelGraph, layout: Sequence[int], keep: dict[int, torch.Tensor],
+                   spatial: int = 1) -> torch.Tensor:
+    """Indices into a tensor whose channels are the concatenation of ``layout``'s groups."""
+    parts, offset = [], 0
+    for gid in layout:
+        parts.append(keep[gid] + offset)
+        offset += graph.groups[gid].width
+    idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    if spatial > 1:  # a flattened channel spans `spatial` consecutive features
+        idx = (idx[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
+    return idx
+
+
+def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=requires_grad)
+
+
+def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.Tensor | None,
+                 depthwise: bool) -> None:
+    if kind == "norm":
+        if m.weight is not None:
+            m.weight = _param(m.weight[in_idx], m.weight.requires_grad)
+            m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
+        if m.running_mean is not None:
+            m.running_mean = m.running_mean[in_idx].clone()
+            m.running_var = m.running_var[in_idx].clone()
+        m.num_features = len(in_idx)
+        return
+    w = m.weight
+    if depthwise:
+        m.weight = _param(w[in_idx], w.requires_grad)
+        if m.bias is not None:
+            m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
+        m.in_channels = m.out_channels = m.groups = len(in_idx)
+        return
+    if kind == "conv" and m.groups > 1:  # fixed groups: nothing to slice
+        return
+    w = w[out_idx][:, in_idx]
+    m.weight = _param(w, m.weight.requires_grad)
+    if m.bias is not None:
+        m.bias = _param(m.bias[out_idx], m.bias.requires_grad)
+    if kind == "linear":
+        m.in_features, m.out_features = len(in_idx), len(out_idx)
+    else:
+        m.in_channels, m.out_channels = len(in_idx), len(out_idx)
+
+
+def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str = "l1",
+                seed: int = 0, fresh: bool = False) -> nn.Module:
+    """A pruned copy of ``model`` with the free groups at ``widths``; ``model`` is untouched.
+
+    ``keep`` picks the surviving channels (see :mod:`autoprune.importance`). With
+    ``fresh=True`` every parameter is re-initialised by its module's ``reset_parameters``
+    (the architecture, freshly initialised, for training from scratch).
+    """
+    widths = space.validate(widths)
+    graph = space.graph
+    full = space.full_widths(widths)
+    kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
+    pruned = copy.deepcopy(model)
+    for layer in graph.layers:
+        m = pruned.get_submodule(layer.name)
+        spatial = layer.spatial if layer.kind == "linear" else 1
+        in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
+        out_idx = kept[layer.out_group] if layer.out_group is not None else None
+        _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
+    if fresh:
+        for m in pruned.modules():
+            if hasattr(m, "reset_parameters") and m is not pruned:
+                m.reset_parameters()
+            if hasattr(m, "reset_running_stats"):
+                m.reset_running_stats()
+    return pruned
+
+
+def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str = "l1",
+                 seed: int = 0) -> nn.Module:
+    """A copy of ``model`` at full width whose dropped channels output zero.
+
+    Producers' filters and biases and the norms' affine parameters of dropped channels are
+    zeroed; in eval mode the result computes what :func:`materialise` computes. Used to
+    check surgery and to compare pruned and unpruned models channel for channel.
+    """
+    widths = space.validate(widths)
+    graph = space.graph
+    full = space.full_widths(widths)
+    kept = keep_indices(model, graph, full, keep, seed)
+    dropped = {}
+    for g in graph.groups:
+        mask = torch.ones(g.width, dtype=torch.bool)
+        mask[kept[g.id]] = False
+        dropped[g.id] = mask
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in graph.layers:
+            m = out.get_submodule(layer.name)
+            if layer.kind == "norm" or layer.depthwise:
+                mask = torch.cat([dropped[g] for g in layer.in_layout])
+            elif layer.out_group is not None:
+                mask = dropped[layer.out_group]
+            else:
+                continue
+            if m.weight is not None:
+                m.weight[mask] = 0
+            if m.bias is not None:
+                m.bias[mask] = 0
+    return out
