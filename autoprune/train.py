@@ -1,0 +1,555 @@
+"""Training, evaluation and the short procedures the search evaluator relies on.
+
+One readable loop (:func:`train`) serves pre-training the base model and retraining a pruned
+architecture from scratch. On CUDA it runs under bf16 autocast with channels_last tensors; on
+the CPU in fp32. Every epoch ends with a validation pass and an atomic checkpoint, from which
+an interrupted run resumes to the same final state. Under ``torchrun`` (``WORLD_SIZE > 1``)
+the same loop runs data-parallel: each rank takes a disjoint slice of one shared permutation.
+
+The evaluator's building blocks live here too: :func:`evaluate`, :func:`recalibrate_bn`
+(re-estimate BatchNorm statistics after surgery) and :func:`fine_tune` (a few SGD steps).
+
+>>> from autoprune.data import load_data
+>>> from autoprune.models import create_model
+>>> data = load_data("synthetic", val_size=128)
+>>> model = create_model("resnet20", num_classes=data.num_classes)
+>>> history = train(model, data, TrainConfig(epochs=1, batch_size=128), progress=False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from autoprune import __version__
+from autoprune.data import _atomic_torch_save
+from autoprune.errors import AutopruneError, CheckpointError
+
+CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
+# Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
+# the extra epochs at 2x: "if the pruned model saves more than 2x FLOPs, we just double the
+# number of epochs".
+SCRATCH_B_CAP = 2.0
+_LOG_EVERY = 20  # steps between loss read-backs: each one is a device sync
+
+
+class TrainingError(AutopruneError):
+    """Training that cannot go on: a non-finite loss, an unusable configuration."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run; saved into every checkpoint.
+
+    ``lr`` is the peak learning rate for ``batch_size`` (global, over all ranks). ``warmup``
+    is the fraction of steps spent ramping up linearly; after it ``onecycle`` decays linearly
+    to zero and ``cosine`` along a half cosine. Weight decay skips BatchNorm and bias
+    parameters. ``l1_gamma`` adds an L1 penalty on BatchNorm scales (network slimming, Liu et
+    al. 2017). ``max_steps`` stops early, for smoke tests and benchmarks.
+    """
+
+    epochs: int = 25
+    batch_size: int = 512
+    lr: float = 0.2
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    schedule: str = "onecycle"
+    warmup: float = 0.15
+    seed: int = 0
+    l1_gamma: float = 0.0
+    max_steps: int | None = None
+    pad_mode: str = "reflect"
+
+    def __post_init__(self):
+        if self.schedule not in ("onecycle", "cosine", "constant"):
+            raise TrainingError(f"unknown schedule '{self.schedule}'; expected onecycle, cosine or constant")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainingError(f"epochs and batch_size must be positive (got {self.epochs}, {self.batch_size})")
+        if not 0 <= self.warmup < 1:
+            raise TrainingError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.lr <= 0:
+            raise TrainingError(f"lr must be positive, got {self.lr}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def scratch_b_epochs(base_epochs: int, base_macs: int, pruned_macs: int, cap: float = SCRATCH_B_CAP) -> int:
+    """Epochs that give a pruned model the base model's training compute (Scratch-B).
+
+    ``round(base_epochs * base_macs / pruned_macs)``, at most ``cap * base_epochs`` and never
+    fewer than ``base_epochs``.
+    """
+    if base_macs <= 0 or pruned_macs <= 0:
+        raise TrainingError(f"Scratch-B needs positive MACs, got base {base_macs} and pruned {pruned_macs}")
+    ratio = min(max(base_macs / pruned_macs, 1.0), cap)
+    return int(round(base_epochs * ratio))
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` of ``total``."""
+    w = int(round(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    if schedule == "constant":
+        return 1.0
+    progress = (step - w) / max(1, total - w)
+    if schedule == "onecycle":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv / linear weights only: decaying BN scales and biases only hurts."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device):
+    # bf16 needs no loss scaling and keeps fp32's range; on the CPU fp32 is both faster and exact.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _bn_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, _BatchNorm) and m.weight is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and the evaluator's helpers.
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device="cpu", batch_size: int = 1024) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on resident uint8 images ``x``, normalised like ``data``."""
+    from autoprune.data import iterate
+
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    cl = device.type == "cuda"
+    with _autocast(device):
+        for xb, yb in iterate(x, y, batch_size=batch_size, train=False, mean=data.mean, std=data.std,
+                              channels_last=cl):
+            correct += (model(xb.to(device, non_blocking=True)).argmax(1) == yb.to(device)).sum()
+    model.train(was_training)
+    return correct.item() / max(1, len(y))
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, data, split: str = "val", *, device="cpu", batch_size: int = 1024) -> float:
+    """Accuracy on a split of a resident or streamed dataset."""
+    if not getattr(data, "streamed", False):
+        x, y = data.split(split)
+        return evaluate(model, x, y, data=data, device=device, batch_size=batch_size)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct, total = 0, 0
+    with _autocast(device):
+        for xb, yb in data.batches(split, batch_size=batch_size, train=False, channels_last=device.type == "cuda"):
+            correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
+            total += len(yb)
+    model.train(was_training)
+    return correct / max(1, total)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int = 256, device="cpu",
+                   seed: int = 0) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from training batches.
+
+    After surgery the inherited statistics describe channels that no longer feed each layer;
+    re-estimating them is what makes a pruned model's accuracy a usable proxy (EagleEye, Li et
+    al. 2020). Statistics are reset and then averaged cumulatively (``momentum=None``) over
+    ``batches`` un-augmented, shuffled training batches, with no gradient. The modules'
+    train/eval modes and momenta are restored afterwards.
+    """
+    device = torch.device(device)
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        return model
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        done = 0
+        with _autocast(device):
+            while done < batches:
+                for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen, augment=False,
+                                          channels_last=device.type == "cuda"):
+                    model(xb.to(device, non_blocking=True))
+                    done += 1
+                    if done >= batches:
+                        break
+    finally:
+        for m in bns:
+            m.momentum = momenta[m]
+        for m, mode in modes.items():
+            m.training = mode
+    return model
+
+
+def fine_tune(model: nn.Module, data, *, steps: int, lr: float = 0.01, batch_size: int = 256, device="cpu",
+              seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4,
+              label_smoothing: float = 0.0) -> float:
+    """A few augmented SGD steps on the training split; returns the mean training loss.
+
+    The learning rate decays from ``lr`` to zero along a half cosine, so the last steps do
+    not leave the weights in a noisy spot. Raises :class:`TrainingError` when the loss is not
+    finite (the caller may treat the candidate as failed).
+    """
+    device = torch.device(device)
+    _prepare(model, device)
+    model.train()
+    opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0)
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    gen = torch.Generator().manual_seed(seed)
+    loss_sum = torch.zeros((), device=device)
+    step = 0
+    while step < steps:
+        for xb, yb in data.batches("train", batch_size=batch_size, train=True, generator=gen,
+                                   channels_last=device.type == "cuda"):
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            loss_sum += _step(model, xb.to(device), yb.to(device), opt, criterion, device)[0].detach()
+            step += 1
+            if step >= steps:
+                break
+    mean = (loss_sum / max(1, steps)).item()
+    if not math.isfinite(mean):
+        raise TrainingError(f"fine-tuning diverged (mean loss {mean}) at lr {lr}; use a lower lr")
+    return mean
+
+
+def _step(model, x, y, optimizer, criterion, device, bn_weights=None, l1_gamma: float = 0.0):
+    """One SGD step; returns (loss, logits)."""
+    with _autocast(device):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if l1_gamma and bn_weights:
+        # Subgradient of l1_gamma * sum|gamma|, added after backward so it costs no graph.
+        for w in bn_weights:
+            if w.grad is not None:
+                w.grad.add_(torch.sign(w.detach()), alpha=l1_gamma)
+    optimizer.step()
+    return loss, logits
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints.
+# --------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, **fields_) -> Path:
+    """Write model (and optionally optimizer / scheduler) state plus ``fields_`` atomically.
+
+    ``fields_`` should hold plain data (numbers, strings, lists, dicts, tensors) so that
+    :func:`load_checkpoint` can read it with ``weights_only=True``: typically ``epoch``,
+    ``config``, ``arch``, ``model_name``, ``model_kwargs``, ``history``.
+    """
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "autoprune_version": __version__,
+               "model": _unwrap(model).state_dict(), **fields_}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
+    _atomic_torch_save(payload, path)
+    return path
+
+
+def check_state_dict(model: nn.Module, state: dict, source="checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the keys and shapes where ``state`` does not fit ``model``."""
+    own = _unwrap(model).state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches, e.g. {'; '.join(shapes[:3])}")
+    if missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
+    if problems:
+        raise CheckpointError(f"{source} is for another model: {'; '.join(problems)}")
+
+
+def load_checkpoint(path, model: nn.Module | None = None, *, optimizer=None, scheduler=None,
+                    map_location="cpu") -> dict:
+    """Read a checkpoint (``weights_only=True``) and load it into the given objects.
+
+    Returns the checkpoint dict. A bare state_dict file is accepted too (returned as
+    ``{"model": state}``). Raises :class:`CheckpointError` when the file is missing, cannot
+    be read, or does not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({first[:200]})") from None
+    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        ckpt = {"model": ckpt}
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"'{path}' holds no model state (not an autoprune checkpoint)")
+    if model is not None:
+        check_state_dict(model, ckpt["model"], f"checkpoint '{path}'")
+        _unwrap(model).load_state_dict(ckpt["model"])
+    try:
+        if optimizer is not None and "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint '{path}': optimizer state does not fit ({exc})") from None
+    return ckpt
+
+
+def model_from_checkpoint(path, *, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint records (architecture JSON or registry name) and load it."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch"):
+        from autoprune.arch import build
+
+        model = build(ckpt["arch"])
+    elif ckpt.get("model_name"):
+        from autoprune.models import create_model
+
+        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
+    else:
+        raise CheckpointError(f"checkpoint '{path}' does not record its model; build the model and call "
+                              "load_checkpoint(path, model)")
+    check_state_dict(model, ckpt["model"], f"checkpoint '{path}'")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop.
+# --------------------------------------------------------------------------------------------
+
+
+def _setup_distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """Join the process group torchrun describes; returns (rank, world, device, created)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device, False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, True
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Data order and augmentation of an epoch depend on (seed, epoch) only, so a resumed run
+    # sees exactly the batches the uninterrupted one would have.
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="cpu", out_dir=None,
+          resume: bool = True, progress: bool = True, arch: dict | None = None, extra: dict | None = None) -> dict:
+    """Train ``model`` on ``data``'s training split; returns the history.
+
+    Evaluates on the validation split after every epoch. With ``out_dir``, writes
+    ``out_dir/checkpoint.pt`` atomically after every epoch (model, optimizer, scheduler,
+    config, ``arch``, ``extra`` fields, RNG state) and, when ``resume`` is true and such a
+    checkpoint exists, continues from it. Raises :class:`TrainingError` on a non-finite loss;
+    the last checkpoint (from the last finished epoch) is left as it was.
+
+    The returned dict has ``epochs`` (one record per epoch: train_loss, train_acc, val_acc,
+    lr, seconds, img_per_s), ``val_acc``, ``best_val_acc``, ``steps``, ``img_per_s`` and
+    ``resumed_from`` (the epoch training started at).
+    """
+    config = config or TrainConfig()
+    device = torch.device(device)
+    rank, world, device, created_group = _setup_distributed(device)
+    try:
+        return _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra or {})
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra) -> dict:
+    if config.batch_size % world:
+        raise TrainingError(f"batch size {config.batch_size} does not split evenly over {world} processes")
+    local_bs = config.batch_size // world
+    _prepare(model, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # shapes are fixed for the whole run
+    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
+                                nesterov=config.nesterov and config.momentum > 0)
+    steps_per_epoch = data.num_batches("train", batch_size=local_bs, train=True, world_size=world)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.schedule, config.warmup))
+
+    start_epoch, step, history = 0, 0, []
+    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if ckpt_path is not None and resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, model, optimizer=optimizer, scheduler=scheduler, map_location=device)
+        saved = ckpt.get("config", {})
+        if saved != asdict(config):
+            diff = {k: (saved.get(k), v) for k, v in asdict(config).items() if saved.get(k) != v}
+            raise CheckpointError(f"'{ckpt_path}' was written with another configuration ({diff}); "
+                                  "use a new output directory or turn resuming off")
+        start_epoch, step, history = int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("history", []))
+        _set_rng_state(ckpt.get("rng", {}), device)
+    else:
+        torch.manual_seed(config.seed)
+
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    bn_weights = _bn_weights(model) if config.l1_gamma else None
+    show = progress and rank == 0
+    if show and start_epoch:
+        _write(f"resuming from {ckpt_path} at epoch {start_epoch + 1}")
+
+    for epoch in range(start_epoch, config.epochs):
+        if step >= total:
+            break
+        net.train()
+        n_steps = min(steps_per_epoch, total - step)
+        bar = _progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen = 0
+        start = time.perf_counter()
+        batches = data.batches("train", batch_size=local_bs, train=True, generator=_epoch_generator(config.seed, epoch),
+                               rank=rank, world_size=world, channels_last=device.type == "cuda")
+        for i, (x, y) in zip(range(n_steps), batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss, logits = _step(net, x, y, optimizer, criterion, device, bn_weights, config.l1_gamma)
+            scheduler.step()
+            step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if (i + 1) % _LOG_EVERY == 0 or i + 1 == n_steps:
+                mean_loss = (loss_sum / seen).item()
+                _check_finite(mean_loss, epoch, step, optimizer, ckpt_path)
+                if bar is not None:
+                    rate = seen * world / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            bar.close()
+        train_loss = (loss_sum / max(1, seen)).item()
+        _check_finite(train_loss, epoch, step, optimizer, ckpt_path)
+        seconds = time.perf_counter() - start
+        if world > 1:
+            # DDP syncs gradients, not BatchNorm buffers: take rank 0's so every rank evaluates
+            # and saves the same model.
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+        val_acc = evaluate_split(model, data, "val", device=device) if _has_val(data) else float("nan")
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+                  "train_acc": correct.item() / max(1, seen), "val_acc": val_acc,
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "img_per_s": seen * world / seconds}
+        history.append(record)
+        if show:
+            _write(f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc {record['train_acc']:.4f}  "
+                   f"val acc {val_acc:.4f}  {record['img_per_s']:,.0f} img/s")
+        if ckpt_path is not None and rank == 0:
+            save_checkpoint(ckpt_path, model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1, step=step,
+                            config=asdict(config), arch=arch, history=history, rng=_rng_state(device), **extra)
+        if world > 1:
+            dist.barrier()
+
+    vals = [r["val_acc"] for r in history if math.isfinite(r["val_acc"])]
+    rates = [r["img_per_s"] for r in history[start_epoch:]] or [float("nan")]
+    return {"epochs": history, "val_acc": vals[-1] if vals else float("nan"), "best_val_acc": max(vals, default=float("nan")),
+            "steps": step, "img_per_s": sorted(rates)[len(rates) // 2], "resumed_from": start_epoch,
+            "world_size": world}
+
+
+def _has_val(data) -> bool:
+    sizes = data.meta.get("sizes", {})
+    return bool(sizes.get("val", 1))
+
+
+def _check_finite(loss: float, epoch: int, step: int, optimizer, ckpt_path) -> None:
+    if math.isfinite(loss):
+        return
+    kept = f"; the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not None and ckpt_path.is_file() else ""
+    raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (step {step}, lr "
+                        f"{optimizer.param_groups[0]['lr']:.3g}){kept}; lower the learning rate")
+
+
+def _progress_bar(total: int, desc: str, show: bool):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _write(msg: str) -> None:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)  # stdout stays clean for --json output
