@@ -1,0 +1,139 @@
+"""Arguments and steps shared by the training commands (pretrain, retrain, eval)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from autoprune.errors import AutopruneError
+
+
+class DeviceError(AutopruneError):
+    """A requested device that this machine does not have."""
+
+
+def add_data_args(p, *, dataset_default: str | None = "cifar10") -> None:
+    p.add_argument("--dataset", default=dataset_default,
+                   help="cifar10 | cifar100 | fashion-mnist | synthetic | imagefolder:PATH | PATH to an ImageFolder "
+                        "directory or .tar.gz with train/ and test/ (default %(default)s)")
+    p.add_argument("--data-dir", default=None,
+                   help="where torchvision-format data lives, or an ImageFolder directory / .tar.gz "
+                        "(default $AUTOPRUNE_DATA or ./data)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation (default 5000)")
+    p.add_argument("--limit", type=int, default=None, help="keep only this many training images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and data order")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def add_train_args(p, *, epochs: int | None = 25) -> None:
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=512, help="global batch size (default %(default)s)")
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="(default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps to warm up (default %(default)s)")
+    p.add_argument("--l1-gamma", type=float, default=0.0,
+                   help="L1 penalty on BatchNorm scales, for network slimming (default 0)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--out", default=None, help="output directory (checkpoint.pt, model.pt, metrics.json)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}'; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def load_data_from_args(args, device: torch.device, *, recorded: dict | None = None):
+    """The dataset named on the command line, or the one a checkpoint recorded."""
+    from autoprune.data import load_data
+
+    recorded = recorded or {}
+    name = args.dataset or recorded.get("name")
+    if name is None:
+        raise AutopruneError("no --dataset given and the checkpoint does not record one")
+    same = name == recorded.get("name")
+    val_size = args.val_size if args.val_size is not None else (recorded.get("val_size", 5000) if same else 5000)
+    seed = args.seed if args.seed is not None else (recorded.get("seed", 0) if same else 0)
+    data_dir = args.data_dir if args.data_dir is not None else (recorded.get("data_dir") if same else None)
+    data = load_data(name, data_dir, val_size=val_size, seed=seed, device=device, limit=args.limit)
+    data.meta["data_dir"] = None if data_dir is None else str(data_dir)
+    return data
+
+
+def train_config(args, epochs: int):
+    from autoprune.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
+                       seed=args.seed, l1_gamma=args.l1_gamma, max_steps=args.max_steps)
+
+
+def check_classes(data, num_classes: int | None, what: str) -> None:
+    from autoprune.errors import DataError
+
+    if num_classes is not None and num_classes != data.num_classes:
+        raise DataError(f"{what} has {num_classes} classes but dataset '{data.meta['name']}' has {data.num_classes}")
+
+
+def run_training(args, model, data, config, device, out: Path, *, extra: dict, arch: dict | None = None) -> dict:
+    """Train with checkpoints in ``out``, then write model.pt and metrics.json and print a summary."""
+    from autoprune.train import evaluate_split, save_checkpoint, train
+
+    history = train(model, data, config, device=device, out_dir=out, resume=not args.no_resume,
+                    progress=not args.quiet, arch=arch, extra=extra)
+    test_acc = evaluate_split(model, data, "test", device=device)
+    summary = {"val_acc": _finite(history["val_acc"]), "best_val_acc": _finite(history["best_val_acc"]),
+               "test_acc": test_acc, "epochs": config.epochs, "steps": history["steps"],
+               "img_per_s": _finite(history["img_per_s"]), "resumed_from": history["resumed_from"]}
+    save_checkpoint(out / "model.pt", model, config=asdict(config), arch=arch, metrics=summary, **extra)
+    metrics = {**summary, "out": str(out), "device": str(device), "torch": torch.__version__,
+               "config": asdict(config), "dataset": data.meta, "history": [_clean(r) for r in history["epochs"]],
+               **{k: v for k, v in extra.items() if k != "dataset"}}
+    write_json(metrics, out / "metrics.json")
+    if args.json:
+        print(json.dumps({**summary, "checkpoint": str(out / "model.pt")}))
+    else:
+        val = "n/a" if summary["val_acc"] is None else f"{summary['val_acc']:.4f}"
+        print(f"val acc {val}  test acc {test_acc:.4f}  ({history['steps']} steps)")
+        print(f"wrote {out / 'model.pt'}, {out / 'checkpoint.pt'}, {out / 'metrics.json'}")
+    return metrics
+
+
+def _finite(v):
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _clean(record: dict) -> dict:
+    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in record.items()}
+
+
+def write_json(data, path: Path) -> None:
+    """Atomic: readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,36 @@
+"""``autoprune pretrain``: train a base model from scratch, resumably."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from autoprune.commands._training import (add_data_args, add_train_args, load_data_from_args, resolve_device,
+                                          run_training, train_config)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pretrain", help="train a base model (writes OUT/model.pt, checkpoint.pt, metrics.json)")
+    p.add_argument("--model", required=True, help="registry name, tv:NAME or package.module:callable")
+    add_data_args(p)
+    add_train_args(p)
+    p.set_defaults(func=run, out_default="runs/base")
+
+
+def run(args) -> int:
+    from autoprune.models import create_model, model_kwargs
+
+    device = resolve_device(args.device)
+    data = load_data_from_args(args, device)
+    kwargs = {"num_classes": data.num_classes}
+    if data.input_shape[0] != 3:
+        kwargs["in_channels"] = data.input_shape[0]
+    kwargs = model_kwargs(args.model, **kwargs)
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, **kwargs)
+    out = Path(args.out or args.out_default)
+    extra = {"model_name": args.model, "model_kwargs": kwargs, "input_shape": list(data.input_shape),
+             "dataset": data.meta}
+    run_training(args, model, data, train_config(args, args.epochs), device, out, extra=extra)
+    return 0
