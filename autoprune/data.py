@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import struct
 import tarfile
@@ -146,7 +147,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, *, 
 
 def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
     idx = torch.where(idx < 0, -idx, idx)
-    return torch.where(idx >= size, 2 * (size - 1) - idx, idx)
+    idx = torch.where(idx >= size, 2 * (size - 1) - idx, idx)
+    return idx.clamp(0, size - 1)  # only reachable when pad >= size (tiny images)
 
 
 def normalize(x: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -323,6 +325,7 @@ def _load_cifar(key: str, root: Path) -> dict:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
+    existed = root.exists()
     splits = {}
     for train in (True, False):
         try:
@@ -331,6 +334,7 @@ def _load_cifar(key: str, root: Path) -> dict:
             try:
                 ds = cls(root=str(root), train=train, download=True)
             except Exception as exc:  # no network, disk full, bad checksum, ...
+                _remove_if_empty(root, existed)
                 raise DataError(
                     f"{key} not found under '{root}' (looked for torchvision's '{cls.base_folder}') and "
                     f"downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -343,6 +347,16 @@ def _load_cifar(key: str, root: Path) -> dict:
     return {"train_x": splits["train"][0], "train_y": splits["train"][1], "test_x": splits["test"][0],
             "test_y": splits["test"][1], "num_classes": 10 if key == "cifar10" else 100,
             "source": f"torchvision:{root / cls.base_folder}", "classes": list(ds.classes), "mean": mean, "std": std}
+
+
+def _remove_if_empty(root: Path, existed: bool) -> None:
+    # A failed download should not leave behind the empty folder torchvision created for it.
+    if not existed:
+        for d in sorted([root, *root.rglob("*")], key=lambda p: len(p.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 # ---- Fashion-MNIST IDX -----------------------------------------------------------------------
@@ -387,10 +401,12 @@ def _load_fashion_mnist(root: Path) -> dict:
     if any(p is None for p in paths.values()):
         import torchvision
 
+        existed = root.exists()
         try:
             torchvision.datasets.FashionMNIST(root=str(root), train=True, download=True)
             torchvision.datasets.FashionMNIST(root=str(root), train=False, download=True)
         except Exception as exc:
+            _remove_if_empty(root, existed)
             missing = [_FMNIST_FILES[k] for k, p in paths.items() if p is None]
             raise DataError(
                 f"fashion-mnist: {', '.join(missing)}[.gz] not found in '{root}', '{root}/FashionMNIST/raw' or "
@@ -505,19 +521,20 @@ def _decode_folder(files: dict[str, list[tuple[str, bytes]]], source: Path) -> d
 
 
 def _decode_images(blobs: list[bytes], source: Path, chunk: int = 4096) -> torch.Tensor:
-    """Decode encoded images to one uint8 NCHW tensor, in batches (torchvision's C decoder)."""
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    """Decode encoded images to one uint8 NCHW tensor.
 
+    torchvision's batched C decoder takes ~3 s for CIFAR's 60,000 JPEGs on two cores, PIL ~20 s;
+    PIL is the fallback for builds where torchvision.io decoding is unavailable.
+    """
     out = []
     for start in range(0, len(blobs), chunk):
-        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs[start:start + chunk]]
+        part = blobs[start:start + chunk]
         try:
-            if all(b[:2] == b"\xff\xd8" for b in blobs[start:start + chunk]):
-                imgs = decode_jpeg(tensors, mode=ImageReadMode.RGB)
-            else:
-                imgs = [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+            imgs = _decode_torchvision(part)
+        except (ImportError, AttributeError):
+            imgs = _decode_pil(part)
         except RuntimeError as exc:
-            raise DataError(f"'{source}': cannot decode an image ({exc})") from None
+            raise DataError(f"'{source}': cannot decode an image ({str(exc).splitlines()[0]})") from None
         shapes = {tuple(i.shape) for i in imgs}
         if len(shapes) > 1:
             raise DataError(f"'{source}': images of several sizes {sorted(shapes)[:3]}; resident loading needs one "
@@ -526,6 +543,30 @@ def _decode_images(blobs: list[bytes], source: Path, chunk: int = 4096) -> torch
     if len({tuple(t.shape[1:]) for t in out}) > 1:
         raise DataError(f"'{source}': images of several sizes; use imagefolder:{source} to stream and resize")
     return torch.cat(out)
+
+
+def _decode_torchvision(blobs: list[bytes]) -> list[torch.Tensor]:
+    import warnings
+
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 announces a move of its decoders to torchcodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        if all(b[:2] == b"\xff\xd8" for b in blobs):
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB))
+        return [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+
+
+def _decode_pil(blobs: list[bytes]) -> list[torch.Tensor]:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))).permute(2, 0, 1) for b in blobs]
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
