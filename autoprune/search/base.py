@@ -104,7 +104,7 @@ class Optimizer:
 
     # -- the interface ---------------------------------------------------------------------
     def ask(self, rng: np.random.Generator, pending: Sequence[tuple[Widths, str]] = ()) -> tuple[Widths, str] | None:
-        out = self.propose(rng, tuple(tuple(int(x) for x in w) for w, _ in pending))
+        out = self.propose(rng, tuple((tuple(int(x) for x in w), str(r)) for w, r in pending))
         if out is None:
             return None
         widths, role = out
@@ -122,18 +122,31 @@ class Optimizer:
         self.observe(widths, score, role)
 
     # -- for subclasses ----------------------------------------------------------------------
-    def propose(self, rng: np.random.Generator, pending: tuple[Widths, ...]) -> tuple[Widths, str] | None:
+    def propose(self, rng: np.random.Generator, pending: tuple[tuple[Widths, str], ...]) -> tuple[Widths, str] | None:
+        """A new candidate (widths in budget, role), or None when there is nothing to propose."""
         raise NotImplementedError
 
     def observe(self, widths: Widths, score: float | None, role: str) -> None:
         """Learn from one result (after the base class has recorded it)."""
 
-    def repair(self, widths: Sequence[int], rng: np.random.Generator) -> Widths:
-        return repair(self.space, widths, self.max_macs, rng=rng)
+    def repair(self, widths: Sequence[int], rng: np.random.Generator, hold: Sequence[int] = ()) -> Widths:
+        return repair(self.space, widths, self.max_macs, rng=rng, hold=hold)
 
     def random_feasible(self, rng: np.random.Generator) -> Widths:
         """A uniformly drawn grid point, repaired onto the budget boundary."""
         return self.repair(self.space.sample(rng), rng)
+
+    def taken(self, pending) -> set:
+        """Widths already scored or being scored: proposing them again wastes a trial."""
+        return set(self.seen) | {w for w, _ in pending}
+
+    def random_unseen(self, rng: np.random.Generator, pending, tries: int = 50) -> Widths:
+        taken = self.taken(pending)
+        for _ in range(tries):
+            widths = self.random_feasible(rng)
+            if widths not in taken:
+                break
+        return widths
 
     def uniform_feasible(self) -> Widths:
         """The widest single-multiplier vector (every group at about the same ratio) in budget."""

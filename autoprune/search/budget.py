@@ -113,43 +113,40 @@ def _floor_index(choices: Sequence[int], target: float) -> int:
 
 
 def repair(space, widths: Sequence[int], max_macs: int, *, rng: np.random.Generator | None = None,
-           grow: bool = True) -> tuple[int, ...]:
+           grow: bool = True, hold: Sequence[int] = ()) -> tuple[int, ...]:
     """Map ``widths`` into the budget, then grow it back until nothing more fits.
 
-    Shrinking scales every width by one common factor (found by bisection), which keeps the
-    proposal's *allocation* — the relative widths an optimizer chose — rather than cutting
-    whichever layer is cheapest. Growing then steps groups up one allowed width at a time in
-    a random order (``rng``), so the result sits on the budget boundary without a
-    systematic bias toward early or late layers. The result never exceeds ``max_macs``;
-    BudgetError if even the narrowest network does.
+    Shrinking steps a randomly chosen group down one allowed width at a time until the vector
+    fits; growing then steps randomly chosen groups up while they still fit, so the result
+    sits on the budget boundary. Both move as few groups as they must, which keeps a
+    repaired vector close to the proposal: an optimizer's local move (one layer wider)
+    becomes a trade (that layer wider, a few others a step narrower) instead of being
+    washed out by a global rescale. Groups in ``hold`` (the ones an optimizer just moved)
+    are left alone while other groups can absorb the change. The random order (``rng``)
+    avoids a systematic bias toward early or late layers. The result never exceeds
+    ``max_macs``; BudgetError if even the narrowest network does.
     """
+    rng = rng if rng is not None else np.random.default_rng(0)
     idx = [c.index(int(w)) for c, w in zip(space.choices, widths)]
-    cand = tuple(c[i] for c, i in zip(space.choices, idx))
-    if cost.macs(space, cand) > max_macs:
-        if cost.macs(space, space.min_widths()) > max_macs:
-            check_reachable(space, max_macs)
+    hold = {int(g) for g in hold}
 
-        def scaled(s: float) -> list[int]:
-            return [_floor_index(c, s * c[i]) for c, i in zip(space.choices, idx)]
+    def fits() -> bool:
+        return cost.macs(space, [c[i] for c, i in zip(space.choices, idx)]) <= max_macs
 
-        lo, hi = 0.0, 1.0  # macs(scaled(lo)) fits (the minimum network), scaled(hi) does not
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            if cost.macs(space, [c[j] for c, j in zip(space.choices, scaled(mid))]) <= max_macs:
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo < 1e-4:
-                break
-        idx = scaled(lo)
+    if not fits():
+        check_reachable(space, max_macs)
+        while not fits():
+            movable = [g for g in range(len(idx)) if idx[g] > 0 and g not in hold]
+            movable = movable or [g for g in range(len(idx)) if idx[g] > 0]
+            idx[movable[int(rng.integers(len(movable)))]] -= 1
     if grow:
-        idx = _grow(space, idx, max_macs, rng or np.random.default_rng(0))
+        idx = _grow(space, idx, max_macs, rng, hold)
     return tuple(c[i] for c, i in zip(space.choices, idx))
 
 
-def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator) -> list[int]:
+def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=()) -> list[int]:
     idx = list(idx)
-    open_ = [g for g in range(len(idx)) if idx[g] < len(space.choices[g]) - 1]
+    open_ = [g for g in range(len(idx)) if idx[g] < len(space.choices[g]) - 1 and g not in hold]
     while open_:
         still = []
         for g in rng.permutation(open_):
