@@ -10,6 +10,16 @@ from autoprune.data import augment_batch, iterate, load_data
 from autoprune.errors import DataError
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These tensors are tiny: with several test processes sharing two cores, intra-op threads
+    # spin-wait on each other and run 10-50x slower than one thread.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small(**kw):
     return load_data("synthetic", val_size=kw.pop("val_size", 64), n_train=kw.pop("n_train", 256), n_test=64,
                      image_size=16, **kw)
