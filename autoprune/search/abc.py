@@ -40,7 +40,7 @@ class ABCOptimizer(Optimizer):
 
     name = "abc"
 
-    def __init__(self, space, max_macs, *, seed=0, model=None, sources: int = 6, limit: int = 5, dims: int = 2):
+    def __init__(self, space, max_macs, *, seed=0, model=None, sources: int = 4, limit: int = 6, dims: int = 3):
         super().__init__(space, max_macs, seed=seed, model=model)
         if sources < 2:
             raise ValueError("abc needs at least 2 food sources")

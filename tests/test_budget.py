@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from autoprune import cost
+from autoprune.errors import BudgetError
+from autoprune.models import create_model
+from autoprune.search.budget import check_reachable, parse_budget, repair, utilisation
+from autoprune.space import SearchSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return SearchSpace.from_model(create_model("resnet20"), (3, 32, 32))
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("0.4", "ratio", 0.4), (0.4, "ratio", 0.4), ("1", "ratio", 1.0), ("40%", "ratio", 0.4),
+    ("120M", "macs", 120e6), ("1.2G", "macs", 1.2e9), ("3e8", "macs", 3e8), ("500k", "macs", 5e5),
+])
+def test_parse_budget(text, kind, value):
+    b = parse_budget(text)
+    assert b.kind == kind and b.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["0", "-0.2", "1.5", "abcM", "", "nan", "M", "0%", "150%", True])
+def test_parse_budget_rejects(text):
+    with pytest.raises(BudgetError) as info:
+        parse_budget(text)
+    assert "\n" not in str(info.value)
+
+
+def test_max_macs():
+    assert parse_budget(0.4).max_macs(1000) == 400
+    assert parse_budget("120M").max_macs(10**9) == 120_000_000
+
+
+def test_unreachable_budget_names_smallest_ratio(space):
+    base = cost.macs(space, space.max_widths())
+    smallest = cost.macs(space, space.min_widths()) / base
+    with pytest.raises(BudgetError, match=f"{smallest:.3f}"):
+        check_reachable(space, int(0.5 * smallest * base), "tiny")
+    with pytest.raises(BudgetError):
+        repair(space, space.max_widths(), int(0.5 * smallest * base))
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.4, 0.9])
+def test_repair_is_feasible_and_uses_the_budget(space, ratio):
+    max_macs = int(ratio * cost.macs(space, space.max_widths()))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        w = repair(space, space.sample(rng), max_macs, rng=rng)
+        assert space.validate(w) == w
+        assert cost.macs(space, w) <= max_macs
+        # Nothing more fits: every group one step wider breaks the budget.
+        for g, c in enumerate(space.choices):
+            i = c.index(w[g])
+            if i + 1 < len(c):
+                wider = list(w)
+                wider[g] = c[i + 1]
+                assert cost.macs(space, wider) > max_macs
+        assert utilisation(space, w, max_macs) > 0.9
+
+
+def test_repair_keeps_feasible_vector_and_is_deterministic(space):
+    max_macs = int(0.5 * cost.macs(space, space.max_widths()))
+    w0 = repair(space, space.min_widths(), max_macs, rng=np.random.default_rng(3), grow=False)
+    assert w0 == space.min_widths()
+    a = repair(space, space.max_widths(), max_macs, rng=np.random.default_rng(1))
+    b = repair(space, space.max_widths(), max_macs, rng=np.random.default_rng(1))
+    assert a == b
