@@ -152,10 +152,16 @@ def _reflect(idx: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 images → ``(x/255 - mean) / std`` in ``dtype``."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    """uint8 images → ``(x/255 - mean) / std`` in ``dtype``; mean/std as sequences or tensors."""
+    m, s = _scale(mean, std, x.device)
     return ((x.float() - m) / s).to(dtype)
+
+
+def _scale(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    # On the 0..255 scale, shaped to broadcast over NCHW.
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return m.to(device), s.to(device)
 
 
 def iterate(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, train: bool,
@@ -183,13 +189,15 @@ def iterate(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, train: bool,
         per_rank = n // world_size
         order = order[rank::world_size][:per_rank]
     order = order.to(x.device)
+    # Built once per pass: a host-to-device copy per batch would stall the GPU queue.
+    mean_t, std_t = _scale(mean, std, x.device)
     count = _num_batches(len(order), batch_size, train)
     for i in range(count):
         idx = order[i * batch_size:(i + 1) * batch_size]
         xb = x[idx]
         if augment:
             xb = augment_batch(xb, generator, pad=pad, pad_mode=pad_mode)
-        xb = normalize(xb, mean, std, dtype)
+        xb = ((xb.float() - mean_t) / std_t).to(dtype)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yield xb, y[idx]
@@ -605,6 +613,7 @@ class StreamData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     indices: dict
+    samples: dict = field(default_factory=dict, repr=False)
     meta: dict = field(default_factory=dict)
     num_workers: int = 8
 
@@ -620,7 +629,11 @@ class StreamData:
         if not (root / "train").is_dir() or not test_dir.is_dir():
             raise DataError(f"imagefolder '{root}' needs train/<class>/ and val/<class>/ (or test/<class>/) "
                             "sub-folders")
+        # Scanned once: listing an ImageNet tree takes seconds, too long to repeat every epoch.
         train = ImageFolder(str(root / "train"))
+        test = ImageFolder(str(test_dir))
+        if test.classes != train.classes:
+            raise DataError(f"imagefolder '{root}': {test_dir.name}/ has other classes than train/")
         n = len(train)
         if not 0 <= val_size < n:
             raise DataError(f"val_size {val_size} must leave training images out of the {n} in '{root}/train'")
@@ -630,14 +643,13 @@ class StreamData:
         workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
         meta = {"name": f"imagefolder:{root}", "source": f"imagefolder:{root}", "val_size": val_size,
                 "seed": seed, "limit": limit, "classes": train.classes,
-                "sizes": {"train": len(indices["train"]), "val": len(indices["val"]), "test": None}}
+                "sizes": {"train": len(indices["train"]), "val": len(indices["val"]), "test": len(test)}}
         return cls(root=root, num_classes=len(train.classes), input_shape=(3, image_size, image_size),
-                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), indices=indices, meta=meta,
-                   num_workers=workers)
+                   mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), indices=indices,
+                   samples={"train": train.samples, "test": test.samples}, meta=meta, num_workers=workers)
 
     def _dataset(self, split: str, augment: bool):
         from torchvision import transforms as T
-        from torchvision.datasets import ImageFolder
 
         size = self.input_shape[1]
         if augment:
@@ -646,9 +658,8 @@ class StreamData:
             tf = [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
         tf = T.Compose(tf + [T.ToTensor(), T.Normalize(self.mean, self.std)])
         if split == "test":
-            folder = self.root / "val" if (self.root / "val").is_dir() else self.root / "test"
-            return ImageFolder(str(folder), transform=tf)
-        return torch.utils.data.Subset(ImageFolder(str(self.root / "train"), transform=tf), self.indices[split])
+            return _FileDataset(self.samples["test"], tf)
+        return _FileDataset([self.samples["train"][i] for i in self.indices[split]], tf)
 
     def batches(self, split: str, *, batch_size: int, train: bool, generator: torch.Generator | None = None,
                 augment: bool | None = None, rank: int = 0, world_size: int = 1, channels_last: bool = False):
@@ -667,8 +678,24 @@ class StreamData:
             yield xb, yb
 
     def num_batches(self, split: str, *, batch_size: int, train: bool, world_size: int = 1) -> int:
-        n = len(self.indices[split]) if split != "test" else len(self._dataset("test", False))
+        n = len(self.samples["test"]) if split == "test" else len(self.indices[split])
         return _num_batches(n // world_size, batch_size, train)
 
     def split(self, name: str):
         raise DataError(f"'{self.root}' is streamed; it has no resident {name} tensors (use .batches())")
+
+
+class _FileDataset(torch.utils.data.Dataset):
+    """(path, label) pairs read with PIL and transformed, in DataLoader workers."""
+
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        from torchvision.datasets.folder import default_loader
+
+        path, label = self.samples[i]
+        return self.transform(default_loader(path)), label

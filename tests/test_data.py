@@ -190,3 +190,17 @@ def test_streamed_imagefolder(tmp_path):
     xb, yb = next(iter(d.batches("train", batch_size=4, train=True, generator=torch.Generator().manual_seed(0))))
     assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.float32 and yb.shape == (4,)
     assert sum(len(y) for _, y in d.batches("test", batch_size=3, train=False)) == 8
+
+
+def test_pil_fallback_decodes_like_torchvision(tmp_path, monkeypatch):
+    import autoprune.data as D
+
+    root = _write_image_tree(tmp_path)
+    fast = load_data(str(root), val_size=0, cache_dir=tmp_path / "c1")
+
+    def unavailable(blobs):
+        raise ImportError("no torchvision.io")
+    monkeypatch.setattr(D, "_decode_torchvision", unavailable)
+    slow = load_data(str(root), val_size=0, cache_dir=tmp_path / "c2")
+    assert slow.train_x.shape == fast.train_x.shape
+    assert (slow.train_x.int() - fast.train_x.int()).abs().max() <= 2  # both libjpeg; rounding may differ
