@@ -34,7 +34,9 @@ def add_data_args(p, *, dataset_default: str | None = "cifar10") -> None:
 
 
 def add_train_args(p, *, epochs: int | None = 25) -> None:
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help="training epochs (default %(default)s)" if epochs else "training epochs (Scratch-E; default: "
+                        "--base-epochs)")
     p.add_argument("--batch-size", type=int, default=512, help="global batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="(default %(default)s)")
@@ -99,6 +101,8 @@ def run_training(args, model, data, config, device, out: Path, *, extra: dict, a
 
     history = train(model, data, config, device=device, out_dir=out, resume=not args.no_resume,
                     progress=not args.quiet, arch=arch, extra=extra)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return history  # under torchrun, rank 0 reports and writes the final files
     test_acc = evaluate_split(model, data, "test", device=device)
     summary = {"val_acc": _finite(history["val_acc"]), "best_val_acc": _finite(history["best_val_acc"]),
                "test_acc": test_acc, "epochs": config.epochs, "steps": history["steps"],
