@@ -1,0 +1,620 @@
+"""Differentiable Markov Channel Pruning (Guo et al., *DMCP*, CVPR 2020) on any traced model.
+
+Each free channel group keeps its smallest allowed width for sure; the channels above it are
+split into ordered blocks whose boundaries are the group's other allowed widths, so every
+width the method can produce is a grid point of the search space. Block ``k`` is kept with
+probability ``p_k = sigmoid(α_k)`` *given that block k-1 is kept*; its marginal keep
+probability is ``P_k = p_1 ⋯ p_k``. A width vector is thus a Markov chain per group, and a
+narrower width can never keep a later block: no two parameter settings encode the same net.
+
+Training alternates two kinds of step on the same supernet (the traced model at full width):
+
+* **weight steps** (the sandwich rule): the widest network learns from the labels, the
+  narrowest and two widths drawn from the Markov process learn from the widest network's
+  soft outputs (in-place distillation). Narrower networks are realised by masking channel
+  blocks to zero, which in train mode computes exactly what the materialised network does;
+* **architecture steps**: every block's output is scaled by its marginal ``P_k``, the
+  cross-entropy of that expected network plus ``λ`` × a budget loss on the expected MACs
+  (the analytic cost model evaluated at the expected widths) is minimised w.r.t. α only.
+
+Gating is per *group*, through forward hooks on the layers whose outputs carry the group's
+channels, so coupled layers (a residual stage, both sides of a depthwise conv) share their
+group's α with no per-model code. The derived width vector is repaired into the budget like
+every other method's candidate.
+
+>>> from autoprune.data import load_data
+>>> from autoprune.models import create_model
+>>> from autoprune.space import SearchSpace
+>>> from autoprune.cost import base_macs
+>>> data = load_data("synthetic", val_size=64, n_train=256, image_size=16)
+>>> model = create_model("resnet20", num_classes=data.num_classes)
+>>> space = SearchSpace.from_model(model, (3, 16, 16))
+>>> widths, info = search_dmcp(model, space, data, budget_macs=int(0.5 * base_macs(space)), steps=4,
+...                            batch_size=32, progress=False)
+>>> len(widths) == len(space)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune import cost
+from autoprune.errors import CheckpointError, SearchError
+from autoprune.space import SearchSpace
+
+CHECKPOINT_FORMAT = "autoprune.dmcp/1"
+CHECKPOINT_NAME = "dmcp.pt"
+DERIVE_MODES = ("expected", "direct")
+
+Widths = tuple[int, ...]
+
+
+class DMCPResult(NamedTuple):
+    """What :func:`search_dmcp` returns: unpacks as ``widths, info``."""
+
+    widths: Widths
+    info: dict
+
+
+# --------------------------------------------------------------------------------------------
+# The architecture: α, block structure, expected widths and MACs. Pure tensor maths, no model.
+# --------------------------------------------------------------------------------------------
+
+
+class MarkovArch(nn.Module):
+    """Transition logits α of every free group's Markov chain over its channel blocks.
+
+    ``alpha`` is one flat parameter; group ``i`` owns ``alpha[offsets[i]:offsets[i+1]]``,
+    one entry per allowed width above its smallest. The default initialisation makes the
+    chain draw every allowed width with equal probability, so weight training before the
+    architecture steps start sees the uniform sandwich of slimmable networks.
+    """
+
+    def __init__(self, space: SearchSpace, *, init: str = "uniform"):
+        super().__init__()
+        self.space = space
+        self.mins = [c[0] for c in space.choices]
+        self.sizes = [torch.tensor(np.diff(c), dtype=torch.long) for c in space.choices]
+        counts = [len(c) - 1 for c in space.choices]
+        self.offsets = [0, *np.cumsum(counts).tolist()]
+        if init == "uniform":
+            # p_k = (K+1-k)/(K+2-k) gives P_k = (K+1-k)/(K+1): every one of the K+1 widths equally likely.
+            init_p = [torch.tensor([(k_ - k) / (k_ + 1 - k) for k in range(k_)], dtype=torch.float64)
+                      for k_ in counts]
+            alpha = torch.cat([torch.logit(p) for p in init_p]).float()
+        elif init == "full":
+            alpha = torch.full((self.offsets[-1],), 4.0)
+        else:
+            raise SearchError(f"unknown DMCP initialisation '{init}'; expected uniform or full")
+        self.alpha = nn.Parameter(alpha)
+
+    def __len__(self) -> int:
+        return len(self.mins)
+
+    def group_alpha(self, i: int) -> torch.Tensor:
+        return self.alpha[self.offsets[i]:self.offsets[i + 1]]
+
+    def transition_probs(self) -> list[torch.Tensor]:
+        """p_k per group: probability that block k is kept given block k-1 is."""
+        return [torch.sigmoid(self.group_alpha(i)) for i in range(len(self))]
+
+    def marginal_probs(self) -> list[torch.Tensor]:
+        """P_k per group: probability that block k (and so every earlier block) is kept."""
+        return [torch.cumprod(p, 0) for p in self.transition_probs()]
+
+    def expected_widths(self, marginals: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Expected width of every free group, as differentiable float64 scalars."""
+        marginals = self.marginal_probs() if marginals is None else marginals
+        return [m + (s.to(p.device, torch.float64) * p.double()).sum()
+                for m, s, p in zip(self.mins, self.sizes, marginals)]
+
+    def expected_macs(self) -> torch.Tensor:
+        """The analytic MACs of the expected widths (differentiable w.r.t. α)."""
+        return cost.macs(self.space, self.expected_widths())
+
+    def channel_scales(self, marginals: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per-channel multipliers of every free group: 1 for the kept minimum, P_k on block k."""
+        out = {}
+        for i, (gid, m, s, p) in enumerate(zip(self.space.free, self.mins, self.sizes, marginals)):
+            ones = torch.ones(m, device=p.device, dtype=p.dtype)
+            out[gid] = torch.cat([ones, torch.repeat_interleave(p, s.to(p.device))])
+        return out
+
+    def masks(self, widths: Sequence[int]) -> dict[int, torch.Tensor]:
+        """0/1 multipliers that keep the first ``widths[i]`` channels of each free group."""
+        dev = self.alpha.device
+        return {gid: (torch.arange(c[-1], device=dev) < w).float()
+                for gid, c, w in zip(self.space.free, self.space.choices, widths)}
+
+    @torch.no_grad()
+    def sample(self, generator: torch.Generator) -> Widths:
+        """A width vector drawn from the Markov process (block by block, stopping at the first drop)."""
+        out = []
+        for c, p in zip(self.space.choices, self.transition_probs()):
+            u = torch.rand(len(p), generator=generator, dtype=torch.float64)
+            kept = int(torch.cumprod((u < p.detach().double().cpu()).long(), 0).sum())
+            out.append(c[kept])
+        return tuple(out)
+
+    @torch.no_grad()
+    def expected_choice(self) -> Widths:
+        """Each group's expected width rounded to its nearest allowed width (ties go down)."""
+        out = []
+        for c, e in zip(self.space.choices, self.expected_widths()):
+            e = float(e)
+            out.append(min(c, key=lambda w: (abs(w - e), w)))
+        return tuple(out)
+
+    def alpha_for(self, widths: Sequence[int], margin: float = math.inf) -> torch.Tensor:
+        """α whose chains keep exactly the blocks of ``widths`` (P ∈ {0, 1} for ``margin=inf``)."""
+        parts = []
+        for c, w in zip(self.space.choices, self.space.validate(widths)):
+            kept = c.index(w)
+            parts.append(torch.tensor([margin if k < kept else -margin for k in range(len(c) - 1)]))
+        return torch.cat(parts).to(self.alpha)
+
+
+def budget_loss(expected_macs: torch.Tensor, target: float, band: float = 0.05) -> torch.Tensor:
+    """Zero while ``expected_macs`` lies in ``[(1 - band)·target, target]``, logarithmic outside.
+
+    ``log(1 + d / (band·target))`` with ``d`` the distance to the nearer edge of the band: the
+    slope at the edge equals that of the paper's ``log|E - edge|`` at a distance of one band
+    width, strong enough to pull the expectation in, and continuous, so Adam does not chatter
+    across the edge.
+    """
+    lo = (1.0 - band) * target
+    dist = F.relu(expected_macs - target) + F.relu(lo - expected_macs)
+    return torch.log1p(dist / (band * target))
+
+
+# --------------------------------------------------------------------------------------------
+# Gating a traced model through forward hooks.
+# --------------------------------------------------------------------------------------------
+
+
+def gate_sites(model: nn.Module, space: SearchSpace) -> list[tuple[str, tuple[int, ...]]]:
+    """The layers whose outputs are scaled, with the group layout of their output channels.
+
+    Every norm layer over a free group is a site: it is the last point where a channel's
+    scale would not be normalised away. A conv or linear producer is a site only when some
+    consumer of its output is not a norm; a depthwise conv never is (its input carries the
+    scale already, and a norm after it is a site of its own). In train mode a norm undoes
+    any scale applied before it, so each channel reaches every consumer scaled exactly
+    once along each path; at a residual add each branch is scaled, hence the sum once.
+    """
+    graph = space.graph
+    free = set(space.free)
+    norms = {layer.name for layer in graph.layers if layer.kind == "norm"}
+    users: dict[str, list[fx.Node]] = {}
+    for node in fx.symbolic_trace(model).graph.nodes:
+        if node.op == "call_module":
+            users.setdefault(node.target, []).extend(node.users)
+    sites = []
+    for layer in graph.layers:
+        if layer.kind == "norm":
+            layout = layer.in_layout
+        elif layer.out_group is not None:
+            following = users.get(layer.name, [])
+            if following and all(u.op == "call_module" and u.target in norms for u in following):
+                continue
+            layout = (layer.out_group,)
+        else:
+            continue
+        if free.intersection(layout):
+            sites.append((layer.name, tuple(layout)))
+    covered = {g for _, layout in sites for g in layout}
+    missing = [space.graph.groups[g].name for g in space.free if g not in covered]
+    if missing:
+        raise SearchError(f"DMCP cannot gate channel group(s) {missing[:3]}: no layer's output carries them")
+    return sites
+
+
+class Gates:
+    """Forward hooks that multiply each site's output channels by per-group factors.
+
+    ``set(scales)`` takes ``{group id: per-channel factors}`` for the free groups (marginal
+    probabilities, or 0/1 masks) and builds each site's vector once; ``set(None)`` turns the
+    hooks into no-ops. :meth:`remove` detaches them.
+    """
+
+    def __init__(self, model: nn.Module, space: SearchSpace):
+        self.space = space
+        self.sites = gate_sites(model, space)
+        self._vectors: dict[str, torch.Tensor] | None = None
+        self._handles = [model.get_submodule(name).register_forward_hook(self._hook(name))
+                         for name, _ in self.sites]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, out):
+            if self._vectors is None:
+                return None
+            v = self._vectors[name].to(out.dtype)
+            return out * v.view(1, -1, *([1] * (out.ndim - 2)))
+        return hook
+
+    def set(self, scales: dict[int, torch.Tensor] | None) -> None:
+        if scales is None:
+            self._vectors = None
+            return
+        groups = self.space.graph.groups
+        some = next(iter(scales.values()))
+        vectors = {}
+        for name, layout in self.sites:
+            parts = [scales[g] if g in scales else torch.ones(groups[g].width, device=some.device, dtype=some.dtype)
+                     for g in layout]
+            vectors[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+        self._vectors = vectors
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._vectors = None
+
+
+# --------------------------------------------------------------------------------------------
+# The search.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DMCPConfig:
+    """Hyper-parameters of one DMCP search; saved into its checkpoint.
+
+    ``warmup`` is the fraction of steps that train weights only (the chain stays at its
+    uniform initialisation). ``lr`` is the SGD peak learning rate of the weights (half-cosine
+    decay), ``arch_lr`` Adam's for α. ``penalty`` is λ of the budget loss, ``band`` its
+    width below the target. ``derive`` is ``expected`` (round the expected widths) or
+    ``direct`` (best of ``samples`` Markov draws plus the expected choice, by accuracy on
+    ``eval_batches`` validation batches after re-estimating BatchNorm on ``recal_batches``).
+    """
+
+    steps: int
+    batch_size: int = 128
+    warmup: float = 0.3
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    arch_lr: float = 0.02
+    arch_every: int = 1
+    penalty: float = 1.0
+    band: float = 0.05
+    random_samples: int = 2
+    init: str = "uniform"
+    derive: str = "expected"
+    samples: int = 8
+    eval_batches: int = 4
+    recal_batches: int = 8
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise SearchError(f"DMCP needs positive steps and batch_size (got {self.steps}, {self.batch_size})")
+        if not 0 <= self.warmup < 1:
+            raise SearchError(f"DMCP warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.derive not in DERIVE_MODES:
+            raise SearchError(f"unknown DMCP derivation '{self.derive}'; expected {' or '.join(DERIVE_MODES)}")
+        if not 0 < self.band < 1:
+            raise SearchError(f"DMCP band must be in (0, 1), got {self.band}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup * self.steps))
+
+
+def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int, steps: int | None = None,
+                epochs: float | None = None, batch_size: int = 128, warmup: float = 0.3, lr: float = 0.05,
+                arch_lr: float = 0.02, penalty: float = 1.0, band: float = 0.05, derive: str = "expected",
+                samples: int = 8, seed: int = 0, device: str | torch.device = "cpu",
+                out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
+                model_name: str | None = None, model_kwargs: dict | None = None, budget=None,
+                **options) -> DMCPResult:
+    """Search widths for ``model`` within ``budget_macs`` by DMCP; returns ``DMCPResult(widths, info)``.
+
+    ``model`` (trained or not) is copied; the copy is the supernet whose weights are trained.
+    The length of the search is ``steps`` weight steps, or ``epochs`` passes over the training
+    split (30 when neither is given). With ``out_dir`` the state is checkpointed there every
+    ``checkpoint_every`` steps (and at the end) and, with ``resume``, picked up again; when
+    ``model_name`` is also given the result is written to ``out_dir/arch.json``. Further
+    ``options`` are fields of :class:`DMCPConfig`.
+
+    ``widths`` is within ``budget_macs`` and on the space's grid. ``info`` holds the expected
+    MACs ratio reached, the expected widths, the derived candidates and their scores, the
+    per-group transition probabilities, a short history, wall time, and ``arch`` when
+    ``model_name`` is given.
+    """
+    from autoprune.search.budget import check_reachable, repair
+
+    device = torch.device(device)
+    check_reachable(space, budget_macs, budget)
+    if steps is None:
+        per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
+        steps = max(1, int(round((30 if epochs is None else epochs) * per_epoch)))
+    config = DMCPConfig(steps=int(steps), batch_size=batch_size, warmup=warmup, lr=lr, arch_lr=arch_lr,
+                        penalty=penalty, band=band, derive=derive, samples=samples, seed=seed, **options)
+    ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    start = time.perf_counter()
+
+    supernet = copy.deepcopy(model).to(device)
+    arch = MarkovArch(space, init=config.init).to(device)
+    gates = Gates(supernet, space)
+    w_opt = torch.optim.SGD(_param_groups(supernet, config.weight_decay), lr=config.lr,
+                            momentum=config.momentum, nesterov=config.momentum > 0)
+    a_opt = torch.optim.Adam(arch.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
+    target = float(budget_macs)
+    base = float(cost.base_macs(space))
+    step, history = 0, []
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        step, history = _load(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target)
+    resumed_from = step
+
+    bar = _progress(config.steps, step, progress)
+    stream = _train_stream(data, config.batch_size, config.seed, step)
+    try:
+        with _rng_scope(device):
+            while step < config.steps:
+                torch.manual_seed(_mix(config.seed, step, 1))  # dropout and the like, resumable
+                xb, yb = next(stream)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                for group in w_opt.param_groups:
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+                w_loss = _weight_step(supernet, arch, gates, w_opt, xb, yb, config, step, device)
+                a_stats = None
+                if step >= config.warmup_steps and (step - config.warmup_steps) % config.arch_every == 0:
+                    a_stats = _arch_step(supernet, arch, gates, a_opt, xb, yb, target, config, device)
+                step += 1
+                if a_stats is not None or step % 10 == 0 or step == config.steps:
+                    ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(arch)) / base
+                    bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {target / base:.3f}  loss {w_loss:.3f}")
+                    if step % 10 == 0 or step == config.steps:
+                        history.append({"step": step, "expected_ratio": round(ratio, 5), "loss": round(w_loss, 5)})
+                bar.update(1)
+                if ckpt_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+                    _save(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target, step, history)
+    finally:
+        bar.close()
+
+    with torch.no_grad():
+        expected_macs = float(arch.expected_macs())
+        expected_widths = [round(float(w), 3) for w in arch.expected_widths()]
+        probs = {name: [round(float(p), 4) for p in ps] for name, ps in zip(space.names, arch.transition_probs())}
+    rng = np.random.default_rng(config.seed)
+    if config.derive == "expected":
+        raw = arch.expected_choice()
+        widths = repair(space, raw, budget_macs, rng=rng)
+        candidates = [{"source": "expected", "raw": list(raw), "widths": list(widths), "score": None}]
+    else:
+        widths, candidates = _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng)
+    gates.remove()
+
+    info = {
+        "method": "dmcp",
+        "steps": config.steps,
+        "warmup_steps": config.warmup_steps,
+        "resumed_from": resumed_from,
+        "target_macs": int(budget_macs),
+        "target_ratio": target / base,
+        "expected_macs": expected_macs,
+        "expected_ratio": expected_macs / base,
+        "expected_widths": expected_widths,
+        "macs": int(cost.macs(space, widths)),
+        "ratio": cost.macs(space, widths) / base,
+        "derive": config.derive,
+        "candidates": candidates,
+        "transition_probs": probs,
+        "history": history,
+        "config": asdict(config),
+        "seconds": time.perf_counter() - start,
+    }
+    if model_name is not None:
+        from autoprune.arch import make_arch, save_arch
+
+        score = max((c["score"] for c in candidates if c["score"] is not None and c["widths"] == list(widths)),
+                    default=None)
+        budget_dict = budget.to_dict() if hasattr(budget, "to_dict") else budget
+        info["arch"] = make_arch(model_name, model_kwargs or {}, space, widths, budget=budget_dict,
+                                 method="dmcp", seed=config.seed, score=score,
+                                 extra={"dmcp": {k: info[k] for k in ("steps", "expected_ratio", "target_ratio",
+                                                                      "derive", "seconds")}})
+        if out_dir is not None:
+            save_arch(info["arch"], Path(out_dir) / "arch.json")
+    return DMCPResult(tuple(int(w) for w in widths), info)
+
+
+def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> float:
+    """Sandwich rule: widest on labels; narrowest and Markov draws distilled from the widest."""
+    supernet.train()
+    space = arch.space
+    gen = torch.Generator().manual_seed(_mix(config.seed, step, 2))
+    opt.zero_grad(set_to_none=True)
+    gates.set(None)
+    with _autocast(device):
+        teacher = supernet(x)
+    loss = F.cross_entropy(teacher.float(), y)
+    loss.backward()
+    soft = F.softmax(teacher.detach().float(), 1)
+    students = [space.min_widths()] + [arch.sample(gen) for _ in range(config.random_samples)]
+    for widths in students:
+        gates.set(arch.masks(widths))
+        with _autocast(device):
+            out = supernet(x)
+        F.kl_div(F.log_softmax(out.float(), 1), soft, reduction="batchmean").backward()
+    gates.set(None)
+    opt.step()
+    return float(loss.detach())
+
+
+def _arch_step(supernet, arch, gates, opt, x, y, target, config, device) -> dict:
+    """One Adam step on α: cross-entropy of the expected network + λ · budget loss."""
+    supernet.train()
+    opt.zero_grad(set_to_none=True)
+    marginals = arch.marginal_probs()
+    gates.set(arch.channel_scales(marginals))
+    with _autocast(device):
+        out = supernet(x)
+    gates.set(None)
+    ce = F.cross_entropy(out.float(), y)
+    expected = cost.macs(arch.space, arch.expected_widths(marginals))
+    reg = budget_loss(expected, target, config.band)
+    (ce + config.penalty * reg).backward(inputs=[arch.alpha])
+    opt.step()
+    return {"ce": float(ce.detach()), "budget": float(reg.detach()), "expected_macs": float(expected.detach())}
+
+
+def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng):
+    """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
+    from autoprune.search.budget import repair
+    from autoprune.train import recalibrate_bn
+
+    gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
+    raws = [("expected", arch.expected_choice())] + [("sample", arch.sample(gen)) for _ in range(config.samples)]
+    split = "val" if len(data.split("val")[1]) else "train"
+    state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
+    seen, candidates = {}, []
+    for source, raw in raws:
+        widths = repair(space, raw, budget_macs, rng=rng)
+        if widths not in seen:
+            gates.set(arch.masks(widths))
+            recalibrate_bn(supernet, data, batches=config.recal_batches, batch_size=config.batch_size,
+                           device=device, seed=config.seed)
+            seen[widths] = _accuracy(supernet, data, split, config.eval_batches, config.batch_size, device)
+            supernet.load_state_dict(state)
+        candidates.append({"source": source, "raw": list(raw), "widths": list(widths), "score": seen[widths]})
+    gates.set(None)
+    best = max(candidates, key=lambda c: c["score"])  # first of equals: the expected choice wins ties
+    return tuple(best["widths"]), candidates
+
+
+@torch.no_grad()
+def _accuracy(model, data, split, batches, batch_size, device) -> float:
+    model.eval()
+    correct = total = 0
+    for i, (xb, yb) in enumerate(data.batches(split, batch_size=batch_size, train=False)):
+        if i >= batches:
+            break
+        with _autocast(device):
+            pred = model(xb.to(device)).argmax(1)
+        correct += int((pred == yb.to(device)).sum())
+        total += len(yb)
+    model.train()
+    return correct / max(1, total)
+
+
+# --------------------------------------------------------------------------------------------
+# Plumbing: data stream, seeds, checkpoints, progress.
+# --------------------------------------------------------------------------------------------
+
+
+def _mix(*ints: int) -> int:
+    """A 63-bit seed from a tuple of ints (same tuple, same seed, on every platform)."""
+    return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _train_stream(data, batch_size: int, seed: int, start_step: int) -> Iterator:
+    """Endless augmented training batches; epoch ``e`` is shuffled by a generator seeded from
+    (seed, e), so a resumed search skips to exactly the batch an uninterrupted one would see."""
+    per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        gen = torch.Generator().manual_seed(_mix(seed, epoch, 0))
+        for i, batch in enumerate(data.batches("train", batch_size=batch_size, train=True, generator=gen)):
+            if i >= skip:  # skipped batches are still drawn: augmentation consumes the generator
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Decaying BatchNorm scales and biases only hurts; decay conv / linear weights.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _autocast(device: torch.device):
+    # bf16 on the GPU needs no loss scaling; the CPU runs fp32, which is exact and as fast there.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _rng_scope(device: torch.device):
+    """Per-step reseeding of the global RNG must not leak into the caller's random state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def _progress(total: int, initial: int, show: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="dmcp", disable=not show, dynamic_ncols=True, leave=False)
+
+
+def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float) -> dict:
+    """What a checkpoint must agree on to be resumed (everything that shapes the run)."""
+    d = asdict(config)
+    d.pop("checkpoint_every")
+    return {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices],
+            "target": target}
+
+
+def _save(path: Path, supernet, arch, w_opt, a_opt, config, space, target, step, history) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": _fingerprint(config, space, target),
+        "step": step,
+        "history": history,
+        "model": supernet.state_dict(),
+        "alpha": arch.alpha.detach().clone(),
+        "weight_optimizer": w_opt.state_dict(),
+        "arch_optimizer": a_opt.state_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path, supernet, arch, w_opt, a_opt, config, space, target) -> tuple[int, list]:
+    try:
+        state = torch.load(path, map_location=arch.alpha.device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read DMCP checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a DMCP checkpoint ({CHECKPOINT_FORMAT})")
+    if state["fingerprint"] != _fingerprint(config, space, target):
+        raise CheckpointError(f"DMCP checkpoint {path} belongs to another search (different model, budget or "
+                              "settings); use another output directory or pass resume=False")
+    supernet.load_state_dict(state["model"])
+    with torch.no_grad():
+        arch.alpha.copy_(state["alpha"])
+    w_opt.load_state_dict(state["weight_optimizer"])
+    a_opt.load_state_dict(state["arch_optimizer"])
+    return int(state["step"]), list(state["history"])
+
+
+@torch.no_grad()
+def _no_grad_macs(arch: MarkovArch) -> float:
+    return float(arch.expected_macs())

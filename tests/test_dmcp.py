@@ -1,0 +1,249 @@
+"""DMCP: the Markov gates against the cost model and surgery, and the search end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoprune import cost, dmcp
+from autoprune.data import load_data
+from autoprune.dmcp import Gates, MarkovArch, budget_loss, search_dmcp
+from autoprune.errors import CheckpointError
+from autoprune.models import create_model
+from autoprune.space import SearchSpace
+from autoprune.surgery import zero_dropped
+from conftest import randomize, random_widths
+
+# VGG's five poolings need 32×32; the others run at 16×16. Searches use 8×8 synthetic images.
+SHAPES = {"resnet20": (3, 16, 16), "vgg11": (3, 32, 32), "mobilenetv2": (3, 16, 16)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from a second thread, and on a busy machine the threads'
+    spin-waiting makes them an order of magnitude slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def spaces():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            model = randomize(create_model(name)).eval()
+            cache[name] = (model, SearchSpace.from_model(model, SHAPES[name]))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    data = load_data("synthetic", val_size=32, n_train=96, n_test=16, image_size=8, num_classes=4)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=4)
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    return model, space, data
+
+
+def _tiny_search(tiny, **kw):
+    model, space, data = tiny
+    kw = {"budget_macs": int(0.5 * cost.base_macs(space)), "steps": 6, "batch_size": 16, "warmup": 0.34,
+          "progress": False, **kw}
+    return search_dmcp(model, space, data, **kw)
+
+
+# -- gates on the traced model --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_gated_model_equals_zero_dropped_reference(spaces, name):
+    model, space = spaces(name)
+    arch = MarkovArch(space)
+    x = torch.randn(2, *SHAPES[name], generator=torch.Generator().manual_seed(1))
+    gates = Gates(model, space)
+    try:
+        for widths in random_widths(space, 2, seed=3) + [space.min_widths()]:
+            with torch.no_grad():
+                ref = zero_dropped(model, space, widths, keep="first").eval()(x)
+                gates.set(arch.masks(widths))  # the 0/1 masks of the sandwich steps
+                masked = model(x)
+                arch.alpha.copy_(arch.alpha_for(widths))  # P ∈ {0, 1}: the expected-network path
+                gates.set(arch.channel_scales(arch.marginal_probs()))
+                expected = model(x)
+                gates.set(None)
+            assert torch.allclose(masked, ref, atol=1e-5, rtol=1e-4)
+            assert torch.allclose(expected, ref, atol=1e-5, rtol=1e-4)
+    finally:
+        gates.remove()
+    with torch.no_grad():  # hooks removed: the model is the full model again
+        assert torch.equal(model(x), zero_dropped(model, space, space.max_widths(), keep="first")(x))
+
+
+def test_depthwise_group_is_gated_after_its_norms_only(spaces):
+    model, space = spaces("mobilenetv2")
+    sites = dict(Gates(model, space).sites)
+    dw_convs = [l.name for l in space.graph.layers if l.depthwise]
+    assert dw_convs and not set(dw_convs) & set(sites)
+    assert not any(l.name in sites for l in space.graph.layers if l.kind == "conv")  # all convs feed a BN
+
+
+# -- expected widths and MACs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_expected_macs_equal_cost_model_at_deterministic_chains(spaces, name):
+    _, space = spaces(name)
+    arch = MarkovArch(space)
+    for widths in random_widths(space, 5, seed=7) + [space.min_widths(), space.max_widths()]:
+        with torch.no_grad():
+            arch.alpha.copy_(arch.alpha_for(widths))
+            assert arch.expected_choice() == widths
+            assert [float(w) for w in arch.expected_widths()] == list(widths)
+            assert float(arch.expected_macs()) == cost.macs(space, widths)
+
+
+def test_expected_macs_increase_with_every_alpha(spaces):
+    _, space = spaces("resnet20")
+    arch = MarkovArch(space)
+    with torch.no_grad():
+        arch.alpha.normal_(0, 1.5, generator=torch.Generator().manual_seed(0))
+    arch.expected_macs().backward()
+    assert (arch.alpha.grad > 0).all()
+    base = float(arch.expected_macs().detach())
+    for i in range(0, len(arch.alpha), 7):
+        with torch.no_grad():
+            arch.alpha[i] += 0.5
+            assert float(arch.expected_macs()) > base
+            arch.alpha[i] -= 0.5
+
+
+def test_uniform_init_draws_every_width_equally_often(spaces):
+    _, space = spaces("resnet20")
+    arch = MarkovArch(space)
+    gen = torch.Generator().manual_seed(0)
+    draws = np.array([arch.sample(gen) for _ in range(2000)])
+    for i, c in enumerate(space.choices):
+        freq = np.array([(draws[:, i] == w).mean() for w in c])
+        assert np.abs(freq - 1 / len(c)).max() < 0.05
+        assert set(draws[:, i]) <= set(c)
+
+
+def test_cross_entropy_gradient_reaches_every_group_alpha(tiny):
+    model, space, data = tiny
+    arch = MarkovArch(space)
+    gates = Gates(model, space)
+    x, y = next(data.batches("train", batch_size=16, train=True, generator=torch.Generator().manual_seed(0)))
+    try:
+        model.train()
+        gates.set(arch.channel_scales(arch.marginal_probs()))
+        torch.nn.functional.cross_entropy(model(x), y).backward(inputs=[arch.alpha])
+    finally:
+        gates.remove()
+    for i in range(len(arch)):
+        g = arch.alpha.grad[arch.offsets[i]:arch.offsets[i + 1]]
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, space.names[i]
+
+
+# -- budget loss ----------------------------------------------------------------------------
+
+
+def test_budget_loss_is_zero_in_band_and_grows_outside():
+    t = 1000.0
+    at = lambda e: float(budget_loss(torch.tensor(e, dtype=torch.float64), t, band=0.05))  # noqa: E731
+    assert at(950.0) == at(975.0) == at(1000.0) == 0.0
+    assert 0 < at(1010) < at(1100) < at(2000)
+    assert 0 < at(940) < at(800) < at(100)
+
+
+@pytest.mark.parametrize("ratio", [0.15, 0.4, 0.8])
+def test_budget_loss_alone_drives_expected_macs_into_band(spaces, ratio):
+    _, space = spaces("resnet20")
+    arch = MarkovArch(space)
+    target = ratio * cost.base_macs(space)
+    opt = torch.optim.Adam(arch.parameters(), lr=0.05, betas=(0.5, 0.999))
+    for _ in range(300):
+        opt.zero_grad()
+        budget_loss(arch.expected_macs(), target).backward()
+        opt.step()
+    e = arch.expected_macs().item()
+    assert 0.95 * target <= e <= target * 1.001
+
+
+# -- the search -----------------------------------------------------------------------------
+
+
+def test_search_returns_allowed_widths_within_budget_and_writes_arch(tiny, tmp_path):
+    model, space, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    budget_macs = int(0.3 * cost.base_macs(space))
+    widths, info = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path, model_name="resnet20",
+                                model_kwargs={"num_classes": 4})
+    assert space.validate(widths) == widths
+    assert cost.macs(space, widths) <= budget_macs
+    assert info["macs"] == cost.macs(space, widths) and info["method"] == "dmcp"
+    assert len(info["expected_widths"]) == len(space) and info["steps"] == 6
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    assert arch["method"] == "dmcp" and arch["widths"] == list(widths)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
+
+
+def test_search_is_deterministic_by_seed(tiny):
+    a = _tiny_search(tiny, seed=3)
+    b = _tiny_search(tiny, seed=3)
+    c = _tiny_search(tiny, seed=4)
+    assert a.widths == b.widths
+    assert a.info["transition_probs"] == b.info["transition_probs"]
+    assert a.info["history"] == b.info["history"]
+    assert a.info["transition_probs"] != c.info["transition_probs"]
+
+
+def test_direct_derivation_scores_candidates(tiny):
+    budget_macs = int(0.4 * cost.base_macs(tiny[1]))
+    widths, info = _tiny_search(tiny, budget_macs=budget_macs, derive="direct", samples=2, eval_batches=1,
+                                recal_batches=1)
+    assert [c["source"] for c in info["candidates"]] == ["expected", "sample", "sample"]
+    assert all(0 <= c["score"] <= 1 for c in info["candidates"])
+    best = max(c["score"] for c in info["candidates"])
+    assert list(widths) in [c["widths"] for c in info["candidates"] if c["score"] == best]
+    assert cost.macs(tiny[1], widths) <= budget_macs
+
+
+def test_resume_reaches_the_uninterrupted_state(tiny, tmp_path, monkeypatch):
+    straight = _tiny_search(tiny, out_dir=tmp_path / "a", checkpoint_every=2)
+
+    calls = {"n": 0}
+    real = dmcp._arch_step
+
+    def crash_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dmcp, "_arch_step", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_search(tiny, out_dir=tmp_path / "b", checkpoint_every=2)
+    monkeypatch.setattr(dmcp, "_arch_step", real)
+    saved = torch.load(tmp_path / "b" / "dmcp.pt", weights_only=True)
+    assert saved["step"] == 4  # warm-up 2 steps, arch steps 1-2, crash in the third
+    resumed = _tiny_search(tiny, out_dir=tmp_path / "b", checkpoint_every=2)
+    assert resumed.info["resumed_from"] == 4
+    assert resumed.widths == straight.widths
+    assert resumed.info["history"] == straight.info["history"]
+    a = torch.load(tmp_path / "a" / "dmcp.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "dmcp.pt", weights_only=True)
+    assert torch.equal(a["alpha"], b["alpha"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_search(tiny, tmp_path):
+    _tiny_search(tiny, out_dir=tmp_path, steps=2)
+    with pytest.raises(CheckpointError, match="another search"):
+        _tiny_search(tiny, out_dir=tmp_path, steps=2, seed=9)
