@@ -139,7 +139,7 @@ class _Tracer:
         self.members: list[list[str]] = []
         self.producers: list[list[str]] = []
         self.layers: list[Layer] = []
-        self.seen_modules: dict[str, tuple] = {}
+        self.seen_modules: dict[str, bool] = {}
         self.pos = 0
 
     # -- union-find over group ids ---------------------------------------------------------
@@ -248,11 +248,12 @@ class _Tracer:
             raise TraceError(f"module '{name}' ({type(module).__name__}) takes {len(inputs)} channel tensors; "
                              "only single-input modules are supported")
         x = inputs[0]
-        key = (tuple(x.layout), x.spatial)
-        has_params = any(True for _ in module.parameters(recurse=False))
-        if has_params and name in self.seen_modules and self.seen_modules[name] != key:
-            raise TraceError(f"module '{name}' is called twice on different channels; not supported")
-        self.seen_modules[name] = key
+        if any(True for _ in module.parameters(recurse=False)):
+            # A layer applied twice would need its cost counted twice but sliced once.
+            if name in self.seen_modules:
+                raise TraceError(f"module '{name}' ({type(module).__name__}) is called more than once; "
+                                 "layers with parameters must be used once per forward")
+            self.seen_modules[name] = True
         if isinstance(module, _CONV):
             return self.visit_conv(node, module, x)
         if isinstance(module, nn.Linear):

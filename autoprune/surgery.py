@@ -45,6 +45,8 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
         if m.running_mean is not None:
             m.running_mean = m.running_mean[in_idx].clone()
             m.running_var = m.running_var[in_idx].clone()
+        if getattr(m, "num_batches_tracked", None) is not None:
+            m.num_batches_tracked = m.num_batches_tracked.clone()
         m.num_features = len(in_idx)
         return
     w = m.weight
@@ -54,8 +56,9 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
         m.in_channels = m.out_channels = m.groups = len(in_idx)
         return
-    if kind == "conv" and m.groups > 1:  # fixed groups: nothing to slice
-        return
+    if kind == "conv" and m.groups > 1:  # fixed groups: all channels kept, but own a copy
+        out_idx = torch.arange(m.out_channels)
+        in_idx = torch.arange(w.shape[1])
     w = w[out_idx][:, in_idx]
     m.weight = _param(w, m.weight.requires_grad)
     if m.bias is not None:
@@ -64,6 +67,20 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
         m.in_features, m.out_features = len(in_idx), len(out_idx)
     else:
         m.in_channels, m.out_channels = len(in_idx), len(out_idx)
+
+
+def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
+    """Deep copy of ``model`` whose traced layers still share tensors with the original.
+
+    Every shared tensor is replaced by a sliced copy right after, so the original is never
+    modified; skipping the full copy first matters for large layers (VGG's 25088×4096).
+    """
+    memo = {}
+    for layer in graph.layers:
+        m = model.get_submodule(layer.name)
+        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+            memo[id(t)] = t
+    return copy.deepcopy(model, memo)
 
 
 def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str = "l1",
@@ -78,7 +95,7 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
     graph = space.graph
     full = space.full_widths(widths)
     kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
-    pruned = copy.deepcopy(model)
+    pruned = _copy_sharing_layers(model, graph)
     for layer in graph.layers:
         m = pruned.get_submodule(layer.name)
         spatial = layer.spatial if layer.kind == "linear" else 1

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune.models import create_model, default_input_size, list_models
+
+# Torchvision models at 224×224 are costly on 2 CPU cores; the zoo runs at 32×32.
+REGISTRY = list_models()
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every layer weights and BN statistics of order one, as a trained model has, so
+    that output comparisons are not trivially met by near-zero outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    s = default_input_size(name)
+    return (3, s, s)
+
+
+@pytest.fixture(scope="session")
+def model_cache():
+    """Built and traced once per session: (model, space) by name."""
+    from autoprune.space import SearchSpace
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            model = randomize(create_model(name)).eval()
+            cache[name] = (model, SearchSpace.from_model(model, input_shape(name)))
+        return cache[name]
+
+    return get
+
+
+def random_widths(space, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [space.sample(rng) for _ in range(n)]

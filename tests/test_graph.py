@@ -1,0 +1,162 @@
+"""Channel groups found by tracing."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from autoprune.errors import TraceError
+from autoprune.graph import trace
+from autoprune.models import create_model
+
+
+def _groups_by_name(graph):
+    return {g.name: g for g in graph.groups}
+
+
+def test_vgg_groups_one_per_conv_and_hidden_linear():
+    g = trace(create_model("vgg16"), (3, 32, 32))
+    free = [x for x in g.groups if not x.fixed]
+    assert len(free) == 14  # 13 convs + the hidden classifier layer
+    by = _groups_by_name(g)
+    assert by["features.0"].members == ("features.0", "features.1")
+    assert by["classifier.0"].members == ("classifier.0", "classifier.1")
+    # network input and classifier output are fixed
+    assert by["input"].fixed and by["input"].width == 3
+    assert by["classifier.3"].fixed and by["classifier.3"].width == 10
+
+
+def test_resnet_residual_stage_is_one_searchable_group():
+    g = trace(create_model("resnet20"), (3, 32, 32))
+    by = _groups_by_name(g)
+    stage1 = by["conv1"]
+    assert not stage1.fixed
+    assert set(stage1.producers) == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+    stage2 = by["layer2.0.conv2"]
+    assert "layer2.0.shortcut.0" in stage2.producers and "layer2.2.conv2" in stage2.producers
+    assert len([x for x in g.groups if not x.fixed]) == 3 + 9  # 3 stages + one per block's inner conv
+
+
+def test_tv_resnet50_bottleneck_stages_and_downsample():
+    g = trace(create_model("tv:resnet50"), (3, 64, 64))
+    by = _groups_by_name(g)
+    assert set(by["layer1.0.conv3"].producers) == {"layer1.0.conv3", "layer1.0.downsample.0", "layer1.1.conv3",
+                                                   "layer1.2.conv3"}
+    assert by["fc"].fixed
+
+
+def test_depthwise_conv_couples_its_input_and_output():
+    g = trace(create_model("mobilenetv2"), (3, 32, 32))
+    dw = [l for l in g.layers if l.depthwise]
+    assert dw, "mobilenetv2 has depthwise convs"
+    for layer in dw:
+        (gid,) = layer.in_layout
+        group = g.groups[gid]
+        assert layer.name in group.members
+        assert not group.fixed
+
+
+def test_densenet_concat_layouts_keep_offsets():
+    g = trace(create_model("tv:densenet121"), (3, 64, 64))
+    norm5 = next(l for l in g.layers if l.name == "features.norm5")
+    assert sum(g.groups[i].width for i in norm5.in_layout) == 1024
+    assert len(norm5.in_layout) == 17  # transition output + 16 dense layers of block 4
+    classifier = next(l for l in g.layers if l.name == "classifier")
+    assert classifier.in_layout == norm5.in_layout
+
+
+def test_flatten_to_linear_records_spatial_factor():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            return self.fc(x.view(x.size(0), -1))
+
+    g = trace(Net(), (3, 4, 4))
+    fc = next(l for l in g.layers if l.name == "fc")
+    assert fc.spatial == 16
+    assert not g.groups[fc.in_layout[0]].fixed
+
+
+def test_grouped_conv_freezes_its_channels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 16, 1)
+            self.b = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+            self.c = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    g = trace(Net(), (3, 8, 8))
+    assert g.groups[1].name == "a" and g.groups[1].fixed
+    assert g.groups[2].name == "b" and g.groups[2].fixed
+
+
+class _ChannelSlice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        return self.conv(x)[:, :4]
+
+
+class _Chunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+
+    def forward(self, x):
+        a, b = torch.chunk(self.conv(x), 2, dim=1)
+        return a * b
+
+
+class _Unknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = nn.GroupNorm(2, 8)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class _Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.conv(x))
+
+
+@pytest.mark.parametrize("model,needle", [
+    (_ChannelSlice(), "getitem"),
+    (_Chunk(), "chunk"),
+    (_Unknown(), "GroupNorm"),
+    (_Shared(), "more than once"),
+])
+def test_untraceable_constructs_raise_naming_the_node(model, needle):
+    shape = (4, 8, 8) if isinstance(model, _Shared) else (3, 8, 8)
+    with pytest.raises(TraceError, match=needle):
+        trace(model, shape)
+
+
+def test_control_flow_on_values_is_a_trace_error():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:
+                return self.conv(x)
+            return x
+
+    with pytest.raises(TraceError, match="cannot trace"):
+        trace(Net(), (3, 8, 8))
