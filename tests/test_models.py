@@ -1,0 +1,57 @@
+"""The model registry."""
+
+import sys
+
+import pytest
+import torch
+
+from autoprune.errors import UnknownModelError
+from autoprune.models import create_model, default_input_size, list_models, model_kwargs
+from conftest import REGISTRY
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if not n.startswith("tv:")])
+def test_zoo_models_take_classes_channels_and_sizes(name):
+    model = create_model(name, num_classes=7, in_channels=1).eval()
+    with torch.no_grad():
+        for size in (32, 48):
+            assert model(torch.randn(2, 1, size, size)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if n.startswith("tv:")])
+def test_torchvision_models_by_prefix(name):
+    model = create_model(name, num_classes=5).eval()
+    assert default_input_size(name) == 224
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_registry_lists_the_zoo():
+    names = list_models()
+    for n in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56", "resnet110", "mobilenetv2"):
+        assert n in names
+
+
+def test_user_constructor_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "usernets.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(num_classes=3, width=8):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = create_model("usernets:tiny", width=12)
+    assert model[0].out_channels == 12 and model[-1].out_features == 3
+    assert model_kwargs("usernets:tiny", width=12) == {"width": 12, "num_classes": 10}
+    with pytest.raises(UnknownModelError, match="no callable"):
+        create_model("usernets:nope")
+    sys.modules.pop("usernets", None)
+
+
+def test_unknown_names_suggest_close_ones():
+    with pytest.raises(UnknownModelError, match="resnet56"):
+        create_model("resnet65")
+    with pytest.raises(UnknownModelError, match="constructor arguments"):
+        create_model("vgg16", bogus=1)
+    with pytest.raises(UnknownModelError, match="3 input channels"):
+        create_model("tv:resnet18", in_channels=1)
