@@ -166,8 +166,9 @@ def search(model, budget=0.4, method: str = "abc", data="cifar10", *, trials: in
 
     # -- optimizer -------------------------------------------------------------------------------
     if method in EXTERNAL:
-        widths = _external(method, model=model, space=space, max_macs=max_macs, data=loaded, seed=seed,
-                           device=device, out=out, **method_options)
+        widths = _external(method, model, space, loaded, budget_macs=max_macs, seed=seed, device=device,
+                           out_dir=out / method, progress=progress, model_name=str(model_name),
+                           model_kwargs=kwargs, budget=budget.text, **method_options)
         optimizer: Optimizer = _Fixed(space, max_macs, seed=seed, widths=widths, role=method)
     else:
         optimizer = get_optimizer(method)(space, max_macs, seed=seed, model=model if needs_base else None,
@@ -322,7 +323,7 @@ def _eval_info(evaluate) -> dict:
     return {"kind": type(evaluate).__name__}
 
 
-def _external(method, **kwargs) -> tuple[int, ...]:
+def _external(method, *args, **kwargs) -> tuple[int, ...]:
     """Methods that run their own search (``dmcp``) and hand back one width vector."""
     try:
         from autoprune.dmcp import search_dmcp
@@ -331,7 +332,7 @@ def _external(method, **kwargs) -> tuple[int, ...]:
             from autoprune.search.dmcp import search_dmcp
         except ImportError:
             raise SearchError(f"method '{method}' is not available in this installation") from None
-    result = search_dmcp(**kwargs)
+    result = search_dmcp(*args, **kwargs)
     widths = result.get("widths") if isinstance(result, dict) else getattr(result, "widths", result)
     return tuple(int(w) for w in widths)
 
