@@ -42,7 +42,7 @@ def test_user_constructor_by_import_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     model = create_model("usernets:tiny", width=12)
     assert model[0].out_channels == 12 and model[-1].out_features == 3
-    assert model_kwargs("usernets:tiny", width=12) == {"width": 12, "num_classes": 10}
+    assert model_kwargs("usernets:tiny", width=12) == {"width": 12}
     with pytest.raises(UnknownModelError, match="no callable"):
         create_model("usernets:nope")
     sys.modules.pop("usernets", None)

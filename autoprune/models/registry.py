@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -91,22 +90,14 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def model_kwargs(name: str, **kwargs) -> dict:
     """The constructor kwargs :func:`create_model` would use, defaults filled in.
 
-    Only ``num_classes`` gets a default; a user constructor that does not take it is called
-    without it.
+    Zoo and torchvision models get ``num_classes`` filled in; a user constructor keeps its
+    own defaults.
     """
     out = dict(kwargs)
-    builder = get_builder(name)
-    if "num_classes" not in out and _accepts(builder, "num_classes"):
+    get_builder(name)  # unknown names fail here, with suggestions
+    if "num_classes" not in out and (name in _ZOO or name.startswith("tv:")):
         out["num_classes"] = default_num_classes(name)
     return out
-
-
-def _accepts(fn: Callable, arg: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
