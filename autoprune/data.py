@@ -265,12 +265,14 @@ def _split(raw: dict, *, name: str, val_size: int, seed: int, limit: int | None,
         if limit < 1:
             raise DataError(f"limit must be a positive number of training images, got {limit}")
         train_idx = train_idx[:limit]
+    mean, std = raw.get("mean"), raw.get("std")
+    if mean is None:
+        # From every non-validation training image, before `limit`: a model trained on a subset
+        # and evaluated on the full data must see the same normalisation.
+        mean, std = _channel_stats(x, perm[val_size:])
     # Sorted indices keep memory access sequential and make the subsets easy to inspect.
     train_idx, val_idx = train_idx.sort().values, val_idx.sort().values
     train_x = x[train_idx]
-    mean, std = raw.get("mean"), raw.get("std")
-    if mean is None:
-        mean, std = _channel_stats(train_x)
     shape = tuple(int(s) for s in x.shape[1:])
     meta = {
         "name": name,
@@ -280,6 +282,8 @@ def _split(raw: dict, *, name: str, val_size: int, seed: int, limit: int | None,
         "limit": limit,
         "sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(raw["test_y"])},
         "classes": raw.get("classes"),
+        "mean": list(mean),
+        "std": list(std),
     }
     data = Data(train_x=train_x, train_y=y[train_idx], val_x=x[val_idx], val_y=y[val_idx],
                 test_x=raw["test_x"], test_y=raw["test_y"], num_classes=int(raw["num_classes"]),
@@ -287,9 +291,11 @@ def _split(raw: dict, *, name: str, val_size: int, seed: int, limit: int | None,
     return data.to(device) if torch.device(device).type != "cpu" else data
 
 
-def _channel_stats(x: torch.Tensor, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _channel_stats(x: torch.Tensor, indices: torch.Tensor, max_images: int = 10000
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     # A seeded spread-out sample: ImageFolder data arrives sorted by class, so a prefix is biased.
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:max_images]
+    pick = torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))[:max_images]
+    idx = indices[pick]
     sample = x[idx].double() / 255
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)

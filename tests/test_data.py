@@ -52,6 +52,13 @@ def test_limit_subsamples_train_only():
         small(val_size=256)
 
 
+def test_normalisation_does_not_depend_on_limit():
+    # A base trained on a subset is evaluated on the full data with the same mean/std.
+    full, sub = small(), small(limit=20)
+    assert full.mean == sub.mean and full.std == sub.std
+    assert sub.meta["mean"] == list(sub.mean)
+
+
 def test_augmentation_shapes_and_determinism():
     d = small()
     def batches(seed):

@@ -77,6 +77,9 @@ def load_data_from_args(args, device: torch.device, *, recorded: dict | None = N
     data_dir = args.data_dir if args.data_dir is not None else (recorded.get("data_dir") if same else None)
     data = load_data(name, data_dir, val_size=val_size, seed=seed, device=device, limit=args.limit)
     data.meta["data_dir"] = None if data_dir is None else str(data_dir)
+    if same and recorded.get("mean") and not data.streamed:
+        # Evaluate with the normalisation the model was trained with.
+        data.mean, data.std = tuple(recorded["mean"]), tuple(recorded["std"])
     return data
 
 
