@@ -342,6 +342,8 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
     from autoprune.search.budget import check_reachable, repair
 
     device = torch.device(device)
+    if not len(space):
+        raise SearchError("the search space has no free channel group: nothing for DMCP to search")
     check_reachable(space, budget_macs, budget)
     if steps is None:
         per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
@@ -352,6 +354,9 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
     start = time.perf_counter()
 
     supernet = copy.deepcopy(model).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        supernet.to(memory_format=torch.channels_last)
     arch = MarkovArch(space, init=config.init).to(device)
     gates = Gates(supernet, space)
     w_opt = torch.optim.SGD(_param_groups(supernet, config.weight_decay), lr=config.lr,
@@ -365,7 +370,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
     resumed_from = step
 
     bar = _progress(config.steps, step, progress)
-    stream = _train_stream(data, config.batch_size, config.seed, step)
+    stream = _train_stream(data, config.batch_size, config.seed, step, channels_last)
     try:
         with _rng_scope(device):
             while step < config.steps:
@@ -526,14 +531,15 @@ def _mix(*ints: int) -> int:
     return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
 
 
-def _train_stream(data, batch_size: int, seed: int, start_step: int) -> Iterator:
+def _train_stream(data, batch_size: int, seed: int, start_step: int, channels_last: bool = False) -> Iterator:
     """Endless augmented training batches; epoch ``e`` is shuffled by a generator seeded from
     (seed, e), so a resumed search skips to exactly the batch an uninterrupted one would see."""
     per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
     epoch, skip = divmod(start_step, per_epoch)
     while True:
         gen = torch.Generator().manual_seed(_mix(seed, epoch, 0))
-        for i, batch in enumerate(data.batches("train", batch_size=batch_size, train=True, generator=gen)):
+        batches = data.batches("train", batch_size=batch_size, train=True, generator=gen, channels_last=channels_last)
+        for i, batch in enumerate(batches):
             if i >= skip:  # skipped batches are still drawn: augmentation consumes the generator
                 yield batch
         epoch, skip = epoch + 1, 0
@@ -570,7 +576,9 @@ def _progress(total: int, initial: int, show: bool):
 def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float) -> dict:
     """What a checkpoint must agree on to be resumed (everything that shapes the run)."""
     d = asdict(config)
-    d.pop("checkpoint_every")
+    # Derivation settings do not shape training: a finished search may be re-derived another way.
+    for key in ("checkpoint_every", "derive", "samples", "eval_batches", "recal_batches"):
+        d.pop(key)
     return {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices],
             "target": target}
 

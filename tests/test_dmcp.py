@@ -204,11 +204,15 @@ def test_search_is_deterministic_by_seed(tiny):
     assert a.info["transition_probs"] != c.info["transition_probs"]
 
 
-def test_direct_derivation_scores_candidates(tiny):
+def test_direct_derivation_scores_candidates_of_a_finished_search(tiny, tmp_path):
     budget_macs = int(0.4 * cost.base_macs(tiny[1]))
-    widths, info = _tiny_search(tiny, budget_macs=budget_macs, derive="direct", samples=2, eval_batches=1,
-                                recal_batches=1)
+    first = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path)
+    widths, info = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path, derive="direct", samples=2,
+                                eval_batches=1, recal_batches=1)
+    assert info["resumed_from"] == 6  # derivation settings do not invalidate the trained state
+    assert info["transition_probs"] == first.info["transition_probs"]
     assert [c["source"] for c in info["candidates"]] == ["expected", "sample", "sample"]
+    assert info["candidates"][0]["widths"] == list(first.widths)
     assert all(0 <= c["score"] <= 1 for c in info["candidates"])
     best = max(c["score"] for c in info["candidates"])
     assert list(widths) in [c["widths"] for c in info["candidates"] if c["score"] == best]
