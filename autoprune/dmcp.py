@@ -337,9 +337,10 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
     ``widths`` is within ``budget_macs`` and on the space's grid. ``info`` holds the expected
     MACs ratio reached, the expected widths, the derived candidates and their scores, the
     per-group transition probabilities, a short history, wall time, and ``arch`` when
-    ``model_name`` is given.
+    ``model_name`` is given (its ``budget`` field records ``budget``, a Budget or its text,
+    with ``budget_macs``).
     """
-    from autoprune.search.budget import check_reachable, repair
+    from autoprune.search.budget import check_reachable, parse_budget, repair
 
     device = torch.device(device)
     if not len(space):
@@ -432,7 +433,9 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
 
         score = max((c["score"] for c in candidates if c["score"] is not None and c["widths"] == list(widths)),
                     default=None)
-        budget_dict = budget.to_dict() if hasattr(budget, "to_dict") else budget
+        budget_dict = {"max_macs": int(budget_macs), "ratio": target / base}
+        if budget is not None:  # a Budget, or its text ("0.4", "120M")
+            budget_dict = {**parse_budget(budget).to_dict(), **budget_dict}
         info["arch"] = make_arch(model_name, model_kwargs or {}, space, widths, budget=budget_dict,
                                  method="dmcp", seed=config.seed, score=score,
                                  extra={"dmcp": {k: info[k] for k in ("steps", "expected_ratio", "target_ratio",

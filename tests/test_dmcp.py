@@ -184,13 +184,14 @@ def test_search_returns_allowed_widths_within_budget_and_writes_arch(tiny, tmp_p
     before = {k: v.clone() for k, v in model.state_dict().items()}
     budget_macs = int(0.3 * cost.base_macs(space))
     widths, info = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path, model_name="resnet20",
-                                model_kwargs={"num_classes": 4})
+                                model_kwargs={"num_classes": 4}, budget="0.3")
     assert space.validate(widths) == widths
     assert cost.macs(space, widths) <= budget_macs
     assert info["macs"] == cost.macs(space, widths) and info["method"] == "dmcp"
     assert len(info["expected_widths"]) == len(space) and info["steps"] == 6
     arch = json.loads((tmp_path / "arch.json").read_text())
     assert arch["method"] == "dmcp" and arch["widths"] == list(widths)
+    assert arch["budget"]["text"] == "0.3" and arch["budget"]["max_macs"] == budget_macs
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
 
 
