@@ -201,7 +201,9 @@ class _Tracer:
         gm.eval()
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape))
+                param = next(self.model.parameters(), None)
+                device = param.device if param is not None else "cpu"
+                ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
         except Exception as exc:
             raise TraceError(f"a forward pass of {type(self.model).__name__} on input shape "
                              f"{self.input_shape} failed: {str(exc).splitlines()[0]}") from None
