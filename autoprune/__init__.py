@@ -1,7 +1,8 @@
 """autoprune: channel pruning as architecture search under an exact compute budget.
 
-The building blocks are importable from here; ``search`` (the main job) is loaded lazily so
-that ``import autoprune`` stays cheap.
+``autoprune.search`` is the search function; its machinery lives in the subpackage of the
+same name, which importing the function loads first (so the name ends up bound to the
+function, not the subpackage).
 """
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ from autoprune.graph import trace  # noqa: E402
 from autoprune.models import create_model, list_models, register_model  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.surgery import materialise  # noqa: E402
+from autoprune.api import SearchResult, search  # noqa: E402  (after the subpackage import)
 
 __all__ = [
     "AutopruneError",
@@ -32,10 +34,3 @@ __all__ = [
     "trace",
 ]
 
-
-def __getattr__(name):
-    if name in ("search", "SearchResult"):
-        from autoprune import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'autoprune' has no attribute {name!r}")
