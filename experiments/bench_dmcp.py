@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import latency_ms, retrain, train_config  # noqa: E402
+from bench_search import latency_ms, retrain, test_acc, train_config  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
@@ -69,16 +69,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_dmcp")
     return p.parse_args(argv)
-
-
-def test_acc(model, data, device, limit):
-    """Test accuracy, on a seeded random subset of ``limit`` images: the test split of an
-    ImageFolder source is ordered by class, so its first images are all of one class."""
-    x, y = data.split("test")
-    if limit and limit < len(y):
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        x, y = x[idx.to(x.device)], y[idx.to(y.device)]
-    return evaluate(model, x, y, data=data, device=device)
 
 
 def base_model(name, kwargs, data, args, device, out):

@@ -78,11 +78,14 @@ def train_config(args, epochs, device):
 
 
 def test_acc(model, data, device, limit):
-    x, y = data.split("test")
-    if limit:
-        x, y = x[:limit], y[:limit]
+    """Test accuracy, on a seeded random subset of ``limit`` images: the test split of an
+    ImageFolder source is ordered by class, so its first images are all of one class."""
     from autoprune.train import evaluate
 
+    x, y = data.split("test")
+    if limit and limit < len(y):
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        x, y = x[idx.to(x.device)], y[idx.to(y.device)]
     return evaluate(model, x, y, data=data, device=device)
 
 
