@@ -38,7 +38,7 @@ from autoprune.models import create_model, model_kwargs  # noqa: E402
 from autoprune.search.base import uniform_at_budget  # noqa: E402
 from autoprune.search.budget import parse_budget  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.train import evaluate, evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
+from autoprune.train import evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
 
 
 def parse_args(argv=None):
