@@ -15,7 +15,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch.nn as nn
 
 from autoprune import cost
 from autoprune.errors import CheckpointError, SearchError
+from autoprune.files import write_text
+from autoprune.train import resolve_device
 from autoprune.search.base import EXTERNAL, Optimizer, get_optimizer
 from autoprune.search.budget import check_reachable, parse_budget
 from autoprune.search.evaluate import EvalConfig, EvalResult, Evaluator, SyntheticObjective
@@ -117,7 +118,7 @@ def search(model, budget=0.4, method: str = "abc", data="cifar10", *, trials: in
     """
     start = time.perf_counter()
     out = Path(out if out is not None else DEFAULT_OUT)
-    device = _device(device)
+    device = resolve_device(device)
     method_options = dict(method_options or {})
     trials = 50 if trials is None else int(trials)
     if trials < 1:
@@ -223,18 +224,6 @@ def search(model, budget=0.4, method: str = "abc", data="cifar10", *, trials: in
 # --------------------------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------------------------
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SearchError(f"unknown device '{device}'; expected cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SearchError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
-    return dev
 
 
 def _load_data(data, data_dir, *, device, seed, limit, val_size):
@@ -370,11 +359,4 @@ def _write_csv_atomic(rows: list[dict], path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(buf.getvalue(), path)

@@ -16,8 +16,6 @@ base and pruned model, and how it was found (budget, method, seed, score, versio
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +24,7 @@ import torch.nn as nn
 from autoprune import __version__
 from autoprune.cost import macs, params
 from autoprune.errors import ArchError, AutopruneError
+from autoprune.files import write_json
 from autoprune.models import create_model
 from autoprune.space import SearchSpace, SpaceConfig
 from autoprune.surgery import materialise
@@ -69,22 +68,7 @@ def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: S
 
 def save_arch(arch: dict, path: str | Path) -> Path:
     """Write atomically: a crash never leaves a half-written file at ``path``."""
-    return write_json_atomic(arch, path)
-
-
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(arch, path)
 
 
 def validate_arch(arch: Any, source: str = "architecture") -> dict:

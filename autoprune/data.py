@@ -31,7 +31,6 @@ import io
 import os
 import struct
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Iterator
 import torch
 
 from autoprune.errors import DataError
+from autoprune.files import torch_save
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
 CACHE_FORMAT = "autoprune.data/1"
@@ -468,7 +468,7 @@ def _load_folder_source(path: Path, cache_dir) -> dict:
     raw = _decode_folder(files, path)
     raw.update(format=CACHE_FORMAT, version=_CACHE_VERSION)
     try:
-        _atomic_torch_save(raw, cache_file)
+        torch_save(raw, cache_file)
     except OSError:
         pass  # a read-only cache only costs the decode next time
     return raw
@@ -581,22 +581,6 @@ def _decode_pil(blobs: list[bytes]) -> list[torch.Tensor]:
         return [torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))).permute(2, 0, 1) for b in blobs]
     except (UnidentifiedImageError, OSError) as exc:
         raise RuntimeError(str(exc)) from None
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------------------------

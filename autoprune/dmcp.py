@@ -41,7 +41,6 @@ import contextlib
 import copy
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 
 from autoprune import cost
 from autoprune.errors import CheckpointError, SearchError
+from autoprune.files import torch_save
 from autoprune.space import SearchSpace
 
 CHECKPOINT_FORMAT = "autoprune.dmcp/1"
@@ -597,15 +597,7 @@ def _save(path: Path, supernet, arch, w_opt, a_opt, config, space, target, step,
         "weight_optimizer": w_opt.state_dict(),
         "arch_optimizer": a_opt.state_dict(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save(state, path)
 
 
 def _load(path: Path, supernet, arch, w_opt, a_opt, config, space, target) -> tuple[int, list]:

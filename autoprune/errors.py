@@ -42,5 +42,9 @@ class CheckpointError(AutopruneError):
     """A checkpoint that is missing, corrupted or for another model."""
 
 
+class DeviceError(AutopruneError):
+    """A requested device that this machine does not have."""
+
+
 class SearchError(AutopruneError):
     """A search setting that is invalid (unknown method, unreachable storage, ...)."""

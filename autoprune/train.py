@@ -31,8 +31,8 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune import __version__
-from autoprune.data import _atomic_torch_save
-from autoprune.errors import AutopruneError, CheckpointError
+from autoprune.files import torch_save
+from autoprune.errors import DeviceError, AutopruneError, CheckpointError
 
 CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
@@ -119,6 +119,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``name`` as a device; ``None`` means CUDA when there is one, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}'; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    return device
 
 
 def _autocast(device: torch.device):
@@ -291,7 +304,7 @@ def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, *
         payload["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         payload["scheduler"] = scheduler.state_dict()
-    _atomic_torch_save(payload, path)
+    torch_save(payload, path)
     return path
 
 

@@ -37,7 +37,6 @@ from autoprune.models import create_model, model_kwargs  # noqa: E402
 from autoprune.search.budget import parse_budget, repair  # noqa: E402
 from autoprune.search.evaluate import EvalConfig, Evaluator  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.surgery import materialise  # noqa: E402
 from autoprune.train import TrainConfig, evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
 
 

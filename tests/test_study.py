@@ -9,7 +9,6 @@ import pytest
 
 from autoprune.api import search
 from autoprune.errors import SearchError
-from autoprune.search.evaluate import SyntheticObjective
 from autoprune.search.study import TrialStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from autoprune.errors import AutopruneError
+from autoprune.files import write_json
+from autoprune.train import resolve_device  # noqa: F401  (re-exported for the commands)
 
-
-class DeviceError(AutopruneError):
-    """A requested device that this machine does not have."""
 
 
 def add_data_args(p, *, dataset_default: str | None = "cifar10") -> None:
@@ -49,18 +47,6 @@ def add_train_args(p, *, epochs: int | None = 25) -> None:
     p.add_argument("--out", default=None, help="output directory (checkpoint.pt, model.pt, metrics.json)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device '{name}'; expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 def load_data_from_args(args, device: torch.device, *, recorded: dict | None = None):
@@ -132,15 +118,3 @@ def _clean(record: dict) -> dict:
     return {k: (_finite(v) if isinstance(v, float) else v) for k, v in record.items()}
 
 
-def write_json(data, path: Path) -> None:
-    """Atomic: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

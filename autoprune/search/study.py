@@ -106,7 +106,7 @@ def open_storage(url: str):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     return optuna.storages.RDBStorage(url, **kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 # Workers started together on one new SQLite file race to create the schema;
                 # the losers fail ("table already exists", "UNIQUE constraint failed") and
                 # succeed on a second try.
