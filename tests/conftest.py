@@ -36,19 +36,32 @@ def input_shape(name: str) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="session")
 def model_cache():
-    """Built and traced once per session: (model, space) by name."""
+    """(randomized model in eval mode, its space), built and traced once per session for
+    each (name, input shape); the shape defaults to the model's usual one. Tests must not
+    modify the model."""
     from autoprune.space import SearchSpace
 
     cache = {}
 
-    def get(name):
-        if name not in cache:
+    def get(name, shape=None):
+        key = (name, tuple(shape or input_shape(name)))
+        if key not in cache:
             torch.manual_seed(0)
             model = randomize(create_model(name)).eval()
-            cache[name] = (model, SearchSpace.from_model(model, input_shape(name)))
-        return cache[name]
+            cache[key] = (model, SearchSpace.from_model(model, key[1]))
+        return cache[key]
 
     return get
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors gain nothing from a second intra-op thread, and when other processes
+    share the two cores the threads spin-wait on each other and run 10-50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def random_widths(space, n: int, seed: int = 0):

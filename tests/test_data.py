@@ -9,14 +9,7 @@ from autoprune.data import augment_batch, iterate, load_data
 from autoprune.errors import DataError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny: with several test processes sharing two cores, intra-op threads
-    # spin-wait on each other and run 10-50x slower than one thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw):

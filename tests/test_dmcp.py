@@ -13,34 +13,18 @@ from autoprune.errors import CheckpointError
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import zero_dropped
-from conftest import randomize, random_widths
+from conftest import random_widths
 
 # VGG's five poolings need 32×32; the others run at 16×16. Searches use 8×8 synthetic images.
 SHAPES = {"resnet20": (3, 16, 16), "vgg11": (3, 32, 32), "mobilenetv2": (3, 16, 16)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from a second thread, and on a busy machine the threads'
-    spin-waiting makes them an order of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def spaces():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            model = randomize(create_model(name)).eval()
-            cache[name] = (model, SearchSpace.from_model(model, SHAPES[name]))
-        return cache[name]
-
-    return get
+@pytest.fixture()
+def spaces(model_cache):
+    return lambda name: model_cache(name, SHAPES[name])
 
 
 @pytest.fixture(scope="module")

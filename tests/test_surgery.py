@@ -17,18 +17,9 @@ def _small_shape(name):
     return (3, 64, 64) if name.startswith("tv:") else (3, 32, 32)
 
 
-@pytest.fixture(scope="module")
-def small_models():
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            torch.manual_seed(0)
-            model = randomize(create_model(name)).eval()
-            cache[name] = (model, SearchSpace.from_model(model, _small_shape(name)))
-        return cache[name]
-
-    return get
+@pytest.fixture()
+def small_models(model_cache):
+    return lambda name: model_cache(name, _small_shape(name))
 
 
 @pytest.mark.parametrize("name", REGISTRY)

@@ -20,14 +20,7 @@ from autoprune.train import (TrainConfig, TrainingError, evaluate, fine_tune, lo
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny: with several test processes sharing two cores, intra-op threads
-    # spin-wait on each other and run 10-50x slower than one thread.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_classes: int = 4, in_channels: int = 3, width: int = 8) -> nn.Module:
