@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import latency_ms, retrain, test_acc, train_config  # noqa: E402
+from bench_search import add_common_args, latency_ms, retrain, test_acc, train_config  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
@@ -44,12 +44,7 @@ from autoprune.train import evaluate_split, load_checkpoint, save_checkpoint, tr
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="vgg16,resnet56")
-    p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=int, default=None, help="training images (default all)")
-    p.add_argument("--val-size", type=int, default=5000)
-    p.add_argument("--test-limit", type=int, default=None, help="test images used (default all)")
-    p.add_argument("--budgets", default="0.4,0.1")
+    add_common_args(p)
     p.add_argument("--base", default=None, help="trained base checkpoint of the (single) model")
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--search-epochs", type=float, default=30, help="DMCP epochs over the training split")
@@ -59,14 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--arch-lr", type=float, default=0.02)
     p.add_argument("--penalty", type=float, default=1.0)
     p.add_argument("--derive", default="expected", choices=["expected", "direct"])
-    p.add_argument("--retrain-epochs", type=int, default=25)
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (GPU 512, CPU 128)")
-    p.add_argument("--lr", type=float, default=None, help="training peak lr (GPU 0.2, CPU 0.05)")
     p.add_argument("--no-uniform", action="store_true", help="skip the uniform reference rows")
-    p.add_argument("--cpu-latency-batch", type=int, default=32)
-    p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_dmcp")
     return p.parse_args(argv)
 

@@ -40,22 +40,30 @@ from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.train import TrainConfig, evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="vgg16")
+def add_common_args(p) -> None:
+    """Data, budgets and retraining options shared with bench_dmcp.py."""
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="training images (default all)")
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--test-limit", type=int, default=None, help="test images used (default all)")
     p.add_argument("--budgets", default="0.4,0.1")
+    p.add_argument("--retrain-epochs", type=int, default=25)
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (GPU 512, CPU 128)")
+    p.add_argument("--lr", type=float, default=None, help="training peak lr (GPU 0.2, CPU 0.05)")
+    p.add_argument("--cpu-latency-batch", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="vgg16")
+    add_common_args(p)
     p.add_argument("--methods", default="abc,tpe,random")
     p.add_argument("--candidates", type=int, default=100, help="candidates per method and budget")
     p.add_argument("--base", default=None, help="trained base checkpoint (else pre-trained here)")
     p.add_argument("--pretrain-epochs", type=int, default=30)
-    p.add_argument("--retrain-epochs", type=int, default=25)
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (GPU 512, CPU 128)")
-    p.add_argument("--lr", type=float, default=None, help="training peak lr (GPU 0.2, CPU 0.05)")
     p.add_argument("--fine-tune-steps", type=int, default=None)
     p.add_argument("--bn-batches", type=int, default=None)
     p.add_argument("--eval-batch-size", type=int, default=None)
@@ -63,9 +71,6 @@ def parse_args(argv=None):
     p.add_argument("--tau-budget", type=float, default=None, help="budget of the fidelity study (default: last)")
     p.add_argument("--tau-epochs", type=int, default=None, help="from-scratch epochs there (default retrain)")
     p.add_argument("--latency-batch", type=int, default=256, help="GPU latency batch")
-    p.add_argument("--cpu-latency-batch", type=int, default=32)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench_search")
     return p.parse_args(argv)
 
