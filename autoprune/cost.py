@@ -73,10 +73,6 @@ def base_macs(space: SearchSpace) -> int:
     return macs(space, space.max_widths())
 
 
-def base_params(space: SearchSpace) -> int:
-    return params(space, space.max_widths())
-
-
 def parse_count(text: str) -> float:
     """``'120M'`` → 1.2e8, ``'1.2G'`` → 1.2e9, ``'3e8'`` → 3e8; ValueError otherwise."""
     s = str(text).strip().upper()

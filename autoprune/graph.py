@@ -112,12 +112,6 @@ class ChannelGraph:
     input_shape: tuple[int, ...]
     other_params: int
 
-    def group(self, name: str) -> ChannelGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(name)
-
 
 @dataclass
 class _Tensor:
@@ -261,6 +255,9 @@ class _Tracer:
         if isinstance(module, nn.Linear):
             return self.visit_linear(node, module, x)
         if isinstance(module, _NORM):
+            if x.spatial != 1:
+                raise TraceError(f"module '{name}' ({type(module).__name__}) normalises a flattened tensor; "
+                                 "only per-channel norms are supported")
             self.check_channels(node, x, module.num_features)
             self.layers.append(Layer(name, "norm", tuple(x.layout), affine=module.affine))
             for g in x.layout:

@@ -3,12 +3,15 @@
 Rules:
 
 * ``l1`` — L1 norm of each producer's output filter, divided by that producer's mean so that
-  the branches of a residual group weigh alike, summed over producers (Li et al., 2017);
-* ``bn_gamma`` — |γ| of the BatchNorms over the group, summed (Liu et al., 2017);
+  the branches of a residual group weigh alike, averaged over producers (Li et al., 2017);
+* ``bn_gamma`` — |γ| of the BatchNorms over the group, averaged (Liu et al., 2017);
 * ``random`` — a seeded random score;
 * ``first`` — the first k channels (for rebuilding an architecture from scratch).
 
-Scores only depend on the model's weights and the traced graph, never on an optimizer.
+Scores are averaged, not summed, over a group's layers so that they compare across groups:
+a residual stage with four producers must not outrank every single conv in a global
+ranking. Scores only depend on the model's weights and the traced graph, never on an
+optimizer.
 """
 
 from __future__ import annotations
@@ -33,20 +36,23 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str = "l1", seed
         gen = torch.Generator().manual_seed(seed)
         return {gid: torch.rand(len(s), generator=gen, dtype=torch.float64) for gid, s in scores.items()}
     modules = dict(model.named_modules())
+    contributors = {gid: 0 for gid in scores}
     with torch.no_grad():
         for layer in graph.layers:
             m = modules[layer.name]
             if rule == "l1" and layer.out_group is not None:
                 w = m.weight.detach().double().abs().flatten(1).sum(1)
                 scores[layer.out_group] += w / w.mean().clamp_min(1e-12)
+                contributors[layer.out_group] += 1
             elif rule == "bn_gamma" and layer.kind == "norm" and m.weight is not None:
                 gamma = m.weight.detach().double().abs()
                 offset = 0
                 for gid in layer.in_layout:
                     n = graph.groups[gid].width
                     scores[gid] += gamma[offset:offset + n]
+                    contributors[gid] += 1
                     offset += n
-    return scores
+    return {gid: s / max(contributors[gid], 1) for gid, s in scores.items()}
 
 
 def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], rule: str = "l1",

@@ -67,7 +67,7 @@ class SpaceConfig:
                 raise SpaceError(f"{source}: groups['{pattern}'] must be a mapping with keys from {sorted(_GROUP_KEYS)}")
             items.append((str(pattern), tuple(sorted(over.items()))))
         frozen = d.get("frozen") or ()
-        if isinstance(frozen, str) or not all(isinstance(f, str) for f in frozen):
+        if not isinstance(frozen, (list, tuple)) or not all(isinstance(f, str) for f in frozen):
             raise SpaceError(f"{source}: 'frozen' must be a list of group-name patterns")
         try:
             return cls(float(d.get("min_ratio", cls.min_ratio)), float(d.get("step", cls.step)),
@@ -86,7 +86,10 @@ class SpaceConfig:
         for pattern, over in self.groups:
             if fnmatch.fnmatchcase(name, pattern):
                 o = dict(over)
-                r, s, q = float(o.get("min_ratio", r)), float(o.get("step", s)), int(o.get("round_to", q))
+                try:
+                    r, s, q = float(o.get("min_ratio", r)), float(o.get("step", s)), int(o.get("round_to", q))
+                except (TypeError, ValueError) as exc:
+                    raise SpaceError(f"search space: groups['{pattern}']: {exc}") from None
                 frozen = bool(o.get("frozen", frozen))
         _check_grid(r, s, q, f"group '{name}'")
         return r, s, q, frozen

@@ -160,3 +160,18 @@ def test_control_flow_on_values_is_a_trace_error():
 
     with pytest.raises(TraceError, match="cannot trace"):
         trace(Net(), (3, 8, 8))
+
+
+def test_norm_after_flatten_is_a_trace_error():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn = nn.BatchNorm1d(8 * 4 * 4)
+            self.fc = nn.Linear(8 * 4 * 4, 2)
+
+        def forward(self, x):
+            return self.fc(self.bn(torch.flatten(self.conv(x), 1)))
+
+    with pytest.raises(TraceError, match="flattened"):
+        trace(Net(), (3, 4, 4))

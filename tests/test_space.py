@@ -65,6 +65,8 @@ def test_frozen_and_per_group_overrides(tmp_path):
     ("frozen: ['nope.*']\n", "matches no channel group"),
     ("groups: [1, 2]\n", "groups"),
     ("min_ratio: [\n", "invalid YAML"),
+    ("frozen: 5\n", "frozen"),
+    ("groups:\n  conv1: {min_ratio: abc}\n", "groups\\['conv1'\\]"),
 ])
 def test_bad_space_files(tmp_path, text, needle):
     path = tmp_path / "s.yaml"

@@ -98,6 +98,20 @@ def test_l1_keeps_the_largest_filters():
     assert torch.equal(random_a[space.free[0]], random_b[space.free[0]])
 
 
+def test_scores_compare_across_groups():
+    """A residual group's score is a mean over its producers, not a sum: in a global
+    ranking it must not outrank single convs just for having more layers."""
+    from autoprune.importance import channel_scores
+
+    model = randomize(create_model("resnet20"))
+    space = SearchSpace.from_model(model, (3, 32, 32))
+    for rule in ("l1", "bn_gamma"):
+        scores = channel_scores(model, space.graph, rule)
+        stage = scores[space.graph.groups[space.free[0]].id]  # conv1: stem + three block outputs
+        inner = scores[space.free[1]]
+        assert stage.mean() < 2 * inner.mean(), rule
+
+
 def test_fresh_rebuild_reinitialises():
     model = randomize(create_model("resnet20"))
     space = SearchSpace.from_model(model, (3, 32, 32))

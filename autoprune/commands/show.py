@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autoprune.arch import load_arch
 from autoprune.cost import human
 from autoprune.errors import AutopruneError
+from autoprune.files import atomic_write
 
 
 def register(sub) -> None:
@@ -51,9 +50,7 @@ def plot_widths(arch: dict, path: str) -> None:
     ax.set_title(f"{arch['model']['name']}: {ratio:.1%} of base MACs ({arch.get('method')})")
     ax.legend()
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    finally:
+        plt.close(fig)
