@@ -56,6 +56,7 @@ from autoprune import cost
 from autoprune.errors import CheckpointError, SearchError
 from autoprune.files import torch_save
 from autoprune.space import SearchSpace
+from autoprune.train import autocast, param_groups, progress_bar
 
 CHECKPOINT_FORMAT = "autoprune.dmcp/1"
 CHECKPOINT_NAME = "dmcp.pt"
@@ -360,7 +361,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
         supernet.to(memory_format=torch.channels_last)
     arch = MarkovArch(space, init=config.init).to(device)
     gates = Gates(supernet, space)
-    w_opt = torch.optim.SGD(_param_groups(supernet, config.weight_decay), lr=config.lr,
+    w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
                             momentum=config.momentum, nesterov=config.momentum > 0)
     a_opt = torch.optim.Adam(arch.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
     target = float(budget_macs)
@@ -370,7 +371,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
         step, history = _load(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target)
     resumed_from = step
 
-    bar = _progress(config.steps, step, progress)
+    bar = progress_bar(config.steps, "dmcp", progress, initial=step)
     stream = _train_stream(data, config.batch_size, config.seed, step, channels_last)
     try:
         with _rng_scope(device):
@@ -387,14 +388,17 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int,
                 step += 1
                 if a_stats is not None or step % 10 == 0 or step == config.steps:
                     ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(arch)) / base
-                    bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {target / base:.3f}  loss {w_loss:.3f}")
+                    if bar is not None:
+                        bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {target / base:.3f}  loss {w_loss:.3f}")
                     if step % 10 == 0 or step == config.steps:
                         history.append({"step": step, "expected_ratio": round(ratio, 5), "loss": round(w_loss, 5)})
-                bar.update(1)
+                if bar is not None:
+                    bar.update(1)
                 if ckpt_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
                     _save(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target, step, history)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     with torch.no_grad():
         expected_macs = float(arch.expected_macs())
@@ -452,7 +456,7 @@ def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> floa
     gen = torch.Generator().manual_seed(_mix(config.seed, step, 2))
     opt.zero_grad(set_to_none=True)
     gates.set(None)
-    with _autocast(device):
+    with autocast(device):
         teacher = supernet(x)
     loss = F.cross_entropy(teacher.float(), y)
     loss.backward()
@@ -460,7 +464,7 @@ def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> floa
     students = [space.min_widths()] + [arch.sample(gen) for _ in range(config.random_samples)]
     for widths in students:
         gates.set(arch.masks(widths))
-        with _autocast(device):
+        with autocast(device):
             out = supernet(x)
         F.kl_div(F.log_softmax(out.float(), 1), soft, reduction="batchmean").backward()
     gates.set(None)
@@ -474,7 +478,7 @@ def _arch_step(supernet, arch, gates, opt, x, y, target, config, device) -> dict
     opt.zero_grad(set_to_none=True)
     marginals = arch.marginal_probs()
     gates.set(arch.channel_scales(marginals))
-    with _autocast(device):
+    with autocast(device):
         out = supernet(x)
     gates.set(None)
     ce = F.cross_entropy(out.float(), y)
@@ -488,7 +492,7 @@ def _arch_step(supernet, arch, gates, opt, x, y, target, config, device) -> dict
 def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng):
     """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
     from autoprune.search.budget import repair
-    from autoprune.train import recalibrate_bn
+    from autoprune.train import evaluate_split, recalibrate_bn
 
     gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
     raws = [("expected", arch.expected_choice())] + [("sample", arch.sample(gen)) for _ in range(config.samples)]
@@ -501,7 +505,8 @@ def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, devi
             gates.set(arch.masks(widths))
             recalibrate_bn(supernet, data, batches=config.recal_batches, batch_size=config.batch_size,
                            device=device, seed=config.seed)
-            seen[widths] = _accuracy(supernet, data, split, config.eval_batches, config.batch_size, device)
+            seen[widths] = evaluate_split(supernet, data, split, device=device, batch_size=config.batch_size,
+                                          max_batches=config.eval_batches)
             supernet.load_state_dict(state)
         candidates.append({"source": source, "raw": list(raw), "widths": list(widths), "score": seen[widths]})
     gates.set(None)
@@ -509,23 +514,8 @@ def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, devi
     return tuple(best["widths"]), candidates
 
 
-@torch.no_grad()
-def _accuracy(model, data, split, batches, batch_size, device) -> float:
-    model.eval()
-    correct = total = 0
-    for i, (xb, yb) in enumerate(data.batches(split, batch_size=batch_size, train=False)):
-        if i >= batches:
-            break
-        with _autocast(device):
-            pred = model(xb.to(device)).argmax(1)
-        correct += int((pred == yb.to(device)).sum())
-        total += len(yb)
-    model.train()
-    return correct / max(1, total)
-
-
 # --------------------------------------------------------------------------------------------
-# Plumbing: data stream, seeds, checkpoints, progress.
+# Plumbing: data stream, seeds, checkpoints.
 # --------------------------------------------------------------------------------------------
 
 
@@ -548,32 +538,12 @@ def _train_stream(data, batch_size: int, seed: int, start_step: int, channels_la
         epoch, skip = epoch + 1, 0
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Decaying BatchNorm scales and biases only hurts; decay conv / linear weights.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def _autocast(device: torch.device):
-    # bf16 on the GPU needs no loss scaling; the CPU runs fp32, which is exact and as fast there.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def _rng_scope(device: torch.device):
     """Per-step reseeding of the global RNG must not leak into the caller's random state."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
-
-
-def _progress(total: int, initial: int, show: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="dmcp", disable=not show, dynamic_ncols=True, leave=False)
 
 
 def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float) -> dict:

@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune import __version__
 from autoprune.files import torch_save
-from autoprune.errors import DeviceError, AutopruneError, CheckpointError
+from autoprune.errors import AutopruneError, CheckpointError, DataError, DeviceError
 
 CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
@@ -134,11 +134,15 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
-def _autocast(device: torch.device):
-    # bf16 needs no loss scaling and keeps fp32's range; on the CPU fp32 is both faster and exact.
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling, fp32's range); a no-op on the CPU, where fp32 is
+    both faster and exact."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+_autocast = autocast  # the former private name, for existing importers
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -158,39 +162,65 @@ def _bn_weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device="cpu", batch_size: int = 1024) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on resident uint8 images ``x``, normalised like ``data``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device="cpu", batch_size: int = 1024,
+             max_batches: int | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on resident uint8 images ``x``, normalised like ``data``.
+
+    ``max_batches`` caps the pass at that many batches (the first ones, in order). Raises
+    :class:`~autoprune.errors.DataError` when there are no images: an accuracy of nothing is
+    not a number to report.
+    """
     from autoprune.data import iterate
 
+    if len(y) == 0:
+        raise DataError("cannot measure accuracy on 0 images (is the validation split empty? pass --val-size > 0)")
     device = torch.device(device)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     cl = device.type == "cuda"
-    with _autocast(device):
-        for xb, yb in iterate(x, y, batch_size=batch_size, train=False, mean=data.mean, std=data.std,
-                              channels_last=cl):
+    batches = iterate(x, y, batch_size=batch_size, train=False, mean=data.mean, std=data.std, channels_last=cl)
+    with autocast(device):
+        for i, (xb, yb) in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
             correct += (model(xb.to(device, non_blocking=True)).argmax(1) == yb.to(device)).sum()
+            total += len(yb)
     model.train(was_training)
-    return correct.item() / max(1, len(y))
+    return correct.item() / total
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, data, split: str = "val", *, device="cpu", batch_size: int = 1024) -> float:
-    """Accuracy on a split of a resident or streamed dataset."""
+def evaluate_split(model: nn.Module, data, split: str = "val", *, device="cpu", batch_size: int = 1024,
+                   max_batches: int | None = None) -> float:
+    """Accuracy on a split of a resident or streamed dataset (see :func:`evaluate`).
+
+    Raises :class:`~autoprune.errors.DataError` when the split holds no images.
+    """
     if not getattr(data, "streamed", False):
         x, y = data.split(split)
-        return evaluate(model, x, y, data=data, device=device, batch_size=batch_size)
+        if len(y) == 0:
+            raise DataError(f"the {split} split of '{data.meta.get('name', 'the dataset')}' is empty; "
+                            + ("pass --val-size > 0 to hold out validation images" if split == "val"
+                               else "there is nothing to evaluate"))
+        return evaluate(model, x, y, data=data, device=device, batch_size=batch_size, max_batches=max_batches)
     device = torch.device(device)
     was_training = model.training
     model.eval()
     correct, total = 0, 0
-    with _autocast(device):
-        for xb, yb in data.batches(split, batch_size=batch_size, train=False, channels_last=device.type == "cuda"):
+    with autocast(device):
+        for i, (xb, yb) in enumerate(data.batches(split, batch_size=batch_size, train=False,
+                                                  channels_last=device.type == "cuda")):
+            if max_batches is not None and i >= max_batches:
+                break
             correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
             total += len(yb)
     model.train(was_training)
-    return correct / max(1, total)
+    if total == 0:
+        raise DataError(f"the {split} split of '{data.meta.get('name', 'the dataset')}' is empty; "
+                        "there is nothing to evaluate")
+    return correct / total
 
 
 @torch.no_grad()
@@ -217,7 +247,7 @@ def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int
     gen = torch.Generator().manual_seed(seed)
     try:
         done = 0
-        with _autocast(device):
+        with autocast(device):
             while done < batches:
                 for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen, augment=False,
                                           channels_last=device.type == "cuda"):
@@ -267,7 +297,7 @@ def fine_tune(model: nn.Module, data, *, steps: int, lr: float = 0.01, batch_siz
 
 def _step(model, x, y, optimizer, criterion, device, bn_weights=None, l1_gamma: float = 0.0):
     """One SGD step; returns (loss, logits)."""
-    with _autocast(device):
+    with autocast(device):
         logits = model(x)
     loss = criterion(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
@@ -421,7 +451,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
           resume: bool = True, progress: bool = True, arch: dict | None = None, extra: dict | None = None) -> dict:
     """Train ``model`` on ``data``'s training split; returns the history.
 
-    Evaluates on the validation split after every epoch. With ``out_dir``, writes
+    Evaluates on the validation split after every epoch (when ``data`` has one; with an empty
+    validation split the ``val_acc`` entries are NaN). With ``out_dir``, writes
     ``out_dir/checkpoint.pt`` atomically after every epoch (model, optimizer, scheduler,
     config, ``arch``, ``extra`` fields, RNG state) and, when ``resume`` is true and such a
     checkpoint exists, continues from it. Raises :class:`TrainingError` on a non-finite loss;
@@ -485,7 +516,7 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
             break
         net.train()
         n_steps = min(steps_per_epoch, total - step)
-        bar = _progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
+        bar = progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         seen = 0
@@ -540,8 +571,13 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
 
 
 def _has_val(data) -> bool:
-    sizes = data.meta.get("sizes", {})
-    return bool(sizes.get("val", 1))
+    """Whether ``data`` holds validation images (``val_size=0`` leaves none: validation is skipped)."""
+    sizes = (getattr(data, "meta", None) or {}).get("sizes") or {}
+    if "val" in sizes:
+        return bool(sizes["val"])
+    if getattr(data, "streamed", False):
+        return data.num_batches("val", batch_size=1, train=False) > 0
+    return len(data.split("val")[1]) > 0
 
 
 def _check_finite(loss: float, epoch: int, step: int, optimizer, ckpt_path) -> None:
@@ -552,12 +588,13 @@ def _check_finite(loss: float, epoch: int, step: int, optimizer, ckpt_path) -> N
                         f"{optimizer.param_groups[0]['lr']:.3g}){kept}; lower the learning rate")
 
 
-def _progress_bar(total: int, desc: str, show: bool):
+def progress_bar(total: int, desc: str, show: bool, *, initial: int = 0):
+    """A tqdm bar on stderr (stdout stays clean for --json output), or ``None`` when not ``show``."""
     if not show:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _write(msg: str) -> None:

@@ -13,9 +13,9 @@ import torch.nn as nn
 import autoprune.train as T
 from autoprune.cli import main
 from autoprune.data import load_data, normalize
-from autoprune.errors import CheckpointError
-from autoprune.train import (TrainConfig, TrainingError, evaluate, fine_tune, load_checkpoint, lr_factor,
-                             recalibrate_bn, save_checkpoint, scratch_b_epochs, train)
+from autoprune.errors import CheckpointError, DataError
+from autoprune.train import (TrainConfig, TrainingError, evaluate, evaluate_split, fine_tune, load_checkpoint,
+                             lr_factor, recalibrate_bn, save_checkpoint, scratch_b_epochs, train)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,6 +103,22 @@ def test_evaluate_is_exact_accuracy(data):
 
     acc = evaluate(Always(), data.test_x, data.test_y, data=data, batch_size=10)
     assert acc == pytest.approx((data.test_y == 2).float().mean().item())
+
+    # max_batches measures the first batches only, in order.
+    first = (data.test_y[:20] == 2).float().mean().item()
+    assert evaluate_split(Always(), data, "test", batch_size=10, max_batches=2) == pytest.approx(first)
+
+
+def test_empty_validation_split_is_an_error_to_evaluate_and_skipped_by_training():
+    empty = load_data("synthetic", val_size=0, n_train=128, n_test=32, image_size=16)
+    model = fresh()
+    with pytest.raises(DataError, match="val split .* is empty"):
+        evaluate_split(model, empty, "val")
+    with pytest.raises(DataError, match="0 images"):
+        evaluate(model, empty.val_x, empty.val_y, data=empty)
+    history = train(model, empty, cfg(epochs=1), progress=False)
+    assert history["steps"] == 2 and math.isnan(history["val_acc"])
+    assert math.isnan(history["epochs"][0]["val_acc"])
 
 
 def test_recalibrate_bn_averages_training_statistics(data):
