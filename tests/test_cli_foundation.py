@@ -34,6 +34,15 @@ def test_flops_of_vgg16(capsys):
     assert "FLOPs" in out and "2 x MACs" in out
 
 
+def test_flops_lists_groups(capsys):
+    assert main(["flops", "--model", "resnet20", "--groups", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in row["groups"]][:2] == ["conv1", "layer1.0.conv1"]
+    assert all(g["choices"][-1] == g["width"] == g["kept"] for g in row["groups"])
+    assert main(["flops", "--model", "resnet20", "--groups"]) == 0
+    assert "layer3.0.conv2" in capsys.readouterr().out
+
+
 def test_flops_of_an_arch(capsys, arch_file):
     assert main(["flops", "--model", "vgg11", "--arch", str(arch_file), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
