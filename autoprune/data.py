@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import operator
 import os
 import struct
 import tarfile
@@ -98,9 +99,19 @@ class Data:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_batch_size(batch_size) -> None:
+    try:
+        ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1
+    except TypeError:
+        ok = False
+    if not ok:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
     # A training epoch drops the ragged last batch (a tiny batch gives noisy BN statistics),
     # unless that would leave no batch at all on a tiny dataset.
+    _check_batch_size(batch_size)
     if drop_last and n >= batch_size:
         return n // batch_size
     return -(-n // batch_size)
@@ -177,7 +188,16 @@ def iterate(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, train: bool,
     training each of ``world_size`` ranks takes an equal, disjoint slice of the same
     permutation (what ``DistributedSampler`` does), so all ranks must pass equally seeded
     generators. Images stay uint8 until the batch is cut; normalisation happens per batch.
+    Raises :class:`DataError` for a ``batch_size`` below 1 (when called, not when iterated).
     """
+    _check_batch_size(batch_size)
+    return _iterate(x, y, batch_size=batch_size, train=train, generator=generator, mean=mean, std=std,
+                    augment=augment, channels_last=channels_last, dtype=dtype, pad=pad, pad_mode=pad_mode,
+                    rank=rank, world_size=world_size)
+
+
+def _iterate(x, y, *, batch_size, train, generator, mean, std, augment, channels_last, dtype, pad, pad_mode,
+             rank, world_size):
     if augment is None:
         augment = train
     n = len(y)
@@ -653,6 +673,10 @@ class StreamData:
 
     def batches(self, split: str, *, batch_size: int, train: bool, generator: torch.Generator | None = None,
                 augment: bool | None = None, rank: int = 0, world_size: int = 1, channels_last: bool = False):
+        _check_batch_size(batch_size)
+        return self._batches(split, batch_size, train, generator, augment, rank, world_size, channels_last)
+
+    def _batches(self, split, batch_size, train, generator, augment, rank, world_size, channels_last):
         ds = self._dataset(split, train if augment is None else augment)
         n = len(ds)
         order = torch.randperm(n, generator=generator) if train else torch.arange(n)

@@ -203,3 +203,14 @@ def test_pil_fallback_decodes_like_torchvision(tmp_path, monkeypatch):
     slow = load_data(str(root), val_size=0, cache_dir=tmp_path / "c2")
     assert slow.train_x.shape == fast.train_x.shape
     assert (slow.train_x.int() - fast.train_x.int()).abs().max() <= 2  # both libjpeg; rounding may differ
+
+
+@pytest.mark.parametrize("batch_size", [0, -4, 2.5])
+def test_batch_size_below_one_is_a_data_error(batch_size):
+    data = small()
+    with pytest.raises(DataError, match="batch_size must be a positive integer"):
+        data.batches("train", batch_size=batch_size, train=True)
+    with pytest.raises(DataError, match="batch_size"):
+        data.num_batches("val", batch_size=batch_size, train=False)
+    with pytest.raises(DataError, match="batch_size"):
+        iterate(data.val_x, data.val_y, batch_size=batch_size, train=False)
