@@ -302,3 +302,60 @@ def test_cli_retrain_scratch_b(tmp_path, capsys):
     model, ckpt = T.model_from_checkpoint(tmp_path / "re" / "model.pt")
     assert ckpt["arch"]["widths"] == list(widths)
     assert _cli("retrain", path, "--epochs", 1, "--scratch-b", "--dataset", "synthetic") == 2
+
+
+def _resnet20_arch(tmp_path, input_shape=(3, 32, 32), **make_kw):
+    from autoprune.arch import make_arch, save_arch
+    from autoprune.models import create_model, model_kwargs
+    from autoprune.space import SearchSpace
+
+    kwargs = model_kwargs("resnet20", num_classes=4)
+    space = SearchSpace.from_model(create_model("resnet20", **kwargs), input_shape)
+    arch = make_arch("resnet20", kwargs, space, space.uniform(0.5), **make_kw)
+    return arch, save_arch(arch, tmp_path / "arch.json")
+
+
+def test_cli_retrain_takes_base_epochs_from_the_arch_file(tmp_path, capsys):
+    arch, path = _resnet20_arch(tmp_path, extra={"search": {"base_epochs": 7}})
+    common = ["--dataset", "synthetic", "--val-size", 32, "--limit", 32, "--batch-size", 32, "--max-steps", 1,
+              "--device", "cpu", "--quiet"]
+    assert _cli("retrain", path, "--scratch-b", *common, "--json", "--out", tmp_path / "b") == 0
+    assert "base epochs 7 (recorded in" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["epochs"] == scratch_b_epochs(7, arch["macs"]["base"], arch["macs"]["pruned"])
+    assert metrics["base_epochs"] == 7
+    # Scratch-E without --epochs trains for the recorded base epochs; --base-epochs overrides.
+    assert _cli("retrain", path, *common, "--base-epochs", 3, "--out", tmp_path / "e") == 0
+    assert "base epochs 3 (--base-epochs)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_cli_dataset_of_another_input_shape_is_one_line_error(tmp_path, capsys):
+    _, path = _resnet20_arch(tmp_path, input_shape=(3, 16, 16))
+    assert _cli("retrain", path, "--epochs", 1, "--dataset", "synthetic", "--val-size", 32, "--limit", 32,
+                "--device", "cpu", "--quiet", "--out", tmp_path / "r") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune: error:") and len(err.splitlines()) == 1
+    assert "3x16x16" in err and "3x32x32" in err and not (tmp_path / "r").exists()
+    ckpt = save_checkpoint(tmp_path / "gray.pt", tiny(in_channels=1), model_name="test_train:tiny",
+                           model_kwargs={"num_classes": 4, "in_channels": 1}, input_shape=[1, 32, 32])
+    assert _cli("eval", "--checkpoint", ckpt, "--dataset", "synthetic", "--val-size", 32, "--device", "cpu") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1x32x32" in err and "channels and image size must match" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "x.pt", "--batch-size", "0"],
+    ["pretrain", "--model", "resnet20", "--batch-size", "0"],
+    ["pretrain", "--model", "resnet20", "--epochs", "-1"],
+    ["pretrain", "--model", "resnet20", "--limit", "0"],
+    ["retrain", "a.json", "--base-epochs", "0"],
+    ["retrain", "a.json", "--max-steps", "zero"],
+    ["pretrain", "--model", "resnet20", "--val-size", "-1"],
+])
+def test_cli_non_positive_counts_are_rejected_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: argument --" in last and "expected" in last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -15,6 +16,25 @@ from autoprune.files import write_json
 from autoprune.train import resolve_device  # noqa: F401  (re-exported for the commands)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a batch size, a number of epochs or images)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+    return value
+
 
 def add_data_args(p, *, dataset_default: str | None = "cifar10") -> None:
     p.add_argument("--dataset", default=dataset_default,
@@ -23,19 +43,19 @@ def add_data_args(p, *, dataset_default: str | None = "cifar10") -> None:
     p.add_argument("--data-dir", default=None,
                    help="where torchvision-format data lives, or an ImageFolder directory / .tar.gz "
                         "(default $AUTOPRUNE_DATA or ./data)")
-    p.add_argument("--val-size", type=int, default=None,
+    p.add_argument("--val-size", type=non_negative_int, default=None,
                    help="training images held out for validation (default 5000)")
-    p.add_argument("--limit", type=int, default=None, help="keep only this many training images")
+    p.add_argument("--limit", type=positive_int, default=None, help="keep only this many training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and data order")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def add_train_args(p, *, epochs: int | None = 25) -> None:
-    p.add_argument("--epochs", type=int, default=epochs,
+    p.add_argument("--epochs", type=positive_int, default=epochs,
                    help="training epochs (default %(default)s)" if epochs else "training epochs (Scratch-E; default: "
                         "--base-epochs)")
-    p.add_argument("--batch-size", type=int, default=512, help="global batch size (default %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="global batch size (default %(default)s)")
     p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (default %(default)s)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="(default %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
@@ -43,7 +63,7 @@ def add_train_args(p, *, epochs: int | None = 25) -> None:
     p.add_argument("--warmup", type=float, default=0.15, help="fraction of steps to warm up (default %(default)s)")
     p.add_argument("--l1-gamma", type=float, default=0.0,
                    help="L1 penalty on BatchNorm scales, for network slimming (default 0)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--out", default=None, help="output directory (checkpoint.pt, model.pt, metrics.json)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT holds a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,6 +102,25 @@ def check_classes(data, num_classes: int | None, what: str) -> None:
 
     if num_classes is not None and num_classes != data.num_classes:
         raise DataError(f"{what} has {num_classes} classes but dataset '{data.meta['name']}' has {data.num_classes}")
+
+
+def check_input_shape(data, input_shape, what: str) -> None:
+    """Raise :class:`DataError` unless ``data``'s images have the shape the model was built for.
+
+    Channels must match for the first conv to run at all; the spatial size must match too,
+    because an architecture's MACs, and for some models the classifier's input, were
+    computed at that size.
+    """
+    from autoprune.errors import DataError
+
+    if input_shape is None:
+        return
+    expected, got = tuple(int(v) for v in input_shape), tuple(int(v) for v in data.input_shape)
+    if expected != got:
+        c, h, w = expected
+        raise DataError(f"{what} is for {c}x{h}x{w} inputs but dataset '{data.meta['name']}' has "
+                        f"{got[0]}x{got[1]}x{got[2]} images; channels and image size must match "
+                        f"(search again with --in-channels {got[0]} --input-size {got[1]}, or use a matching dataset)")
 
 
 def run_training(args, model, data, config, device, out: Path, *, extra: dict, arch: dict | None = None) -> dict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from autoprune.commands._training import add_data_args, check_classes, load_data_from_args, resolve_device
+from autoprune.commands._training import (add_data_args, check_classes, check_input_shape, load_data_from_args,
+                                          positive_int, resolve_device)
 
 
 def register(sub) -> None:
@@ -12,7 +13,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="file written by pretrain or retrain")
     add_data_args(p, dataset_default=None)
     p.add_argument("--split", choices=["test", "val"], default="test", help="(default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="(default %(default)s)")
     p.set_defaults(func=run, seed=None)
 
 
@@ -25,6 +26,8 @@ def run(args) -> int:
     # that --split val measures the same held-out images as during training.
     data = load_data_from_args(args, device, recorded=ckpt.get("dataset"))
     check_classes(data, (ckpt.get("model_kwargs") or {}).get("num_classes"), f"checkpoint '{args.checkpoint}'")
+    check_input_shape(data, ckpt.get("input_shape") or (ckpt.get("arch") or {}).get("input_shape"),
+                      f"checkpoint '{args.checkpoint}'")
     acc = evaluate_split(model, data, args.split, device=device, batch_size=args.batch_size)
     row = {"checkpoint": str(args.checkpoint), "dataset": data.meta["name"], "split": args.split,
            "images": data.meta["sizes"][args.split], "accuracy": acc}
