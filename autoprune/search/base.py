@@ -110,7 +110,10 @@ class Optimizer:
         widths, role = out
         widths = tuple(int(w) for w in widths)
         # The budget is a hard constraint; an optimizer bug must not leak past it.
-        assert cost.macs(self.space, widths) <= self.max_macs, (self.name, widths)
+        macs = cost.macs(self.space, widths)
+        if macs > self.max_macs:
+            raise SearchError(f"method '{self.name or type(self).__name__}' proposed {list(widths)} with {macs} MACs, "
+                              f"above the budget of {self.max_macs}")
         return widths, role
 
     def tell(self, widths: Sequence[int], score: float | None, role: str) -> None:

@@ -4,7 +4,7 @@
 (filter L1 norms pick the channels), re-estimates BatchNorm statistics on training batches
 (adaptive BN, EagleEye: without it inherited models score near chance), fine-tunes a few
 steps, and measures accuracy on the *validation* split — the test split is for final
-reporting only. Results are cached by width vector.
+reporting only.
 
 :class:`SyntheticObjective` is a cheap deterministic stand-in with a known non-uniform
 optimum, for testing optimizers and the search machinery without training anything.
@@ -72,15 +72,9 @@ class Evaluator:
         self.data = data
         self.device = torch.device(device)
         self.config = config or EvalConfig.for_device(device)
-        self.cache: dict[tuple[int, ...], EvalResult] = {}
 
     def __call__(self, widths: Sequence[int]) -> EvalResult:
-        key = tuple(int(w) for w in widths)
-        if key not in self.cache:
-            self.cache[key] = self._score(key)
-        return self.cache[key]
-
-    def _score(self, widths: tuple[int, ...]) -> EvalResult:
+        widths = tuple(int(w) for w in widths)
         from autoprune.surgery import materialise
         from autoprune.train import evaluate_split, fine_tune, recalibrate_bn
 

@@ -35,7 +35,11 @@ from autoprune.errors import SearchError
 
 STATUS_OK, STATUS_FAILED, STATUS_RUNNING = "ok", "failed", "running"
 STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
-_META_KEYS = ("model", "space", "max_macs", "method", "seed")
+# Settings that make scores comparable: a study made with other values is refused, so that
+# a rerun into the same folder never mixes incomparable scores. Keys absent from an older
+# study are not checked.
+_META_KEYS = ("model", "space", "max_macs", "method", "seed", "objective", "fine_tune_steps", "bn_batches",
+              "eval_batch_size", "lr", "keep", "dataset", "split_seed", "val_size", "limit", "input_shape", "base")
 
 
 def widths_key(widths) -> str:
@@ -121,9 +125,10 @@ def open_storage(url: str):
 class TrialStore:
     """One study in one storage, seen as a list of :class:`Record` with claim / finish.
 
-    ``meta`` (model, space, budget, method, seed) is written into a new study and checked
-    against an existing one, so that a rerun with other settings cannot silently mix its
-    candidates into a study of a different search.
+    ``meta`` (model, space, budget, method, seed, the evaluator settings, the data split and
+    a hash of the base checkpoint; see ``_META_KEYS``) is written into a new study and
+    checked against an existing one, so that a rerun with other settings cannot silently mix
+    its candidates into a study of a different search.
     """
 
     def __init__(self, storage, study_name: str, *, meta: dict):
@@ -156,6 +161,10 @@ class TrialStore:
                 shown = lambda v: v if len(str(v)) < 40 else f"{str(v)[:37]}..."  # noqa: E731
                 raise SearchError(f"study '{self.name}' was made with {k}={shown(stored[k])}, not {shown(meta[k])}; "
                                   "use another --study name or --out folder")
+
+    def release_abandoned(self) -> None:
+        """Close the claims of dead local workers (see :meth:`_close_abandoned`)."""
+        self._close_abandoned()
 
     def _close_abandoned(self) -> None:
         """Fail RUNNING claims left by processes of this host that no longer exist.
@@ -193,8 +202,12 @@ class TrialStore:
         return out
 
     # -- writing ---------------------------------------------------------------------------
-    def claim(self, widths, role: str, *, macs: int, params: int) -> int | None:
-        """Create a RUNNING trial for ``widths``; its trial id, or None if another worker has it."""
+    def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset()) -> int | None:
+        """Create a RUNNING trial for ``widths``; its trial id, or None if another worker has it.
+
+        A failed earlier trial of the same candidate does not block the claim when its trial
+        id is in ``retry`` (failures from before this run, which a rerun scores again).
+        """
         key = widths_key(widths)
         now = datetime.datetime.now()
         template = FrozenTrial(
@@ -208,7 +221,7 @@ class TrialStore:
         for t in self._trials():
             if t._trial_id >= trial_id:
                 break
-            if t.system_attrs.get("autoprune:key") != key:
+            if t.system_attrs.get("autoprune:key") != key or t._trial_id in retry:
                 continue
             status = (t.user_attrs.get("result") or {}).get("status")
             if t.state == TrialState.RUNNING or status in (STATUS_OK, STATUS_FAILED):
