@@ -492,11 +492,11 @@ def _arch_step(supernet, arch, gates, opt, x, y, target, config, device) -> dict
 def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng):
     """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
     from autoprune.search.budget import repair
-    from autoprune.train import evaluate_split, recalibrate_bn
+    from autoprune.train import evaluate_split, has_val, recalibrate_bn
 
     gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
     raws = [("expected", arch.expected_choice())] + [("sample", arch.sample(gen)) for _ in range(config.samples)]
-    split = "val" if len(data.split("val")[1]) else "train"
+    split = "val" if has_val(data) else "train"
     state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
     seen, candidates = {}, []
     for source, raw in raws:

@@ -549,7 +549,7 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
             # and saves the same model.
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
-        val_acc = evaluate_split(model, data, "val", device=device) if _has_val(data) else float("nan")
+        val_acc = evaluate_split(model, data, "val", device=device) if has_val(data) else float("nan")
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                   "train_acc": correct.item() / max(1, seen), "val_acc": val_acc,
                   "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "img_per_s": seen * world / seconds}
@@ -570,7 +570,7 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
             "world_size": world}
 
 
-def _has_val(data) -> bool:
+def has_val(data) -> bool:
     """Whether ``data`` holds validation images (``val_size=0`` leaves none: validation is skipped)."""
     sizes = (getattr(data, "meta", None) or {}).get("sizes") or {}
     if "val" in sizes:

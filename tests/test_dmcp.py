@@ -204,6 +204,13 @@ def test_direct_derivation_scores_candidates_of_a_finished_search(tiny, tmp_path
     assert cost.macs(tiny[1], widths) <= budget_macs
 
 
+def test_direct_derivation_scores_on_training_images_when_there_is_no_validation_split(tiny):
+    model, space, _ = tiny
+    no_val = load_data("synthetic", val_size=0, n_train=96, n_test=16, image_size=8, num_classes=4)
+    widths, info = _tiny_search((model, space, no_val), steps=2, derive="direct", samples=1, eval_batches=1,
+                                recal_batches=1)
+    assert all(0 <= c["score"] <= 1 for c in info["candidates"]) and space.validate(widths) == widths
+
 def test_resume_reaches_the_uninterrupted_state(tiny, tmp_path, monkeypatch):
     straight = _tiny_search(tiny, out_dir=tmp_path / "a", checkpoint_every=2)
 
