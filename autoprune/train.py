@@ -142,7 +142,6 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-_autocast = autocast  # the former private name, for existing importers
 
 
 def _prepare(model: nn.Module, device: torch.device) -> nn.Module:

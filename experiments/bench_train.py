@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from autoprune.data import iterate, load_data
 from autoprune.models import create_model
-from autoprune.train import _autocast, param_groups
+from autoprune.train import autocast, param_groups
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -82,7 +82,7 @@ def _make_step(model, device, fast: bool, data_only: bool = False):
     def step(x, y):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if fast and device.type == "cuda":
-            with _autocast(device):
+            with autocast(device):
                 logits = model(x)
         else:
             logits = model(x)
