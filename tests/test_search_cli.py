@@ -21,6 +21,7 @@ def test_search_end_to_end_and_rerun_reuses_base(tmp_path, capsys):
     assert summary["candidates"] == 2 and summary["macs_ratio"] <= 0.5
     arch = load_arch(out / "arch.json")
     assert arch["macs"]["pruned"] <= 0.5 * arch["macs"]["base"] and arch["method"] == "random"
+    assert arch["search"]["base_epochs"] == 1  # for retrain --scratch-b
     model = build(arch)
     assert model(torch.zeros(1, *arch["input_shape"])).shape[-1] == arch["num_classes"]
     base = out / "base" / "model.pt"
@@ -64,3 +65,100 @@ def test_base_checkpoint_of_another_model(tmp_path, capsys):
     assert main(["search", *TINY, "--budget", "0.4", "--base", str(ckpt), "--out", str(out)]) == 2
     assert "another model" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--trials", "0"], "trials must be a positive integer"),
+    (["--eval-batch-size", "0"], "eval-batch-size must be a positive integer"),
+    (["--bn-batches", "0"], "bn-batches must be a positive integer"),
+    (["--fine-tune-steps", "-1"], "fine-tune-steps must be an integer of at least 0"),
+    (["--pretrain-epochs", "0"], "pretrain-epochs must be a positive integer"),
+])
+def test_bad_counts_are_one_line_errors(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    argv = ["search", *TINY, "--objective", "synthetic", "--budget", "0.5", "--out", str(out)]
+    assert main(argv + extra) == 2  # the later flag wins over TINY's
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--input-size", "16"], "does not match the 32x32 images"),
+    (["--val-size", "0"], "validation split is empty"),
+])
+def test_evaluator_data_errors_before_pretraining(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    assert main(["search", *TINY, "--budget", "0.5", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["flag", "file"])
+def test_space_options_reach_the_search(tmp_path, how):
+    from autoprune.models import create_model
+    from autoprune.space import SearchSpace
+
+    if how == "flag":
+        extra = ["--min-ratio", "0.5"]
+    else:
+        (tmp_path / "space.yaml").write_text("min_ratio: 0.5\n")
+        extra = ["--space", str(tmp_path / "space.yaml")]
+    out = tmp_path / "out"
+    assert main(["search", *TINY, "--objective", "synthetic", "--budget", "0.5", "--method", "random",
+                 "--trials", "3", "--out", str(out), *extra]) == 0
+    full = SearchSpace.from_model(create_model("resnet20", num_classes=4)).max_widths()
+    widths = load_arch(out / "arch.json")["widths"]
+    assert all(w >= 0.5 * f for w, f in zip(widths, full))
+
+
+def _base_checkpoint(tmp_path, **split):
+    from autoprune.data import load_data
+    from autoprune.models import create_model
+    from autoprune.train import save_checkpoint
+
+    data = load_data("synthetic", **split)
+    model = create_model("resnet20", num_classes=data.num_classes)
+    return save_checkpoint(tmp_path / "base.pt", model, model_name="resnet20", dataset=data.meta,
+                           config={"epochs": 7}), data
+
+
+def test_base_checkpoint_decides_the_validation_split(tmp_path, capsys):
+    ckpt, data = _base_checkpoint(tmp_path, val_size=64, seed=3, limit=128)
+    base = ["--model", "resnet20", "--base", str(ckpt), "--fine-tune-steps", "1", "--bn-batches", "1",
+            "--eval-batch-size", "32", "--device", "cpu", "--no-progress", "--budget", "0.5"]
+    # Another split would validate on images the base was trained on.
+    assert main(["search", *base, "--val-size", "32", "--out", str(tmp_path / "a")]) == 2
+    assert "--val-size 32 differs from the 64" in capsys.readouterr().err
+    assert main(["search", *base, "--dataset", "cifar10", "--out", str(tmp_path / "a")]) == 2
+    assert "not the 'synthetic'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    # Unset: the recorded dataset, split seed, val size, limit and normalisation are reused.
+    out = tmp_path / "b"
+    assert main(["search", *base, "--method", "uniform", "--seed", "9", "--out", str(out)]) == 0
+    arch = load_arch(out / "arch.json")
+    assert arch["search"]["dataset"] == {"dataset": "synthetic", "split_seed": 3, "val_size": 64, "limit": 128}
+    assert arch["search"]["base_epochs"] == 7
+
+
+def test_rerun_with_other_evaluator_settings_is_refused(tmp_path, capsys):
+    ckpt, _ = _base_checkpoint(tmp_path, val_size=64, limit=128)
+    argv = ["search", "--model", "resnet20", "--base", str(ckpt), "--bn-batches", "1", "--eval-batch-size", "32",
+            "--device", "cpu", "--no-progress", "--budget", "0.5", "--method", "uniform", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--fine-tune-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--fine-tune-steps", "2"]) == 2
+    assert "was made with fine_tune_steps=1, not 2" in capsys.readouterr().err
+
+
+def test_dmcp_with_synthetic_objective_loads_data_and_writes_one_arch(tmp_path, one_thread):
+    from autoprune.api import search
+    from autoprune.data import load_data
+
+    data = load_data("synthetic", val_size=32, n_train=96, n_test=16, image_size=8, num_classes=4)
+    out = tmp_path / "out"
+    result = search("resnet20", 0.5, "dmcp", data, objective="synthetic", out=out, device="cpu", pretrain_epochs=1,
+                    method_options={"steps": 2, "batch_size": 16, "samples": 1})
+    assert result.arch["macs"]["pruned"] <= 0.5 * result.arch["macs"]["base"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("arch.json")) == ["arch.json"]

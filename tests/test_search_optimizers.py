@@ -126,3 +126,17 @@ def test_learning_optimizers_beat_random(name, steps, space, model):
 
     seeds = range(3)
     assert np.median([best(name, s) for s in seeds]) > np.median([best("random", s) for s in seeds])
+
+
+def test_ask_refuses_an_over_budget_proposal(space):
+    from autoprune.search.base import Optimizer
+
+    class Greedy(Optimizer):
+        name = "greedy"
+
+        def propose(self, rng, pending):
+            return self.space.max_widths(), "greedy"
+
+    opt = Greedy(space, int(0.5 * cost.base_macs(space)))
+    with pytest.raises(SearchError, match="'greedy' proposed .* above the budget"):
+        opt.ask(np.random.default_rng(0))

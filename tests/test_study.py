@@ -109,3 +109,96 @@ def test_failed_candidates_are_recorded_and_skipped(tmp_path):
         if t["status"] == "failed":
             assert "out of memory" in t["reason"]
     assert result.widths[0] % 2 == 0
+
+
+def test_a_rerun_retries_failed_candidates(tmp_path):
+    def oom(widths):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    with pytest.raises(SearchError, match="no candidate could be scored"):
+        search("resnet20", 0.5, "uniform", objective=oom, out=tmp_path / "u")
+    again = search("resnet20", 0.5, "uniform", objective=lambda w: 1.0, out=tmp_path / "u")
+    assert [t["status"] for t in again.trials] == ["failed", "ok"] and again.score == 1.0
+    with pytest.raises(SearchError, match="no candidate could be scored"):
+        search("resnet20", 0.5, "random", objective=oom, trials=3, out=tmp_path / "r")
+    counting = Counting()
+    result = search("resnet20", 0.5, "random", objective=counting, trials=3, out=tmp_path / "r")
+    assert len(counting.calls) == 3 and [t["status"] for t in result.trials].count("ok") == 3
+
+
+def test_study_of_another_objective_is_refused(tmp_path):
+    search("resnet20", 0.4, "random", objective="synthetic", trials=2, out=tmp_path)
+    with pytest.raises(SearchError, match="was made with objective=synthetic, not callable"):
+        search("resnet20", 0.4, "random", objective=Counting(), trials=2, out=tmp_path)
+
+
+def _store_and_space(tmp_path):
+    from autoprune.cost import base_macs
+    from autoprune.models import create_model
+    from autoprune.space import SearchSpace
+
+    space = SearchSpace.from_model(create_model("resnet20"))
+    return TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={}), space, int(0.5 * base_macs(space))
+
+
+def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
+    from autoprune.search.base import Optimizer
+    from autoprune.search.run import run_search
+
+    class Greedy(Optimizer):  # bypasses the check in ask, as a third-party optimizer may
+        def ask(self, rng, pending=()):
+            return self.space.max_widths(), "greedy"
+
+    store, space, max_macs = _store_and_space(tmp_path)
+    with pytest.raises(SearchError, match="above the budget"):
+        run_search(Greedy(space, max_macs), Counting(), store, trials=2)
+    assert store.records() == []
+
+
+def test_known_result_is_not_told_twice(tmp_path):
+    """n_told seeds the rng: an extra tell on a cache hit would change what a resumed run asks."""
+    from autoprune.search.base import Optimizer
+    from autoprune.search.evaluate import EvalResult
+    from autoprune.search.run import run_search
+    from autoprune.search.study import STATUS_OK
+
+    store, space, max_macs = _store_and_space(tmp_path)
+    known, new = space.uniform(0.3), space.uniform(0.4)
+    store.finish(store.claim(known, "x", macs=0, params=0), 0.5, STATUS_OK)
+
+    class KnownFirst(Optimizer):
+        calls = 0
+
+        def propose(self, rng, pending):
+            self.calls += 1
+            return (known, "x") if self.calls == 1 else (new, "y")
+
+    opt = KnownFirst(space, max_macs)
+    run_search(opt, lambda w: EvalResult(1.0, "ok"), store, trials=2)
+    assert opt.calls == 2 and opt.n_told == 2  # the stored result once, the new one once
+
+
+@pytest.mark.parametrize("method", ["uniform", "fixed"])
+def test_one_shot_waits_for_another_worker(tmp_path, method):
+    import threading
+    import time
+
+    from autoprune.api import _Fixed
+    from autoprune.search.base import get_optimizer
+    from autoprune.search.run import run_search
+    from autoprune.search.study import STATUS_OK
+
+    store, space, max_macs = _store_and_space(tmp_path)
+    if method == "uniform":
+        opt = get_optimizer("uniform")(space, max_macs)
+    else:
+        opt = _Fixed(space, max_macs, widths=space.uniform(0.5), role="dmcp")
+    widths = opt.ask(__import__("numpy").random.default_rng(0))[0]
+    other = TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={})
+    tid = other.claim(widths, "other", macs=0, params=0)  # another worker is scoring it
+    threading.Timer(0.5, lambda: other.finish(tid, 0.75, STATUS_OK)).start()
+    counting = Counting()
+    start = time.monotonic()
+    records = run_search(opt, counting, store, trials=1)
+    assert counting.calls == [] and time.monotonic() - start >= 0.4
+    assert [(r.status, r.score) for r in records] == [("ok", 0.75)]
