@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -286,7 +287,7 @@ def _check_counts(minimum: int = 1, **values) -> None:
     for name, v in values.items():
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
             raise SearchError(f"{name.replace('_', '-')} must be {what}, got {v!r}")
 
