@@ -3,7 +3,7 @@
 Optimizers (one file each, one interface in :mod:`autoprune.search.base`):
 
 =========== ============================================== ========== ============ =========
-name        what it does                                   learns     multi-worker needs base
+name        what it does                                   learns     multi-worker reads base
 =========== ============================================== ========== ============ =========
 abc         artificial bee colony (ABCPruner), async       yes        yes          no
 tpe         Optuna TPE over the encoded widths             yes        yes          no
@@ -13,7 +13,9 @@ slimming    global threshold on BatchNorm |γ|              one shot   yes      
 l1-global   global threshold on normalised filter L1 norms one shot   yes          yes
 =========== ============================================== ========== ============ =========
 
-Every candidate of every optimizer is repaired into the budget before it is scored.
+Every candidate of every optimizer is repaired into the budget before it is scored, and
+every one is scored from the same trained base; "reads base" marks the optimizers that also
+rank the base's channels to propose.
 """
 
 from autoprune.search.base import Optimizer, get_optimizer, list_optimizers
