@@ -28,17 +28,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import add_common_args, latency_ms, retrain, test_acc, train_config  # noqa: E402
+from bench_search import add_common_args, base_model, latency_ms, retrain, test_acc  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.dmcp import search_dmcp  # noqa: E402
-from autoprune.models import create_model, model_kwargs  # noqa: E402
+from autoprune.models import model_kwargs  # noqa: E402
 from autoprune.search.base import uniform_at_budget  # noqa: E402
 from autoprune.search.budget import parse_budget  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.train import evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
+from autoprune.train import evaluate_split  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -58,19 +58,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--out", default="runs/bench_dmcp")
     return p.parse_args(argv)
-
-
-def base_model(name, kwargs, data, args, device, out):
-    path = Path(args.base) if args.base else out / "base" / "model.pt"
-    torch.manual_seed(args.seed)
-    model = create_model(name, **kwargs)
-    if path.is_file():
-        load_checkpoint(path, model)
-    else:
-        train(model, data, train_config(args, args.pretrain_epochs, device), device=device, out_dir=out / "base",
-              progress=False)
-        save_checkpoint(path, model, model_name=name, model_kwargs=kwargs)
-    return model.to(device)
 
 
 def main(argv=None):

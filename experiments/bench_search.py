@@ -22,6 +22,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,21 @@ def retrain(arch, data, args, device, epochs):
     return model
 
 
+def base_model(name, kwargs, data, args, device, out):
+    """The trained base: ``--base``, or the one kept in OUT/base, or pre-trained there now."""
+    path = Path(args.base) if args.base else out / "base" / "model.pt"
+    torch.manual_seed(args.seed)
+    model = create_model(name, **kwargs)
+    if path.is_file():
+        load_checkpoint(path, model)
+    else:
+        config = train_config(args, args.pretrain_epochs, device)
+        train(model, data, config, device=device, out_dir=out / "base", progress=False)
+        # The recorded config lets retrain default Scratch-E/B to the base's epochs.
+        save_checkpoint(path, model, model_name=name, model_kwargs=kwargs, config=asdict(config))
+    return model.to(device)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -140,15 +156,7 @@ def main(argv=None):
 
     # -- the trained base ----------------------------------------------------------------------
     base_path = Path(args.base) if args.base else out / "base" / "model.pt"
-    torch.manual_seed(args.seed)
-    base = create_model(args.model, **kwargs)
-    if base_path.is_file():
-        load_checkpoint(base_path, base)
-    else:
-        train(base, data, train_config(args, args.pretrain_epochs, device), device=device,
-              out_dir=out / "base", progress=False)
-        save_checkpoint(base_path, base, model_name=args.model, model_kwargs=kwargs)
-    base = base.to(device)
+    base = base_model(args.model, kwargs, data, args, device, out)
     space = SearchSpace.from_model(base, shape, model_name=args.model)
     base_macs = cost.macs(space, space.max_widths())
     base_row = {"budget": "1.0", "method": "base", "macs_ratio": 1.0,
