@@ -28,11 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import add_common_args, base_model, latency_ms, retrain, test_acc  # noqa: E402
+from bench_search import add_common_args, base_model, latency_ms, retrain, setup, test_acc  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
-from autoprune.data import load_data  # noqa: E402
 from autoprune.dmcp import search_dmcp  # noqa: E402
 from autoprune.models import model_kwargs  # noqa: E402
 from autoprune.search.base import uniform_at_budget  # noqa: E402
@@ -64,12 +63,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    data = load_data(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed, device=device,
-                     limit=args.limit)
+    device, out, data = setup(args)
     shape = tuple(data.input_shape)
     search_batch = args.search_batch_size or (256 if device.type == "cuda" else 64)
     rows = []

@@ -38,6 +38,7 @@ from autoprune.models import create_model, model_kwargs  # noqa: E402
 from autoprune.search.budget import parse_budget, repair  # noqa: E402
 from autoprune.search.evaluate import EvalConfig, Evaluator  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
+from autoprune.train import resolve_device  # noqa: E402
 from autoprune.train import TrainConfig, evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
 
 
@@ -143,14 +144,20 @@ def base_model(name, kwargs, data, args, device, out):
     return model.to(device)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def setup(args):
+    """(device, output folder, data) from the common arguments."""
+    device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t_all = time.perf_counter()
     data = load_data(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed, device=device,
                      limit=args.limit)
+    return device, out, data
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t_all = time.perf_counter()
+    device, out, data = setup(args)
     kwargs = model_kwargs(args.model, num_classes=data.num_classes)
     shape = tuple(data.input_shape)
 
