@@ -15,7 +15,6 @@ import math
 import numbers
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch.nn as nn
 from autoprune import cost
 from autoprune.errors import CheckpointError, DataError, SearchError
 from autoprune.files import write_text
-from autoprune.train import resolve_device
+from autoprune.train import progress_bar, resolve_device
 from autoprune.search.base import EXTERNAL, Optimizer, get_optimizer
 from autoprune.search.budget import check_reachable, parse_budget
 from autoprune.search.evaluate import EvalConfig, EvalResult, Evaluator, SyntheticObjective
@@ -240,7 +239,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, trials: int | N
         nonlocal scored_here
         scored_here += 1
 
-    bar = _progress(trials if not optimizer.one_shot else 1, f"search {method}", progress)
+    bar = progress_bar(trials if not optimizer.one_shot else 1, f"search {method}", progress)
     try:
         records = run_search(optimizer, evaluate, store, trials=trials, seed=seed, progress=bar, on_result=on_result)
     finally:
@@ -483,14 +482,6 @@ class _Fixed(Optimizer):
 def _default_study(model_name, method, budget_text, seed) -> str:
     name = f"{model_name}-{method}-{budget_text}-seed{seed}"
     return re.sub(r"[^A-Za-z0-9_.%-]+", "_", name)
-
-
-def _progress(total, desc, show):
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
 
 
 def _write_csv_atomic(rows: list[dict], path: Path) -> None:
