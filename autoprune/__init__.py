@@ -5,7 +5,7 @@ same name, which importing the function loads first (so the name ends up bound t
 function, not the subpackage).
 """
 
-__version__ = "0.1.0"
+from autoprune.version import __version__
 
 from autoprune.arch import build, load_arch, make_arch, save_arch  # noqa: E402
 from autoprune.cost import macs, params  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from autoprune import __version__
+from autoprune.version import __version__
 from autoprune.cost import macs, params
 from autoprune.errors import ArchError, AutopruneError
 from autoprune.files import write_json

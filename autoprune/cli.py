@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from autoprune import __version__
+from autoprune.version import __version__
 from autoprune.errors import AutopruneError
 
 COMMANDS = ["models", "flops", "show", "search", "pretrain", "retrain", "eval"]

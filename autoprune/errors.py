@@ -48,3 +48,20 @@ class DeviceError(AutopruneError):
 
 class SearchError(AutopruneError):
     """A search setting that is invalid (unknown method, unreachable storage, ...)."""
+
+
+class TrainingError(AutopruneError):
+    """Training that cannot go on: a non-finite loss, an unusable configuration."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message, or its type name when it has none.
+
+    Error messages that quote a library's exception use this, so that a multi-line message
+    (a traceback-like text, advice spread over lines) stays one line and an empty message
+    does not become an IndexError.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

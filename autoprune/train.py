@@ -30,9 +30,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from autoprune import __version__
+from autoprune.version import __version__
 from autoprune.files import torch_save
-from autoprune.errors import AutopruneError, CheckpointError, DataError, DeviceError
+from autoprune.errors import AutopruneError, CheckpointError, DataError, DeviceError, TrainingError
 
 CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
@@ -40,10 +40,6 @@ CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
 # number of epochs".
 SCRATCH_B_CAP = 2.0
 _LOG_EVERY = 20  # steps between loss read-backs: each one is a device sync
-
-
-class TrainingError(AutopruneError):
-    """Training that cannot go on: a non-finite loss, an unusable configuration."""
 
 
 @dataclass
