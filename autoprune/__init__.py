@@ -1,27 +1,30 @@
-"""autoprune: channel pruning as architecture search under an exact compute budget.
-
-``autoprune.search`` is the search function; its machinery lives in the subpackage of the
-same name, which importing the function loads first (so the name ends up bound to the
-function, not the subpackage).
-"""
+"""autoprune: channel pruning as architecture search under an exact compute budget."""
 
 from autoprune.version import __version__
-
-from autoprune.arch import build, load_arch, make_arch, save_arch  # noqa: E402
-from autoprune.cost import macs, params  # noqa: E402
-from autoprune.errors import AutopruneError  # noqa: E402
-from autoprune.graph import trace  # noqa: E402
-from autoprune.models import create_model, list_models, register_model  # noqa: E402
-from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.surgery import materialise  # noqa: E402
-from autoprune.api import SearchResult, search  # noqa: E402  (after the subpackage import)
+from autoprune.arch import build, load_arch, make_arch, save_arch
+from autoprune.cost import macs, params
+from autoprune.dataspec import DataSpec
+from autoprune.errors import AutopruneError
+from autoprune.evaluator import EvalConfig
+from autoprune.graph import trace
+from autoprune.models import create_model, list_models, register_model
+from autoprune.optimizers import Optimizer, list_methods, register_optimizer
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise
+from autoprune.api import SearchResult, StudyConfig, search
 
 __all__ = [
     "AutopruneError",
+    "DataSpec",
+    "EvalConfig",
+    "Optimizer",
     "SearchResult",
     "SearchSpace",
+    "StudyConfig",
+    "__version__",
     "build",
     "create_model",
+    "list_methods",
     "list_models",
     "load_arch",
     "macs",
@@ -29,8 +32,8 @@ __all__ = [
     "materialise",
     "params",
     "register_model",
+    "register_optimizer",
     "save_arch",
     "search",
     "trace",
 ]
-

@@ -13,7 +13,7 @@ import sys
 from autoprune.version import __version__
 from autoprune.errors import AutopruneError
 
-COMMANDS = ["models", "flops", "show", "search", "pretrain", "retrain", "eval"]
+COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

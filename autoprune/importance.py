@@ -23,6 +23,9 @@ from autoprune.errors import AutopruneError
 from autoprune.graph import ChannelGraph
 
 RULES = ("l1", "bn_gamma", "random", "first")
+# The rules a search may use to pick the channels a candidate inherits (``first`` is for
+# rebuilding from scratch, where no weights are inherited).
+KEEP_RULES = ("l1", "bn_gamma", "random")
 
 
 def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str = "l1", seed: int = 0) -> dict[int, torch.Tensor]:

@@ -6,8 +6,9 @@ the CPU in fp32. Every epoch ends with a validation pass and an atomic checkpoin
 an interrupted run resumes to the same final state. Under ``torchrun`` (``WORLD_SIZE > 1``)
 the same loop runs data-parallel: each rank takes a disjoint slice of one shared permutation.
 
-The evaluator's building blocks live here too: :func:`evaluate`, :func:`recalibrate_bn`
-(re-estimate BatchNorm statistics after surgery) and :func:`fine_tune` (a few SGD steps).
+Measurement lives here too: :func:`accuracy` on resident tensors and :func:`split_accuracy`
+on a split of any dataset. Checkpoint files are :mod:`autoprune.checkpoint`'s; the proxy
+steps of the search (BatchNorm recalibration, a short fine-tune) are the evaluator's.
 
 >>> from autoprune.data import load_data
 >>> from autoprune.models import create_model
@@ -18,7 +19,6 @@ The evaluator's building blocks live here too: :func:`evaluate`, :func:`recalibr
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -30,11 +30,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from autoprune.version import __version__
-from autoprune.files import torch_save
-from autoprune.errors import AutopruneError, CheckpointError, DataError, DeviceError, TrainingError
-
-CHECKPOINT_FORMAT = "autoprune.checkpoint/1"
+from autoprune.checkpoint import load_checkpoint, save_checkpoint
+from autoprune.data import iterate
+from autoprune.errors import CheckpointError, DataError, TrainingError
+from autoprune.runtime import autocast, log, progress_bar
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
 # the extra epochs at 2x: "if the pruned model saves more than 2x FLOPs, we just double the
 # number of epochs".
@@ -78,6 +77,14 @@ class TrainConfig:
             raise TrainingError(f"lr must be positive, got {self.lr}")
 
     @classmethod
+    def for_device(cls, device, **overrides) -> "TrainConfig":
+        """The defaults for ``device``: batch 512 at lr 0.2 on CUDA, batch 128 at lr 0.05 on the
+        CPU (where a step of 512 images takes seconds); ``overrides`` win."""
+        gpu = torch.device(device).type == "cuda"
+        base = {"batch_size": 512, "lr": 0.2} if gpu else {"batch_size": 128, "lr": 0.05}
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -117,30 +124,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``name`` as a device; ``None`` means CUDA when there is one, else the CPU."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DeviceError(f"unknown device '{name}'; expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
-    return device
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling, fp32's range); a no-op on the CPU, where fp32 is
-    both faster and exact."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-
-
-def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, channels_last on CUDA (where bf16 convolutions want it)."""
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -157,7 +142,7 @@ def _bn_weights(model: nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device="cpu", batch_size: int = 1024,
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device="cpu", batch_size: int = 1024,
              max_batches: int | None = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on resident uint8 images ``x``, normalised like ``data``.
 
@@ -165,8 +150,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device
     :class:`~autoprune.errors.DataError` when there are no images: an accuracy of nothing is
     not a number to report.
     """
-    from autoprune.data import iterate
-
     if len(y) == 0:
         raise DataError("cannot measure accuracy on 0 images (is the validation split empty? pass --val-size > 0)")
     device = torch.device(device)
@@ -187,19 +170,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, data, device
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, data, split: str = "val", *, device="cpu", batch_size: int = 1024,
+def split_accuracy(model: nn.Module, data, split: str = "val", *, device="cpu", batch_size: int = 1024,
                    max_batches: int | None = None) -> float:
-    """Accuracy on a split of a resident or streamed dataset (see :func:`evaluate`).
+    """Accuracy on a split of a resident or streamed dataset (see :func:`accuracy`).
 
     Raises :class:`~autoprune.errors.DataError` when the split holds no images.
     """
-    if not getattr(data, "streamed", False):
+    if data.resident:
         x, y = data.split(split)
         if len(y) == 0:
             raise DataError(f"the {split} split of '{data.meta.get('name', 'the dataset')}' is empty; "
                             + ("pass --val-size > 0 to hold out validation images" if split == "val"
                                else "there is nothing to evaluate"))
-        return evaluate(model, x, y, data=data, device=device, batch_size=batch_size, max_batches=max_batches)
+        return accuracy(model, x, y, data=data, device=device, batch_size=batch_size, max_batches=max_batches)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -218,189 +201,20 @@ def evaluate_split(model: nn.Module, data, split: str = "val", *, device="cpu", 
     return correct / total
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int = 256, device="cpu",
-                   seed: int = 0) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics from training batches.
-
-    After surgery the inherited statistics describe channels that no longer feed each layer;
-    re-estimating them is what makes a pruned model's accuracy a usable proxy (EagleEye, Li et
-    al. 2020). Statistics are reset and then averaged cumulatively (``momentum=None``) over
-    ``batches`` un-augmented, shuffled training batches, with no gradient. The modules'
-    train/eval modes and momenta are restored afterwards.
-    """
-    device = torch.device(device)
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    if not bns:
-        return model
-    modes = {m: m.training for m in model.modules()}
-    momenta = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        done = 0
-        with autocast(device):
-            while done < batches:
-                for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen, augment=False,
-                                          channels_last=device.type == "cuda"):
-                    model(xb.to(device, non_blocking=True))
-                    done += 1
-                    if done >= batches:
-                        break
-    finally:
-        for m in bns:
-            m.momentum = momenta[m]
-        for m, mode in modes.items():
-            m.training = mode
-    return model
-
-
-def fine_tune(model: nn.Module, data, *, steps: int, lr: float = 0.01, batch_size: int = 256, device="cpu",
-              seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4,
-              label_smoothing: float = 0.0) -> float:
-    """A few augmented SGD steps on the training split; returns the mean training loss.
-
-    The learning rate decays from ``lr`` to zero along a half cosine, so the last steps do
-    not leave the weights in a noisy spot. Raises :class:`TrainingError` when the loss is not
-    finite (the caller may treat the candidate as failed).
-    """
-    device = torch.device(device)
-    _prepare(model, device)
-    model.train()
-    opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0)
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    gen = torch.Generator().manual_seed(seed)
-    loss_sum = torch.zeros((), device=device)
-    step = 0
-    while step < steps:
-        for xb, yb in data.batches("train", batch_size=batch_size, train=True, generator=gen,
-                                   channels_last=device.type == "cuda"):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss_sum += _step(model, xb.to(device), yb.to(device), opt, criterion, device)[0].detach()
-            step += 1
-            if step >= steps:
-                break
-    mean = (loss_sum / max(1, steps)).item()
-    if not math.isfinite(mean):
-        raise TrainingError(f"fine-tuning diverged (mean loss {mean}) at lr {lr}; use a lower lr")
-    return mean
-
-
-def _step(model, x, y, optimizer, criterion, device, bn_weights=None, l1_gamma: float = 0.0):
+def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: float = 0.0):
     """One SGD step; returns (loss, logits)."""
     with autocast(device):
         logits = model(x)
     loss = criterion(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
+    sgd.zero_grad(set_to_none=True)
     loss.backward()
     if l1_gamma and bn_weights:
         # Subgradient of l1_gamma * sum|gamma|, added after backward so it costs no graph.
         for w in bn_weights:
             if w.grad is not None:
                 w.grad.add_(torch.sign(w.detach()), alpha=l1_gamma)
-    optimizer.step()
+    sgd.step()
     return loss, logits
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints.
-# --------------------------------------------------------------------------------------------
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def save_checkpoint(path, model: nn.Module, *, optimizer=None, scheduler=None, **fields_) -> Path:
-    """Write model (and optionally optimizer / scheduler) state plus ``fields_`` atomically.
-
-    ``fields_`` should hold plain data (numbers, strings, lists, dicts, tensors) so that
-    :func:`load_checkpoint` can read it with ``weights_only=True``: typically ``epoch``,
-    ``config``, ``arch``, ``model_name``, ``model_kwargs``, ``history``.
-    """
-    path = Path(path)
-    payload = {"format": CHECKPOINT_FORMAT, "autoprune_version": __version__,
-               "model": _unwrap(model).state_dict(), **fields_}
-    if optimizer is not None:
-        payload["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        payload["scheduler"] = scheduler.state_dict()
-    torch_save(payload, path)
-    return path
-
-
-def check_state_dict(model: nn.Module, state: dict, source="checkpoint") -> None:
-    """Raise :class:`CheckpointError` naming the keys and shapes where ``state`` does not fit ``model``."""
-    own = _unwrap(model).state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches, e.g. {'; '.join(shapes[:3])}")
-    if missing:
-        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:3])}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:3])}")
-    if problems:
-        raise CheckpointError(f"{source} is for another model: {'; '.join(problems)}")
-
-
-def load_checkpoint(path, model: nn.Module | None = None, *, optimizer=None, scheduler=None,
-                    map_location="cpu") -> dict:
-    """Read a checkpoint (``weights_only=True``) and load it into the given objects.
-
-    Returns the checkpoint dict. A bare state_dict file is accepted too (returned as
-    ``{"model": state}``). Raises :class:`CheckpointError` when the file is missing, cannot
-    be read, or does not fit ``model``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"'{path}' is not a readable checkpoint ({first[:200]})") from None
-    if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        ckpt = {"model": ckpt}
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"'{path}' holds no model state (not an autoprune checkpoint)")
-    if model is not None:
-        check_state_dict(model, ckpt["model"], f"checkpoint '{path}'")
-        _unwrap(model).load_state_dict(ckpt["model"])
-    try:
-        if optimizer is not None and "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and "scheduler" in ckpt:
-            scheduler.load_state_dict(ckpt["scheduler"])
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint '{path}': optimizer state does not fit ({exc})") from None
-    return ckpt
-
-
-def model_from_checkpoint(path, *, device="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint records (architecture JSON or registry name) and load it."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch"):
-        from autoprune.arch import build
-
-        model = build(ckpt["arch"])
-    elif ckpt.get("model_name"):
-        from autoprune.models import create_model
-
-        model = create_model(ckpt["model_name"], **ckpt.get("model_kwargs", {}))
-    else:
-        raise CheckpointError(f"checkpoint '{path}' does not record its model; build the model and call "
-                              "load_checkpoint(path, model)")
-    check_state_dict(model, ckpt["model"], f"checkpoint '{path}'")
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), ckpt
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,134 +281,138 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
             dist.destroy_process_group()
 
 
-def _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra) -> dict:
+@dataclass
+class _Run:
+    """One training run's moving parts: the (possibly DDP-wrapped) net, SGD, schedule, loss."""
+
+    model: nn.Module
+    net: nn.Module
+    sgd: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    criterion: nn.Module
+    bn_weights: list | None
+    device: torch.device
+    rank: int
+    world: int
+    local_bs: int
+    steps_per_epoch: int
+    total: int
+
+
+def _start(model, data, config, device, rank, world) -> _Run:
     if config.batch_size % world:
         raise TrainingError(f"batch size {config.batch_size} does not split evenly over {world} processes")
     local_bs = config.batch_size // world
-    _prepare(model, device)
+    prepare_model(model, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # shapes are fixed for the whole run
-    optimizer = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov and config.momentum > 0)
+    sgd = torch.optim.SGD(param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
+                          nesterov=config.nesterov and config.momentum > 0)
     steps_per_epoch = data.num_batches("train", batch_size=local_bs, train=True, world_size=world)
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, config.schedule, config.warmup))
-
-    start_epoch, step, history = 0, 0, []
-    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
-    if ckpt_path is not None and resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, model, optimizer=optimizer, scheduler=scheduler, map_location=device)
-        saved = ckpt.get("config", {})
-        if saved != asdict(config):
-            diff = {k: (saved.get(k), v) for k, v in asdict(config).items() if saved.get(k) != v}
-            raise CheckpointError(f"'{ckpt_path}' was written with another configuration ({diff}); "
-                                  "use a new output directory or turn resuming off")
-        start_epoch, step, history = int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("history", []))
-        _set_rng_state(ckpt.get("rng", {}), device)
-    else:
-        torch.manual_seed(config.seed)
-
+    scheduler = torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: lr_factor(s, total, config.schedule, config.warmup))
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    bn_weights = _bn_weights(model) if config.l1_gamma else None
+    return _Run(model, net, sgd, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+                _bn_weights(model) if config.l1_gamma else None, device, rank, world, local_bs, steps_per_epoch, total)
+
+
+def _resume(run: _Run, config, ckpt_path: Path | None, resume: bool) -> tuple[int, int, list]:
+    """(start epoch, step, history) from ``ckpt_path`` when resuming, else a fresh start."""
+    if ckpt_path is None or not resume or not ckpt_path.is_file():
+        torch.manual_seed(config.seed)
+        return 0, 0, []
+    ckpt = load_checkpoint(ckpt_path, run.model, sgd=run.sgd, scheduler=run.scheduler, map_location=run.device)
+    saved = ckpt.get("config", {})
+    if saved != asdict(config):
+        diff = {k: (saved.get(k), v) for k, v in asdict(config).items() if saved.get(k) != v}
+        raise CheckpointError(f"'{ckpt_path}' was written with another configuration ({diff}); "
+                              "use a new output directory or turn resuming off")
+    _set_rng_state(ckpt.get("rng", {}), run.device)
+    return int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("history", []))
+
+
+def _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra) -> dict:
+    run = _start(model, data, config, device, rank, world)
+    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    start_epoch, step, history = _resume(run, config, ckpt_path, resume)
     show = progress and rank == 0
     if show and start_epoch:
-        _write(f"resuming from {ckpt_path} at epoch {start_epoch + 1}")
-
+        log(f"resuming from {ckpt_path} at epoch {start_epoch + 1}")
     for epoch in range(start_epoch, config.epochs):
-        if step >= total:
+        if step >= run.total:
             break
-        net.train()
-        n_steps = min(steps_per_epoch, total - step)
-        bar = progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        start = time.perf_counter()
-        batches = data.batches("train", batch_size=local_bs, train=True, generator=_epoch_generator(config.seed, epoch),
-                               rank=rank, world_size=world, channels_last=device.type == "cuda")
-        for i, (x, y) in zip(range(n_steps), batches):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits = _step(net, x, y, optimizer, criterion, device, bn_weights, config.l1_gamma)
-            scheduler.step()
-            step += 1
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if (i + 1) % _LOG_EVERY == 0 or i + 1 == n_steps:
-                mean_loss = (loss_sum / seen).item()
-                _check_finite(mean_loss, epoch, step, optimizer, ckpt_path)
-                if bar is not None:
-                    rate = seen * world / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
-            if bar is not None:
-                bar.update()
-        if bar is not None:
-            bar.close()
-        train_loss = (loss_sum / max(1, seen)).item()
-        _check_finite(train_loss, epoch, step, optimizer, ckpt_path)
-        seconds = time.perf_counter() - start
-        if world > 1:
-            # DDP syncs gradients, not BatchNorm buffers: take rank 0's so every rank evaluates
-            # and saves the same model.
-            for buf in model.buffers():
-                dist.broadcast(buf, 0)
-        val_acc = evaluate_split(model, data, "val", device=device) if has_val(data) else float("nan")
-        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
-                  "train_acc": correct.item() / max(1, seen), "val_acc": val_acc,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "img_per_s": seen * world / seconds}
+        record = _epoch(run, data, config, epoch, step, ckpt_path, show)
+        step = record["step"]
         history.append(record)
         if show:
-            _write(f"epoch {epoch + 1}/{config.epochs}  loss {train_loss:.4f}  train acc {record['train_acc']:.4f}  "
-                   f"val acc {val_acc:.4f}  {record['img_per_s']:,.0f} img/s")
+            log(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  train acc "
+                f"{record['train_acc']:.4f}  val acc {record['val_acc']:.4f}  {record['img_per_s']:,.0f} img/s")
         if ckpt_path is not None and rank == 0:
-            save_checkpoint(ckpt_path, model, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1, step=step,
+            save_checkpoint(ckpt_path, model, sgd=run.sgd, scheduler=run.scheduler, epoch=epoch + 1, step=step,
                             config=asdict(config), arch=arch, history=history, rng=_rng_state(device), **extra)
         if world > 1:
             dist.barrier()
-
     vals = [r["val_acc"] for r in history if math.isfinite(r["val_acc"])]
     rates = [r["img_per_s"] for r in history[start_epoch:]] or [float("nan")]
-    return {"epochs": history, "val_acc": vals[-1] if vals else float("nan"), "best_val_acc": max(vals, default=float("nan")),
-            "steps": step, "img_per_s": sorted(rates)[len(rates) // 2], "resumed_from": start_epoch,
-            "world_size": world}
+    return {"epochs": history, "val_acc": vals[-1] if vals else float("nan"),
+            "best_val_acc": max(vals, default=float("nan")), "steps": step,
+            "img_per_s": sorted(rates)[len(rates) // 2], "resumed_from": start_epoch, "world_size": world}
 
 
-def has_val(data) -> bool:
-    """Whether ``data`` holds validation images (``val_size=0`` leaves none: validation is skipped)."""
-    sizes = (getattr(data, "meta", None) or {}).get("sizes") or {}
-    if "val" in sizes:
-        return bool(sizes["val"])
-    if getattr(data, "streamed", False):
-        return data.num_batches("val", batch_size=1, train=False) > 0
-    return len(data.split("val")[1]) > 0
+def _epoch(run: _Run, data, config, epoch: int, step: int, ckpt_path, show: bool) -> dict:
+    """One pass over the training split, then validation; the epoch's record."""
+    device, world = run.device, run.world
+    run.net.train()
+    n_steps = min(run.steps_per_epoch, run.total - step)
+    bar = progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    start = time.perf_counter()
+    batches = data.batches("train", batch_size=run.local_bs, train=True, generator=_epoch_generator(config.seed, epoch),
+                           rank=run.rank, world_size=world, channels_last=device.type == "cuda")
+    for i, (x, y) in zip(range(n_steps), batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss, logits = sgd_step(run.net, x, y, run.sgd, run.criterion, device, run.bn_weights, config.l1_gamma)
+        run.scheduler.step()
+        step += 1
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if (i + 1) % _LOG_EVERY == 0 or i + 1 == n_steps:
+            mean_loss = (loss_sum / seen).item()
+            _check_finite(mean_loss, epoch, step, run.sgd, ckpt_path)
+            if bar is not None:
+                rate = seen * world / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    train_loss = (loss_sum / max(1, seen)).item()
+    _check_finite(train_loss, epoch, step, run.sgd, ckpt_path)
+    seconds = time.perf_counter() - start
+    if world > 1:
+        # DDP syncs gradients, not BatchNorm buffers: take rank 0's so every rank evaluates
+        # and saves the same model.
+        for buf in run.model.buffers():
+            dist.broadcast(buf, 0)
+    has_val = data.num_examples("val") > 0
+    val_acc = split_accuracy(run.model, data, "val", device=device) if has_val else float("nan")
+    return {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
+            "val_acc": val_acc, "lr": run.sgd.param_groups[0]["lr"], "seconds": seconds,
+            "img_per_s": seen * world / seconds}
 
 
-def _check_finite(loss: float, epoch: int, step: int, optimizer, ckpt_path) -> None:
+def _check_finite(loss: float, epoch: int, step: int, sgd, ckpt_path) -> None:
     if math.isfinite(loss):
         return
     kept = f"; the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not None and ckpt_path.is_file() else ""
     raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (step {step}, lr "
-                        f"{optimizer.param_groups[0]['lr']:.3g}){kept}; lower the learning rate")
+                        f"{sgd.param_groups[0]['lr']:.3g}){kept}; lower the learning rate")
 
 
-def progress_bar(total: int, desc: str, show: bool, *, initial: int = 0):
-    """A tqdm bar on stderr (stdout stays clean for --json output), or ``None`` when not ``show``."""
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _write(msg: str) -> None:
-    import sys
-
-    from tqdm.auto import tqdm
-
-    tqdm.write(msg, file=sys.stderr)  # stdout stays clean for --json output

@@ -32,12 +32,12 @@ from bench_search import add_common_args, base_model, latency_ms, retrain, setup
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
-from autoprune.dmcp import search_dmcp  # noqa: E402
+from autoprune.optimizers.dmcp import DMCPConfig, search_dmcp  # noqa: E402
 from autoprune.models import model_kwargs  # noqa: E402
-from autoprune.search.base import uniform_at_budget  # noqa: E402
-from autoprune.search.budget import parse_budget  # noqa: E402
+from autoprune.budget import uniform_at_budget  # noqa: E402
+from autoprune.budget import parse_budget  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.train import evaluate_split  # noqa: E402
+from autoprune.train import split_accuracy  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -77,20 +77,22 @@ def main(argv=None):
         base = base.to(device)
         rows.append({"model": name, "budget": "1.0", "method": "base", "macs_ratio": 1.0,
                      "params": cost.params(space, space.max_widths()),
-                     "val": evaluate_split(base, data, "val", device=device),
+                     "val": split_accuracy(base, data, "val", device=device),
                      "test": test_acc(base, data, device, args.test_limit)})
         print(json.dumps(rows[-1]), flush=True)
         for text in [b.strip() for b in args.budgets.split(",") if b.strip()]:
             budget = parse_budget(text)
             max_macs = budget.max_macs(base_macs)
             t = time.perf_counter()
-            widths, info = search_dmcp(base, space, data, budget_macs=max_macs, steps=args.search_steps,
-                                       epochs=args.search_epochs, batch_size=search_batch, lr=args.search_lr,
-                                       arch_lr=args.arch_lr, penalty=args.penalty, derive=args.derive,
-                                       seed=args.seed, device=device, out_dir=out / name / f"b{text}",
-                                       progress=False, model_name=name, model_kwargs=kwargs, budget=budget)
+            config = DMCPConfig(steps=args.search_steps, epochs=args.search_epochs, batch_size=search_batch,
+                                lr=args.search_lr, arch_lr=args.arch_lr, penalty=args.penalty, derive=args.derive,
+                                seed=args.seed)
+            widths, info = search_dmcp(base, space, data, config, budget_macs=max_macs, device=device,
+                                       out_dir=out / name / f"b{text}")
             wall = time.perf_counter() - t
-            found = {"dmcp": (info["arch"], wall, info)}
+            arch = make_arch(name, kwargs, space, widths, budget={**budget.to_dict(), "max_macs": int(max_macs)},
+                             method="dmcp", seed=args.seed)
+            found = {"dmcp": (arch, wall, info)}
             if not args.no_uniform:
                 uniform = make_arch(name, kwargs, space, uniform_at_budget(space, max_macs), budget=budget.to_dict(),
                                     method="uniform", seed=args.seed)
@@ -99,7 +101,7 @@ def main(argv=None):
                 model = retrain(arch, data, args, device, args.retrain_epochs)
                 row = {"model": name, "budget": text, "method": method,
                        "macs_ratio": arch["macs"]["pruned"] / arch["macs"]["base"], "params": arch["params"]["pruned"],
-                       "val": evaluate_split(model, data, "val", device=device),
+                       "val": split_accuracy(model, data, "val", device=device),
                        "test": test_acc(model, data, device, args.test_limit),
                        "cpu_latency": latency_ms(model, shape, args.cpu_latency_batch, torch.device("cpu")) / base_cpu}
                 if info is not None:

@@ -31,15 +31,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoprune import cost  # noqa: E402
-from autoprune.api import search  # noqa: E402
+from autoprune.api import StudyConfig, search  # noqa: E402
 from autoprune.arch import build  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.models import create_model, model_kwargs  # noqa: E402
-from autoprune.search.budget import parse_budget, repair  # noqa: E402
-from autoprune.search.evaluate import EvalConfig, Evaluator  # noqa: E402
+from autoprune.budget import parse_budget, repair  # noqa: E402
+from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
-from autoprune.train import resolve_device  # noqa: E402
-from autoprune.train import TrainConfig, evaluate_split, load_checkpoint, save_checkpoint, train  # noqa: E402
+from autoprune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from autoprune.runtime import resolve_device  # noqa: E402
+from autoprune.train import TrainConfig, accuracy, split_accuracy, train  # noqa: E402
 
 
 def add_common_args(p) -> None:
@@ -78,21 +79,18 @@ def parse_args(argv=None):
 
 
 def train_config(args, epochs, device):
-    gpu = device.type == "cuda"
-    return TrainConfig(epochs=epochs, seed=args.seed, batch_size=args.batch_size or (512 if gpu else 128),
-                       lr=args.lr or (0.2 if gpu else 0.05))
+    return TrainConfig.for_device(device, epochs=epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr)
 
 
 def test_acc(model, data, device, limit):
     """Test accuracy, on a seeded random subset of ``limit`` images: the test split of an
     ImageFolder source is ordered by class, so its first images are all of one class."""
-    from autoprune.train import evaluate
 
     x, y = data.split("test")
     if limit and limit < len(y):
         idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         x, y = x[idx.to(x.device)], y[idx.to(y.device)]
-    return evaluate(model, x, y, data=data, device=device)
+    return accuracy(model, x, y, data=data, device=device)
 
 
 @torch.no_grad()
@@ -168,21 +166,22 @@ def main(argv=None):
     base_macs = cost.macs(space, space.max_widths())
     base_row = {"budget": "1.0", "method": "base", "macs_ratio": 1.0,
                 "params": cost.params(space, space.max_widths()),
-                "val": evaluate_split(base, data, "val", device=device),
+                "val": split_accuracy(base, data, "val", device=device),
                 "test": test_acc(base, data, device, args.test_limit)}
     base_cpu = latency_ms(base, shape, args.cpu_latency_batch, torch.device("cpu"))
     base_gpu = latency_ms(base, shape, args.latency_batch, device) if device.type == "cuda" else None
     base = base.to(device)
     rows = [base_row]
     common = dict(data=data, base=str(base_path), seed=args.seed, device=str(device),
-                  fine_tune_steps=args.fine_tune_steps, bn_batches=args.bn_batches,
-                  eval_batch_size=args.eval_batch_size)
+                  evaluation=EvalConfig(fine_tune_steps=args.fine_tune_steps, bn_batches=args.bn_batches,
+                                        batch_size=args.eval_batch_size, seed=args.seed))
 
     # -- search at every budget, then retrain the winners and uniform -----------------------------
     for budget in [b.strip() for b in args.budgets.split(",") if b.strip()]:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()] + ["uniform"]:
             t = time.perf_counter()
-            res = search(args.model, budget, method, trials=args.candidates, out=out / f"b{budget}-{method}", **common)
+            res = search(args.model, budget, method, study=StudyConfig(trials=args.candidates),
+                         out=out / f"b{budget}-{method}", **common)
             wall = time.perf_counter() - t
             s = res.summary()
             model = retrain(res.arch, data, args, device, args.retrain_epochs)

@@ -4,7 +4,7 @@ import pytest
 from autoprune import cost
 from autoprune.errors import BudgetError
 from autoprune.models import create_model
-from autoprune.search.budget import check_reachable, parse_budget, repair, utilisation
+from autoprune.budget import check_reachable, parse_budget, repair, utilisation
 from autoprune.space import SearchSpace
 
 

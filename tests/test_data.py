@@ -4,10 +4,19 @@ import tarfile
 
 import pytest
 import torch
+import torchvision
+from PIL import Image
 
-from autoprune.data import augment_batch, iterate, load_data
+from autoprune.data import (
+    Data,
+    Dataset,
+    StreamData,
+    augment_batch,
+    folders,
+    iterate,
+    load_data,
+)
 from autoprune.errors import DataError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,8 +113,6 @@ def test_ddp_ranks_take_disjoint_slices():
 
 
 def _write_image_tree(tmp_path, n_per_class=3, size=8):
-    from PIL import Image
-
     root = tmp_path / "tiny"
     g = torch.Generator().manual_seed(0)
     for split in ("train", "test"):
@@ -148,8 +155,6 @@ def test_corrupted_archive_is_a_data_error(tmp_path):
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path, monkeypatch):
-    import torchvision
-
     class Offline(torchvision.datasets.CIFAR10):
         def __init__(self, *a, **k):
             raise RuntimeError("Dataset not found or corrupted")
@@ -185,21 +190,19 @@ def test_streamed_imagefolder(tmp_path):
     root = _write_image_tree(tmp_path, n_per_class=4, size=40)
     (root / "test").rename(root / "val")
     d = load_data(f"imagefolder:{root}", val_size=2, image_size=32, num_workers=0)
-    assert d.streamed and d.num_classes == 2 and d.meta["sizes"]["train"] == 6
+    assert not d.resident and d.num_classes == 2 and d.meta["sizes"]["train"] == 6
     xb, yb = next(iter(d.batches("train", batch_size=4, train=True, generator=torch.Generator().manual_seed(0))))
     assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.float32 and yb.shape == (4,)
     assert sum(len(y) for _, y in d.batches("test", batch_size=3, train=False)) == 8
 
 
 def test_pil_fallback_decodes_like_torchvision(tmp_path, monkeypatch):
-    import autoprune.data as D
-
     root = _write_image_tree(tmp_path)
     fast = load_data(str(root), val_size=0, cache_dir=tmp_path / "c1")
 
     def unavailable(blobs):
         raise ImportError("no torchvision.io")
-    monkeypatch.setattr(D, "_decode_torchvision", unavailable)
+    monkeypatch.setattr(folders, "_decode_torchvision", unavailable)
     slow = load_data(str(root), val_size=0, cache_dir=tmp_path / "c2")
     assert slow.train_x.shape == fast.train_x.shape
     assert (slow.train_x.int() - fast.train_x.int()).abs().max() <= 2  # both libjpeg; rounding may differ
@@ -214,3 +217,49 @@ def test_batch_size_below_one_is_a_data_error(batch_size):
         data.num_batches("val", batch_size=batch_size, train=False)
     with pytest.raises(DataError, match="batch_size"):
         iterate(data.val_x, data.val_y, batch_size=batch_size, train=False)
+
+
+def _streamed(tmp_path, val_size=2):
+    root = _write_image_tree(tmp_path, n_per_class=4, size=40)
+    (root / "test").rename(root / "val")
+    return load_data(f"imagefolder:{root}", val_size=val_size, image_size=32, num_workers=0)
+
+
+@pytest.mark.parametrize("val_size", [0, 3])
+def test_resident_and_streamed_data_satisfy_the_dataset_protocol(tmp_path, val_size):
+    resident, streamed = small(val_size=val_size), _streamed(tmp_path, val_size=val_size)
+    assert isinstance(resident, Data) and isinstance(streamed, StreamData)
+    assert resident.resident is True and streamed.resident is False
+    for d in (resident, streamed, resident.to("cpu"), streamed.to("cpu")):
+        assert isinstance(d, Dataset)
+        sizes = {split: d.num_examples(split) for split in ("train", "val", "test")}
+        assert sizes == d.meta["sizes"] and sizes["val"] == val_size
+        assert d.num_batches("val", batch_size=2, train=False) == -(-val_size // 2)
+        with pytest.raises(DataError, match="unknown split"):
+            d.num_examples("holdout")
+    assert resident.num_examples("train") == len(resident.train_y) == 256 - val_size
+    assert streamed.num_examples("train") == 8 - val_size and streamed.num_examples("test") == 8
+    # Each split holds as many images as its batches yield.
+    for d in (resident, streamed):
+        for split in ("train", "val", "test"):
+            assert sum(len(y) for _, y in d.batches(split, batch_size=3, train=False)) == d.num_examples(split)
+
+
+def test_streamed_data_has_no_resident_tensors(tmp_path):
+    d = _streamed(tmp_path)
+    with pytest.raises(DataError, match="streamed"):
+        d.split("train")
+    moved = d.to("cpu")
+    moved.meta["data_dir"] = "elsewhere"  # a copy: the original's metadata is untouched
+    assert "data_dir" not in d.meta
+
+
+def test_objects_missing_a_member_are_not_datasets():
+    class Partial:
+        meta, num_classes, input_shape, resident = {}, 2, (3, 8, 8), True
+
+        def batches(self, split, **kw):
+            return iter(())
+
+    assert not isinstance(Partial(), Dataset)
+    assert not isinstance(small().train_x, Dataset)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune import cost, dmcp
+from autoprune import cost
+from autoprune.optimizers import dmcp
 from autoprune.data import load_data
-from autoprune.dmcp import Gates, MarkovArch, budget_loss, search_dmcp
+from autoprune.optimizers.dmcp import DMCPConfig, Gates, MarkovChain, budget_loss, search_dmcp
 from autoprune.errors import CheckpointError
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
@@ -36,11 +37,11 @@ def tiny():
     return model, space, data
 
 
-def _tiny_search(tiny, **kw):
+def _tiny_search(tiny, *, budget_macs=None, out_dir=None, **options):
     model, space, data = tiny
-    kw = {"budget_macs": int(0.5 * cost.base_macs(space)), "steps": 6, "batch_size": 16, "warmup": 0.34,
-          "progress": False, **kw}
-    return search_dmcp(model, space, data, **kw)
+    config = DMCPConfig(**{"steps": 6, "batch_size": 16, "warmup": 0.34, **options})
+    return search_dmcp(model, space, data, config, out_dir=out_dir,
+                       budget_macs=budget_macs if budget_macs is not None else int(0.5 * cost.base_macs(space)))
 
 
 # -- gates on the traced model --------------------------------------------------------------
@@ -49,17 +50,17 @@ def _tiny_search(tiny, **kw):
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_gated_model_equals_zero_dropped_reference(spaces, name):
     model, space = spaces(name)
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     x = torch.randn(2, *SHAPES[name], generator=torch.Generator().manual_seed(1))
     gates = Gates(model, space)
     try:
         for widths in random_widths(space, 2, seed=3) + [space.min_widths()]:
             with torch.no_grad():
                 ref = zero_dropped(model, space, widths, keep="first").eval()(x)
-                gates.set(arch.masks(widths))  # the 0/1 masks of the sandwich steps
+                gates.set(chain.masks(widths))  # the 0/1 masks of the sandwich steps
                 masked = model(x)
-                arch.alpha.copy_(arch.alpha_for(widths))  # P ∈ {0, 1}: the expected-network path
-                gates.set(arch.channel_scales(arch.marginal_probs()))
+                chain.alpha.copy_(chain.alpha_for(widths))  # P ∈ {0, 1}: the expected-network path
+                gates.set(chain.channel_scales(chain.marginal_probs()))
                 expected = model(x)
                 gates.set(None)
             assert torch.allclose(masked, ref, atol=1e-5, rtol=1e-4)
@@ -84,35 +85,35 @@ def test_depthwise_group_is_gated_after_its_norms_only(spaces):
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
 def test_expected_macs_equal_cost_model_at_deterministic_chains(spaces, name):
     _, space = spaces(name)
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     for widths in random_widths(space, 5, seed=7) + [space.min_widths(), space.max_widths()]:
         with torch.no_grad():
-            arch.alpha.copy_(arch.alpha_for(widths))
-            assert arch.expected_choice() == widths
-            assert [float(w) for w in arch.expected_widths()] == list(widths)
-            assert float(arch.expected_macs()) == cost.macs(space, widths)
+            chain.alpha.copy_(chain.alpha_for(widths))
+            assert chain.expected_choice() == widths
+            assert [float(w) for w in chain.expected_widths()] == list(widths)
+            assert float(chain.expected_macs()) == cost.macs(space, widths)
 
 
 def test_expected_macs_increase_with_every_alpha(spaces):
     _, space = spaces("resnet20")
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     with torch.no_grad():
-        arch.alpha.normal_(0, 1.5, generator=torch.Generator().manual_seed(0))
-    arch.expected_macs().backward()
-    assert (arch.alpha.grad > 0).all()
-    base = float(arch.expected_macs().detach())
-    for i in range(0, len(arch.alpha), 7):
+        chain.alpha.normal_(0, 1.5, generator=torch.Generator().manual_seed(0))
+    chain.expected_macs().backward()
+    assert (chain.alpha.grad > 0).all()
+    base = float(chain.expected_macs().detach())
+    for i in range(0, len(chain.alpha), 7):
         with torch.no_grad():
-            arch.alpha[i] += 0.5
-            assert float(arch.expected_macs()) > base
-            arch.alpha[i] -= 0.5
+            chain.alpha[i] += 0.5
+            assert float(chain.expected_macs()) > base
+            chain.alpha[i] -= 0.5
 
 
 def test_uniform_init_draws_every_width_equally_often(spaces):
     _, space = spaces("resnet20")
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     gen = torch.Generator().manual_seed(0)
-    draws = np.array([arch.sample(gen) for _ in range(2000)])
+    draws = np.array([chain.sample(gen) for _ in range(2000)])
     for i, c in enumerate(space.choices):
         freq = np.array([(draws[:, i] == w).mean() for w in c])
         assert np.abs(freq - 1 / len(c)).max() < 0.05
@@ -121,17 +122,17 @@ def test_uniform_init_draws_every_width_equally_often(spaces):
 
 def test_cross_entropy_gradient_reaches_every_group_alpha(tiny):
     model, space, data = tiny
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     gates = Gates(model, space)
     x, y = next(data.batches("train", batch_size=16, train=True, generator=torch.Generator().manual_seed(0)))
     try:
         model.train()
-        gates.set(arch.channel_scales(arch.marginal_probs()))
-        torch.nn.functional.cross_entropy(model(x), y).backward(inputs=[arch.alpha])
+        gates.set(chain.channel_scales(chain.marginal_probs()))
+        torch.nn.functional.cross_entropy(model(x), y).backward(inputs=[chain.alpha])
     finally:
         gates.remove()
-    for i in range(len(arch)):
-        g = arch.alpha.grad[arch.offsets[i]:arch.offsets[i + 1]]
+    for i in range(len(chain)):
+        g = chain.alpha.grad[chain.offsets[i]:chain.offsets[i + 1]]
         assert torch.isfinite(g).all() and g.abs().sum() > 0, space.names[i]
 
 
@@ -149,33 +150,30 @@ def test_budget_loss_is_zero_in_band_and_grows_outside():
 @pytest.mark.parametrize("ratio", [0.15, 0.4, 0.8])
 def test_budget_loss_alone_drives_expected_macs_into_band(spaces, ratio):
     _, space = spaces("resnet20")
-    arch = MarkovArch(space)
+    chain = MarkovChain(space)
     target = ratio * cost.base_macs(space)
-    opt = torch.optim.Adam(arch.parameters(), lr=0.05, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(chain.parameters(), lr=0.05, betas=(0.5, 0.999))
     for _ in range(300):
         opt.zero_grad()
-        budget_loss(arch.expected_macs(), target).backward()
+        budget_loss(chain.expected_macs(), target).backward()
         opt.step()
-    e = arch.expected_macs().item()
+    e = chain.expected_macs().item()
     assert 0.95 * target <= e <= target * 1.001
 
 
 # -- the search -----------------------------------------------------------------------------
 
 
-def test_search_returns_allowed_widths_within_budget_and_writes_arch(tiny, tmp_path):
+def test_search_returns_allowed_widths_within_budget(tiny, tmp_path):
     model, space, _ = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
     budget_macs = int(0.3 * cost.base_macs(space))
-    widths, info = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path, model_name="resnet20",
-                                model_kwargs={"num_classes": 4}, budget="0.3")
+    widths, info = _tiny_search(tiny, budget_macs=budget_macs, out_dir=tmp_path)
     assert space.validate(widths) == widths
     assert cost.macs(space, widths) <= budget_macs
     assert info["macs"] == cost.macs(space, widths) and info["method"] == "dmcp"
     assert len(info["expected_widths"]) == len(space) and info["steps"] == 6
-    arch = json.loads((tmp_path / "arch.json").read_text())
-    assert arch["method"] == "dmcp" and arch["widths"] == list(widths)
-    assert arch["budget"]["text"] == "0.3" and arch["budget"]["max_macs"] == budget_macs
+    assert (tmp_path / "dmcp.pt").is_file() and not (tmp_path / "chain.json").exists()  # the search writes chain.json
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
 
 

@@ -6,13 +6,16 @@ import pytest
 from autoprune import cost
 from autoprune.errors import SearchError
 from autoprune.models import create_model
-from autoprune.search import get_optimizer, list_optimizers
-from autoprune.search.evaluate import SyntheticObjective
+from autoprune.data import load_data
+from autoprune.optimizers import Context, Optimizer, get_optimizer, list_methods, register_optimizer, unregister_optimizer
+from autoprune.evaluator import SyntheticObjective
 from autoprune.space import SearchSpace
 
 from conftest import randomize
 
 LEARNING = ["abc", "tpe"]
+# Keep DMCP's supernet training to a couple of steps: these tests check the interface.
+OPTIONS = {"dmcp": {"steps": 2, "batch_size": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +28,16 @@ def space(model):
     return SearchSpace.from_model(model, (3, 32, 32))
 
 
+def make(name, space, model, max_macs, *, seed=0):
+    opt = get_optimizer(name)(space, max_macs, seed=seed, **OPTIONS.get(name, {}))
+    cls = type(opt)
+    data = load_data("synthetic", val_size=64, n_train=128) if cls.needs_data else None
+    opt.prepare(Context(base=model if cls.needs_base else None, data=data))
+    return opt
+
+
 def run(name, space, model, max_macs, *, seed=0, steps=20, objective=None):
-    opt = get_optimizer(name)(space, max_macs, seed=seed, model=model)
+    opt = make(name, space, model, max_macs, seed=seed)
     objective = objective or SyntheticObjective(space, seed=7)
     out = []
     for _ in range(steps):
@@ -41,12 +52,59 @@ def run(name, space, model, max_macs, *, seed=0, steps=20, objective=None):
 
 
 def test_registry_lists_every_method():
-    assert set(list_optimizers()) == {"abc", "tpe", "random", "uniform", "slimming", "l1-global"}
+    assert set(list_methods()) == {"abc", "tpe", "random", "uniform", "uniform-fill", "slimming", "l1-global", "dmcp"}
     with pytest.raises(SearchError, match="unknown search method"):
         get_optimizer("annealing")
 
 
-@pytest.mark.parametrize("name", list_optimizers())
+def test_a_custom_optimizer_is_one_class_and_one_registration(space):
+    @register_optimizer
+    class Widest(Optimizer):
+        name = "widest-first"
+        summary = "test optimizer"
+        one_shot = True
+
+        def propose(self, rng, pending):
+            return self.propose_once(self.uniform_feasible(), "widest", pending)
+
+    try:
+        assert "widest-first" in list_methods()
+        max_macs = int(0.4 * cost.base_macs(space))
+        opt = get_optimizer("widest-first")(space, max_macs, seed=0)
+        widths, role = opt.ask(np.random.default_rng(0))
+        assert role == "widest" and cost.macs(space, widths) <= max_macs
+        opt.tell(widths, 0.5, role)
+        assert opt.ask(np.random.default_rng(1)) is None
+        with pytest.raises(SearchError, match="already registered"):
+            register_optimizer(type("Other", (Optimizer,), {"name": "abc"}))
+        with pytest.raises(SearchError, match="has no name"):
+            register_optimizer(type("Nameless", (Optimizer,), {}))
+        with pytest.raises(SearchError, match="Optimizer subclass"):
+            register_optimizer(object)
+    finally:
+        unregister_optimizer("widest-first")
+    assert "widest-first" not in list_methods()
+
+
+def test_uniform_fill_uses_the_budget_that_uniform_leaves(space):
+    for ratio in (0.1, 0.4):
+        max_macs = int(ratio * cost.base_macs(space))
+        uni = make("uniform", space, None, max_macs).ask(np.random.default_rng(0))[0]
+        fill = make("uniform-fill", space, None, max_macs).ask(np.random.default_rng(0))[0]
+        assert cost.macs(space, uni) <= cost.macs(space, fill) <= max_macs
+        assert all(f >= u for f, u in zip(fill, uni))  # only grown, never shrunk
+        # No single grid step still fits.
+        for g, c in enumerate(space.choices):
+            i = c.index(fill[g])
+            if i + 1 < len(c):
+                grown = list(fill)
+                grown[g] = c[i + 1]
+                assert cost.macs(space, grown) > max_macs
+        again = make("uniform-fill", space, None, max_macs).ask(np.random.default_rng(5))[0]
+        assert again == fill  # a fixed rule: no randomness
+
+
+@pytest.mark.parametrize("name", list_methods())
 @pytest.mark.parametrize("ratio", [0.15, 0.5])
 def test_every_candidate_is_within_budget(name, ratio, space, model):
     max_macs = int(ratio * cost.macs(space, space.max_widths()))
@@ -59,7 +117,7 @@ def test_every_candidate_is_within_budget(name, ratio, space, model):
     assert len({w for w, _, _ in out}) == len(out), "an optimizer proposed a candidate twice"
 
 
-@pytest.mark.parametrize("name", list_optimizers())
+@pytest.mark.parametrize("name", list_methods())
 def test_same_seed_same_candidates(name, space, model):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
     _, a = run(name, space, model, max_macs, seed=3, steps=12)
@@ -70,13 +128,13 @@ def test_same_seed_same_candidates(name, space, model):
         assert [w for w, _, _ in a] != [w for w, _, _ in c]
 
 
-@pytest.mark.parametrize("name", list_optimizers())
+@pytest.mark.parametrize("name", list_methods())
 def test_state_is_rebuilt_by_replaying_results(name, space, model):
     """A second worker told the same results proposes what the first would: the basis of
     resuming and of sharing one study."""
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
     first, out = run(name, space, model, max_macs, seed=1, steps=9)
-    second = get_optimizer(name)(space, max_macs, seed=1, model=model)
+    second = make(name, space, model, max_macs, seed=1)
     for widths, role, score in out:
         second.tell(widths, score, role)
     rng = lambda: np.random.default_rng([1, first.n_told, 0])  # noqa: E731
@@ -110,7 +168,11 @@ def test_abc_starts_from_uniform_and_avoids_pending(space, model):
 def test_global_threshold_methods_need_the_base(space):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
     with pytest.raises(SearchError, match="needs its weights"):
-        get_optimizer("slimming")(space, max_macs, seed=0)
+        get_optimizer("slimming")(space, max_macs, seed=0).prepare(Context())
+    with pytest.raises(SearchError, match="needs data"):
+        get_optimizer("dmcp")(space, max_macs, seed=0).prepare(Context())
+    with pytest.raises(SearchError, match="unknown dmcp option"):
+        get_optimizer("dmcp")(space, max_macs, seed=0, stepz=3)
 
 
 @pytest.mark.parametrize("name, steps", [("abc", 100), ("tpe", 30)])
@@ -126,17 +188,3 @@ def test_learning_optimizers_beat_random(name, steps, space, model):
 
     seeds = range(3)
     assert np.median([best(name, s) for s in seeds]) > np.median([best("random", s) for s in seeds])
-
-
-def test_ask_refuses_an_over_budget_proposal(space):
-    from autoprune.search.base import Optimizer
-
-    class Greedy(Optimizer):
-        name = "greedy"
-
-        def propose(self, rng, pending):
-            return self.space.max_widths(), "greedy"
-
-    opt = Greedy(space, int(0.5 * cost.base_macs(space)))
-    with pytest.raises(SearchError, match="'greedy' proposed .* above the budget"):
-        opt.ask(np.random.default_rng(0))

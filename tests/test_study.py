@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.api import search
+from autoprune.api import StudyConfig, search
 from autoprune.errors import SearchError
-from autoprune.search.study import TrialStore
+from autoprune.study import TrialStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,36 +33,36 @@ class Counting:
 def test_resume_after_interruption_scores_nothing_twice(tmp_path, method):
     first = Counting(interrupt_at=4)
     with pytest.raises(KeyboardInterrupt):
-        search("resnet20", 0.4, method, objective=first, trials=10, out=tmp_path, seed=1)
+        search("resnet20", 0.4, method, objective=first, study=StudyConfig(trials=10), out=tmp_path, seed=1)
     second = Counting()
-    result = search("resnet20", 0.4, method, objective=second, trials=10, out=tmp_path, seed=1)
+    result = search("resnet20", 0.4, method, objective=second, study=StudyConfig(trials=10), out=tmp_path, seed=1)
     assert len(first.calls) == 4
     assert len(second.calls) == 6, "the four finished trials must be kept, the interrupted one re-scored"
     assert not set(first.calls) & set(second.calls)
     assert len(result.trials) == 10 and all(t["status"] == "ok" for t in result.trials)
     # A finished study: a third run scores nothing and returns the same winner.
     third = Counting()
-    again = search("resnet20", 0.4, method, objective=third, trials=10, out=tmp_path, seed=1)
+    again = search("resnet20", 0.4, method, objective=third, study=StudyConfig(trials=10), out=tmp_path, seed=1)
     assert third.calls == [] and again.widths == result.widths
     assert (tmp_path / "arch.json").is_file() and (tmp_path / "trials.csv").read_text().count("\n") == 11
 
 
 def test_same_seed_same_widths(tmp_path):
-    a = search("resnet20", 0.3, "abc", objective="synthetic", trials=12, out=tmp_path / "a", seed=5)
-    b = search("resnet20", 0.3, "abc", objective="synthetic", trials=12, out=tmp_path / "b", seed=5)
+    a = search("resnet20", 0.3, "abc", objective="synthetic", study=StudyConfig(trials=12), out=tmp_path / "a", seed=5)
+    b = search("resnet20", 0.3, "abc", objective="synthetic", study=StudyConfig(trials=12), out=tmp_path / "b", seed=5)
     assert a.widths == b.widths and [t["widths"] for t in a.trials] == [t["widths"] for t in b.trials]
 
 
 WORKER = textwrap.dedent("""
     import json, sys, time
-    from autoprune.api import search
+    from autoprune.api import StudyConfig, search
     storage, log, method = sys.argv[1], sys.argv[2], sys.argv[3]
     seen = []
     def slow(widths):
         seen.append(list(widths))
         time.sleep(0.1)  # long enough that the two workers interleave
         return sum(w * (i % 3 + 1) for i, w in enumerate(widths)) / 1e4
-    search("resnet20", 0.4, method, objective=slow, trials=10, storage=storage, study="shared",
+    search("resnet20", 0.4, method, objective=slow, study=StudyConfig(trials=10, storage=storage, name="shared"),
            out=sys.argv[4], seed=0)
     open(log, "w").write(json.dumps(seen))
 """)
@@ -89,11 +89,11 @@ def test_two_workers_share_one_study(tmp_path, kind, method):
 
 def test_bad_storage_and_mismatched_study(tmp_path):
     with pytest.raises(SearchError, match="cannot open storage"):
-        search("resnet20", 0.4, "random", objective="synthetic", trials=2, storage="nosuchdb://x/y", out=tmp_path / "o")
+        search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2, storage="nosuchdb://x/y"), out=tmp_path / "o")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    search("resnet20", 0.4, "random", objective="synthetic", trials=2, storage=url, study="s", out=tmp_path / "o")
+    search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2, storage=url, name="s"), out=tmp_path / "o")
     with pytest.raises(SearchError, match="was made with max_macs"):
-        search("resnet20", 0.2, "random", objective="synthetic", trials=2, storage=url, study="s", out=tmp_path / "o")
+        search("resnet20", 0.2, "random", objective="synthetic", study=StudyConfig(trials=2, storage=url, name="s"), out=tmp_path / "o")
 
 
 def test_failed_candidates_are_recorded_and_skipped(tmp_path):
@@ -102,7 +102,7 @@ def test_failed_candidates_are_recorded_and_skipped(tmp_path):
             raise RuntimeError("CUDA out of memory (simulated)")
         return float(sum(widths))
 
-    result = search("resnet20", 0.5, "random", objective=flaky, trials=8, out=tmp_path)
+    result = search("resnet20", 0.5, "random", objective=flaky, study=StudyConfig(trials=8), out=tmp_path)
     statuses = {t["status"] for t in result.trials}
     assert "ok" in statuses
     for t in result.trials:
@@ -120,16 +120,16 @@ def test_a_rerun_retries_failed_candidates(tmp_path):
     again = search("resnet20", 0.5, "uniform", objective=lambda w: 1.0, out=tmp_path / "u")
     assert [t["status"] for t in again.trials] == ["failed", "ok"] and again.score == 1.0
     with pytest.raises(SearchError, match="no candidate could be scored"):
-        search("resnet20", 0.5, "random", objective=oom, trials=3, out=tmp_path / "r")
+        search("resnet20", 0.5, "random", objective=oom, study=StudyConfig(trials=3), out=tmp_path / "r")
     counting = Counting()
-    result = search("resnet20", 0.5, "random", objective=counting, trials=3, out=tmp_path / "r")
+    result = search("resnet20", 0.5, "random", objective=counting, study=StudyConfig(trials=3), out=tmp_path / "r")
     assert len(counting.calls) == 3 and [t["status"] for t in result.trials].count("ok") == 3
 
 
 def test_study_of_another_objective_is_refused(tmp_path):
-    search("resnet20", 0.4, "random", objective="synthetic", trials=2, out=tmp_path)
+    search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2), out=tmp_path)
     with pytest.raises(SearchError, match="was made with objective=synthetic, not callable"):
-        search("resnet20", 0.4, "random", objective=Counting(), trials=2, out=tmp_path)
+        search("resnet20", 0.4, "random", objective=Counting(), study=StudyConfig(trials=2), out=tmp_path)
 
 
 def _store_and_space(tmp_path):
@@ -142,8 +142,8 @@ def _store_and_space(tmp_path):
 
 
 def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
-    from autoprune.search.base import Optimizer
-    from autoprune.search.run import run_search
+    from autoprune.optimizers import Optimizer
+    from autoprune.driver import run_search
 
     class Greedy(Optimizer):  # bypasses the check in ask, as a third-party optimizer may
         def ask(self, rng, pending=()):
@@ -157,10 +157,10 @@ def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
 
 def test_known_result_is_not_told_twice(tmp_path):
     """n_told seeds the rng: an extra tell on a cache hit would change what a resumed run asks."""
-    from autoprune.search.base import Optimizer
-    from autoprune.search.evaluate import EvalResult
-    from autoprune.search.run import run_search
-    from autoprune.search.study import STATUS_OK
+    from autoprune.optimizers import Optimizer
+    from autoprune.evaluator import EvalResult
+    from autoprune.driver import run_search
+    from autoprune.study import STATUS_OK
 
     store, space, max_macs = _store_and_space(tmp_path)
     known, new = space.uniform(0.3), space.uniform(0.4)
@@ -183,16 +183,21 @@ def test_one_shot_waits_for_another_worker(tmp_path, method):
     import threading
     import time
 
-    from autoprune.api import _Fixed
-    from autoprune.search.base import get_optimizer
-    from autoprune.search.run import run_search
-    from autoprune.search.study import STATUS_OK
+    from autoprune.optimizers import Optimizer, get_optimizer
+    from autoprune.driver import run_search
+    from autoprune.study import STATUS_OK
 
     store, space, max_macs = _store_and_space(tmp_path)
     if method == "uniform":
         opt = get_optimizer("uniform")(space, max_macs)
     else:
-        opt = _Fixed(space, max_macs, widths=space.uniform(0.5), role="dmcp")
+        class Fixed(Optimizer):  # a one-shot method with a vector of its own (as dmcp derives one)
+            one_shot = True
+
+            def propose(self, rng, pending):
+                return self.propose_once(space.uniform(0.5), "fixed", pending)
+
+        opt = Fixed(space, max_macs)
     widths = opt.ask(__import__("numpy").random.default_rng(0))[0]
     other = TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={})
     tid = other.claim(widths, "other", macs=0, params=0)  # another worker is scoring it

@@ -14,8 +14,10 @@ import autoprune.train as T
 from autoprune.cli import main
 from autoprune.data import load_data, normalize
 from autoprune.errors import CheckpointError, DataError
-from autoprune.train import (TrainConfig, TrainingError, evaluate, evaluate_split, fine_tune, load_checkpoint,
-                             lr_factor, recalibrate_bn, save_checkpoint, scratch_b_epochs, train)
+from autoprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from autoprune.errors import TrainingError
+from autoprune.evaluator import fine_tune, recalibrate_bn
+from autoprune.train import TrainConfig, accuracy, lr_factor, scratch_b_epochs, split_accuracy, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +80,7 @@ def test_no_weight_decay_on_bn_and_bias():
 
 def test_training_learns_and_reports(data):
     model = fresh()
-    before = evaluate(model, data.val_x, data.val_y, data=data)
+    before = accuracy(model, data.val_x, data.val_y, data=data)
     h = train(model, data, cfg(epochs=4), progress=False)
     assert len(h["epochs"]) == 4 and h["steps"] == 4 * 3
     assert h["epochs"][-1]["train_loss"] < h["epochs"][0]["train_loss"]
@@ -101,21 +103,21 @@ def test_evaluate_is_exact_accuracy(data):
             out[:, 2] = 1
             return out
 
-    acc = evaluate(Always(), data.test_x, data.test_y, data=data, batch_size=10)
+    acc = accuracy(Always(), data.test_x, data.test_y, data=data, batch_size=10)
     assert acc == pytest.approx((data.test_y == 2).float().mean().item())
 
     # max_batches measures the first batches only, in order.
     first = (data.test_y[:20] == 2).float().mean().item()
-    assert evaluate_split(Always(), data, "test", batch_size=10, max_batches=2) == pytest.approx(first)
+    assert split_accuracy(Always(), data, "test", batch_size=10, max_batches=2) == pytest.approx(first)
 
 
 def test_empty_validation_split_is_an_error_to_evaluate_and_skipped_by_training():
     empty = load_data("synthetic", val_size=0, n_train=128, n_test=32, image_size=16)
     model = fresh()
     with pytest.raises(DataError, match="val split .* is empty"):
-        evaluate_split(model, empty, "val")
+        split_accuracy(model, empty, "val")
     with pytest.raises(DataError, match="0 images"):
-        evaluate(model, empty.val_x, empty.val_y, data=empty)
+        accuracy(model, empty.val_x, empty.val_y, data=empty)
     history = train(model, empty, cfg(epochs=1), progress=False)
     assert history["steps"] == 2 and math.isnan(history["val_acc"])
     assert math.isnan(history["epochs"][0]["val_acc"])
@@ -133,9 +135,9 @@ def test_recalibrate_bn_averages_training_statistics(data):
 
 def test_fine_tune_improves_an_untrained_model(data):
     model = fresh()
-    before = evaluate(model, data.val_x, data.val_y, data=data)
+    before = accuracy(model, data.val_x, data.val_y, data=data)
     loss = fine_tune(model, data, steps=30, lr=0.05, batch_size=64)
-    after = evaluate(model, data.val_x, data.val_y, data=data)
+    after = accuracy(model, data.val_x, data.val_y, data=data)
     assert math.isfinite(loss) and after > before + 0.2
 
 
@@ -299,7 +301,7 @@ def test_cli_retrain_scratch_b(tmp_path, capsys):
                 "--out", tmp_path / "re") == 0
     metrics = json.loads((tmp_path / "re" / "metrics.json").read_text())
     assert metrics["epochs"] == expected == 4 and metrics["mode"] == "scratch-b" and metrics["steps"] == 1
-    model, ckpt = T.model_from_checkpoint(tmp_path / "re" / "model.pt")
+    model, ckpt = model_from_checkpoint(tmp_path / "re" / "model.pt")
     assert ckpt["arch"]["widths"] == list(widths)
     assert _cli("retrain", path, "--epochs", 1, "--scratch-b", "--dataset", "synthetic") == 2
 

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import torch
 
-from autoprune.errors import AutopruneError
+from autoprune.checkpoint import save_checkpoint
+from autoprune.dataspec import DataSpec
+from autoprune.errors import DataError
 from autoprune.files import write_json
-from autoprune.train import resolve_device  # noqa: F401  (re-exported for the commands)
+from autoprune.runtime import resolve_device  # noqa: F401  (re-exported for the commands)
+from autoprune.train import TrainConfig, split_accuracy, train
 
 
 def positive_int(text: str) -> int:
@@ -69,37 +72,21 @@ def add_train_args(p, *, epochs: int | None = 25) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def load_data_from_args(args, device: torch.device, *, recorded: dict | None = None):
-    """The dataset named on the command line, or the one a checkpoint recorded."""
-    from autoprune.data import load_data
-
-    recorded = recorded or {}
-    name = args.dataset or recorded.get("name")
-    if name is None:
-        raise AutopruneError("no --dataset given and the checkpoint does not record one")
-    same = name == recorded.get("name")
-    val_size = args.val_size if args.val_size is not None else (recorded.get("val_size", 5000) if same else 5000)
-    seed = args.seed if args.seed is not None else (recorded.get("seed", 0) if same else 0)
-    data_dir = args.data_dir if args.data_dir is not None else (recorded.get("data_dir") if same else None)
-    data = load_data(name, data_dir, val_size=val_size, seed=seed, device=device, limit=args.limit)
-    data.meta["data_dir"] = None if data_dir is None else str(data_dir)
-    if same and recorded.get("mean") and not data.streamed:
-        # Evaluate with the normalisation the model was trained with.
-        data.mean, data.std = tuple(recorded["mean"]), tuple(recorded["std"])
-    return data
+def load_data_from_args(args, device: torch.device, *, recorded: dict | None = None, source: str = "the checkpoint"):
+    """The dataset named on the command line, resolved against what a checkpoint ``recorded``
+    by the one rule of :mod:`autoprune.dataspec` (the search uses the same)."""
+    spec = DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size,
+                    seed=args.seed if args.seed is not None else 0)
+    return spec.against(recorded, source).load(device, recorded)
 
 
 def train_config(args, epochs: int):
-    from autoprune.train import TrainConfig
-
     return TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                        label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
                        seed=args.seed, l1_gamma=args.l1_gamma, max_steps=args.max_steps)
 
 
 def check_classes(data, num_classes: int | None, what: str) -> None:
-    from autoprune.errors import DataError
-
     if num_classes is not None and num_classes != data.num_classes:
         raise DataError(f"{what} has {num_classes} classes but dataset '{data.meta['name']}' has {data.num_classes}")
 
@@ -111,8 +98,6 @@ def check_input_shape(data, input_shape, what: str) -> None:
     because an architecture's MACs, and for some models the classifier's input, were
     computed at that size.
     """
-    from autoprune.errors import DataError
-
     if input_shape is None:
         return
     expected, got = tuple(int(v) for v in input_shape), tuple(int(v) for v in data.input_shape)
@@ -125,13 +110,11 @@ def check_input_shape(data, input_shape, what: str) -> None:
 
 def run_training(args, model, data, config, device, out: Path, *, extra: dict, arch: dict | None = None) -> dict:
     """Train with checkpoints in ``out``, then write model.pt and metrics.json and print a summary."""
-    from autoprune.train import evaluate_split, save_checkpoint, train
-
     history = train(model, data, config, device=device, out_dir=out, resume=not args.no_resume,
                     progress=not args.quiet, arch=arch, extra=extra)
     if int(os.environ.get("RANK", "0")) != 0:
         return history  # under torchrun, rank 0 reports and writes the final files
-    test_acc = evaluate_split(model, data, "test", device=device)
+    test_acc = split_accuracy(model, data, "test", device=device)
     summary = {"val_acc": _finite(history["val_acc"]), "best_val_acc": _finite(history["best_val_acc"]),
                "test_acc": test_acc, "epochs": config.epochs, "steps": history["steps"],
                "img_per_s": _finite(history["img_per_s"]), "resumed_from": history["resumed_from"]}

@@ -6,6 +6,8 @@ import json
 
 from autoprune.commands._training import (add_data_args, check_classes, check_input_shape, load_data_from_args,
                                           positive_int, resolve_device)
+from autoprune.checkpoint import model_from_checkpoint
+from autoprune.train import split_accuracy
 
 
 def register(sub) -> None:
@@ -18,17 +20,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from autoprune.train import evaluate_split, model_from_checkpoint
-
     device = resolve_device(args.device)
     model, ckpt = model_from_checkpoint(args.checkpoint, device=device)
     # Without --dataset, the recorded dataset, split seed and validation size are reused so
     # that --split val measures the same held-out images as during training.
-    data = load_data_from_args(args, device, recorded=ckpt.get("dataset"))
+    data = load_data_from_args(args, device, recorded=ckpt.get("dataset"), source=f"checkpoint '{args.checkpoint}'")
     check_classes(data, (ckpt.get("model_kwargs") or {}).get("num_classes"), f"checkpoint '{args.checkpoint}'")
     check_input_shape(data, ckpt.get("input_shape") or (ckpt.get("arch") or {}).get("input_shape"),
                       f"checkpoint '{args.checkpoint}'")
-    acc = evaluate_split(model, data, args.split, device=device, batch_size=args.batch_size)
+    acc = split_accuracy(model, data, args.split, device=device, batch_size=args.batch_size)
     row = {"checkpoint": str(args.checkpoint), "dataset": data.meta["name"], "split": args.split,
            "images": data.meta["sizes"][args.split], "accuracy": acc}
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from autoprune.arch import arch_space, load_arch
+from autoprune.errors import ArchError
 from autoprune.commands.common import add_model_args, model_and_space
 from autoprune.cost import human, macs, params
 
@@ -22,8 +23,6 @@ def run(args) -> int:
     if args.arch:
         arch = load_arch(args.arch)
         if arch["model"]["name"] != args.model:
-            from autoprune.errors import ArchError
-
             raise ArchError(f"{args.arch} is for model '{arch['model']['name']}', not '{args.model}'")
         _, space = arch_space(arch)
         widths = tuple(arch["widths"])

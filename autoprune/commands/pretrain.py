@@ -8,6 +8,8 @@ import torch
 
 from autoprune.commands._training import (add_data_args, add_train_args, load_data_from_args, resolve_device,
                                           run_training, train_config)
+from autoprune.dataspec import kwargs_for_data
+from autoprune.models import create_model
 
 
 def register(sub) -> None:
@@ -19,14 +21,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from autoprune.models import create_model, model_kwargs
-
     device = resolve_device(args.device)
     data = load_data_from_args(args, device)
-    kwargs = {"num_classes": data.num_classes}
-    if data.input_shape[0] != 3:
-        kwargs["in_channels"] = data.input_shape[0]
-    kwargs = model_kwargs(args.model, **kwargs)
+    kwargs = kwargs_for_data(args.model, data)
     torch.manual_seed(args.seed)
     model = create_model(args.model, **kwargs)
     out = Path(args.out or args.out_default)

@@ -10,6 +10,9 @@ import torch
 from autoprune.commands._training import (add_data_args, add_train_args, check_classes, check_input_shape,
                                           load_data_from_args, positive_int, resolve_device, run_training,
                                           train_config)
+from autoprune.arch import build, load_arch
+from autoprune.errors import ArchError, AutopruneError
+from autoprune.train import scratch_b_epochs
 
 DEFAULT_BASE_EPOCHS = 25
 
@@ -29,10 +32,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from autoprune.arch import build, load_arch
-    from autoprune.errors import AutopruneError
-    from autoprune.train import scratch_b_epochs
-
     if args.scratch_b and args.epochs is not None:
         raise AutopruneError("give either --epochs (Scratch-E) or --scratch-b with --base-epochs, not both")
     arch = load_arch(args.arch)
@@ -68,8 +67,6 @@ def base_epochs_of(arch: dict, given: int | None, path) -> tuple[int, str]:
     ``--base-epochs`` wins; otherwise the ``search.base_epochs`` an architecture file records
     (the epochs its base model was trained for), otherwise the default of 25.
     """
-    from autoprune.errors import ArchError
-
     if given is not None:
         return given, "--base-epochs"
     recorded = (arch.get("search") or {}).get("base_epochs")

@@ -32,7 +32,7 @@ def run(args) -> int:
 
 
 def plot_widths(arch: dict, path: str) -> None:
-    try:
+    try:  # deferred on purpose: matplotlib is an optional extra, needed for --plot only
         import matplotlib
 
         matplotlib.use("Agg")

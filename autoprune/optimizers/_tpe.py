@@ -15,16 +15,18 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoprune.search.base import Optimizer
+from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
+@register_optimizer
 class TPEOptimizer(Optimizer):
     """TPE with ``n_startup`` random trials first (the first of them the uniform vector)."""
 
     name = "tpe"
+    summary = "Optuna's TPE over the encoded widths"
 
-    def __init__(self, space, max_macs, *, seed=0, model=None, n_startup: int = 10, multivariate: bool = True):
-        super().__init__(space, max_macs, seed=seed, model=model)
+    def __init__(self, space, max_macs, *, seed=0, n_startup: int = 10, multivariate: bool = True):
+        super().__init__(space, max_macs, seed=seed)
         self.n_startup = int(n_startup)
         self.multivariate = bool(multivariate)
         self.history: list[tuple[tuple[int, ...], float | None]] = []

@@ -101,7 +101,7 @@ def utilisation(space, widths: Sequence[int], max_macs: int) -> float:
     return cost.macs(space, widths) / max_macs
 
 
-def _floor_index(choices: Sequence[int], target: float) -> int:
+def floor_index(choices: Sequence[int], target: float) -> int:
     """Position of the largest allowed width ≤ target (at least the smallest)."""
     lo = 0
     for i, w in enumerate(choices):
@@ -159,3 +159,21 @@ def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=(
                 idx[g] -= 1  # does not fit now, and never will: other groups only grow
         open_ = still
     return idx
+
+
+def uniform_at_budget(space, max_macs: int) -> tuple[int, ...]:
+    """The widest single-multiplier vector that fits: largest ratio r whose
+    ``space.uniform(r)`` is within ``max_macs``, by bisection (MACs grow with r)."""
+    lo, hi = 0.0, 1.0
+    if cost.macs(space, space.uniform(1.0)) <= max_macs:
+        return space.uniform(1.0)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.macs(space, space.uniform(mid)) <= max_macs:
+            lo = mid
+        else:
+            hi = mid
+    widths = space.uniform(lo)
+    if cost.macs(space, widths) > max_macs:  # rounding near r≈0 can exceed a tiny budget
+        widths = space.min_widths()
+    return widths

@@ -29,8 +29,8 @@ every other method's candidate.
 >>> data = load_data("synthetic", val_size=64, n_train=256, image_size=16)
 >>> model = create_model("resnet20", num_classes=data.num_classes)
 >>> space = SearchSpace.from_model(model, (3, 16, 16))
->>> widths, info = search_dmcp(model, space, data, budget_macs=int(0.5 * base_macs(space)), steps=4,
-...                            batch_size=32, progress=False)
+>>> widths, info = search_dmcp(model, space, data, DMCPConfig(steps=4, batch_size=32),
+...                            budget_macs=int(0.5 * base_macs(space)))
 >>> len(widths) == len(space)
 True
 """
@@ -42,7 +42,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -53,10 +53,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune import cost
-from autoprune.errors import CheckpointError, SearchError
+from autoprune.budget import check_reachable, repair
+from autoprune.errors import CheckpointError, SearchError, one_line
+from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
+from autoprune.optimizers._base import Optimizer, register_optimizer
+from autoprune.runtime import autocast, progress_bar
 from autoprune.space import SearchSpace
-from autoprune.train import autocast, param_groups, progress_bar
+from autoprune.train import param_groups, split_accuracy
 
 CHECKPOINT_FORMAT = "autoprune.dmcp/1"
 CHECKPOINT_NAME = "dmcp.pt"
@@ -77,7 +81,7 @@ class DMCPResult(NamedTuple):
 # --------------------------------------------------------------------------------------------
 
 
-class MarkovArch(nn.Module):
+class MarkovChain(nn.Module):
     """Transition logits α of every free group's Markov chain over its channel blocks.
 
     ``alpha`` is one flat parameter; group ``i`` owns ``alpha[offsets[i]:offsets[i+1]]``,
@@ -277,15 +281,18 @@ class Gates:
 class DMCPConfig:
     """Hyper-parameters of one DMCP search; saved into its checkpoint.
 
-    ``warmup`` is the fraction of steps that train weights only (the chain stays at its
-    uniform initialisation). ``lr`` is the SGD peak learning rate of the weights (half-cosine
-    decay), ``arch_lr`` Adam's for α. ``penalty`` is λ of the budget loss, ``band`` its
-    width below the target. ``derive`` is ``expected`` (round the expected widths) or
-    ``direct`` (best of ``samples`` Markov draws plus the expected choice, by accuracy on
-    ``eval_batches`` validation batches after re-estimating BatchNorm on ``recal_batches``).
+    The length of the search is ``steps`` weight steps, or ``epochs`` passes over the
+    training split (30 when neither is given). ``warmup`` is the fraction of steps that
+    train weights only (the chain stays at its uniform initialisation). ``lr`` is the SGD
+    peak learning rate of the weights (half-cosine decay), ``arch_lr`` Adam's for α.
+    ``penalty`` is λ of the budget loss, ``band`` its width below the target. ``derive`` is
+    ``expected`` (round the expected widths) or ``direct`` (best of ``samples`` Markov draws
+    plus the expected choice, by accuracy on ``eval_batches`` validation batches after
+    re-estimating BatchNorm on ``recal_batches``).
     """
 
-    steps: int
+    steps: int | None = None
+    epochs: float | None = None
     batch_size: int = 128
     warmup: float = 0.3
     lr: float = 0.05
@@ -305,8 +312,10 @@ class DMCPConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
+        if (self.steps is not None and self.steps < 1) or self.batch_size < 1:
             raise SearchError(f"DMCP needs positive steps and batch_size (got {self.steps}, {self.batch_size})")
+        if self.epochs is not None and not self.epochs > 0:
+            raise SearchError(f"DMCP epochs must be positive, got {self.epochs}")
         if not 0 <= self.warmup < 1:
             raise SearchError(f"DMCP warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.derive not in DERIVE_MODES:
@@ -314,145 +323,189 @@ class DMCPConfig:
         if not 0 < self.band < 1:
             raise SearchError(f"DMCP band must be in (0, 1), got {self.band}")
 
+    def resolved(self, data) -> "DMCPConfig":
+        """This config with ``steps`` fixed from ``epochs`` and the size of ``data``'s training split."""
+        if self.steps is not None:
+            return self
+        per_epoch = data.num_batches("train", batch_size=self.batch_size, train=True)
+        steps = max(1, int(round((30 if self.epochs is None else self.epochs) * per_epoch)))
+        return replace(self, steps=steps)
+
     @property
     def warmup_steps(self) -> int:
         return int(round(self.warmup * self.steps))
 
 
-def search_dmcp(model: nn.Module, space: SearchSpace, data, *, budget_macs: int, steps: int | None = None,
-                epochs: float | None = None, batch_size: int = 128, warmup: float = 0.3, lr: float = 0.05,
-                arch_lr: float = 0.02, penalty: float = 1.0, band: float = 0.05, derive: str = "expected",
-                samples: int = 8, seed: int = 0, device: str | torch.device = "cpu",
-                out_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True,
-                model_name: str | None = None, model_kwargs: dict | None = None, budget=None,
-                **options) -> DMCPResult:
+@dataclass
+class _Run:
+    """The state of one DMCP search: the supernet, the chain, its gates and both optimizers."""
+
+    supernet: nn.Module
+    chain: MarkovChain
+    gates: Gates
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    config: DMCPConfig
+    target: float
+    device: torch.device
+
+    @classmethod
+    def start(cls, model, space, config, target, device) -> "_Run":
+        supernet = copy.deepcopy(model).to(device)
+        if device.type == "cuda":
+            supernet.to(memory_format=torch.channels_last)
+        chain = MarkovChain(space, init=config.init).to(device)
+        w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
+                                momentum=config.momentum, nesterov=config.momentum > 0)
+        a_opt = torch.optim.Adam(chain.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
+        return cls(supernet, chain, Gates(supernet, space), w_opt, a_opt, config, target, device)
+
+    def step(self, step: int, xb, yb) -> tuple[float, dict | None]:
+        """One weight step and, after the warm-up, one architecture step; (loss, arch stats)."""
+        c = self.config
+        torch.manual_seed(_mix(c.seed, step, 1))  # dropout and the like, resumable
+        for group in self.w_opt.param_groups:
+            group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / c.steps))
+        w_loss = _weight_step(self.supernet, self.chain, self.gates, self.w_opt, xb, yb, c, step, self.device)
+        if step >= c.warmup_steps and (step - c.warmup_steps) % c.arch_every == 0:
+            return w_loss, _arch_step(self.supernet, self.chain, self.gates, self.a_opt, xb, yb, self.target, c,
+                                      self.device)
+        return w_loss, None
+
+
+def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig | None = None, *, budget_macs: int,
+                device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None, resume: bool = True,
+                progress: bool = False) -> DMCPResult:
     """Search widths for ``model`` within ``budget_macs`` by DMCP; returns ``DMCPResult(widths, info)``.
 
     ``model`` (trained or not) is copied; the copy is the supernet whose weights are trained.
-    The length of the search is ``steps`` weight steps, or ``epochs`` passes over the training
-    split (30 when neither is given). With ``out_dir`` the state is checkpointed there every
-    ``checkpoint_every`` steps (and at the end) and, with ``resume``, picked up again; when
-    ``model_name`` is also given the result is written to ``out_dir/arch.json``. Further
-    ``options`` are fields of :class:`DMCPConfig`.
+    With ``out_dir`` the state is checkpointed there every ``config.checkpoint_every`` steps
+    (and at the end) and, with ``resume``, picked up again.
 
     ``widths`` is within ``budget_macs`` and on the space's grid. ``info`` holds the expected
     MACs ratio reached, the expected widths, the derived candidates and their scores, the
-    per-group transition probabilities, a short history, wall time, and ``arch`` when
-    ``model_name`` is given (its ``budget`` field records ``budget``, a Budget or its text,
-    with ``budget_macs``).
+    per-group transition probabilities, a short history and the wall time.
     """
-    from autoprune.search.budget import check_reachable, parse_budget, repair
-
     device = torch.device(device)
     if not len(space):
         raise SearchError("the search space has no free channel group: nothing for DMCP to search")
-    check_reachable(space, budget_macs, budget)
-    if steps is None:
-        per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
-        steps = max(1, int(round((30 if epochs is None else epochs) * per_epoch)))
-    config = DMCPConfig(steps=int(steps), batch_size=batch_size, warmup=warmup, lr=lr, arch_lr=arch_lr,
-                        penalty=penalty, band=band, derive=derive, samples=samples, seed=seed, **options)
+    check_reachable(space, budget_macs)
+    config = (config or DMCPConfig()).resolved(data)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     start = time.perf_counter()
-
-    supernet = copy.deepcopy(model).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        supernet.to(memory_format=torch.channels_last)
-    arch = MarkovArch(space, init=config.init).to(device)
-    gates = Gates(supernet, space)
-    w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
-                            momentum=config.momentum, nesterov=config.momentum > 0)
-    a_opt = torch.optim.Adam(arch.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
-    target = float(budget_macs)
-    base = float(cost.base_macs(space))
+    run = _Run.start(model, space, config, float(budget_macs), device)
     step, history = 0, []
     if ckpt_path is not None and resume and ckpt_path.exists():
-        step, history = _load(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target)
+        step, history = _load(ckpt_path, run, space)
     resumed_from = step
+    _train_loop(run, data, space, step, history, ckpt_path, progress)
+    info = _summary(run, space, history, resumed_from, start)
+    rng = np.random.default_rng(config.seed)
+    if config.derive == "expected":
+        raw = run.chain.expected_choice()
+        widths = repair(space, raw, budget_macs, rng=rng)
+        candidates = [{"source": "expected", "raw": list(raw), "widths": list(widths), "score": None}]
+    else:
+        widths, candidates = _derive_direct(run, data, space, budget_macs, rng)
+    run.gates.remove()
+    base = float(cost.base_macs(space))
+    info.update(macs=int(cost.macs(space, widths)), ratio=cost.macs(space, widths) / base, candidates=candidates,
+                seconds=time.perf_counter() - start)
+    return DMCPResult(tuple(int(w) for w in widths), info)
 
+
+def _train_loop(run: _Run, data, space, step: int, history: list, ckpt_path: Path | None, progress: bool) -> None:
+    config, base = run.config, float(cost.base_macs(space))
     bar = progress_bar(config.steps, "dmcp", progress, initial=step)
-    stream = _train_stream(data, config.batch_size, config.seed, step, channels_last)
+    stream = _train_stream(data, config.batch_size, config.seed, step, run.device.type == "cuda")
     try:
-        with _rng_scope(device):
+        with _rng_scope(run.device):
             while step < config.steps:
-                torch.manual_seed(_mix(config.seed, step, 1))  # dropout and the like, resumable
                 xb, yb = next(stream)
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                for group in w_opt.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-                w_loss = _weight_step(supernet, arch, gates, w_opt, xb, yb, config, step, device)
-                a_stats = None
-                if step >= config.warmup_steps and (step - config.warmup_steps) % config.arch_every == 0:
-                    a_stats = _arch_step(supernet, arch, gates, a_opt, xb, yb, target, config, device)
+                w_loss, a_stats = run.step(step, xb.to(run.device, non_blocking=True),
+                                           yb.to(run.device, non_blocking=True))
                 step += 1
                 if a_stats is not None or step % 10 == 0 or step == config.steps:
-                    ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(arch)) / base
+                    ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(run.chain)) / base
                     if bar is not None:
-                        bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {target / base:.3f}  loss {w_loss:.3f}")
+                        bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {run.target / base:.3f}  loss {w_loss:.3f}")
                     if step % 10 == 0 or step == config.steps:
                         history.append({"step": step, "expected_ratio": round(ratio, 5), "loss": round(w_loss, 5)})
                 if bar is not None:
                     bar.update(1)
                 if ckpt_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
-                    _save(ckpt_path, supernet, arch, w_opt, a_opt, config, space, target, step, history)
+                    _save(ckpt_path, run, space, step, history)
     finally:
         if bar is not None:
             bar.close()
 
-    with torch.no_grad():
-        expected_macs = float(arch.expected_macs())
-        expected_widths = [round(float(w), 3) for w in arch.expected_widths()]
-        probs = {name: [round(float(p), 4) for p in ps] for name, ps in zip(space.names, arch.transition_probs())}
-    rng = np.random.default_rng(config.seed)
-    if config.derive == "expected":
-        raw = arch.expected_choice()
-        widths = repair(space, raw, budget_macs, rng=rng)
-        candidates = [{"source": "expected", "raw": list(raw), "widths": list(widths), "score": None}]
-    else:
-        widths, candidates = _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng)
-    gates.remove()
 
-    info = {
+@torch.no_grad()
+def _summary(run: _Run, space, history: list, resumed_from: int, start: float) -> dict:
+    config, base = run.config, float(cost.base_macs(space))
+    expected_macs = float(run.chain.expected_macs())
+    return {
         "method": "dmcp",
         "steps": config.steps,
         "warmup_steps": config.warmup_steps,
         "resumed_from": resumed_from,
-        "target_macs": int(budget_macs),
-        "target_ratio": target / base,
+        "target_macs": int(run.target),
+        "target_ratio": run.target / base,
         "expected_macs": expected_macs,
         "expected_ratio": expected_macs / base,
-        "expected_widths": expected_widths,
-        "macs": int(cost.macs(space, widths)),
-        "ratio": cost.macs(space, widths) / base,
+        "expected_widths": [round(float(w), 3) for w in run.chain.expected_widths()],
         "derive": config.derive,
-        "candidates": candidates,
-        "transition_probs": probs,
+        "transition_probs": {name: [round(float(p), 4) for p in ps]
+                             for name, ps in zip(space.names, run.chain.transition_probs())},
         "history": history,
         "config": asdict(config),
         "seconds": time.perf_counter() - start,
     }
-    if model_name is not None:
-        from autoprune.arch import make_arch, save_arch
-
-        score = max((c["score"] for c in candidates if c["score"] is not None and c["widths"] == list(widths)),
-                    default=None)
-        budget_dict = {"max_macs": int(budget_macs), "ratio": target / base}
-        if budget is not None:  # a Budget, or its text ("0.4", "120M")
-            budget_dict = {**parse_budget(budget).to_dict(), **budget_dict}
-        info["arch"] = make_arch(model_name, model_kwargs or {}, space, widths, budget=budget_dict,
-                                 method="dmcp", seed=config.seed, score=score,
-                                 extra={"dmcp": {k: info[k] for k in ("steps", "expected_ratio", "target_ratio",
-                                                                      "derive", "seconds")}})
-        if out_dir is not None:
-            save_arch(info["arch"], Path(out_dir) / "arch.json")
-    return DMCPResult(tuple(int(w) for w in widths), info)
 
 
-def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> float:
+@register_optimizer
+class DMCPOptimizer(Optimizer):
+    """DMCP as a one-shot method: ``prepare`` trains the gated supernet from the base and
+    derives one width vector, which is then scored like any other candidate.
+
+    Options are the fields of :class:`DMCPConfig`; the supernet's checkpoint goes to
+    ``context.out_dir`` so that an interrupted search resumes.
+    """
+
+    name = "dmcp"
+    summary = "differentiable Markov channel pruning (Guo et al., 2020): a gated supernet trained from the base"
+    needs_base = True
+    needs_data = True
+    one_shot = True
+
+    def __init__(self, space, max_macs, *, seed=0, **options):
+        super().__init__(space, max_macs, seed=seed)
+        unknown = sorted(set(options) - {f.name for f in fields(DMCPConfig)})
+        if unknown:
+            raise SearchError(f"unknown dmcp option(s) {', '.join(unknown)}; expected fields of DMCPConfig")
+        self.config = DMCPConfig(**{"seed": seed, **options})
+        self.result: DMCPResult | None = None
+
+    def prepare(self, context):
+        if context.data is None or context.base is None:
+            raise SearchError("method 'dmcp' trains a supernet from the base model and needs data and a base")
+        self.result = search_dmcp(context.base, self.space, context.data, self.config, budget_macs=self.max_macs,
+                                  device=context.device, out_dir=context.out_dir, progress=context.progress)
+
+    def propose(self, rng, pending):
+        return self.propose_once(self.result.widths, "dmcp", pending)
+
+    def report(self) -> dict:
+        if self.result is None:
+            return {}
+        return {"dmcp": {k: self.result.info[k] for k in ("steps", "expected_ratio", "target_ratio", "derive",
+                                                          "seconds")}}
+
+
+def _weight_step(supernet, chain, gates, opt, x, y, config, step, device) -> float:
     """Sandwich rule: widest on labels; narrowest and Markov draws distilled from the widest."""
     supernet.train()
-    space = arch.space
+    space = chain.space
     gen = torch.Generator().manual_seed(_mix(config.seed, step, 2))
     opt.zero_grad(set_to_none=True)
     gates.set(None)
@@ -461,9 +514,9 @@ def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> floa
     loss = F.cross_entropy(teacher.float(), y)
     loss.backward()
     soft = F.softmax(teacher.detach().float(), 1)
-    students = [space.min_widths()] + [arch.sample(gen) for _ in range(config.random_samples)]
+    students = [space.min_widths()] + [chain.sample(gen) for _ in range(config.random_samples)]
     for widths in students:
-        gates.set(arch.masks(widths))
+        gates.set(chain.masks(widths))
         with autocast(device):
             out = supernet(x)
         F.kl_div(F.log_softmax(out.float(), 1), soft, reduction="batchmean").backward()
@@ -472,44 +525,42 @@ def _weight_step(supernet, arch, gates, opt, x, y, config, step, device) -> floa
     return float(loss.detach())
 
 
-def _arch_step(supernet, arch, gates, opt, x, y, target, config, device) -> dict:
+def _arch_step(supernet, chain, gates, opt, x, y, target, config, device) -> dict:
     """One Adam step on α: cross-entropy of the expected network + λ · budget loss."""
     supernet.train()
     opt.zero_grad(set_to_none=True)
-    marginals = arch.marginal_probs()
-    gates.set(arch.channel_scales(marginals))
+    marginals = chain.marginal_probs()
+    gates.set(chain.channel_scales(marginals))
     with autocast(device):
         out = supernet(x)
     gates.set(None)
     ce = F.cross_entropy(out.float(), y)
-    expected = cost.macs(arch.space, arch.expected_widths(marginals))
+    expected = cost.macs(chain.space, chain.expected_widths(marginals))
     reg = budget_loss(expected, target, config.band)
-    (ce + config.penalty * reg).backward(inputs=[arch.alpha])
+    (ce + config.penalty * reg).backward(inputs=[chain.alpha])
     opt.step()
     return {"ce": float(ce.detach()), "budget": float(reg.detach()), "expected_macs": float(expected.detach())}
 
 
-def _derive_direct(supernet, arch, gates, data, space, budget_macs, config, device, rng):
+def _derive_direct(run: _Run, data, space, budget_macs, rng):
     """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
-    from autoprune.search.budget import repair
-    from autoprune.train import evaluate_split, has_val, recalibrate_bn
-
+    config, chain, supernet = run.config, run.chain, run.supernet
     gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
-    raws = [("expected", arch.expected_choice())] + [("sample", arch.sample(gen)) for _ in range(config.samples)]
-    split = "val" if has_val(data) else "train"
+    raws = [("expected", chain.expected_choice())] + [("sample", chain.sample(gen)) for _ in range(config.samples)]
+    split = "val" if data.num_examples("val") > 0 else "train"
     state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
     seen, candidates = {}, []
     for source, raw in raws:
         widths = repair(space, raw, budget_macs, rng=rng)
         if widths not in seen:
-            gates.set(arch.masks(widths))
+            run.gates.set(chain.masks(widths))
             recalibrate_bn(supernet, data, batches=config.recal_batches, batch_size=config.batch_size,
-                           device=device, seed=config.seed)
-            seen[widths] = evaluate_split(supernet, data, split, device=device, batch_size=config.batch_size,
+                           device=run.device, seed=config.seed)
+            seen[widths] = split_accuracy(supernet, data, split, device=run.device, batch_size=config.batch_size,
                                           max_batches=config.eval_batches)
             supernet.load_state_dict(state)
         candidates.append({"source": source, "raw": list(raw), "widths": list(widths), "score": seen[widths]})
-    gates.set(None)
+    run.gates.set(None)
     best = max(candidates, key=lambda c: c["score"])  # first of equals: the expected choice wins ties
     return tuple(best["widths"]), candidates
 
@@ -550,44 +601,44 @@ def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float) -> dict:
     """What a checkpoint must agree on to be resumed (everything that shapes the run)."""
     d = asdict(config)
     # Derivation settings do not shape training: a finished search may be re-derived another way.
-    for key in ("checkpoint_every", "derive", "samples", "eval_batches", "recal_batches"):
+    for key in ("checkpoint_every", "derive", "samples", "eval_batches", "recal_batches", "epochs"):
         d.pop(key)
     return {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices],
             "target": target}
 
 
-def _save(path: Path, supernet, arch, w_opt, a_opt, config, space, target, step, history) -> None:
+def _save(path: Path, run: _Run, space, step, history) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
-        "fingerprint": _fingerprint(config, space, target),
+        "fingerprint": _fingerprint(run.config, space, run.target),
         "step": step,
         "history": history,
-        "model": supernet.state_dict(),
-        "alpha": arch.alpha.detach().clone(),
-        "weight_optimizer": w_opt.state_dict(),
-        "arch_optimizer": a_opt.state_dict(),
+        "model": run.supernet.state_dict(),
+        "alpha": run.chain.alpha.detach().clone(),
+        "weight_optimizer": run.w_opt.state_dict(),
+        "arch_optimizer": run.a_opt.state_dict(),
     }
     torch_save(state, path)
 
 
-def _load(path: Path, supernet, arch, w_opt, a_opt, config, space, target) -> tuple[int, list]:
+def _load(path: Path, run: _Run, space) -> tuple[int, list]:
     try:
-        state = torch.load(path, map_location=arch.alpha.device, weights_only=True)
+        state = torch.load(path, map_location=run.chain.alpha.device, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read DMCP checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read DMCP checkpoint {path}: {one_line(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a DMCP checkpoint ({CHECKPOINT_FORMAT})")
-    if state["fingerprint"] != _fingerprint(config, space, target):
+    if state["fingerprint"] != _fingerprint(run.config, space, run.target):
         raise CheckpointError(f"DMCP checkpoint {path} belongs to another search (different model, budget or "
                               "settings); use another output directory or pass resume=False")
-    supernet.load_state_dict(state["model"])
+    run.supernet.load_state_dict(state["model"])
     with torch.no_grad():
-        arch.alpha.copy_(state["alpha"])
-    w_opt.load_state_dict(state["weight_optimizer"])
-    a_opt.load_state_dict(state["arch_optimizer"])
+        run.chain.alpha.copy_(state["alpha"])
+    run.w_opt.load_state_dict(state["weight_optimizer"])
+    run.a_opt.load_state_dict(state["arch_optimizer"])
     return int(state["step"]), list(state["history"])
 
 
 @torch.no_grad()
-def _no_grad_macs(arch: MarkovArch) -> float:
-    return float(arch.expected_macs())
+def _no_grad_macs(chain: MarkovChain) -> float:
+    return float(chain.expected_macs())

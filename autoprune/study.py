@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.errors import SearchError
+from autoprune.errors import SearchError, one_line
 
 STATUS_OK, STATUS_FAILED, STATUS_RUNNING = "ok", "failed", "running"
 STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
@@ -118,8 +118,7 @@ def open_storage(url: str):
                     raise
                 time.sleep(0.2 + random.random())
     except Exception as exc:  # noqa: BLE001 — drivers raise anything; the user needs one line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SearchError(f"cannot open storage '{url}': {msg[:200]}") from None
+        raise SearchError(f"cannot open storage '{url}': {one_line(exc)[:200]}") from None
 
 
 class TrialStore:
@@ -140,11 +139,8 @@ class TrialStore:
             self.study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                              load_if_exists=True)
         except Exception as exc:  # noqa: BLE001
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SearchError(f"cannot open study '{study_name}': {msg[:200]}") from None
-        # Optuna wraps an RDB storage in a cache of finished trials: reading through it keeps
-        # the per-candidate re-read of the study cheap.
-        self.storage = self.study._storage
+            raise SearchError(f"cannot open study '{study_name}': {one_line(exc)[:200]}") from None
+        self.study_id = storage.get_study_id_from_name(study_name)
         self.name = study_name
         self._check_meta(meta)
         self._close_abandoned()
@@ -177,15 +173,20 @@ class TrialStore:
             owner = t.system_attrs.get("autoprune:worker", "")
             h, _, pid = owner.rpartition(":")
             if h == host and pid.isdigit() and not _pid_alive(int(pid)):
-                self._close(t._trial_id, TrialState.FAIL, None, STATUS_INTERRUPTED, "worker process ended")
+                self._close(t.number, TrialState.FAIL, None, STATUS_INTERRUPTED, "worker process ended")
 
     # -- reading ---------------------------------------------------------------------------
     def _trials(self, states=None) -> list[FrozenTrial]:
-        trials = self.storage.get_all_trials(self.study._study_id, deepcopy=False, states=states)
-        return sorted(trials, key=lambda t: t._trial_id)
+        # Through the study: Optuna caches finished trials there, which keeps the
+        # per-candidate re-read of the study cheap. Trial numbers follow creation order.
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return sorted(trials, key=lambda t: t.number)
 
     def records(self) -> list[Record]:
-        """Every candidate trial in creation order (claims lost to another worker left out)."""
+        """Every candidate trial in creation order (claims lost to another worker left out).
+
+        A record's ``trial_id`` is the trial's number in the study (unique, in creation order).
+        """
         out = []
         for t in self._trials():
             ua = t.user_attrs
@@ -195,7 +196,7 @@ class TrialStore:
             status = STATUS_RUNNING if t.state == TrialState.RUNNING else res.get("status", STATUS_FAILED)
             if status == STATUS_DUPLICATE:
                 continue
-            out.append(Record(trial_id=t._trial_id, number=t.number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
+            out.append(Record(trial_id=t.number, number=t.number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
                               status=status, score=res.get("score"), macs=ua.get("macs", 0), params=ua.get("params", 0),
                               seconds=res.get("seconds", 0.0), reason=res.get("reason", ""),
                               worker=t.system_attrs.get("autoprune:worker", "")))
@@ -203,7 +204,7 @@ class TrialStore:
 
     # -- writing ---------------------------------------------------------------------------
     def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset()) -> int | None:
-        """Create a RUNNING trial for ``widths``; its trial id, or None if another worker has it.
+        """Create a RUNNING trial for ``widths``; its number, or None if another worker has it.
 
         A failed earlier trial of the same candidate does not block the claim when its trial
         id is in ``retry`` (failures from before this run, which a rerun scores again).
@@ -217,23 +218,25 @@ class TrialStore:
                         "params": int(params)},
             system_attrs={"autoprune:key": key, "autoprune:worker": self.worker},
             intermediate_values={}, trial_id=-1)
-        trial_id = self.storage.create_new_trial(self.study._study_id, template_trial=template)
+        number = self.storage.get_trial_number_from_id(
+            self.storage.create_new_trial(self.study_id, template_trial=template))
         for t in self._trials():
-            if t._trial_id >= trial_id:
+            if t.number >= number:
                 break
-            if t.system_attrs.get("autoprune:key") != key or t._trial_id in retry:
+            if t.system_attrs.get("autoprune:key") != key or t.number in retry:
                 continue
             status = (t.user_attrs.get("result") or {}).get("status")
             if t.state == TrialState.RUNNING or status in (STATUS_OK, STATUS_FAILED):
-                self._close(trial_id, TrialState.FAIL, None, STATUS_DUPLICATE, f"claimed by trial {t.number}")
+                self._close(number, TrialState.FAIL, None, STATUS_DUPLICATE, f"claimed by trial {t.number}")
                 return None
-        return trial_id
+        return number
 
     def finish(self, trial_id: int, score: float | None, status: str, reason: str = "", seconds: float = 0.0) -> None:
         state = TrialState.COMPLETE if status == STATUS_OK else TrialState.FAIL
         self._close(trial_id, state, score, status, reason, seconds)
 
-    def _close(self, trial_id: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> None:
+    def _close(self, number: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> None:
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
         # One attribute for the whole outcome: each storage write is a transaction.
         result = {"score": score, "status": status, "reason": reason[:500], "seconds": round(float(seconds), 4)}
         self.storage.set_trial_user_attr(trial_id, "result", result)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from autoprune.search.base import Optimizer
+from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
+@register_optimizer
 class RandomOptimizer(Optimizer):
     """Uniform draws over the width grid, each repaired onto the budget boundary.
 
@@ -15,6 +16,7 @@ class RandomOptimizer(Optimizer):
     """
 
     name = "random"
+    summary = "random grid points repaired onto the budget"
 
     def propose(self, rng, pending):
         return self.random_unseen(rng, pending), "random"

@@ -16,24 +16,30 @@ from __future__ import annotations
 import numpy as np
 
 from autoprune import cost
+from autoprune.budget import floor_index
 from autoprune.errors import SearchError
 from autoprune.importance import channel_scores
-from autoprune.search.base import Optimizer
-from autoprune.search.budget import _floor_index
+from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
-class _GlobalThreshold(Optimizer):
-    needs_model = True
+class GlobalThreshold(Optimizer):
+    """Base of the one-shot producers that rank every channel of the base by ``rule``."""
+
+    needs_base = True
     one_shot = True
     rule = ""
 
-    def __init__(self, space, max_macs, *, seed=0, model=None):
-        super().__init__(space, max_macs, seed=seed, model=model)
-        if model is None:
+    def __init__(self, space, max_macs, *, seed=0):
+        super().__init__(space, max_macs, seed=seed)
+        self.scores = None
+
+    def prepare(self, context):
+        if context.base is None:
             raise SearchError(f"method '{self.name}' ranks the base model's channels and needs its weights (a base checkpoint)")
+        self.scores = channel_scores(context.base, self.space.graph, self.rule)
 
     def widths_at_budget(self, rng) -> tuple[int, ...]:
-        scores = channel_scores(self.model, self.space.graph, self.rule)
+        scores = self.scores
         per_group = [np.sort(scores[gid].numpy())[::-1] for gid in self.space.free]
         pooled = np.sort(np.concatenate(per_group))[::-1]
 
@@ -41,7 +47,7 @@ class _GlobalThreshold(Optimizer):
             # The k globally highest-scoring channels: a group keeps those above the k-th score.
             t = pooled[k - 1] if k > 0 else np.inf
             counts = [int((s >= t).sum()) for s in per_group]
-            return [c[_floor_index(c, n)] for c, n in zip(self.space.choices, counts)]
+            return [c[floor_index(c, n)] for c, n in zip(self.space.choices, counts)]
 
         lo, hi = 0, len(pooled)  # widths_keeping(lo) fits (smallest network)
         if cost.macs(self.space, widths_keeping(hi)) <= self.max_macs:
@@ -57,17 +63,18 @@ class _GlobalThreshold(Optimizer):
     def propose(self, rng, pending):
         if self.n_told:
             return None
-        widths = self.widths_at_budget(rng)
-        if widths in self.taken(pending):
-            return None
-        return widths, self.name
+        return self.propose_once(self.widths_at_budget(rng), self.name, pending)
 
 
-class SlimmingOptimizer(_GlobalThreshold):
+@register_optimizer
+class SlimmingOptimizer(GlobalThreshold):
     name = "slimming"
+    summary = "global threshold on BatchNorm |gamma| (Liu et al., 2017)"
     rule = "bn_gamma"
 
 
-class L1GlobalOptimizer(_GlobalThreshold):
+@register_optimizer
+class L1GlobalOptimizer(GlobalThreshold):
     name = "l1-global"
+    summary = "global ranking of normalised filter L1 norms"
     rule = "l1"

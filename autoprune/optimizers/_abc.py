@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoprune.search.base import Optimizer, Widths
+from autoprune.errors import SearchError
+from autoprune.optimizers._base import Optimizer, Widths, register_optimizer
 
 
 @dataclass
@@ -34,16 +35,18 @@ class _Source:
     visits: int = 0  # visits since the last improvement
 
 
+@register_optimizer
 class ABCOptimizer(Optimizer):
     """Bee colony with ``sources`` food sources; ``limit`` failed visits before a scout;
     ``dims`` perturbed dimensions per visit."""
 
     name = "abc"
+    summary = "artificial bee colony (ABCPruner), asynchronous; the uniform vector is in the first population"
 
-    def __init__(self, space, max_macs, *, seed=0, model=None, sources: int = 4, limit: int = 6, dims: int = 3):
-        super().__init__(space, max_macs, seed=seed, model=model)
+    def __init__(self, space, max_macs, *, seed=0, sources: int = 4, limit: int = 6, dims: int = 3):
+        super().__init__(space, max_macs, seed=seed)
         if sources < 2:
-            raise ValueError("abc needs at least 2 food sources")
+            raise SearchError(f"abc needs at least 2 food sources, got {sources}")
         self.sources: list[_Source | None] = [None] * int(sources)
         self.limit = int(limit)
         self.dims = max(1, min(int(dims), len(space.choices)))

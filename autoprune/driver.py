@@ -1,0 +1,152 @@
+"""The search driver: ask, claim, score, record, tell — until the study holds enough trials.
+
+The loop is the same for one worker and for many: before each ask it replays the trials
+it has not yet told the optimizer (its own, other workers', and on resume all stored ones),
+so every worker's optimizer is rebuilt from the shared study. A candidate is claimed in the
+store before it is scored; a lost claim just means "ask again".
+
+Failed candidates (out of memory, a non-finite loss) count toward ``trials`` only in the run
+that scored them: a rerun leaves the failures it finds in the study out of the count and out
+of the optimizer's replay, so it may propose and score those candidates again. The failed
+records stay in the study (and in ``trials.csv``) as the history of what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from autoprune import cost
+from autoprune.errors import SearchError
+from autoprune.evaluator import EvalResult
+from autoprune.optimizers import Context, Optimizer
+from autoprune.study import (STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore,
+                             widths_key)
+
+# Consecutive proposals that were already scored before the driver gives up: the optimizer
+# keeps re-proposing known vectors, i.e. it has converged or the space is exhausted.
+MAX_REPEATS = 50
+# How long a one-shot method waits for its candidate while another worker scores it.
+WAIT_S = 3600.0
+
+
+def run_search(optimizer: Optimizer, evaluate: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,
+               trials: int, seed: int = 0, context: Context | None = None, progress=None, on_result=None,
+               wait_s: float = WAIT_S) -> list[Record]:
+    """Run until the study holds ``trials`` candidates (scored or being scored by any worker).
+
+    ``evaluate`` maps widths to an :class:`EvalResult`; ``context`` is handed to
+    ``optimizer.prepare`` before its first ask; ``progress`` is an optional tqdm-like bar
+    (``update``, ``set_postfix``); ``on_result(record)`` is called after each candidate
+    this process scores. Returns every record of the study at the end.
+
+    Failures already in the study when this run starts do not count and are not replayed,
+    so their candidates may be scored again (see the module docstring). A one-shot method
+    whose candidate another worker is scoring waits for that result (up to ``wait_s``
+    seconds) instead of giving up. Every candidate is checked against the budget before it
+    is claimed: SearchError if an optimizer proposes one above ``optimizer.max_macs``.
+    """
+    loop = _Loop(optimizer, store, seed, context or Context(), progress, wait_s)
+    trials = min(trials, 1) if optimizer.one_shot else trials
+    while True:
+        records, running, active = loop.replay()
+        if len(active) >= trials and not (optimizer.one_shot and running):
+            break
+        out = loop.ask(running) if len(active) < trials else None
+        if out is None or widths_key(out[0]) in running:
+            if optimizer.one_shot and running:
+                loop.wait_for(running)  # another worker is scoring the one candidate
+                continue
+            if out is None:
+                break
+            loop.attempt += 1
+            continue
+        if any(r.finished and r.key == widths_key(out[0]) for r in records):
+            # Already scored in this study: the optimizer was told the result in the replay;
+            # ask again (a new rng) without scoring or telling anything.
+            loop.attempt += 1
+            loop.repeats += 1
+            if loop.repeats >= MAX_REPEATS:
+                break
+            continue
+        record = loop.score(*out, evaluate)
+        if record is not None and on_result is not None:
+            on_result(record)
+    return store.records()
+
+
+class _Loop:
+    """The driver's state between iterations: what was told, retries, and the one-shot wait."""
+
+    def __init__(self, optimizer, store, seed, context, progress, wait_s):
+        self.optimizer, self.store, self.seed, self.context = optimizer, store, seed, context
+        self.progress, self.wait_s = progress, wait_s
+        self.retry = frozenset(r.trial_id for r in store.records() if r.status == STATUS_FAILED)
+        self.told: set[int] = set()
+        self.repeats = self.attempt = 0
+        self.best = float("-inf")
+        self.prepared = False
+        self.waited_since, self.delay = None, 0.05
+
+    def replay(self):
+        """Tell the optimizer every finished trial it has not seen; (records, running, active)."""
+        records = [r for r in self.store.records() if r.trial_id not in self.retry]
+        for r in records:
+            if r.finished and r.trial_id not in self.told:
+                self.optimizer.tell(r.widths, r.score, r.role)
+                self.told.add(r.trial_id)
+                if r.score is not None:
+                    self.best = max(self.best, r.score)
+        running = {r.key: r for r in records if r.status == STATUS_RUNNING}
+        active = [r for r in records if r.finished or r.status == STATUS_RUNNING]
+        if self.progress is not None:
+            self.progress.n = len(active)
+            self.progress.set_postfix(best=f"{self.best:.4f}" if self.best > float("-inf") else "-")
+        return records, running, active
+
+    def ask(self, running):
+        if not self.prepared:
+            self.optimizer.prepare(self.context)
+            self.prepared = True
+        pending = [(r.widths, r.role) for r in running.values()]
+        return self.optimizer.ask(np.random.default_rng([self.seed, self.optimizer.n_told, self.attempt]), pending)
+
+    def wait_for(self, running) -> None:
+        self.waited_since = self.waited_since or time.monotonic()
+        if time.monotonic() - self.waited_since > self.wait_s:
+            r = next(iter(running.values()))
+            raise SearchError(f"candidate {r.key} is still being scored by {r.worker or 'another worker'} "
+                              f"after {self.wait_s:.0f} s; rerun when it has finished")
+        time.sleep(self.delay)
+        self.delay = min(2.0, self.delay * 2)
+        self.store.release_abandoned()
+
+    def score(self, widths, role, evaluate) -> Record | None:
+        """Claim ``widths``, score it and record the result; None when another worker has it."""
+        space = self.optimizer.space
+        macs = cost.macs(space, widths)
+        if macs > self.optimizer.max_macs:  # the one place the hard budget is enforced
+            raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
+                              f"{widths_key(widths)} with {macs} MACs, above the budget of {self.optimizer.max_macs}")
+        trial_id = self.store.claim(widths, role, macs=macs, params=cost.params(space, widths), retry=self.retry)
+        if trial_id is None:  # another worker claimed it first
+            self.attempt += 1
+            return None
+        self.repeats = self.attempt = 0
+        start = time.perf_counter()
+        try:
+            result = evaluate(widths)
+        except BaseException:
+            # Interrupted (Ctrl-C) or crashed: release the claim so a rerun scores it again.
+            self.store.finish(trial_id, None, STATUS_INTERRUPTED, "interrupted", time.perf_counter() - start)
+            raise
+        seconds = result.seconds or (time.perf_counter() - start)
+        self.store.finish(trial_id, result.score, result.status, result.reason, seconds)
+        self.optimizer.tell(widths, result.score, role)
+        self.told.add(trial_id)
+        if result.status == STATUS_OK:
+            self.best = max(self.best, result.score)
+        return Record(trial_id=trial_id, number=-1, widths=widths, role=role, status=result.status,
+                      score=result.score, seconds=seconds, reason=result.reason)
