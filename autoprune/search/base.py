@@ -26,6 +26,7 @@ _REGISTRY = {
     "tpe": "autoprune.search.tpe:TPEOptimizer",
     "random": "autoprune.search.random:RandomOptimizer",
     "uniform": "autoprune.search.uniform:UniformOptimizer",
+    "uniform-fill": "autoprune.search.uniform:UniformFillOptimizer",
     "slimming": "autoprune.search.classic:SlimmingOptimizer",
     "l1-global": "autoprune.search.classic:L1GlobalOptimizer",
 }
