@@ -42,7 +42,8 @@ search ~2.5 min (6 x 12 candidates at ~1 s, 10 one-shot candidates, 2 x 300 DMCP
 fit; ``--part 1`` and ``--part 2`` split the run in two sittings.
 
 ``--smoke`` runs the same code with tiny settings: ResNet-20 on the synthetic dataset
-(16 x 16 images), a few steps everywhere, on the CPU.
+(16 x 16 images), a few steps everywhere, on the CPU; with ``--data-dir`` it uses 2,000
+training, 500 validation and 1,000 test images of the real CIFAR-10 instead.
 """
 
 from __future__ import annotations
@@ -494,13 +495,17 @@ def _search_worker(kw: dict, barrier, spec: dict, threads, cudnn_benchmark: bool
     """One scorer process of the concurrency measurement: set up, wait for the others, search."""
     from autoprune.api import search
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = torch.device(kw["device"])
-    data = load(spec, device)
-    if device.type == "cuda":
-        torch.zeros(1, device=device)  # the CUDA context, before the clock starts
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        device = torch.device(kw["device"])
+        data = load(spec, device)
+        if device.type == "cuda":
+            torch.zeros(1, device=device)  # the CUDA context, before the clock starts
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+    except BaseException:
+        barrier.abort()  # the parent and the other workers stop waiting at once
+        raise
     barrier.wait()
     search(data=data, **kw)
 
@@ -591,13 +596,21 @@ def stage_search(p: Proof) -> dict:
                 folder.mkdir(parents=True, exist_ok=True)
                 # A journal file, not the default SQLite database: creating and writing a study
                 # costs a fraction of SQLite's synchronous commits (~1.5 s per search call).
-                kw = _search_kwargs(p, budget, method, out=folder, storage=f"journal:{folder / 'study.journal'}",
+                kw = _search_kwargs(p, budget, method, out=folder, storage=storage_url(folder),
                                     study=f"b{budget}-{method}")
                 _sync(p.device)
                 start = time.perf_counter()
-                with UtilSampler(p.device) as util:
-                    res = search(data=p.data, **kw)
-                    _sync(p.device)
+                try:
+                    with UtilSampler(p.device) as util:
+                        res = search(data=p.data, **kw)
+                        _sync(p.device)
+                except Exception as exc:  # noqa: BLE001 — one broken method must not stop the proof
+                    row = {"budget": budget, "method": method, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                    p.r.save_unit("search", key, row)
+                    log(f"search {key} FAILED: {row['error']}")
+                    rows.append(row)
+                    _free(p.device)
+                    continue
                 wall = time.perf_counter() - start
                 s = res.summary()
                 row = {"budget": budget, "method": method, "macs_ratio": s["macs_ratio"], "params": s["params"],
@@ -609,7 +622,17 @@ def stage_search(p: Proof) -> dict:
                 log(f"search {key}: val {row['val']:.4f}, MACs {row['macs_ratio']:.3f}, "
                     f"{row['candidates']} candidates, {row['cand_per_min']} /min")
             rows.append(row)
-    conc = [concurrency(p, n) for n in p.s["concurrency"]["workers"]]
+    conc = []
+    for n in p.s["concurrency"]["workers"]:
+        try:
+            conc.append(concurrency(p, n))
+        except OutOfTime:
+            raise
+        except Exception as exc:  # noqa: BLE001 — recorded, and the proof goes on
+            row = {"workers": n, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            p.r.save_unit("search", f"concurrency/N{n}", row)
+            log(f"search concurrency/N{n} FAILED: {row['error']}")
+            conc.append(row)
     return {"rows": rows, "concurrency": conc, "eval": _eval_settings(p),
             "cudnn_benchmark": p.s["search_cudnn_benchmark"], "candidates": p.s["candidates"]}
 
@@ -618,6 +641,15 @@ def _eval_settings(p: Proof) -> dict:
     from autoprune.search.evaluate import EvalConfig
 
     return asdict(EvalConfig.for_device(p.device, **p.s["eval"]))
+
+
+def storage_url(folder: Path) -> str:
+    """A journal file in ``folder`` (Optuna >= 4), else SQLite: the storage several processes share."""
+    try:
+        from optuna.storages.journal import JournalFileBackend  # noqa: F401
+    except ImportError:
+        return f"sqlite:///{(folder / 'study.db').resolve()}"
+    return f"journal:{folder / 'study.journal'}"
 
 
 def concurrency(p: Proof, n: int) -> dict:
@@ -634,7 +666,6 @@ def concurrency(p: Proof, n: int) -> dict:
     total = n * c["candidates_per_worker"]
     p.clock.check(c["candidates_per_worker"] * p.candidate_estimate() * (1 + 0.5 * (n - 1)) + 15, f"search {key}")
     folder = p.out / "search" / f"concurrency-N{n}"
-    journal = folder / "study.journal"
     if folder.exists():  # a killed earlier attempt: start the measurement afresh
         import shutil
 
@@ -645,14 +676,14 @@ def concurrency(p: Proof, n: int) -> dict:
     barrier = ctx.Barrier(n + 1)
     procs = []
     for i in range(n):
-        kw = _search_kwargs(p, c["budget"], c["method"], trials=total, storage=f"journal:{journal}", study=study,
+        kw = _search_kwargs(p, c["budget"], c["method"], trials=total, storage=storage_url(folder), study=study,
                             out=folder / f"worker{i}", progress=False)
         procs.append(ctx.Process(target=_search_worker, args=(kw, barrier, p.spec, p.s["threads"],
                                                               p.s["search_cudnn_benchmark"])))
     for proc in procs:
         proc.start()
     try:
-        barrier.wait(timeout=600)
+        barrier.wait(timeout=300)
         with UtilSampler(p.device) as util:
             for proc in procs:
                 proc.join()
@@ -664,7 +695,7 @@ def concurrency(p: Proof, n: int) -> dict:
         raise RuntimeError(f"a concurrency worker failed (exit codes {[proc.exitcode for proc in procs]})")
     from autoprune.search.study import open_storage
 
-    trials = [t for t in optuna.load_study(study_name=study, storage=open_storage(f"journal:{journal}")).trials
+    trials = [t for t in optuna.load_study(study_name=study, storage=open_storage(storage_url(folder))).trials
               if t.state == optuna.trial.TrialState.COMPLETE and t.datetime_complete is not None]
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
@@ -746,12 +777,17 @@ def _unit_payload(p: Proof, widths, seed: int, budget=None, method=None) -> dict
     return {"arch": arch, "config": asdict(_train_config(p.s, seed)), "test_limit": p.s["test_limit"]}
 
 
+def ok_rows(rows: list[dict]) -> list[dict]:
+    """Search rows of the methods that produced a winner (a failed method's row holds ``error``)."""
+    return [r for r in rows if not r.get("error")]
+
+
 def _wkey(widths) -> str:
     return "-".join(str(int(w)) for w in widths)
 
 
 def stage_retrain(p: Proof) -> dict:
-    rows = p.r.stage("search")["rows"]
+    rows = ok_rows(p.r.stage("search")["rows"])
     units = {}
     for row in rows:
         for seed in p.s["seeds"]:
@@ -792,7 +828,8 @@ def stage_tau(p: Proof) -> dict:
                          "search_default": row["fine_tune_steps"] == default["fine_tune_steps"]
                          and row["bn_batches"] == default["bn_batches"]
                          and row["cudnn_benchmark"] == p.s["search_cudnn_benchmark"]})
-    main = next((s for s in settings if s["search_default"]), settings[-1])
+    main = next((s for s in settings if s["search_default"]), None) or max(
+        (s for s in settings if s["tau"] is not None), key=lambda s: s["fine_tune_steps"], default=settings[-1])
     ratios = [p.macs_ratio(w) for w in vectors]
     return {"budget": sweep["budget"], "vectors": [list(w) for w in vectors], "scratch": scratch,
             "macs_ratio_min": min(ratios), "macs_ratio_max": max(ratios), "tau": main["tau"], "p": main["p"],
@@ -809,7 +846,7 @@ def stage_latency(p: Proof) -> dict:
     cpu = torch.device("cpu")
     rows = [{"budget": "1.0", "method": "base", "macs_ratio": 1.0, "arch": None}]
     rows += [{"budget": r["budget"], "method": r["method"], "macs_ratio": r["macs_ratio"], "arch": r["arch"]}
-             for r in p.r.stage("search")["rows"]]
+             for r in ok_rows(p.r.stage("search")["rows"])]
     out = []
     for row in rows:
         key = f"{row['budget']}/{row['method']}"
@@ -891,22 +928,25 @@ def report(results: dict) -> str:
     if "search" in st:
         s = st["search"]
         lines += ["## Search", "", f"Evaluator: {s['eval']}, cudnn.benchmark {s['cudnn_benchmark']}.", ""]
-        table = [[r["budget"], r["method"], f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e6:.3f}M", _f(r["val"]),
-                  r["candidates"], r["search_s"], r["cand_per_min"], _f(r.get("gpu_util"), "{:.0f}")]
+        table = [[r["budget"], r["method"], "-", f"failed: {r['error'][:120]}", "-", "-", "-", "-", "-"] if r.get("error")
+                 else [r["budget"], r["method"], f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e6:.3f}M", _f(r["val"]),
+                       r["candidates"], r["search_s"], r["cand_per_min"], _f(r.get("gpu_util"), "{:.0f}")]
                  for r in s["rows"]]
         lines += _table(["budget", "method", "MACs ratio", "params", "val score", "candidates", "search s",
                          "cand/min", "GPU util %"], table) + [""]
-        lines += ["Scorer processes sharing one study (journal file) on one device:", ""]
+        lines += ["Scorer processes sharing one study (one journal file or SQLite database) on one device:", ""]
         lines += _table(["workers", "budget", "method", "MACs ratio (mean)", "candidates", "s", "cand/min",
                          "GPU util %", "aim"],
-                        [[c["workers"], c["budget"], c["method"], f"{c['macs_ratio']:.3f}", c["candidates"], c["seconds"],
+                        [[c["workers"], "-", "-", "-", f"failed: {c['error'][:120]}", "-", "-", "-", "-"]
+                         if c.get("error") else
+                         [c["workers"], c["budget"], c["method"], f"{c['macs_ratio']:.3f}", c["candidates"], c["seconds"],
                           c["cand_per_min"], _f(c.get("gpu_util"), "{:.0f}"), f"≥ {AIMS['cand_per_min']}"]
                          for c in s["concurrency"]]) + [""]
-        best = max([r["cand_per_min"] for r in s["rows"] if r["method"] in SEARCHED]
-                   + [c["cand_per_min"] for c in s["concurrency"]])
+        best = max([r["cand_per_min"] for r in ok_rows(s["rows"]) if r["method"] in SEARCHED]
+                   + [c["cand_per_min"] for c in ok_rows(s["concurrency"])], default=None)
         aims.append([f"{st.get('base', {}).get('model', '')} candidates/min (search, one device)",
                      ", ".join(dict.fromkeys(r["budget"] for r in s["rows"])), f"≥ {AIMS['cand_per_min']}",
-                     f"{best:.1f}", _met(best >= AIMS["cand_per_min"])])
+                     _f(best, "{:.1f}"), _met(None if best is None else best >= AIMS["cand_per_min"])])
     if "sweep" in st and "tau" not in st:
         lines += ["## Evaluator settings (τ after the tau stage)", ""] + _table(
             ["FT steps", "BN batches", "cudnn.benchmark", "MACs ratio (mean)", "s/candidate", "cand/min"],
@@ -998,10 +1038,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     clock = Clock(args.budget_minutes)
     settings = json.loads(json.dumps(SMOKE if args.smoke else FULL))
+    if args.smoke and args.data_dir is not None:
+        # The smoke settings on a small seeded subset of real CIFAR-10: checks the real-data path.
+        settings.update(data={"name": "cifar10", "val_size": 500, "limit": 2000, "options": {}}, test_limit=1000)
     if settings["threads"]:
         torch.set_num_threads(settings["threads"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Decoded datasets are cached inside OUT (unless AUTOPRUNE_CACHE says where): every process of
+    # the run (scorers, retrain workers) then reads one file, even where the home folder is read-only.
+    os.environ.setdefault("AUTOPRUNE_CACHE", str((out / "cache").resolve()))
     results = Results(out / "results.json", uuid.uuid4().hex[:12])
     stored = results.data.get("settings")
     if stored is not None and stored != {**settings, "device": args.device}:
