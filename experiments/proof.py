@@ -821,7 +821,7 @@ def stage_tau(p: Proof) -> dict:
         stat = kendalltau([a for a, _ in ok], [b for _, b in ok]) if full and len(ok) >= 2 else None
         tau = None if stat is None or not math.isfinite(stat.statistic) else float(stat.statistic)
         settings.append({**{k: row[k] for k in ("fine_tune_steps", "bn_batches", "cudnn_benchmark", "batch_size")},
-                         "tau": tau, "p": None if stat is None else float(stat.pvalue),
+                         "tau": tau, "p": None if tau is None else float(stat.pvalue),
                          "s_per_candidate": row["s_per_candidate"], "cand_per_min": row["cand_per_min"],
                          "tau_per_s": None if tau is None else tau / row["mean_s"],
                          "macs_ratio": row["macs_ratio"],
