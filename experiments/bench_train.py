@@ -125,7 +125,7 @@ class _PerSample(torch.utils.data.Dataset):
 
         self.x = x.permute(0, 2, 3, 1).contiguous().numpy()
         self.y = y.tolist()
-        self.tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+        self.tf = T.Compose([T.RandomCrop(tuple(self.x.shape[1:3]), padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                              T.Normalize(MEAN, STD)])
 
     def __len__(self):
