@@ -44,11 +44,11 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str = "l1", seed
         for layer in graph.layers:
             m = modules[layer.name]
             if rule == "l1" and layer.out_group is not None:
-                w = m.weight.detach().double().abs().flatten(1).sum(1)
+                w = m.weight.detach().double().abs().flatten(1).sum(1).cpu()  # scores live on the CPU
                 scores[layer.out_group] += w / w.mean().clamp_min(1e-12)
                 contributors[layer.out_group] += 1
             elif rule == "bn_gamma" and layer.kind == "norm" and m.weight is not None:
-                gamma = m.weight.detach().double().abs()
+                gamma = m.weight.detach().double().abs().cpu()
                 offset = 0
                 for gid in layer.in_layout:
                     n = graph.groups[gid].width
