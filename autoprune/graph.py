@@ -7,16 +7,20 @@ conv). Concatenation (DenseNet) is kept as a *layout*: the ordered list of group
 a tensor's channels, so that a consumer slices its input with the right offsets.
 
 Tracing uses :mod:`torch.fx`; one shape propagation gives every layer's spatial size, which
-is all the cost model needs. Anything the tracer does not understand on a channel-carrying
-tensor raises :class:`~autoprune.errors.TraceError` naming the node and module, rather than
-producing a silently wrong model.
+is all the cost model needs. Each fx node is handled by a *rule* looked up by module type,
+function or tensor-method name (the built-in table is near the end of this file);
+:func:`register_rule` adds rules for a model's own modules and functions. Anything the tracer
+has no rule for on a channel-carrying tensor raises :class:`~autoprune.errors.TraceError`
+naming the node and module, rather than producing a silently wrong model.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -24,41 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from autoprune.errors import TraceError
+from autoprune.errors import TraceError, one_line
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Modules that act on every channel independently (or not at all): channel layout passes through.
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Mish,
-    nn.Hardswish, nn.Hardtanh, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-)
-_PASS_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.silu, F.gelu, F.mish, F.hardswish, F.hardtanh,
-    F.hardsigmoid, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
-    operator.neg, torch.neg,
-}
-_PASS_METHODS = {
-    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as",
-    "clamp", "clamp_", "neg",
-}
-# Binary element-wise ops: two channel tensors meeting here must share their channels.
-_MERGE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
-                    operator.imul, operator.truediv, torch.add, torch.sub, torch.mul}
-_MERGE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_FLATTEN_FUNCTIONS = {torch.flatten}
-_FLATTEN_METHODS = {"flatten", "view", "reshape"}
-_MEAN_METHODS = {"mean", "sum", "amax"}
-_MEAN_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
+__all__ = [
+    "ChannelGraph", "ChannelGroup", "Layer", "passthrough", "register_rule", "spatial_reduce", "trace",
+    "unregister_rule",
+]
 
+
+# -- the result ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ChannelGroup:
@@ -113,6 +91,158 @@ class ChannelGraph:
     other_params: int
 
 
+def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
+    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension)."""
+    return _Tracer(model, input_shape).run()
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+# A handler gets the tracer, the fx node, the rule's target (the module instance for a module
+# rule, the function or the method name otherwise) and the channel tensors among the node's
+# arguments; it returns what the node's output carries, or None when it carries no channels.
+_Handler = Callable[["_Tracer", fx.Node, Any, "list[_Tensor]"], "_Tensor | None"]
+
+_HOW_TO_ADD = "add a rule with autoprune.graph.register_rule"
+# Rules added by register_rule, by kind; they take precedence over the built-in ones.
+_USER_RULES: dict[str, dict[Any, _Handler]] = {"module": {}, "function": {}, "method": {}}
+
+
+def register_rule(target, handler: _Handler | None = None):
+    """Tell the tracer how the channels flow through ``target``.
+
+    ``target`` is an ``nn.Module`` subclass (the rule also covers its subclasses, and fx no
+    longer traces into it), a function such as ``torch.erf``, or a tensor-method name such
+    as ``"erf"``. ``handler(tracer, node, target, inputs)`` gets the channel tensors among the
+    node's arguments (exactly one for a module) and returns what the output carries: one of
+    ``inputs`` for an op that keeps the channels, None for an output without channels. The
+    ready-made :func:`passthrough` and :func:`spatial_reduce` cover ops that keep the channels
+    or reduce spatial dimensions only, on modules without per-channel parameters. A rule
+    replaces any earlier one for the same target, built-in rules included, until
+    :func:`unregister_rule`. Without ``handler``, returns a decorator that registers the
+    function it decorates:
+
+    >>> import torch, torch.nn as nn
+    >>> from autoprune.graph import passthrough, register_rule, trace, unregister_rule
+    >>> class ErfGELU(nn.Module):  # acts on every channel on its own
+    ...     def forward(self, x):
+    ...         return 0.5 * x * (1 + torch.erf(x * 0.7071))
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), ErfGELU(), nn.Conv2d(8, 4, 3))
+    >>> _ = register_rule(ErfGELU, passthrough)  # without it: TraceError on torch.erf
+    >>> [g.name for g in trace(model, (3, 8, 8)).groups if not g.fixed]
+    ['0']
+    >>> unregister_rule(ErfGELU)
+    >>> @register_rule("erf")  # x.erf(): the decorator form
+    ... def erf(tracer, node, target, inputs):
+    ...     return passthrough(tracer, node, target, inputs)
+    >>> unregister_rule("erf")
+    """
+    kind = _rule_kind(target)
+    if handler is None:
+        def decorator(fn: _Handler) -> _Handler:
+            return register_rule(target, fn)
+        return decorator
+    if not callable(handler):
+        raise TypeError(f"register_rule: handler for {_target_name(target)} must be callable, "
+                        f"got {type(handler).__name__}")
+    _USER_RULES[kind][target] = handler
+    return handler
+
+
+def unregister_rule(target) -> None:
+    """Remove the rule :func:`register_rule` added for ``target``; a built-in rule it replaced
+    applies again. ValueError if there is none."""
+    if _USER_RULES[_rule_kind(target)].pop(target, None) is None:
+        raise ValueError(f"unregister_rule: no rule was registered for {_target_name(target)}")
+
+
+def _rule_kind(target) -> str:
+    """Which table ``target`` belongs in; TypeError for anything a rule cannot be about."""
+    if isinstance(target, str):
+        if not target.isidentifier():
+            raise TypeError(f"register_rule: {target!r} is not a tensor-method name")
+        return "method"
+    if isinstance(target, type):
+        if not issubclass(target, nn.Module) or target is nn.Module:
+            raise TypeError(f"register_rule: {target.__name__} is not a subclass of nn.Module; a rule's target "
+                            "is a module class, a function or a tensor-method name")
+        return "module"
+    if isinstance(target, nn.Module):
+        raise TypeError(f"register_rule: got an instance of {type(target).__name__}; "
+                        "register the class, not a module")
+    if callable(target):
+        return "function"
+    raise TypeError(f"register_rule: {target!r} is not a module class, a function or a tensor-method name")
+
+
+def _target_name(target) -> str:
+    return target if isinstance(target, str) else _fn_name(target)
+
+
+def _rule(kind: str, key) -> _Handler | None:
+    if key in _USER_RULES[kind]:
+        return _USER_RULES[kind][key]
+    return _BUILTIN_RULES[kind].get(key)
+
+
+def _module_rule(cls: type) -> _Handler | None:
+    # cls.__mro__ starts with cls itself: an exact match wins, then the nearest base class.
+    for base in cls.__mro__:
+        handler = _rule("module", base)
+        if handler is not None:
+            return handler
+    return None
+
+
+class _FxTracer(fx.Tracer):
+    """fx's tracer, except that modules with a registered rule are leaves: their rule, not
+    their code, says how channels pass through them."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        registered = any(base in _USER_RULES["module"] for base in type(m).__mro__)
+        return registered or super().is_leaf_module(m, module_qualified_name)
+
+
+# -- ready-made handlers -------------------------------------------------------------------
+
+def passthrough(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    """Handler for an op that keeps the channels: each output channel comes from the same
+    input channel (activations, dropout, pooling, element-wise ops of several tensors).
+    TraceError if the output's channel dimension differs or a module holds per-channel state.
+    """
+    _check_no_channel_state(node, target)
+    if len(inputs) != 1:
+        return tracer.merge_layouts(inputs, node)
+    src, dst = _shape(_first_tensor_arg(node)), _shape(node)
+    if src is not None and dst is not None and (len(src) < 2 or len(dst) < 2 or src[1] != dst[1]):
+        raise TraceError(f"node '{node.name}' ({_where(node)}) changes the channel dimension {src} -> {dst}")
+    return inputs[0]
+
+
+def spatial_reduce(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    """Handler for an op that reduces over spatial dimensions only, keeping batch and
+    channels (a global pooling, ``x.mean((2, 3))``). TraceError if it reduces over more."""
+    _check_no_channel_state(node, target)
+    x = inputs[0]
+    src, dst = _shape(_first_tensor_arg(node)), _shape(node)
+    if src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) reduces over channels {src} -> {dst}; "
+                         "only spatial reductions are supported")
+    return x
+
+
+def _check_no_channel_state(node: fx.Node, target) -> None:
+    # Surgery never changes a module it has no layer kind for, so its state must not depend
+    # on the channel count (PReLU with one parameter is fine, one per channel is not).
+    if isinstance(target, nn.Module):
+        state = [*target.parameters(), *target.buffers()]
+        if any(t.numel() > 1 for t in state):
+            raise TraceError(f"module '{node.target}' ({type(target).__name__}) holds parameters or buffers "
+                             "that surgery would not resize; a ready-made rule cannot keep it consistent")
+
+
+# -- the tracer ----------------------------------------------------------------------------
+
 @dataclass
 class _Tensor:
     """What the tracer knows of a node's value: its channel layout (group ids in order) and,
@@ -123,6 +253,8 @@ class _Tensor:
 
 
 class _Tracer:
+    """One pass over the fx graph: a union-find over channel groups, grown by the rules."""
+
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -146,6 +278,13 @@ class _Tracer:
         self.members.append([])
         self.producers.append([])
         return gid
+
+    def produce(self, node: fx.Node, width: int, fixed: bool = False) -> int:
+        """A new group whose first producer and member is the module at ``node``."""
+        out = self.new_group(width, fixed)
+        self.producers[out].append(node.target)
+        self.members[out].append(node.target)
+        return out
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -184,25 +323,14 @@ class _Tracer:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines flattened and unflattened tensors")
         return _Tensor(list(first.layout), first.spatial)
 
+    def check_channels(self, node: fx.Node, x: _Tensor, expected: int) -> None:
+        got = sum(self.width[self.find(g)] for g in x.layout) * x.spatial
+        if got != expected:
+            raise TraceError(f"module '{node.target}' expects {expected} channels but the tracer sees {got}")
+
     # -- the pass --------------------------------------------------------------------------
     def run(self) -> ChannelGraph:
-        try:
-            gm = fx.symbolic_trace(self.model)
-        except Exception as exc:  # fx raises many kinds; all mean the same to the user
-            raise TraceError(f"cannot trace {type(self.model).__name__} with torch.fx: "
-                             f"{str(exc).splitlines()[0]}") from None
-        was_training = gm.training
-        gm.eval()
-        try:
-            with torch.no_grad():
-                param = next(self.model.parameters(), None)
-                device = param.device if param is not None else "cpu"
-                ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
-        except Exception as exc:
-            raise TraceError(f"a forward pass of {type(self.model).__name__} on input shape "
-                             f"{self.input_shape} failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            gm.train(was_training)
+        gm = self.shaped_graph_module()
         self.modules = dict(gm.named_modules())
         values: dict[fx.Node, _Tensor | None] = {}
         for node in gm.graph.nodes:
@@ -214,6 +342,29 @@ class _Tracer:
                 continue
             values[node] = self.visit(node, values)
         return self.finish()
+
+    def shaped_graph_module(self) -> fx.GraphModule:
+        """The fx graph of the model, every node's output shape recorded by one forward pass."""
+        name = type(self.model).__name__
+        try:
+            tracer = _FxTracer()
+            graph = tracer.trace(self.model)
+            gm = fx.GraphModule(tracer.root, graph, name)  # what fx.symbolic_trace does
+        except Exception as exc:  # fx raises many kinds; all mean the same to the user
+            raise TraceError(f"cannot trace {name} with torch.fx: {one_line(exc)}") from None
+        was_training = gm.training
+        gm.eval()
+        try:
+            with torch.no_grad():
+                param = next(self.model.parameters(), None)
+                device = param.device if param is not None else "cpu"
+                ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
+        except Exception as exc:
+            raise TraceError(f"a forward pass of {name} on input shape {self.input_shape} failed: "
+                             f"{one_line(exc)}") from None
+        finally:
+            gm.train(was_training)
+        return gm
 
     def visit(self, node: fx.Node, values: dict) -> _Tensor | None:
         if node.op == "placeholder":
@@ -235,160 +386,40 @@ class _Tracer:
         raise TraceError(f"node '{node.name}' ({_where(node)}): unsupported op {node.op}")
 
     def visit_module(self, node: fx.Node, module: nn.Module, inputs: list[_Tensor]) -> _Tensor | None:
-        name = node.target
+        name, kind = node.target, type(module).__name__
+        has_params = any(True for _ in module.parameters(recurse=False))
         if not inputs:
-            if any(True for _ in module.parameters(recurse=False)):
-                raise TraceError(f"module '{name}' ({type(module).__name__}) takes no channel input")
+            if has_params:
+                raise TraceError(f"module '{name}' ({kind}) takes no channel input")
             return None
         if len(inputs) != 1:
-            raise TraceError(f"module '{name}' ({type(module).__name__}) takes {len(inputs)} channel tensors; "
+            raise TraceError(f"module '{name}' ({kind}) takes {len(inputs)} channel tensors; "
                              "only single-input modules are supported")
-        x = inputs[0]
-        if any(True for _ in module.parameters(recurse=False)):
+        if has_params:
             # A layer applied twice would need its cost counted twice but sliced once.
             if name in self.seen_modules:
-                raise TraceError(f"module '{name}' ({type(module).__name__}) is called more than once; "
+                raise TraceError(f"module '{name}' ({kind}) is called more than once; "
                                  "layers with parameters must be used once per forward")
             self.seen_modules[name] = True
-        if isinstance(module, _CONV):
-            return self.visit_conv(node, module, x)
-        if isinstance(module, nn.Linear):
-            return self.visit_linear(node, module, x)
-        if isinstance(module, _NORM):
-            if x.spatial != 1:
-                raise TraceError(f"module '{name}' ({type(module).__name__}) normalises a flattened tensor; "
-                                 "only per-channel norms are supported")
-            self.check_channels(node, x, module.num_features)
-            self.layers.append(Layer(name, "norm", tuple(x.layout), affine=module.affine))
-            for g in x.layout:
-                self.members[self.find(g)].append(name)
-            return x
-        if isinstance(module, nn.Flatten):
-            return self.flatten(node, x)
-        if isinstance(module, _PASS_MODULES):
-            if isinstance(module, nn.PReLU) and module.num_parameters != 1:
-                raise TraceError(f"module '{name}' (PReLU with per-channel parameters) is not supported")
-            return x
-        raise TraceError(f"module '{name}' ({type(module).__name__}) is not supported by the channel tracer; "
-                         "wrap it as a frozen block or register its pruning rule")
-
-    def check_channels(self, node: fx.Node, x: _Tensor, expected: int) -> None:
-        got = sum(self.width[self.find(g)] for g in x.layout) * x.spatial
-        if got != expected:
-            raise TraceError(f"module '{node.target}' expects {expected} channels but the tracer sees {got}")
-
-    def visit_conv(self, node: fx.Node, m: nn.Module, x: _Tensor) -> _Tensor:
-        if x.spatial != 1:
-            raise TraceError(f"module '{node.target}' convolves a flattened tensor")
-        self.check_channels(node, x, m.in_channels)
-        shape = _shape(node)
-        out_positions = math.prod(shape[2:])
-        kernel = math.prod(m.kernel_size)
-        bias = m.bias is not None
-        if m.groups == 1:
-            out = self.new_group(m.out_channels)
-            self.producers[out].append(node.target)
-            self.members[out].append(node.target)
-            self.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, kernel, out_positions, bias))
-            return _Tensor([out])
-        if m.groups == m.in_channels == m.out_channels:
-            # Depthwise: each output channel is its input channel filtered; they prune together.
-            for g in x.layout:
-                self.members[self.find(g)].append(node.target)
-            self.layers.append(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions, bias))
-            return x
-        # Grouped convs (and depth multipliers) tie channels to groups in ways a width vector
-        # cannot keep consistent: freeze both sides.
-        for g in x.layout:
-            self.fixed[self.find(g)] = True
-        out = self.new_group(m.out_channels, fixed=True)
-        self.producers[out].append(node.target)
-        self.members[out].append(node.target)
-        self.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
-                                 out_positions, bias))
-        return _Tensor([out])
-
-    def visit_linear(self, node: fx.Node, m: nn.Linear, x: _Tensor) -> _Tensor:
-        in_shape = _shape(node.args[0])
-        if in_shape is None or len(in_shape) != 2:
-            raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor; "
-                             "only [N, features] inputs are supported")
-        self.check_channels(node, x, m.in_features)
-        out = self.new_group(m.out_features)
-        self.producers[out].append(node.target)
-        self.members[out].append(node.target)
-        self.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1, 1,
-                                 m.bias is not None))
-        return _Tensor([out])
-
-    def flatten(self, node: fx.Node, x: _Tensor) -> _Tensor:
-        src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-        if src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]:
-            raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels {src} -> {dst}; only "
-                             "flattening [N, C, ...] to [N, features] is supported")
-        return _Tensor(x.layout, x.spatial * math.prod(src[2:]))
+        handler = _module_rule(type(module))
+        if handler is None:
+            raise TraceError(f"module '{name}' ({kind}) is not supported by the channel tracer; {_HOW_TO_ADD}")
+        return handler(self, node, module, inputs)
 
     def visit_function(self, node: fx.Node, inputs: list[_Tensor]) -> _Tensor | None:
-        fn = node.target
-        if fn in _MERGE_FUNCTIONS:
-            return self.merge_layouts(inputs, node)
-        if fn is torch.cat or fn is torch.concat:
-            return self.concat(node, inputs)
-        if fn in _FLATTEN_FUNCTIONS:
-            return self.flatten(node, inputs[0])
-        if fn in _MEAN_FUNCTIONS:
-            return self.reduce(node, inputs[0])
-        if fn in _PASS_FUNCTIONS:
-            return self.single(node, inputs)
-        if fn is operator.getitem and _shape(node) is None:
-            return None
+        handler = _rule("function", node.target)
+        if handler is not None:
+            return handler(self, node, node.target, inputs)
         if _shape(node) is None and not isinstance(node.meta.get("tensor_meta"), (list, tuple)):
             return None  # e.g. x.size(1) * 2: a number, not a channel tensor
-        raise TraceError(f"node '{node.name}' ({_where(node)}): function {_fn_name(fn)} on a channel tensor "
-                         "is not supported")
+        raise _unsupported_function(node)
 
     def visit_method(self, node: fx.Node, inputs: list[_Tensor]) -> _Tensor | None:
-        name = node.target
-        if name in ("size", "dim", "numel"):
-            return None
-        if name in _MERGE_METHODS:
-            return self.merge_layouts(inputs, node)
-        if name in _FLATTEN_METHODS:
-            return self.flatten(node, inputs[0])
-        if name in _MEAN_METHODS:
-            return self.reduce(node, inputs[0])
-        if name in _PASS_METHODS:
-            return self.single(node, inputs)
-        raise TraceError(f"node '{node.name}' ({_where(node)}): method .{name}() on a channel tensor is not supported")
-
-    def single(self, node: fx.Node, inputs: list[_Tensor]) -> _Tensor:
-        if len(inputs) != 1:
-            return self.merge_layouts(inputs, node)
-        src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-        if src is not None and dst is not None and (len(src) < 2 or len(dst) < 2 or src[1] != dst[1]):
-            raise TraceError(f"node '{node.name}' ({_where(node)}) changes the channel dimension {src} -> {dst}")
-        return inputs[0]
-
-    def reduce(self, node: fx.Node, x: _Tensor) -> _Tensor:
-        src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-        if src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1:
-            raise TraceError(f"node '{node.name}' ({_where(node)}) reduces over channels {src} -> {dst}; "
-                             "only spatial reductions are supported")
-        return x
-
-    def concat(self, node: fx.Node, inputs: list[_Tensor]) -> _Tensor:
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        shape = _shape(node)
-        if dim < 0:
-            dim += len(shape)
-        if dim != 1:
-            return self.merge_layouts(inputs, node)
-        if any(t.spatial != 1 for t in inputs):
-            raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates flattened tensors")
-        n_tensors = len(_tensor_args(node.args[0]))
-        if n_tensors != len(inputs):
-            raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates constants with channel tensors")
-        return _Tensor([g for t in inputs for g in t.layout])
+        handler = _rule("method", node.target)
+        if handler is None:
+            raise TraceError(f"node '{node.name}' ({_where(node)}): method .{node.target}() on a channel tensor "
+                             f"is not supported; {_HOW_TO_ADD}")
+        return handler(self, node, node.target, inputs)
 
     # -- canonical result ------------------------------------------------------------------
     def finish(self) -> ChannelGraph:
@@ -398,6 +429,22 @@ class _Tracer:
         used |= {self.find(layer.out_group) for layer in self.layers if layer.out_group is not None}
         roots = [r for r in roots if r in used]
         new_id = {r: i for i, r in enumerate(roots)}
+        groups = self.final_groups(roots, new_id)
+        remap = lambda g: new_id[self.find(g)]  # noqa: E731
+        layers = tuple(
+            Layer(l.name, l.kind, tuple(remap(g) for g in l.in_layout),
+                  None if l.out_group is None else remap(l.out_group), l.depthwise, l.groups, l.spatial,
+                  l.kernel, l.out_positions, l.bias, l.affine)
+            for l in self.layers
+        )
+        covered = set()
+        for layer in layers:
+            covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
+        other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
+        return ChannelGraph(tuple(groups), layers, self.input_shape, other)
+
+    def final_groups(self, roots: list[int], new_id: dict[int, int]) -> list[ChannelGroup]:
+        """One ChannelGroup per union-find root, named after its first producer."""
         members: dict[int, list[str]] = {r: [] for r in roots}
         producers: dict[int, list[str]] = {r: [] for r in roots}
         for g in range(len(self.parent)):
@@ -421,23 +468,170 @@ class _Tracer:
                 groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers)
             else:
                 seen[g.name] = 0
-        remap = lambda g: new_id[self.find(g)]  # noqa: E731
-        layers = tuple(
-            Layer(l.name, l.kind, tuple(remap(g) for g in l.in_layout),
-                  None if l.out_group is None else remap(l.out_group), l.depthwise, l.groups, l.spatial,
-                  l.kernel, l.out_positions, l.bias, l.affine)
-            for l in self.layers
-        )
-        covered = set()
-        for layer in layers:
-            covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
-        other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
-        return ChannelGraph(tuple(groups), layers, self.input_shape, other)
+        return groups
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
-    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension)."""
-    return _Tracer(model, input_shape).run()
+# -- built-in handlers ---------------------------------------------------------------------
+
+def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    if x.spatial != 1:
+        raise TraceError(f"module '{node.target}' convolves a flattened tensor")
+    tracer.check_channels(node, x, m.in_channels)
+    shape = _shape(node)
+    out_positions = math.prod(shape[2:])
+    kernel = math.prod(m.kernel_size)
+    bias = m.bias is not None
+    if m.groups == 1:
+        out = tracer.produce(node, m.out_channels)
+        tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, kernel, out_positions,
+                                   bias))
+        return _Tensor([out])
+    if m.groups == m.in_channels == m.out_channels:
+        # Depthwise: each output channel is its input channel filtered; they prune together.
+        for g in x.layout:
+            tracer.members[tracer.find(g)].append(node.target)
+        tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions,
+                                   bias))
+        return x
+    # Grouped convs (and depth multipliers) tie channels to groups in ways a width vector
+    # cannot keep consistent: freeze both sides.
+    for g in x.layout:
+        tracer.fixed[tracer.find(g)] = True
+    out = tracer.produce(node, m.out_channels, fixed=True)
+    tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
+                               out_positions, bias))
+    return _Tensor([out])
+
+
+def _linear(tracer: _Tracer, node: fx.Node, m: nn.Linear, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    in_shape = _shape(node.args[0])
+    if in_shape is None or len(in_shape) != 2:
+        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor; "
+                         "only [N, features] inputs are supported")
+    tracer.check_channels(node, x, m.in_features)
+    out = tracer.produce(node, m.out_features)
+    tracer.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1, 1,
+                               m.bias is not None))
+    return _Tensor([out])
+
+
+def _norm(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    if x.spatial != 1:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened tensor; "
+                         "only per-channel norms are supported")
+    tracer.check_channels(node, x, m.num_features)
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
+    for g in x.layout:
+        tracer.members[tracer.find(g)].append(node.target)
+    return x
+
+
+def _prelu(tracer: _Tracer, node: fx.Node, m: nn.PReLU, inputs: list[_Tensor]) -> _Tensor:
+    if m.num_parameters != 1:
+        raise TraceError(f"module '{node.target}' (PReLU with per-channel parameters) is not supported")
+    return inputs[0]
+
+
+def _same_channels(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
+    # Built-in channel-wise modules are trusted by type, without passthrough's shape check.
+    return inputs[0]
+
+
+def _flatten(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    src, dst = _shape(_first_tensor_arg(node)), _shape(node)
+    if src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels {src} -> {dst}; only "
+                         "flattening [N, C, ...] to [N, features] is supported")
+    return _Tensor(x.layout, x.spatial * math.prod(src[2:]))
+
+
+def _elementwise(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    return tracer.merge_layouts(inputs, node)
+
+
+def _concat(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    shape = _shape(node)
+    if dim < 0:
+        dim += len(shape)
+    if dim != 1:
+        return tracer.merge_layouts(inputs, node)
+    if any(t.spatial != 1 for t in inputs):
+        raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates flattened tensors")
+    n_tensors = len(_tensor_args(node.args[0]))
+    if n_tensors != len(inputs):
+        raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates constants with channel tensors")
+    return _Tensor([g for t in inputs for g in t.layout])
+
+
+def _getitem(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> None:
+    # An element of a tuple (or of a size) carries no channels; a slice of channels is unsupported.
+    if _shape(node) is not None:
+        raise _unsupported_function(node)
+
+
+def _no_channels(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> None:
+    """x.size(), x.dim(), x.numel(): numbers, not channel tensors."""
+
+
+def _unsupported_function(node: fx.Node) -> TraceError:
+    return TraceError(f"node '{node.name}' ({_where(node)}): function {_fn_name(node.target)} on a channel "
+                      f"tensor is not supported; {_HOW_TO_ADD}")
+
+
+def _table(handler: _Handler, *keys) -> dict:
+    return dict.fromkeys(keys, handler)
+
+
+# Module rules match subclasses too (see _module_rule); these keys are unrelated classes except
+# ReLU6 < Hardtanh, which share a handler.
+_BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
+    "module": {
+        **_table(_conv, nn.Conv1d, nn.Conv2d, nn.Conv3d),
+        nn.Linear: _linear,
+        **_table(_norm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+        nn.Flatten: _flatten,
+        nn.PReLU: _prelu,
+        # Modules that act on every channel independently (or not at all).
+        **_table(_same_channels,
+                 nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU, nn.GELU, nn.Mish,
+                 nn.Hardswish, nn.Hardtanh, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.Identity,
+                 nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample),
+    },
+    "function": {
+        # Binary element-wise ops: two channel tensors meeting here must share their channels.
+        **_table(_elementwise, operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
+                 operator.imul, operator.truediv, torch.add, torch.sub, torch.mul),
+        torch.cat: _concat,
+        torch.concat: _concat,
+        torch.flatten: _flatten,
+        **_table(spatial_reduce, torch.mean, torch.sum, torch.amax),
+        **_table(passthrough,
+                 F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.silu, F.gelu, F.mish, F.hardswish, F.hardtanh,
+                 F.hardsigmoid, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
+                 F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+                 F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+                 F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+                 F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
+                 operator.neg, torch.neg),
+        operator.getitem: _getitem,
+    },
+    "method": {
+        **_table(_no_channels, "size", "dim", "numel"),
+        **_table(_elementwise, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"),
+        **_table(_flatten, "flatten", "view", "reshape"),
+        **_table(spatial_reduce, "mean", "sum", "amax"),
+        **_table(passthrough, "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to",
+                 "type_as", "clamp", "clamp_", "neg"),
+    },
+}
 
 
 # -- small helpers on fx nodes -------------------------------------------------------------

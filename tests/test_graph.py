@@ -1,11 +1,14 @@
 """Channel groups found by tracing."""
 
+import doctest
+
 import pytest
 import torch
 import torch.nn as nn
 
+import autoprune.graph
 from autoprune.errors import TraceError
-from autoprune.graph import trace
+from autoprune.graph import passthrough, register_rule, spatial_reduce, trace, unregister_rule
 from autoprune.models import create_model
 
 
@@ -175,3 +178,154 @@ def test_norm_after_flatten_is_a_trace_error():
 
     with pytest.raises(TraceError, match="flattened"):
         trace(Net(), (3, 4, 4))
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def rules():
+    """register_rule for one test: every rule it adds is removed afterwards."""
+    added = []
+
+    def register(target, handler):
+        added.append(target)
+        return register_rule(target, handler)
+
+    yield register
+    for target in added:
+        unregister_rule(target)
+
+
+class _ErfGELU(nn.Module):
+    """Exact GELU written with torch.erf, which has no built-in rule."""
+
+    def forward(self, x):
+        return 0.5 * x * (1 + torch.erf(x * 0.7071))
+
+
+class _ActNet(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = act
+        self.conv2 = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.conv2(self.act(self.bn(self.conv1(x))))
+
+
+def test_register_rule_for_a_custom_channel_preserving_module(rules):
+    model = _ActNet(_ErfGELU())
+    with pytest.raises(TraceError, match=r"node 'erf' \(in module 'act' \(_ErfGELU\)\).*"
+                                         r"autoprune\.graph\.register_rule"):
+        trace(model, (3, 8, 8))
+    rules(_ErfGELU, passthrough)
+    g = trace(model, (3, 8, 8))
+    assert g == trace(_ActNet(nn.GELU()), (3, 8, 8))
+    assert [(x.name, x.fixed, x.members) for x in g.groups] == [
+        ("input", True, ()), ("conv1", False, ("conv1", "bn")), ("conv2", True, ("conv2",))]
+
+
+def test_register_rule_for_a_function_and_a_spatial_reduction(rules):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.logsumexp(torch.erf(self.conv(x)), dim=(2, 3)))
+
+    with pytest.raises(TraceError, match="function .*erf"):
+        trace(Net(), (3, 8, 8))
+    rules(torch.erf, passthrough)
+    rules(torch.logsumexp, spatial_reduce)
+    g = trace(Net(), (3, 8, 8))
+    conv = next(x for x in g.groups if x.name == "conv")
+    fc = next(x for x in g.layers if x.name == "fc")
+    assert not conv.fixed and fc.in_layout == (conv.id,) and fc.spatial == 1
+
+
+def test_register_rule_as_a_decorator_for_a_method():
+    calls = []
+
+    @register_rule("erf")
+    def erf(tracer, node, target, inputs):
+        calls.append((node.name, target, len(inputs)))
+        return passthrough(tracer, node, target, inputs)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            return self.conv(x).erf()
+
+    try:
+        assert erf.__name__ == "erf"  # the decorator returns the handler itself
+        g = trace(Net(), (3, 8, 8))
+    finally:
+        unregister_rule("erf")
+    assert calls == [("erf", "erf", 1)]
+    assert g.groups[-1].name == "conv"
+    with pytest.raises(TraceError, match=r"method \.erf\(\)"):
+        trace(Net(), (3, 8, 8))
+
+
+def test_a_rule_replaces_a_builtin_one_until_unregistered():
+    def refuse(tracer, node, target, inputs):
+        raise TraceError(f"refused {node.target}")
+
+    register_rule(nn.BatchNorm2d, refuse)
+    try:
+        with pytest.raises(TraceError, match="refused bn"):
+            trace(_ActNet(nn.ReLU()), (3, 8, 8))
+    finally:
+        unregister_rule(nn.BatchNorm2d)
+    assert "bn" in trace(_ActNet(nn.ReLU()), (3, 8, 8)).groups[1].members
+
+
+def test_passthrough_refuses_a_module_with_per_channel_parameters(rules):
+    class LayerScale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(8, 1, 1))
+
+        def forward(self, x):
+            return x * self.gamma
+
+    rules(LayerScale, passthrough)
+    with pytest.raises(TraceError, match="module 'act' \\(LayerScale\\).*surgery"):
+        trace(_ActNet(LayerScale()), (3, 8, 8))
+
+
+@pytest.mark.parametrize("target,needle", [
+    (42, "not a module class"),
+    (nn.ReLU(), "register the class"),
+    (int, "not a subclass of nn.Module"),
+    (nn.Module, "not a subclass of nn.Module"),
+    ("not a name", "not a tensor-method name"),
+])
+def test_register_rule_rejects_invalid_targets(target, needle):
+    with pytest.raises(TypeError, match=needle):
+        register_rule(target, passthrough)
+    with pytest.raises(TypeError, match=needle):
+        register_rule(target)  # the decorator form checks the target at once
+
+
+def test_register_rule_rejects_a_non_callable_handler_and_unknown_unregister():
+    with pytest.raises(TypeError, match="must be callable"):
+        register_rule(_ErfGELU, "passthrough")
+    with pytest.raises(ValueError, match="no rule was registered for _ErfGELU"):
+        unregister_rule(_ErfGELU)
+
+
+def test_register_rule_docstring_example_runs():
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(autoprune.graph.register_rule, "register_rule", globs={}):
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.attempted > 0 and results.failed == 0
