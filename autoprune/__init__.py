@@ -6,7 +6,7 @@ from autoprune.cost import macs, params
 from autoprune.dataspec import DataSpec
 from autoprune.errors import AutopruneError
 from autoprune.evaluator import EvalConfig
-from autoprune.graph import trace
+from autoprune.graph import register_rule, trace
 from autoprune.models import create_model, list_models, register_model
 from autoprune.optimizers import Optimizer, list_methods, register_optimizer
 from autoprune.space import SearchSpace
@@ -33,6 +33,7 @@ __all__ = [
     "params",
     "register_model",
     "register_optimizer",
+    "register_rule",
     "save_arch",
     "search",
     "trace",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import SearchError, one_line
@@ -90,8 +91,6 @@ def open_storage(url: str):
         journal = url
     try:
         if journal is not None:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
             parent = Path(journal).expanduser().resolve().parent
             if not parent.is_dir():
                 raise OSError(f"directory {parent} does not exist")

@@ -29,7 +29,7 @@ def run(args) -> int:
 
 def markdown(rows: list[dict]) -> str:
     """The method table as the README shows it."""
-    lines = ["| method | what it does | candidates scored | needs |", "|---|---|---|---|"]
+    lines = ["| method | what it does | candidates scored | the optimizer itself reads |", "|---|---|---|---|"]
     lines += [f"| `{r['method']}` | {r['summary']} | `{r['candidates']}` | {r['needs']} |" if r["candidates"] != "1"
               else f"| `{r['method']}` | {r['summary']} | 1 | {r['needs']} |" for r in rows]
     return "\n".join(lines)

@@ -48,6 +48,7 @@ def default_num_classes(name: str) -> int:
 
 
 def _tv_builder(name: str) -> Callable[..., nn.Module]:
+    # Deferred on purpose: torchvision takes seconds to import and only tv: names need it.
     import torchvision.models as tvm
 
     available = tvm.list_models(module=tvm)

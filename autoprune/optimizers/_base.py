@@ -209,7 +209,7 @@ def method_table() -> list[dict]:
     """One row per method: name, what it does, how many candidates it scores, what it needs."""
     rows = []
     for name, cls in _METHODS.items():
-        needs = [what for what, flag in (("trained base", cls.needs_base), ("training data", cls.needs_data))
+        needs = [what for what, flag in (("base weights", cls.needs_base), ("training data", cls.needs_data))
                  if flag]
         rows.append({"method": name, "summary": cls.summary, "candidates": "1" if cls.one_shot else "--trials",
                      "needs": ", ".join(needs) or "-"})

@@ -69,7 +69,7 @@ class GlobalThreshold(Optimizer):
 @register_optimizer
 class SlimmingOptimizer(GlobalThreshold):
     name = "slimming"
-    summary = "global threshold on BatchNorm |gamma| (Liu et al., 2017)"
+    summary = "global threshold on the magnitude of BatchNorm γ (network slimming, Liu et al., 2017)"
     rule = "bn_gamma"
 
 
