@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,10 @@ import yaml
 from autoprune.errors import SpaceError, WidthError
 from autoprune.graph import ChannelGraph, ChannelGroup, trace
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+# Per-model YAML ships inside the package (package data in pyproject.toml), so an installed
+# wheel searches the same space as a checkout. Read through importlib.resources, not a path
+# relative to the source tree: the package may be installed anywhere (or zipped).
+SEARCH_SPACES = importlib.resources.files("autoprune") / "search_spaces"
 _CONFIG_KEYS = {"min_ratio", "step", "round_to", "frozen", "groups"}
 _GROUP_KEYS = {"min_ratio", "step", "round_to", "frozen"}
 
@@ -116,22 +120,31 @@ def allowed_widths(width: int, min_ratio: float, step: float, round_to: int) -> 
     return tuple(sorted(out))
 
 
+def search_space_resource(model_name: str):
+    """The packaged YAML for ``model_name`` (``:`` spelled ``_``); it may not exist."""
+    return SEARCH_SPACES / f"{model_name.replace(':', '_')}.yaml"
+
+
 def load_space_config(model_name: str | None, path: str | Path | None = None) -> SpaceConfig:
-    """The per-model YAML (``search_spaces/<model>.yaml``, ``:`` spelled ``_``) or ``path``."""
+    """``path``, else the packaged ``autoprune/search_spaces/<model>.yaml``, else defaults."""
     if path is None:
         if model_name is None:
             return SpaceConfig()
-        path = SEARCH_SPACES_DIR / f"{model_name.replace(':', '_')}.yaml"
-        if not path.exists():
+        resource = search_space_resource(model_name)
+        if not resource.is_file():
             return SpaceConfig()
-    path = Path(path)
+        source = f"autoprune/search_spaces/{resource.name}"
+        reader = resource
+    else:
+        reader = Path(path)
+        source = str(reader)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(reader.read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise SpaceError(f"search-space file {path}: {exc.strerror}") from None
+        raise SpaceError(f"search-space file {source}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"search-space file {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return SpaceConfig.from_dict(data, source=f"search-space file {path}")
+        raise SpaceError(f"search-space file {source}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return SpaceConfig.from_dict(data, source=f"search-space file {source}")
 
 
 @dataclass(frozen=True)
