@@ -1,6 +1,6 @@
 """autoprune: channel pruning as architecture search under an exact compute budget."""
 
-from autoprune.version import __version__
+from autoprune.api import SearchResult, StudyConfig, search
 from autoprune.arch import build, load_arch, make_arch, save_arch
 from autoprune.cost import macs, params
 from autoprune.dataspec import DataSpec
@@ -11,7 +11,7 @@ from autoprune.models import create_model, list_models, register_model
 from autoprune.optimizers import Optimizer, list_methods, register_optimizer
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
-from autoprune.api import SearchResult, StudyConfig, search
+from autoprune.version import __version__
 
 __all__ = [
     "AutopruneError",

@@ -392,7 +392,7 @@ def _objective_kind(objective) -> str:
 
 
 def _wrap(fn):
-    def evaluate(widths):
+    def score(widths):
         try:
             value = fn(widths)
         except (RuntimeError, ValueError) as exc:
@@ -404,8 +404,8 @@ def _wrap(fn):
             return EvalResult(None, "failed", f"non-finite score {value}")
         return EvalResult(value, "ok")
 
-    evaluate.__name__ = getattr(fn, "__name__", "callable")
-    return evaluate
+    score.__name__ = getattr(fn, "__name__", "callable")
+    return score
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
-from autoprune.version import __version__
 from autoprune.cost import macs, params
 from autoprune.errors import ArchError, AutopruneError
 from autoprune.files import write_json
 from autoprune.models import create_model
 from autoprune.space import SearchSpace, SpaceConfig
 from autoprune.surgery import materialise
+from autoprune.version import __version__
 
 SCHEMA = "autoprune.arch/1"
 _REQUIRED = {

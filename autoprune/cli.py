@@ -10,8 +10,8 @@ import argparse
 import importlib
 import sys
 
-from autoprune.version import __version__
 from autoprune.errors import AutopruneError
+from autoprune.version import __version__
 
 COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "eval"]
 

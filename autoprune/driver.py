@@ -22,8 +22,7 @@ from autoprune import cost
 from autoprune.errors import SearchError
 from autoprune.evaluator import EvalResult
 from autoprune.optimizers import Context, Optimizer
-from autoprune.study import (STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore,
-                             widths_key)
+from autoprune.study import STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
 
 # Consecutive proposals that were already scored before the driver gives up: the optimizer
 # keeps re-proposing known vectors, i.e. it has converged or the space is exhausted.
@@ -32,12 +31,12 @@ MAX_REPEATS = 50
 WAIT_S = 3600.0
 
 
-def run_search(optimizer: Optimizer, evaluate: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,
+def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,
                trials: int, seed: int = 0, context: Context | None = None, progress=None, on_result=None,
                wait_s: float = WAIT_S) -> list[Record]:
     """Run until the study holds ``trials`` candidates (scored or being scored by any worker).
 
-    ``evaluate`` maps widths to an :class:`EvalResult`; ``context`` is handed to
+    ``score`` maps widths to an :class:`EvalResult`; ``context`` is handed to
     ``optimizer.prepare`` before its first ask; ``progress`` is an optional tqdm-like bar
     (``update``, ``set_postfix``); ``on_result(record)`` is called after each candidate
     this process scores. Returns every record of the study at the end.
@@ -71,7 +70,7 @@ def run_search(optimizer: Optimizer, evaluate: Callable[[tuple[int, ...]], EvalR
             if loop.repeats >= MAX_REPEATS:
                 break
             continue
-        record = loop.score(*out, evaluate)
+        record = loop.score(*out, score)
         if record is not None and on_result is not None:
             on_result(record)
     return store.records()
@@ -123,7 +122,7 @@ class _Loop:
         self.delay = min(2.0, self.delay * 2)
         self.store.release_abandoned()
 
-    def score(self, widths, role, evaluate) -> Record | None:
+    def score(self, widths, role, score_fn) -> Record | None:
         """Claim ``widths``, score it and record the result; None when another worker has it."""
         space = self.optimizer.space
         macs = cost.macs(space, widths)
@@ -137,7 +136,7 @@ class _Loop:
         self.repeats = self.attempt = 0
         start = time.perf_counter()
         try:
-            result = evaluate(widths)
+            result = score_fn(widths)
         except BaseException:
             # Interrupted (Ctrl-C) or crashed: release the claim so a rerun scores it again.
             self.store.finish(trial_id, None, STATUS_INTERRUPTED, "interrupted", time.perf_counter() - start)

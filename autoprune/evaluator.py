@@ -16,8 +16,8 @@ optimum, for testing optimizers and the search machinery without training anythi
 from __future__ import annotations
 
 import math
-import time
 import numbers
+import time
 from dataclasses import dataclass, replace
 from typing import ClassVar, Sequence
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch.nn as nn
 import yaml
 
-from autoprune.errors import SpaceError, WidthError
+from autoprune.errors import SpaceError, WidthError, one_line
 from autoprune.graph import ChannelGraph, ChannelGroup, trace
 
 # Per-model YAML ships inside the package (package data in pyproject.toml), so an installed
@@ -143,7 +143,7 @@ def load_space_config(model_name: str | None, path: str | Path | None = None) ->
     except OSError as exc:
         raise SpaceError(f"search-space file {source}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise SpaceError(f"search-space file {source}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise SpaceError(f"search-space file {source}: invalid YAML ({one_line(exc)})") from None
     return SpaceConfig.from_dict(data, source=f"search-space file {source}")
 
 

@@ -34,6 +34,7 @@ from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.data import iterate
 from autoprune.errors import CheckpointError, DataError, TrainingError
 from autoprune.runtime import autocast, log, progress_bar
+
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
 # the extra epochs at 2x: "if the pruned model saves more than 2x FLOPs, we just double the
 # number of epochs".

@@ -57,7 +57,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, {datetime.date.today()}")
-    print("| model | input | free groups | analytic per vector | materialise+thop per vector (median) | ratio | thop's extra ops (BN, ReLU, pools) |")
+    print("| model | input | free groups | analytic per vector | materialise+thop per vector (median) | ratio "
+          "| thop's extra ops (BN, ReLU, pools) |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         r = bench(name, args.analytic_reps, args.thop_reps)

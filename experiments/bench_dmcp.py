@@ -1,4 +1,4 @@
-"""Benchmark of DMCP (issue 5): the derived architecture retrained from scratch, next to uniform.
+"""Benchmark of DMCP: the derived architecture retrained from scratch, next to uniform.
 
 Full run (one GPU; the rows join the search table of BENCHMARKS.md):
 
@@ -32,10 +32,12 @@ from bench_search import add_common_args, base_model, latency_ms, retrain, setup
 
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
-from autoprune.optimizers.dmcp import DMCPConfig, search_dmcp  # noqa: E402
+from autoprune.budget import (
+    parse_budget,  # noqa: E402
+    uniform_at_budget,  # noqa: E402
+)
 from autoprune.models import model_kwargs  # noqa: E402
-from autoprune.budget import uniform_at_budget  # noqa: E402
-from autoprune.budget import parse_budget  # noqa: E402
+from autoprune.optimizers.dmcp import DMCPConfig, search_dmcp  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.train import split_accuracy  # noqa: E402
 

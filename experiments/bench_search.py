@@ -1,6 +1,6 @@
-"""Benchmark of the search (issue 4): does searching beat uniform and random at equal cost?
+"""Benchmark of the search: does searching beat uniform and random at equal cost?
 
-Full run (one GPU; the aims of the design notes):
+Full run (one GPU):
 
     python experiments/bench_search.py --model vgg16 --budgets 0.4,0.1 --methods abc,tpe,random \
         --candidates 100 --pretrain-epochs 30 --retrain-epochs 25 --tau-vectors 12
@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoprune import cost  # noqa: E402
 from autoprune.api import StudyConfig, search  # noqa: E402
 from autoprune.arch import build  # noqa: E402
-from autoprune.data import load_data  # noqa: E402
-from autoprune.models import create_model, model_kwargs  # noqa: E402
 from autoprune.budget import parse_budget, repair  # noqa: E402
-from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
-from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from autoprune.data import load_data  # noqa: E402
+from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
+from autoprune.models import create_model, model_kwargs  # noqa: E402
 from autoprune.runtime import resolve_device  # noqa: E402
+from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.train import TrainConfig, accuracy, split_accuracy, train  # noqa: E402
 
 
@@ -234,7 +234,8 @@ def main(argv=None):
 
 def markdown(report) -> str:
     gpu = any("gpu_latency" in r for r in report["rows"])
-    head = "| budget | method | MACs ratio | params | val score | test acc | candidates | search s | cand/min | CPU latency ratio |"
+    head = ("| budget | method | MACs ratio | params | val score | test acc | candidates | search s | cand/min "
+            "| CPU latency ratio |")
     head += " GPU latency ratio |" if gpu else ""
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in report["rows"]:

@@ -32,12 +32,10 @@ part 2
 
 Finally OUT/proof.md: markdown tables with the aims beside the measured values.
 
-Time on one H100 (an estimate from the measured speeds of the design notes, not yet
-measured end to end): data decode ~10 s (cached afterwards), throughput ~30 s, base ~25 s,
-search ~2.5 min (6 x 12 candidates at ~1 s, 10 one-shot candidates, 2 x 300 DMCP steps, and
-(1 + 2 + 4) x 4 candidates in the concurrency runs with their process start-up), sweep ~1 min
-(5 settings x 12 vectors, cudnn.benchmark on 4), retrain ~2.5 min (up to 16 vectors x 2 seeds x 25 epochs at
-~8 s each, 3 at a time), tau ~1 min (12 more retrains), latency ~30 s: about 9 minutes.
+Time on one H200, measured (BENCHMARKS.md): throughput 33 s, base 21 s, search ~2 min
+(16 searches and the concurrency runs), sweep 28 s, retrain ~6 min (32 runs of 25 epochs,
+3 at a time), tau ~2 min, latency under a minute: about 13 minutes, so one sitting of 10
+minutes does not hold it. ``--part 1`` (about 3.5 minutes) and ``--part 2`` (about 9) split it.
 ``--budget-minutes`` stops cleanly before a stage or unit that its estimate says would not
 fit; ``--part 1`` and ``--part 2`` split the run in two sittings.
 
@@ -52,8 +50,10 @@ import argparse
 import datetime
 import json
 import math
+import multiprocessing as mp
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -64,9 +64,6 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-
-import multiprocessing as mp
-import shutil
 
 import numpy as np
 import optuna

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from autoprune import cost
+from autoprune.budget import check_reachable, parse_budget, repair, utilisation
 from autoprune.errors import BudgetError
 from autoprune.models import create_model
-from autoprune.budget import check_reachable, parse_budget, repair, utilisation
 from autoprune.space import SearchSpace
 
 

@@ -7,10 +7,10 @@ import pytest
 import thop
 import torch
 import torch.nn as nn
+from conftest import REGISTRY, input_shape, random_widths
 
 from autoprune.cost import human, macs, params, parse_count
 from autoprune.surgery import materialise
-from conftest import REGISTRY, input_shape, random_widths
 
 N_RANDOM = 20
 

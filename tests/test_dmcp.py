@@ -1,20 +1,19 @@
 """DMCP: the Markov gates against the cost model and surgery, and the search end to end."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import random_widths
 
 from autoprune import cost
-from autoprune.optimizers import dmcp
 from autoprune.data import load_data
-from autoprune.optimizers.dmcp import DMCPConfig, Gates, MarkovChain, budget_loss, search_dmcp
 from autoprune.errors import CheckpointError
 from autoprune.models import create_model
+from autoprune.optimizers import dmcp
+from autoprune.optimizers.dmcp import DMCPConfig, Gates, MarkovChain, budget_loss, search_dmcp
 from autoprune.space import SearchSpace
 from autoprune.surgery import zero_dropped
-from conftest import random_widths
 
 # VGG's five poolings need 32×32; the others run at 16×16. Searches use 8×8 synthetic images.
 SHAPES = {"resnet20": (3, 16, 16), "vgg11": (3, 32, 32), "mobilenetv2": (3, 16, 16)}

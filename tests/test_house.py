@@ -7,6 +7,8 @@ import ast
 import importlib
 import pkgutil
 import re
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -102,7 +104,7 @@ def test_imports_only_point_down():
 
 def test_imports_are_at_module_level_unless_deferred_on_purpose():
     inner = []
-    for name, path, tree in modules():
+    for _, path, tree in modules():
         lines = path.read_text().splitlines()
         for fn in ast.walk(tree):
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -208,3 +210,12 @@ def test_the_readme_custom_optimizer_example_runs(tmp_path, monkeypatch):
         assert (tmp_path / "runs" / "widest" / "arch.json").is_file()
     finally:
         unregister_optimizer("widest-first")
+
+
+def test_ruff_finds_nothing():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[dev]' installs it)")
+    out = subprocess.run([ruff, "check", "--output-format", "concise", "autoprune", "tests", "experiments"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -4,10 +4,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REGISTRY
 
 from autoprune.errors import UnknownModelError
 from autoprune.models import create_model, default_input_size, list_models, model_kwargs
-from conftest import REGISTRY
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if not n.startswith("tv:")])

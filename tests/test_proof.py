@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parent.parent
 PROOF = ROOT / "experiments" / "proof.py"
 STAGES = ["throughput", "base", "search", "sweep", "retrain", "tau", "latency"]

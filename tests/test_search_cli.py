@@ -57,8 +57,8 @@ def test_unknown_method_exits_2(tmp_path, capsys):
 
 
 def test_base_checkpoint_of_another_model(tmp_path, capsys):
-    from autoprune.models import create_model
     from autoprune.checkpoint import save_checkpoint
+    from autoprune.models import create_model
 
     ckpt = save_checkpoint(tmp_path / "vgg.pt", create_model("vgg11", num_classes=4), model_name="vgg11")
     out = tmp_path / "out"
@@ -114,9 +114,9 @@ def test_space_options_reach_the_search(tmp_path, how):
 
 
 def _base_checkpoint(tmp_path, **split):
+    from autoprune.checkpoint import save_checkpoint
     from autoprune.data import load_data
     from autoprune.models import create_model
-    from autoprune.checkpoint import save_checkpoint
 
     data = load_data("synthetic", **split)
     model = create_model("resnet20", num_classes=data.num_classes)

@@ -2,16 +2,22 @@
 
 import numpy as np
 import pytest
+from conftest import randomize
 
 from autoprune import cost
-from autoprune.errors import SearchError
-from autoprune.models import create_model
 from autoprune.data import load_data
-from autoprune.optimizers import Context, Optimizer, get_optimizer, list_methods, register_optimizer, unregister_optimizer
+from autoprune.errors import SearchError
 from autoprune.evaluator import SyntheticObjective
+from autoprune.models import create_model
+from autoprune.optimizers import (
+    Context,
+    Optimizer,
+    get_optimizer,
+    list_methods,
+    register_optimizer,
+    unregister_optimizer,
+)
 from autoprune.space import SearchSpace
-
-from conftest import randomize
 
 LEARNING = ["abc", "tpe"]
 # Keep DMCP's supernet training to a couple of steps: these tests check the interface.

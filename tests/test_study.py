@@ -89,11 +89,13 @@ def test_two_workers_share_one_study(tmp_path, kind, method):
 
 def test_bad_storage_and_mismatched_study(tmp_path):
     with pytest.raises(SearchError, match="cannot open storage"):
-        search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2, storage="nosuchdb://x/y"), out=tmp_path / "o")
+        search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2, storage="nosuchdb://x/y"),
+               out=tmp_path / "o")
     url = f"sqlite:///{tmp_path / 's.db'}"
-    search("resnet20", 0.4, "random", objective="synthetic", study=StudyConfig(trials=2, storage=url, name="s"), out=tmp_path / "o")
+    shared = StudyConfig(trials=2, storage=url, name="s")
+    search("resnet20", 0.4, "random", objective="synthetic", study=shared, out=tmp_path / "o")
     with pytest.raises(SearchError, match="was made with max_macs"):
-        search("resnet20", 0.2, "random", objective="synthetic", study=StudyConfig(trials=2, storage=url, name="s"), out=tmp_path / "o")
+        search("resnet20", 0.2, "random", objective="synthetic", study=shared, out=tmp_path / "o")
 
 
 def test_failed_candidates_are_recorded_and_skipped(tmp_path):
@@ -142,8 +144,8 @@ def _store_and_space(tmp_path):
 
 
 def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
-    from autoprune.optimizers import Optimizer
     from autoprune.driver import run_search
+    from autoprune.optimizers import Optimizer
 
     class Greedy(Optimizer):  # bypasses the check in ask, as a third-party optimizer may
         def ask(self, rng, pending=()):
@@ -157,9 +159,9 @@ def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
 
 def test_known_result_is_not_told_twice(tmp_path):
     """n_told seeds the rng: an extra tell on a cache hit would change what a resumed run asks."""
-    from autoprune.optimizers import Optimizer
-    from autoprune.evaluator import EvalResult
     from autoprune.driver import run_search
+    from autoprune.evaluator import EvalResult
+    from autoprune.optimizers import Optimizer
     from autoprune.study import STATUS_OK
 
     store, space, max_macs = _store_and_space(tmp_path)
@@ -183,8 +185,8 @@ def test_one_shot_waits_for_another_worker(tmp_path, method):
     import threading
     import time
 
-    from autoprune.optimizers import Optimizer, get_optimizer
     from autoprune.driver import run_search
+    from autoprune.optimizers import Optimizer, get_optimizer
     from autoprune.study import STATUS_OK
 
     store, space, max_macs = _store_and_space(tmp_path)

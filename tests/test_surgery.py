@@ -4,12 +4,12 @@ channels zeroed."""
 import pytest
 import torch
 import torch.nn as nn
+from conftest import REGISTRY, random_widths, randomize
 
 from autoprune.importance import RULES, keep_indices
+from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
-from conftest import REGISTRY, random_widths, randomize
-from autoprune.models import create_model
 
 
 def _small_shape(name):

@@ -11,11 +11,10 @@ import torch
 import torch.nn as nn
 
 import autoprune.train as T
+from autoprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from autoprune.cli import main
 from autoprune.data import load_data, normalize
-from autoprune.errors import CheckpointError, DataError
-from autoprune.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from autoprune.errors import TrainingError
+from autoprune.errors import CheckpointError, DataError, TrainingError
 from autoprune.evaluator import fine_tune, recalibrate_bn
 from autoprune.train import TrainConfig, accuracy, lr_factor, scratch_b_epochs, split_accuracy, train
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 
-from autoprune.commands._training import (add_data_args, check_classes, check_input_shape, load_data_from_args,
-                                          positive_int, resolve_device)
 from autoprune.checkpoint import model_from_checkpoint
+from autoprune.commands._training import (
+    add_data_args,
+    check_classes,
+    check_input_shape,
+    load_data_from_args,
+    positive_int,
+    resolve_device,
+)
 from autoprune.train import split_accuracy
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from autoprune.arch import arch_space, load_arch
-from autoprune.errors import ArchError
 from autoprune.commands.common import add_model_args, model_and_space
 from autoprune.cost import human, macs, params
+from autoprune.errors import ArchError
 
 
 def register(sub) -> None:

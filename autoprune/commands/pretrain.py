@@ -6,8 +6,14 @@ from pathlib import Path
 
 import torch
 
-from autoprune.commands._training import (add_data_args, add_train_args, load_data_from_args, resolve_device,
-                                          run_training, train_config)
+from autoprune.commands._training import (
+    add_data_args,
+    add_train_args,
+    load_data_from_args,
+    resolve_device,
+    run_training,
+    train_config,
+)
 from autoprune.dataspec import kwargs_for_data
 from autoprune.models import create_model
 

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import torch
 
-from autoprune.commands._training import (add_data_args, add_train_args, check_classes, check_input_shape,
-                                          load_data_from_args, positive_int, resolve_device, run_training,
-                                          train_config)
 from autoprune.arch import build, load_arch
+from autoprune.commands._training import (
+    add_data_args,
+    add_train_args,
+    check_classes,
+    check_input_shape,
+    load_data_from_args,
+    positive_int,
+    resolve_device,
+    run_training,
+    train_config,
+)
 from autoprune.errors import ArchError, AutopruneError
 from autoprune.train import scratch_b_epochs
 

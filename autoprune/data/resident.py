@@ -3,7 +3,8 @@
 Small image datasets (CIFAR-10/100, Fashion-MNIST, JPEG ImageFolder copies of them) fit in
 memory as uint8: 50,000 CIFAR images are 150 MB. Keeping them resident on the training
 device and doing augmentation as batched tensor ops removes the per-sample Python work that
-bounds a conventional DataLoader (see DESIGN.md, "Measured facts").
+bounds a conventional DataLoader (VGG16 trains at about 68k img/s this way on one H200,
+against 42k through an 8-worker per-sample DataLoader; see BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -22,11 +22,17 @@ other), and every one is scored from the same trained base. ``autoprune methods`
 this table from the registry.
 """
 
-from autoprune.optimizers._base import (Context, Optimizer, get_optimizer, list_methods, method_table,
-                                        register_optimizer, unregister_optimizer)
-
 # The built-in optimizers: importing each module registers it (one line per optimizer).
-from autoprune.optimizers import _abc, _tpe, _random, _uniform, _classic, dmcp  # noqa: E402,F401
+from autoprune.optimizers import _abc, _classic, _random, _tpe, _uniform, dmcp  # noqa: E402,F401
+from autoprune.optimizers._base import (
+                                        Context,
+                                        Optimizer,
+                                        get_optimizer,
+                                        list_methods,
+                                        method_table,
+                                        register_optimizer,
+                                        unregister_optimizer,
+)
 
 __all__ = ["Context", "Optimizer", "get_optimizer", "list_methods", "method_table", "register_optimizer",
            "unregister_optimizer"]

@@ -135,7 +135,7 @@ class MarkovChain(nn.Module):
     def channel_scales(self, marginals: list[torch.Tensor]) -> dict[int, torch.Tensor]:
         """Per-channel multipliers of every free group: 1 for the kept minimum, P_k on block k."""
         out = {}
-        for i, (gid, m, s, p) in enumerate(zip(self.space.free, self.mins, self.sizes, marginals)):
+        for gid, m, s, p in zip(self.space.free, self.mins, self.sizes, marginals):
             ones = torch.ones(m, device=p.device, dtype=p.dtype)
             out[gid] = torch.cat([ones, torch.repeat_interleave(p, s.to(p.device))])
         return out
