@@ -273,7 +273,7 @@ class TrialStore:
                                                                                          params, space)))
         if self.lock.kind is None and self._lost(number, key, retry):
             return None
-        beat = self._beats[number] = _Heartbeat(self.storage, self._trial_id(number), self.heartbeat_timeout / 4)
+        beat = self._beats[number] = _Heartbeat(self.storage, self._id_of(number), self.heartbeat_timeout / 4)
         beat.start()
         return number
 
@@ -317,13 +317,13 @@ class TrialStore:
             warnings.warn(f"trial {trial_id} was re-queued by another worker before it finished here", stacklevel=2)
 
     def _trial_finished(self, number: int) -> bool:
-        return self.storage.get_trial(self._trial_id(number)).state.is_finished()
+        return self.storage.get_trial(self._id_of(number)).state.is_finished()
 
-    def _trial_id(self, number: int) -> int:
+    def _id_of(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _close(self, number: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> None:
-        trial_id = self._trial_id(number)
+        trial_id = self._id_of(number)
         # One attribute for the whole outcome: each storage write is a transaction.
         result = {"score": score, "status": status, "reason": reason[:500], "seconds": round(float(seconds), 4)}
         self.storage.set_trial_user_attr(trial_id, "result", result)
