@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import io
 import json
 import numbers
@@ -38,14 +39,14 @@ from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpo
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
 from autoprune.driver import run_search
-from autoprune.errors import CheckpointError, DataError, SearchError
+from autoprune.errors import CheckpointError, DataError, SearchError, one_line
 from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObjective
-from autoprune.files import write_text
+from autoprune.files import check_out_dir, write_text
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
 from autoprune.runtime import progress_bar, resolve_device
 from autoprune.space import SearchSpace
-from autoprune.study import STATUS_FAILED, STATUS_OK, Record, TrialStore
+from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, STATUS_FAILED, STATUS_OK, Record, TrialStore, storage_path
 from autoprune.train import TrainConfig, train
 
 DEFAULT_OUT = "runs/search"
@@ -61,15 +62,20 @@ class StudyConfig:
     many new candidates as failed before, and may retry the failed ones. ``storage``: an
     Optuna storage URL (default ``sqlite:///OUT/study.db``) or ``journal:PATH``; ``name``:
     the study name (default ``MODEL-METHOD-BUDGET-seedS``). Rerunning resumes, and several
-    processes on one study share the work.
+    processes on one study share the work. ``heartbeat_timeout``: seconds after which a
+    claim whose worker stopped sending heartbeats (killed, its host lost) is re-queued.
     """
 
     trials: int = DEFAULT_TRIALS
     storage: str | None = None
     name: str | None = None
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
 
     def __post_init__(self):
         check_counts(trials=self.trials)
+        t = self.heartbeat_timeout
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0 < t < float("inf"):
+            raise SearchError(f"heartbeat-timeout must be a positive number of seconds, got {t!r}")
 
 
 @dataclass
@@ -105,6 +111,7 @@ class SearchResult:
             "utilisation": a["macs"]["pruned"] / a["budget"]["max_macs"] if a.get("budget") else None,
             "params": a["params"]["pruned"], "params_base": a["params"]["base"],
             "score": self.score, "candidates": len(ok), "failed": len(failed),
+            "reclaimed": len(self.info.get("reclaimed", [])),
             "seconds": round(self.seconds, 2),
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
@@ -118,7 +125,8 @@ class SearchResult:
                          f"budget {s['budget']}, {100 * (s['utilisation'] or 0):.1f} % used)"),
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
-                ("candidates", f"{s['candidates']} scored, {s['failed']} failed"),
+                ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
+                               + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
                 ("wall time", f"{s['seconds']:.1f} s"),
                 ("widths", " ".join(map(str, s["widths"])))]
         if s["arch"]:
@@ -177,7 +185,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
     if not (objective is None or objective == "synthetic" or callable(objective)):
         raise SearchError(f"unknown objective {objective!r}; expected None, 'synthetic' or a callable")
     device = resolve_device(device)
-    out = Path(out if out is not None else DEFAULT_OUT)
+    out = check_out_dir(out if out is not None else DEFAULT_OUT, "out")
+    _check_method_options(optimizer_cls, method, method_options or {})
     needs_base = objective is None or optimizer_cls.needs_base
     ckpt, base_path = _open_base(base, out, needs_base)
     needs_data = objective is None or optimizer_cls.needs_data or (needs_base and ckpt is None)  # pre-training
@@ -190,13 +199,16 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
     if needs_base:
         s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
     score_fn = _objective(s, objective, evaluation)
-    optimizer = optimizer_cls(s.space, s.max_macs, seed=seed, **(method_options or {}))
+    try:
+        optimizer = optimizer_cls(s.space, s.max_macs, seed=seed, **(method_options or {}))
+    except (TypeError, ValueError) as exc:
+        raise SearchError(f"method '{method}': bad method options {method_options}: {one_line(exc)[:200]}") from None
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress)
     records, scored_here = _run(optimizer, score_fn, store, study.trials, seed, context, progress, method)
     return _write(s, optimizer, records, objective, score_fn, time.perf_counter() - start,
-                  {"scored_here": scored_here, "storage": url, "study": name})
+                  {"scored_here": scored_here, "storage": url, "study": name, "reclaimed": list(store.reclaimed)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,9 +322,10 @@ def _open_study(s: _Search, study: StudyConfig, objective) -> tuple[TrialStore, 
         m = s.data.meta
         meta.update(dataset=str(m.get("name")), split_seed=m.get("seed"), val_size=m.get("val_size"),
                     limit=m.get("limit"))
-    if study.storage is None:
-        s.out.mkdir(parents=True, exist_ok=True)  # the default storage is a file in OUT
-    store = TrialStore(url, name, meta=meta)
+    file = storage_path(url)
+    if file is not None and (s.out.resolve() == file.parent or s.out.resolve() in file.parents):
+        s.out.mkdir(parents=True, exist_ok=True)  # a storage file in OUT (the default) needs OUT first
+    store = TrialStore(url, name, meta=meta, heartbeat_timeout=study.heartbeat_timeout)
     s.out.mkdir(parents=True, exist_ok=True)  # only once a given storage has opened
     return store, url, name
 
@@ -387,6 +400,20 @@ def file_sha1(path) -> str:
     return h.hexdigest()
 
 
+def _check_method_options(optimizer_cls, method: str, options: dict) -> None:
+    """SearchError naming an option the optimizer does not take, before any data are loaded."""
+    if not isinstance(options, dict):
+        raise SearchError(f"method_options must be a dict, got {type(options).__name__}")
+    params = inspect.signature(optimizer_cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    allowed = sorted(n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n != "seed")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise SearchError(f"method '{method}' has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(allowed) or 'none'}")
+
+
 def _objective_kind(objective) -> str:
     return "evaluator" if objective is None else ("synthetic" if objective == "synthetic" else "callable")
 
@@ -395,11 +422,14 @@ def _wrap(fn):
     def score(widths):
         try:
             value = fn(widths)
-        except (RuntimeError, ValueError) as exc:
-            return EvalResult(None, "failed", f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # noqa: BLE001 — the user's function: a failed candidate, with its reason
+            return EvalResult(None, "failed", f"{type(exc).__name__}: {one_line(exc)}"[:300])
         if isinstance(value, EvalResult):
             return value
-        value = float(value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return EvalResult(None, "failed", f"the objective returned {type(value).__name__}, not a number")
         if value != value or value in (float("inf"), float("-inf")):
             return EvalResult(None, "failed", f"non-finite score {value}")
         return EvalResult(value, "ok")

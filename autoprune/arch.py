@@ -85,21 +85,31 @@ def validate_arch(arch: Any, source: str = "architecture") -> dict:
             raise ArchError(f"{source}: field '{key}' has type {type(arch[key]).__name__}")
     if not isinstance(arch["model"].get("name"), str) or not isinstance(arch["model"].get("kwargs", {}), dict):
         raise ArchError(f"{source}: field 'model' needs a string 'name' and a 'kwargs' object")
-    if not all(isinstance(w, int) and not isinstance(w, bool) for w in arch["widths"]):
-        raise ArchError(f"{source}: field 'widths' must be a list of integers")
+    if not all(_positive_int(w) for w in arch["widths"]):
+        raise ArchError(f"{source}: field 'widths' must be a list of positive integers")
     if len(arch["groups"]) != len(arch["widths"]):
         raise ArchError(f"{source}: field 'groups' has {len(arch['groups'])} entries but 'widths' has "
                         f"{len(arch['widths'])}")
     for i, g in enumerate(arch["groups"]):
         if not isinstance(g, dict) or not {"name", "width", "kept"} <= set(g):
             raise ArchError(f"{source}: groups[{i}] needs 'name', 'width' and 'kept'")
+        if not (_positive_int(g["width"]) and _positive_int(g["kept"])):
+            raise ArchError(f"{source}: groups[{i}].width and .kept must be positive integers, got "
+                            f"{g['width']!r} and {g['kept']!r}")
         if g["kept"] != arch["widths"][i]:
             raise ArchError(f"{source}: groups[{i}].kept ({g['kept']}) disagrees with widths[{i}] "
                             f"({arch['widths'][i]})")
     for key in ("macs", "params"):
         if not {"base", "pruned"} <= set(arch[key]):
             raise ArchError(f"{source}: field '{key}' needs 'base' and 'pruned'")
+        if not (_positive_int(arch[key]["base"]) and _positive_int(arch[key]["pruned"])):
+            raise ArchError(f"{source}: field '{key}' needs positive integer 'base' and 'pruned', got "
+                            f"{arch[key]['base']!r} and {arch[key]['pruned']!r}")
     return arch
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def load_arch(path: str | Path) -> dict:

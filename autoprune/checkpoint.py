@@ -7,6 +7,7 @@ state plus fields such as ``epoch``, ``config``, ``arch``, ``model_name``, ``mod
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -74,6 +75,10 @@ def load_checkpoint(path, model: nn.Module | None = None, *, sgd=None, scheduler
         raise CheckpointError(f"checkpoint '{path}' not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises loading with weights_only=False, i.e. running the file's code: never.
+        raise CheckpointError(f"'{path}' is not a readable checkpoint: it holds pickled objects other than tensors "
+                              "and plain data, which autoprune does not load") from None
     except Exception as exc:  # noqa: BLE001 — torch raises anything for a damaged file; one line for the user
         raise CheckpointError(f"'{path}' is not a readable checkpoint ({one_line(exc)[:200]})") from None
     if isinstance(ckpt, dict) and "model" not in ckpt and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):

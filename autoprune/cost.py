@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
+from autoprune.errors import WidthError
 from autoprune.space import SearchSpace
 
 
@@ -52,8 +55,12 @@ def layer_params(layer, full):
 
 
 def macs(space: SearchSpace, widths: Sequence):
-    """Conv/Linear MACs of the model pruned to ``widths`` (one input, batch 1)."""
-    full = space.full_widths(widths)
+    """Conv/Linear MACs of the model pruned to ``widths`` (one input, batch 1).
+
+    Integer widths must be allowed ones (WidthError otherwise); tensors (DMCP's expected
+    widths) are taken as they are, so that the cost stays differentiable.
+    """
+    full = space.full_widths(_checked(space, widths))
     total = 0
     for layer in space.graph.layers:
         total = total + layer_macs(layer, full)
@@ -61,12 +68,20 @@ def macs(space: SearchSpace, widths: Sequence):
 
 
 def params(space: SearchSpace, widths: Sequence):
-    """Parameter count of the model pruned to ``widths``."""
-    full = space.full_widths(widths)
+    """Parameter count of the model pruned to ``widths`` (checked as in :func:`macs`)."""
+    full = space.full_widths(_checked(space, widths))
     total = space.graph.other_params
     for layer in space.graph.layers:
         total = total + layer_params(layer, full)
     return total
+
+
+def _checked(space: SearchSpace, widths: Sequence):
+    if any(isinstance(w, torch.Tensor) for w in widths):
+        if len(widths) != len(space.free):
+            raise WidthError(f"width vector has {len(widths)} entries; this space has {len(space.free)} free groups")
+        return widths
+    return space.validate(widths)
 
 
 def base_macs(space: SearchSpace) -> int:

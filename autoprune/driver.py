@@ -22,7 +22,7 @@ from autoprune import cost
 from autoprune.errors import SearchError
 from autoprune.evaluator import EvalResult
 from autoprune.optimizers import Context, Optimizer
-from autoprune.study import STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
+from autoprune.study import FULL, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
 
 # Consecutive proposals that were already scored before the driver gives up: the optimizer
 # keeps re-proposing known vectors, i.e. it has converged or the space is exhausted.
@@ -51,12 +51,15 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
     trials = min(trials, 1) if optimizer.one_shot else trials
     while True:
         records, running, active = loop.replay()
-        if len(active) >= trials and not (optimizer.one_shot and running):
+        if len(active) >= trials and not running:
             break
         out = loop.ask(running) if len(active) < trials else None
         if out is None or widths_key(out[0]) in running:
-            if optimizer.one_shot and running:
-                loop.wait_for(running)  # another worker is scoring the one candidate
+            if running and (optimizer.one_shot or len(active) >= trials):
+                # The study is full (or the one candidate is claimed) but other workers are
+                # still scoring: wait for their results, or re-queue their claims if they died,
+                # so that every worker ends on the same, complete study.
+                loop.wait_for(running)
                 continue
             if out is None:
                 break
@@ -70,7 +73,7 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
             if loop.repeats >= MAX_REPEATS:
                 break
             continue
-        record = loop.score(*out, score)
+        record = loop.score(*out, score, trials)
         if record is not None and on_result is not None:
             on_result(record)
     return store.records()
@@ -122,14 +125,18 @@ class _Loop:
         self.delay = min(2.0, self.delay * 2)
         self.store.release_abandoned()
 
-    def score(self, widths, role, score_fn) -> Record | None:
-        """Claim ``widths``, score it and record the result; None when another worker has it."""
+    def score(self, widths, role, score_fn, trials: int) -> Record | None:
+        """Claim ``widths``, score it and record the result; None when another worker has it
+        or the study filled up meanwhile."""
         space = self.optimizer.space
         macs = cost.macs(space, widths)
         if macs > self.optimizer.max_macs:  # the one place the hard budget is enforced
             raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
                               f"{widths_key(widths)} with {macs} MACs, above the budget of {self.optimizer.max_macs}")
-        trial_id = self.store.claim(widths, role, macs=macs, params=cost.params(space, widths), retry=self.retry)
+        trial_id = self.store.claim(widths, role, macs=macs, params=cost.params(space, widths), retry=self.retry,
+                                    limit=trials, space=space)
+        if trial_id == FULL:  # other workers filled the study since the replay
+            return None
         if trial_id is None:  # another worker claimed it first
             self.attempt += 1
             return None

@@ -50,6 +50,10 @@ class SearchError(AutopruneError):
     """A search setting that is invalid (unknown method, unreachable storage, ...)."""
 
 
+class OutputError(AutopruneError):
+    """An output folder that cannot be created or written (a file, under a file, read-only)."""
+
+
 class TrainingError(AutopruneError):
     """Training that cannot go on: a non-finite loss, an unusable configuration."""
 

@@ -14,6 +14,8 @@ from typing import IO, Any, Callable
 
 import torch
 
+from autoprune.errors import OutputError
+
 # Temp files are created with mode 0o666 and O_EXCL, and the kernel applies the umask (and any
 # default ACL of the directory) itself, exactly as it does for open(path, "w"). We do not use
 # tempfile.mkstemp (always 0o600) followed by a chmod, because that needs the umask, and the
@@ -33,6 +35,38 @@ def _create_temp(directory: Path, name: str) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary file beside {directory / name}")
+
+
+def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a Path if it is, or can become, a writable folder; OutputError otherwise.
+
+    Nothing is left behind (the check creates and removes a probe). Commands check their
+    output folder before any work, so that a bad one is one line at the start rather than a
+    traceback after training.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        if probe.is_symlink():
+            raise OutputError(f"{what} '{path}': '{probe}' is a broken symbolic link")
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"lies under the file '{probe}'"
+        raise OutputError(f"{what} '{path}' {where}; give a folder")
+    try:  # a real probe: os.access says yes to root on a folder that /proc or a read-only mount refuses
+        if probe == path:
+            fd, tmp = _create_temp(path, "write-probe")
+            os.close(fd)
+            tmp.unlink()
+        else:
+            first = path
+            while first.parent != probe:
+                first = first.parent
+            first.mkdir()
+            first.rmdir()
+    except OSError as exc:
+        raise OutputError(f"{what} '{path}' cannot be written ({exc.strerror or type(exc).__name__})") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False) -> Path:

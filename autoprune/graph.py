@@ -16,6 +16,8 @@ naming the node and module, rather than producing a silently wrong model.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import operator
 from collections.abc import Callable
@@ -355,13 +357,16 @@ class _Tracer:
         was_training = gm.training
         gm.eval()
         try:
-            with torch.no_grad():
+            # ShapeProp prints the failing node's traceback itself before re-raising: keep it
+            # off the user's terminal, whose error is the one line below.
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 param = next(self.model.parameters(), None)
                 device = param.device if param is not None else "cpu"
                 ShapeProp(gm).propagate(torch.zeros(1, *self.input_shape, device=device))
         except Exception as exc:
+            cause = exc.__cause__ or exc  # the layer's own error, not ShapeProp's node dump
             raise TraceError(f"a forward pass of {name} on input shape {self.input_shape} failed: "
-                             f"{one_line(exc)}") from None
+                             f"{one_line(cause)[:300]}") from None
         finally:
             gm.train(was_training)
         return gm

@@ -218,7 +218,12 @@ class SearchSpace:
         return float(np.prod([float(len(c)) for c in self.choices]))
 
     def uniform(self, ratio: float) -> tuple[int, ...]:
-        """Every group at the allowed width nearest to ``ratio`` × its original width."""
+        """Every group at the allowed width nearest to ``ratio`` × its original width.
+
+        WidthError unless 0 < ``ratio`` ≤ 1 (a ratio outside would be clamped to the grid).
+        """
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.floating)) or not 0 < ratio <= 1:
+            raise WidthError(f"uniform ratio must be a number in (0, 1], got {ratio!r}")
         out = []
         for c in self.choices:
             target = ratio * c[-1]

@@ -19,16 +19,23 @@ file systems where SQLite locking is unreliable (NFS).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import hashlib
 import os
 import random
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import sqlalchemy
+import sqlalchemy.pool
+from optuna.distributions import IntDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -41,6 +48,10 @@ STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
 # study are not checked.
 _META_KEYS = ("model", "space", "max_macs", "method", "seed", "objective", "fine_tune_steps", "bn_batches",
               "eval_batch_size", "lr", "keep", "dataset", "split_seed", "val_size", "limit", "input_shape", "base")
+
+
+_SCHEMA_RACE = ("already exists", "unique", "duplicate key", "locked", "deadlock")
+DEFAULT_HEARTBEAT_TIMEOUT = 300.0
 
 
 def widths_key(widths) -> str:
@@ -78,17 +89,33 @@ class Record:
                 "widths": " ".join(map(str, self.widths)), "reason": self.reason, "worker": self.worker}
 
 
+def journal_path(url: str) -> str | None:
+    """The file of a journal storage URL (``journal:PATH`` or a ``.log`` path); None for others."""
+    url = str(url)
+    if url.startswith("journal:"):
+        journal = url[len("journal:"):]
+        return journal[2:] if journal.startswith("///") else journal
+    if "://" not in url and url.endswith((".log", ".journal", ".jsonl")):
+        return url
+    return None
+
+
+def storage_path(url: str) -> Path | None:
+    """The local file (resolved) that a journal or SQLite storage URL names; None for a server."""
+    journal = journal_path(url)
+    if journal is not None:
+        return Path(journal).expanduser().resolve()
+    if str(url).startswith("sqlite:///"):
+        path = str(url).split(":///", 1)[-1]
+        return Path(path).expanduser().resolve() if path and path != ":memory:" else None
+    return None
+
+
 def open_storage(url: str):
     """An Optuna storage for ``url``; SearchError with one line when it cannot be opened."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = str(url)
-    journal = None
-    if url.startswith("journal:"):
-        journal = url[len("journal:"):]
-        if journal.startswith("///"):
-            journal = journal[2:]
-    elif "://" not in url and url.endswith((".log", ".journal", ".jsonl")):
-        journal = url
+    journal = journal_path(url)
     try:
         if journal is not None:
             parent = Path(journal).expanduser().resolve().parent
@@ -109,11 +136,11 @@ def open_storage(url: str):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     return optuna.storages.RDBStorage(url, **kwargs)
-            except Exception:  # noqa: BLE001
-                # Workers started together on one new SQLite file race to create the schema;
-                # the losers fail ("table already exists", "UNIQUE constraint failed") and
-                # succeed on a second try.
-                if not url.startswith("sqlite:") or attempt == 4:
+            except Exception as exc:  # noqa: BLE001
+                # Workers started together on one new database race to create the schema; the
+                # losers fail ("table already exists", "UNIQUE constraint failed" on SQLite,
+                # UniqueViolation on pg_type in PostgreSQL) and succeed on a second try.
+                if attempt == 4 or not any(m in str(exc).lower() for m in _SCHEMA_RACE):
                     raise
                 time.sleep(0.2 + random.random())
     except Exception as exc:  # noqa: BLE001 — drivers raise anything; the user needs one line
@@ -129,11 +156,17 @@ class TrialStore:
     its candidates into a study of a different search.
     """
 
-    def __init__(self, storage, study_name: str, *, meta: dict):
+    def __init__(self, storage, study_name: str, *, meta: dict, heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT):
+        if not (isinstance(heartbeat_timeout, (int, float)) and heartbeat_timeout > 0):
+            raise SearchError(f"heartbeat timeout must be a positive number of seconds, got {heartbeat_timeout!r}")
+        self.lock = ClaimLock(storage, study_name) if isinstance(storage, str) else ClaimLock(None, study_name)
         if isinstance(storage, str):
             storage = open_storage(storage)
         self.storage = storage
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.reclaimed: list[int] = []  # claims of dead workers this process failed and re-queued
+        self._beats: dict[int, _Heartbeat] = {}
         try:
             self.study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                              load_if_exists=True)
@@ -158,21 +191,35 @@ class TrialStore:
                                   "use another --study name or --out folder")
 
     def release_abandoned(self) -> None:
-        """Close the claims of dead local workers (see :meth:`_close_abandoned`)."""
+        """Close the claims of dead workers (see :meth:`_close_abandoned`)."""
         self._close_abandoned()
 
     def _close_abandoned(self) -> None:
-        """Fail RUNNING claims left by processes of this host that no longer exist.
+        """Re-queue RUNNING claims whose worker is dead: a process of this host that no longer
+        exists, or a worker anywhere whose heartbeat is older than ``heartbeat_timeout``.
 
         A killed worker cannot close its claim; without this its candidate stays claimed for
-        ever. Claims of other hosts are left alone: their liveness cannot be checked here.
+        ever. The claim is closed as pruned with status ``interrupted`` (not a failure), so
+        the candidate is claimed and scored again.
         """
-        host = socket.gethostname()
+        host, now = socket.gethostname(), time.time()
         for t in self._trials((TrialState.RUNNING,)):
             owner = t.system_attrs.get("autoprune:worker", "")
+            if owner == self.worker:
+                continue
             h, _, pid = owner.rpartition(":")
+            beat = t.system_attrs.get("autoprune:heartbeat")
             if h == host and pid.isdigit() and not _pid_alive(int(pid)):
-                self._close(t.number, TrialState.FAIL, None, STATUS_INTERRUPTED, "worker process ended")
+                reason = f"worker {owner} ended"
+            elif isinstance(beat, (int, float)) and now - beat > self.heartbeat_timeout:
+                reason = f"no heartbeat from worker {owner} for {now - beat:.0f} s"
+            else:
+                continue
+            try:
+                self._close(t.number, TrialState.PRUNED, None, STATUS_INTERRUPTED, reason)
+            except Exception:  # noqa: BLE001 — another worker closed it first (or its owner finished)
+                continue
+            self.reclaimed.append(t.number)
 
     # -- reading ---------------------------------------------------------------------------
     def _trials(self, states=None) -> list[FrozenTrial]:
@@ -202,23 +249,47 @@ class TrialStore:
         return out
 
     # -- writing ---------------------------------------------------------------------------
-    def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset()) -> int | None:
-        """Create a RUNNING trial for ``widths``; its number, or None if another worker has it.
+    def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset(),
+              limit: int | None = None, space=None) -> int | None:
+        """Create a RUNNING trial for ``widths``: its number; None if another worker has the
+        candidate; :data:`FULL` if the study already holds ``limit`` candidates.
 
-        A failed earlier trial of the same candidate does not block the claim when its trial
-        id is in ``retry`` (failures from before this run, which a rerun scores again).
+        Count, duplicate check and creation happen under :class:`ClaimLock`, so that workers
+        never exceed ``limit`` together. A failed earlier trial of the same candidate does not
+        block the claim (nor count) when its number is in ``retry`` (failures from before this
+        run, which a rerun scores again). With ``space``, the trial carries one integer index
+        per group as Optuna ``params``, for optuna-dashboard's views.
         """
         key = widths_key(widths)
+        with self.lock.held():
+            if self.lock.kind is not None or limit is not None:
+                live = [r for r in self.records() if r.trial_id not in retry and (r.finished or r.status == STATUS_RUNNING)]
+                if limit is not None and len(live) >= limit:
+                    return FULL
+                if any(r.key == key for r in live):
+                    return None
+            number = self.storage.get_trial_number_from_id(
+                self.storage.create_new_trial(self.study_id, template_trial=self._template(widths, key, role, macs,
+                                                                                         params, space)))
+        if self.lock.kind is None and self._lost(number, key, retry):
+            return None
+        beat = self._beats[number] = _Heartbeat(self.storage, self._id_of(number), self.heartbeat_timeout / 4)
+        beat.start()
+        return number
+
+    def _template(self, widths, key, role, macs, params, space) -> FrozenTrial:
         now = datetime.datetime.now()
-        template = FrozenTrial(
+        names, dists = trial_params(space, widths) if space is not None else ({}, {})
+        return FrozenTrial(
             number=-1, state=TrialState.RUNNING, value=None, datetime_start=now, datetime_complete=None,
-            params={}, distributions={},
+            params=names, distributions=dists,
             user_attrs={"widths": [int(w) for w in widths], "key": key, "role": role, "macs": int(macs),
                         "params": int(params)},
-            system_attrs={"autoprune:key": key, "autoprune:worker": self.worker},
+            system_attrs={"autoprune:key": key, "autoprune:worker": self.worker, "autoprune:heartbeat": time.time()},
             intermediate_values={}, trial_id=-1)
-        number = self.storage.get_trial_number_from_id(
-            self.storage.create_new_trial(self.study_id, template_trial=template))
+
+    def _lost(self, number: int, key: str, retry) -> bool:
+        """Without a lock: did an earlier-created trial claim ``key``? (then close ours)."""
         for t in self._trials():
             if t.number >= number:
                 break
@@ -226,20 +297,116 @@ class TrialStore:
                 continue
             status = (t.user_attrs.get("result") or {}).get("status")
             if t.state == TrialState.RUNNING or status in (STATUS_OK, STATUS_FAILED):
-                self._close(number, TrialState.FAIL, None, STATUS_DUPLICATE, f"claimed by trial {t.number}")
-                return None
-        return number
+                self._close(number, TrialState.PRUNED, None, STATUS_DUPLICATE, f"claimed by trial {t.number}")
+                return True
+        return False
 
     def finish(self, trial_id: int, score: float | None, status: str, reason: str = "", seconds: float = 0.0) -> None:
-        state = TrialState.COMPLETE if status == STATUS_OK else TrialState.FAIL
-        self._close(trial_id, state, score, status, reason, seconds)
+        """Record the outcome of claim ``trial_id`` (an interrupted one is pruned, not failed)."""
+        beat = self._beats.pop(trial_id, None)
+        if beat is not None:
+            beat.stop()
+        state = {STATUS_OK: TrialState.COMPLETE, STATUS_INTERRUPTED: TrialState.PRUNED}.get(status, TrialState.FAIL)
+        try:
+            self._close(trial_id, state, score, status, reason, seconds)
+        except Exception:  # noqa: BLE001
+            if not self._trial_finished(trial_id):
+                raise
+            # Another worker re-queued this claim (our heartbeat was late): the candidate will
+            # be scored again there, and this result is dropped rather than written twice.
+            warnings.warn(f"trial {trial_id} was re-queued by another worker before it finished here", stacklevel=2)
+
+    def _trial_finished(self, number: int) -> bool:
+        return self.storage.get_trial(self._id_of(number)).state.is_finished()
+
+    def _id_of(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _close(self, number: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> None:
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        trial_id = self._id_of(number)
         # One attribute for the whole outcome: each storage write is a transaction.
         result = {"score": score, "status": status, "reason": reason[:500], "seconds": round(float(seconds), 4)}
         self.storage.set_trial_user_attr(trial_id, "result", result)
         self.storage.set_trial_state_values(trial_id, state, [float(score)] if state == TrialState.COMPLETE else None)
+
+
+FULL = -1  # claim(): the study already holds the asked-for number of candidates
+
+
+def trial_params(space, widths) -> tuple[dict, dict]:
+    """Optuna ``params`` and ``distributions`` of ``widths``: each group's index into its
+    allowed widths, as an integer in [0, number of choices - 1] named after the group."""
+    names = list(space.names)
+    if len(set(names)) != len(names):
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    params, dists = {}, {}
+    for name, w, choices in zip(names, widths, space.choices):
+        params[name] = list(choices).index(int(w))
+        dists[name] = IntDistribution(0, len(choices) - 1)
+    return params, dists
+
+
+class ClaimLock:
+    """The lock that makes count-and-create one step for every worker of a study.
+
+    PostgreSQL: a session advisory lock keyed by the study name (released by the server if
+    the worker dies); SQLite and journal files: ``flock`` on a file beside the storage file
+    (released by the kernel if the worker dies). Other storages have none (``kind`` None):
+    claims then fall back to create-then-check, which never scores a candidate twice but
+    may exceed the trial count by up to one per worker.
+    """
+
+    def __init__(self, url: str | None, study_name: str):
+        self.kind, self.path, self.engine = None, None, None
+        self.key = int.from_bytes(hashlib.sha1(study_name.encode()).digest()[:8], "big", signed=True)
+        file = storage_path(url) if url is not None else None
+        if file is not None:
+            self.kind, self.path = "file", file.with_name(file.name + ".claim-lock")
+        elif url is not None and url.startswith(("postgresql", "postgres:")):
+            self.kind = "postgresql"
+            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    @contextlib.contextmanager
+    def held(self):
+        if self.kind == "file":
+            with open(self.path, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        elif self.kind == "postgresql":
+            with self.engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+        else:
+            yield
+
+
+class _Heartbeat:
+    """A thread that stamps ``autoprune:heartbeat`` on a running claim every ``interval`` s."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, max(0.05, interval)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"autoprune-heartbeat-{trial_id}")
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            try:
+                self.storage.set_trial_system_attr(self.trial_id, "autoprune:heartbeat", time.time())
+            except Exception:  # noqa: BLE001 — finished meanwhile, or a transient storage error: try again
+                continue
 
 
 def _pid_alive(pid: int) -> bool:

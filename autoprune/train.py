@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.data import iterate
 from autoprune.errors import CheckpointError, DataError, TrainingError
+from autoprune.files import check_out_dir
 from autoprune.runtime import autocast, log, progress_bar
 
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
@@ -74,8 +75,14 @@ class TrainConfig:
             raise TrainingError(f"epochs and batch_size must be positive (got {self.epochs}, {self.batch_size})")
         if not 0 <= self.warmup < 1:
             raise TrainingError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        if self.lr <= 0:
-            raise TrainingError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainingError(f"lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise TrainingError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (math.isfinite(self.l1_gamma) and self.l1_gamma >= 0):
+            raise TrainingError(f"l1 gamma must be a finite number >= 0, got {self.l1_gamma}")
 
     @classmethod
     def for_device(cls, device, **overrides) -> "TrainConfig":
@@ -273,6 +280,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
     ``resumed_from`` (the epoch training started at).
     """
     config = config or TrainConfig()
+    if out_dir is not None:
+        check_out_dir(out_dir, "out_dir")
     device = torch.device(device)
     rank, world, device, created_group = _setup_distributed(device)
     try:
@@ -352,6 +361,7 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
         if show:
             log(f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  train acc "
                 f"{record['train_acc']:.4f}  val acc {record['val_acc']:.4f}  {record['img_per_s']:,.0f} img/s")
+        _check_weights(model, epoch, ckpt_path)  # a checkpoint on disk is always a finite one
         if ckpt_path is not None and rank == 0:
             save_checkpoint(ckpt_path, model, sgd=run.sgd, scheduler=run.scheduler, epoch=epoch + 1, step=step,
                             config=asdict(config), arch=arch, history=history, rng=_rng_state(device), **extra)
@@ -409,11 +419,22 @@ def _epoch(run: _Run, data, config, epoch: int, step: int, ckpt_path, show: bool
             "img_per_s": seen * world / seconds}
 
 
+def _check_weights(model: nn.Module, epoch: int, ckpt_path) -> None:
+    """TrainingError when a weight or BatchNorm statistic is not finite (a loss can stay finite
+    while the weights are already inf or NaN, e.g. with a huge learning rate)."""
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+    if bad:
+        kept = (f"; the last finite checkpoint is kept at {ckpt_path}"
+                if ckpt_path is not None and Path(ckpt_path).is_file() else "")
+        raise TrainingError(f"the weights became non-finite ({bad} values) in epoch {epoch + 1}{kept}; "
+                            "lower the learning rate")
+
+
 def _check_finite(loss: float, epoch: int, step: int, sgd, ckpt_path) -> None:
     if math.isfinite(loss):
         return
-    kept = f"; the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not None and ckpt_path.is_file() else ""
-    raise TrainingError(f"training loss became {loss} in epoch {epoch + 1} (step {step}, lr "
+    kept = f"; the last finite checkpoint is kept at {ckpt_path}" if ckpt_path is not None and ckpt_path.is_file() else ""
+    raise TrainingError(f"training loss became non-finite ({loss}) in epoch {epoch + 1} (step {step}, lr "
                         f"{sgd.param_groups[0]['lr']:.3g}){kept}; lower the learning rate")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from autoprune.commands._training import (
@@ -15,6 +13,7 @@ from autoprune.commands._training import (
     train_config,
 )
 from autoprune.dataspec import kwargs_for_data
+from autoprune.files import check_out_dir
 from autoprune.models import create_model
 
 
@@ -27,12 +26,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    out = check_out_dir(args.out or args.out_default)  # before any data are loaded or trained on
     device = resolve_device(args.device)
     data = load_data_from_args(args, device)
     kwargs = kwargs_for_data(args.model, data)
     torch.manual_seed(args.seed)
     model = create_model(args.model, **kwargs)
-    out = Path(args.out or args.out_default)
     extra = {"model_name": args.model, "model_kwargs": kwargs, "input_shape": list(data.input_shape),
              "dataset": data.meta}
     run_training(args, model, data, train_config(args, args.epochs), device, out, extra=extra)

@@ -20,6 +20,7 @@ from autoprune.commands._training import (
     train_config,
 )
 from autoprune.errors import ArchError, AutopruneError
+from autoprune.files import check_out_dir
 from autoprune.train import scratch_b_epochs
 
 DEFAULT_BASE_EPOCHS = 25
@@ -50,13 +51,13 @@ def run(args) -> int:
     else:
         epochs = args.epochs if args.epochs is not None else base_epochs
         mode = "scratch-e"
+    out = check_out_dir(Path(args.out) if args.out else Path(args.arch).resolve().parent / f"retrain-{mode}")
     device = resolve_device(args.device)
     data = load_data_from_args(args, device)
     check_classes(data, arch.get("num_classes"), f"architecture '{args.arch}'")
     check_input_shape(data, arch.get("input_shape"), f"architecture '{args.arch}'")
     torch.manual_seed(args.seed)
     model = build(arch)
-    out = Path(args.out) if args.out else Path(args.arch).resolve().parent / f"retrain-{mode}"
     if args.scratch_b or args.epochs is None:
         print(f"base epochs {base_epochs} ({source})", file=sys.stderr if args.json else sys.stdout)
     if not args.json:

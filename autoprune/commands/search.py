@@ -10,6 +10,7 @@ from autoprune.dataspec import DataSpec
 from autoprune.evaluator import EvalConfig
 from autoprune.importance import KEEP_RULES
 from autoprune.optimizers import list_methods
+from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT
 
 
 def register(sub) -> None:
@@ -32,6 +33,9 @@ def register(sub) -> None:
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help="candidates to score in the study (default %(default)s; failed ones are retried on a rerun)")
     p.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (default sqlite:///OUT/study.db)")
+    p.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT, metavar="S",
+                   help="re-queue a claim whose worker sent no heartbeat for S seconds (a killed worker or "
+                        "a lost host; default %(default)s)")
     p.add_argument("--study", default=None, help="study name (default MODEL-METHOD-BUDGET-seedS)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -56,7 +60,8 @@ def run(args) -> int:
         args.model, args.budget, args.method,
         DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size, seed=args.seed),
         base=args.base, out=args.out, seed=args.seed, device=args.device,
-        study=StudyConfig(trials=args.trials, storage=args.storage, name=args.study),
+        study=StudyConfig(trials=args.trials, storage=args.storage, name=args.study,
+                          heartbeat_timeout=args.heartbeat_timeout),
         evaluation=EvalConfig(bn_batches=args.bn_batches, fine_tune_steps=args.fine_tune_steps,
                               batch_size=args.eval_batch_size, keep=args.keep, seed=args.seed),
         input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,

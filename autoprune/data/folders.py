@@ -111,7 +111,7 @@ def _read_archive(path: Path) -> dict[str, list[tuple[str, bytes]]]:
                         out[part].append(("/".join(parts[i + 1:]), tf.extractfile(member).read()))
                         break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"corrupted or unreadable archive '{path}' ({type(exc).__name__}: {exc}); "
+        raise DataError(f"corrupted or unreadable archive '{path}' ({type(exc).__name__}: {one_line(exc)[:200]}); "
                         "fetch it again or point --data-dir at an extracted ImageFolder directory") from None
     return out
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import numbers
 from typing import Callable
 
 import torch.nn as nn
@@ -105,6 +106,10 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build a model by registry name; see the module docstring for the name forms."""
     builder = get_builder(name)
     kwargs = model_kwargs(name, **kwargs)
+    for key in ("num_classes", "in_channels"):
+        v = kwargs.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+            raise UnknownModelError(f"model '{name}': {key} must be a positive integer, got {v!r}")
     if name.startswith("tv:") and kwargs.pop("in_channels", 3) != 3:
         raise UnknownModelError(f"model '{name}': torchvision models take 3 input channels only")
     try:
