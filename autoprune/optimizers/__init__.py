@@ -22,17 +22,26 @@ other), and every one is scored from the same trained base. ``autoprune methods`
 this table from the registry.
 """
 
-# The built-in optimizers: importing each module registers it (one line per optimizer).
-from autoprune.optimizers import _abc, _classic, _random, _tpe, _uniform, dmcp  # noqa: E402,F401
 from autoprune.optimizers._base import (
-                                        Context,
-                                        Optimizer,
-                                        get_optimizer,
-                                        list_methods,
-                                        method_table,
-                                        register_optimizer,
-                                        unregister_optimizer,
+    Context,
+    Optimizer,
+    get_optimizer,
+    list_methods,
+    method_table,
+    register_optimizer,
+    unregister_optimizer,
 )
+
+# The built-in optimizers, one line each: importing a module registers it, and the order of
+# these lines is the order `autoprune methods` lists them in.
+# isort: off
+from autoprune.optimizers import _abc  # noqa: E402,F401
+from autoprune.optimizers import _tpe  # noqa: E402,F401
+from autoprune.optimizers import _random  # noqa: E402,F401
+from autoprune.optimizers import _uniform  # noqa: E402,F401
+from autoprune.optimizers import _classic  # noqa: E402,F401
+from autoprune.optimizers import dmcp  # noqa: E402,F401
+# isort: on
 
 __all__ = ["Context", "Optimizer", "get_optimizer", "list_methods", "method_table", "register_optimizer",
            "unregister_optimizer"]
