@@ -42,8 +42,10 @@ from autoprune.driver import run_search
 from autoprune.errors import CheckpointError, DataError, SearchError, one_line
 from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObjective
 from autoprune.files import check_out_dir, write_text
+from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget, predict
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
+from autoprune.profile import TableConfig, latency_table, measure_widths
 from autoprune.runtime import progress_bar, resolve_device
 from autoprune.space import SearchSpace
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, STATUS_FAILED, STATUS_OK, Record, TrialStore, storage_path
@@ -115,6 +117,9 @@ class SearchResult:
             "seconds": round(self.seconds, 2),
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
+            "latency": ({k: a["search"]["latency"][k] for k in ("max_ms", "predicted_ms", "measured_ms",
+                                                               "measured_base_ms")}
+                        if a.get("search", {}).get("latency") else None),
             "arch": str(self.out / "arch.json") if self.out else None,
         }
 
@@ -124,6 +129,9 @@ class SearchResult:
                 ("MACs", f"{cost.human(s['macs'])} ({s['macs_ratio']:.3f} of {cost.human(s['macs_base'])}, "
                          f"budget {s['budget']}, {100 * (s['utilisation'] or 0):.1f} % used)"),
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
+                *([("latency", "{predicted_ms:.3f} ms predicted, {measured_ms:.3f} ms measured (base "
+                               "{measured_base_ms:.3f} ms, budget {max_ms:.3f} ms)".format(**s["latency"]))]
+                  if s["latency"] else []),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
                                + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
@@ -152,9 +160,11 @@ class _Search:
     data: Dataset | None = None
     base: dict = field(default_factory=dict)
     evaluation: EvalConfig | None = None
+    latency: LatencyLimit | None = None
 
 
-def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.PathLike | None = None,
+def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
+           latency_table: TableConfig | LatencyTable | None = None, base: str | os.PathLike | None = None,
            out: str | os.PathLike | None = None, seed: int = 0, device: str | None = None,
            study: StudyConfig | None = None, evaluation: EvalConfig | None = None,
            input_size: int | None = None, num_classes: int | None = None, in_channels: int | None = None,
@@ -163,7 +173,12 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
     """Search per-group widths of ``model`` under ``budget`` and write ``OUT/arch.json``.
 
     ``model``: registry name (``vgg16``, ``tv:resnet18``, ``pkg.mod:fn``) or an nn.Module.
-    ``budget``: ratio of the base MACs (0 < b ≤ 1) or absolute MACs (``"120M"``).
+    ``budget``: ratio of the base MACs (0 < b ≤ 1) or absolute MACs (``"120M"``); None for
+    no MACs budget (then ``latency`` is the only constraint).
+    ``latency``: a latency budget as well, a ratio of the base model's measured latency (0.5)
+    or a time (``"3.2ms"``), held against the latency predicted from ``latency_table`` (a
+    measured :class:`~autoprune.latency.LatencyTable`, or the :class:`~autoprune.profile.TableConfig`
+    to measure one with, read from the cache when it holds it; default: batch 1 on ``device``).
     ``method``: a registered optimizer (``autoprune.optimizers.list_methods()``).
     ``data``: a dataset name or path, a :class:`~autoprune.dataspec.DataSpec`, or loaded data;
     unset settings take what the base checkpoint records (see :mod:`autoprune.dataspec`).
@@ -194,8 +209,9 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
     if objective is None and loaded.num_examples("val") == 0:  # before a base is pre-trained for nothing
         raise DataError("the validation split is empty (--val-size 0): the evaluator scores candidates on it; "
                         "use a positive --val-size")
-    s = _build(model, loaded, parse_budget(budget), method, seed, device, out, space_options,
-               input_size=input_size, num_classes=num_classes, in_channels=in_channels)
+    s = _build(model, loaded, parse_budget(1.0 if budget is None else budget), method, seed, device, out,
+               space_options, input_size=input_size, num_classes=num_classes, in_channels=in_channels)
+    s.latency = _latency(s, latency, latency_table, progress)
     if needs_base:
         s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
     score_fn = _objective(s, objective, evaluation)
@@ -203,6 +219,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
         optimizer = optimizer_cls(s.space, s.max_macs, seed=seed, **(method_options or {}))
     except (TypeError, ValueError) as exc:
         raise SearchError(f"method '{method}': bad method options {method_options}: {one_line(exc)[:200]}") from None
+    optimizer.limit_latency(s.latency)
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress)
@@ -271,6 +288,20 @@ def _build(model, data, budget: Budget, method, seed, device, out, space_options
     return _Search(name, kwargs, model, space, budget, max_macs, method, int(seed), device, out, data)
 
 
+def _latency(s: _Search, budget, table, progress: bool) -> LatencyLimit | None:
+    """The latency limit of the search: the table (measured or from the cache) and the budget."""
+    if budget is None:
+        return None
+    budget = parse_latency_budget(budget)  # a bad budget fails before anything is measured
+    if not isinstance(table, LatencyTable):
+        config = table or TableConfig(device=str(s.device))
+        table, _ = latency_table(s.model, s.space, config, progress=progress)
+    check_table(table, s.space)
+    limit = LatencyLimit(table, budget.max_ms(table.model_ms), budget)
+    check_reachable(s.space, s.max_macs, budget, latency=limit)
+    return limit
+
+
 def _place_base(s: _Search, ckpt, path, pretrain_epochs: int, progress: bool) -> dict:
     """Load the base checkpoint's weights into the model, or pre-train one into OUT/base."""
     if ckpt is not None:
@@ -314,6 +345,8 @@ def _open_study(s: _Search, study: StudyConfig, objective) -> tuple[TrialStore, 
     meta = {"model": s.model_name, "space": space_sig, "max_macs": s.max_macs, "method": s.method, "seed": s.seed,
             "budget": s.budget.text, "input_shape": list(s.space.graph.input_shape), "objective": _objective_kind(objective),
             "base": s.base.get("sha1")}
+    if s.latency is not None:
+        meta["latency"] = f"{s.latency.max_ms:.6g}ms@{s.latency.table.id}"
     if s.evaluation is not None:
         c = s.evaluation
         meta.update(fine_tune_steps=c.fine_tune_steps, bn_batches=c.bn_batches, eval_batch_size=c.batch_size,
@@ -367,6 +400,8 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
         if s.base.get("epochs") is not None:
             record["base_epochs"] = int(s.base["epochs"])
     base_macs = cost.base_macs(s.space)
+    if s.latency is not None:
+        record["latency"] = _latency_record(s, best.widths)
     arch = make_arch(s.model_name, s.kwargs, s.space, best.widths,
                      budget={**s.budget.to_dict(), "max_macs": s.max_macs, "ratio": s.max_macs / base_macs},
                      method=s.method, seed=s.seed, score=float(best.score), extra={"search": record})
@@ -380,6 +415,14 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
 # --------------------------------------------------------------------------------------------
 # Helpers.
 # --------------------------------------------------------------------------------------------
+
+
+def _latency_record(s: _Search, widths) -> dict:
+    """The latency budget, the table's key, and the winner's predicted and measured latency."""
+    limit = s.latency
+    return {**limit.to_dict(), "predicted_ms": float(predict(limit.table, s.space, widths)),
+            "measured_ms": measure_widths(limit.table, s.model, s.space, widths),
+            "measured_base_ms": measure_widths(limit.table, s.model, s.space, s.space.max_widths())}
 
 
 def check_counts(minimum: int = 1, **values) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from autoprune import cost
 from autoprune.errors import BudgetError
+from autoprune.latency import LatencyLimit, predict
 
 _HINT = "use a ratio in (0, 1] such as 0.4, a percentage such as 40%, or MACs such as 120M, 1.2G, 3e8"
 
@@ -85,8 +86,10 @@ def _ratio(ratio: float, text: str) -> Budget:
     return Budget(float(ratio), "ratio", text)
 
 
-def check_reachable(space, max_macs: int, budget: Budget | str | None = None) -> None:
-    """BudgetError when even the narrowest network in ``space`` exceeds ``max_macs``."""
+def check_reachable(space, max_macs: int, budget: Budget | str | None = None, *,
+                    latency: LatencyLimit | None = None) -> None:
+    """BudgetError when even the narrowest network in ``space`` exceeds ``max_macs`` (or the
+    predicted latency of ``latency``)."""
     base = cost.macs(space, space.max_widths())
     smallest = cost.macs(space, space.min_widths())
     if smallest > max_macs:
@@ -94,6 +97,20 @@ def check_reachable(space, max_macs: int, budget: Budget | str | None = None) ->
             f"budget {budget or max_macs} ({cost.human(max_macs)} MACs) is below the smallest network in "
             f"the search space ({cost.human(smallest)} MACs, ratio {smallest / base:.3f}); "
             f"use a budget of at least {math.ceil(smallest / base * 1000) / 1000:.3f} or a lower min_ratio")
+    if latency is not None:
+        fastest = predict(latency.table, space, space.min_widths())
+        if fastest > latency.max_ms:
+            base_ms = latency.table.model_ms
+            raise BudgetError(
+                f"latency budget {latency.budget.text if latency.budget else ''} ({latency.max_ms:.3f} ms) is below "
+                f"the predicted latency of the smallest network in the search space ({fastest:.3f} ms, ratio "
+                f"{fastest / base_ms:.3f} of {base_ms:.3f} ms); use a latency budget of at least "
+                f"{math.ceil(fastest / base_ms * 1000) / 1000:.3f} or a lower min_ratio")
+
+
+def within(space, widths: Sequence[int], max_macs: int, latency: LatencyLimit | None = None) -> bool:
+    """True when ``widths`` meets the MACs budget and, with ``latency``, the latency budget."""
+    return cost.macs(space, widths) <= max_macs and (latency is None or latency.allows(space, widths))
 
 
 def utilisation(space, widths: Sequence[int], max_macs: int) -> float:
@@ -113,7 +130,7 @@ def floor_index(choices: Sequence[int], target: float) -> int:
 
 
 def repair(space, widths: Sequence[int], max_macs: int, *, rng: np.random.Generator | None = None,
-           grow: bool = True, hold: Sequence[int] = ()) -> tuple[int, ...]:
+           grow: bool = True, hold: Sequence[int] = (), latency: LatencyLimit | None = None) -> tuple[int, ...]:
     """Map ``widths`` into the budget, then grow it back until nothing more fits.
 
     Shrinking steps a randomly chosen group down one allowed width at a time until the vector
@@ -124,27 +141,28 @@ def repair(space, widths: Sequence[int], max_macs: int, *, rng: np.random.Genera
     washed out by a global rescale. Groups in ``hold`` (the ones an optimizer just moved)
     are left alone while other groups can absorb the change. The random order (``rng``)
     avoids a systematic bias toward early or late layers. The result never exceeds
-    ``max_macs``; BudgetError if even the narrowest network does.
+    ``max_macs`` (nor, with ``latency``, its predicted latency limit); BudgetError if even the
+    narrowest network does. Both costs only grow with any width, so one repair serves both.
     """
     rng = rng if rng is not None else np.random.default_rng(0)
     idx = [c.index(int(w)) for c, w in zip(space.choices, widths)]
     hold = {int(g) for g in hold}
 
     def fits() -> bool:
-        return cost.macs(space, [c[i] for c, i in zip(space.choices, idx)]) <= max_macs
+        return within(space, [c[i] for c, i in zip(space.choices, idx)], max_macs, latency)
 
     if not fits():
-        check_reachable(space, max_macs)
+        check_reachable(space, max_macs, latency=latency)
         while not fits():
             movable = [g for g in range(len(idx)) if idx[g] > 0 and g not in hold]
             movable = movable or [g for g in range(len(idx)) if idx[g] > 0]
             idx[movable[int(rng.integers(len(movable)))]] -= 1
     if grow:
-        idx = _grow(space, idx, max_macs, rng, hold)
+        idx = _grow(space, idx, max_macs, rng, hold, latency)
     return tuple(c[i] for c, i in zip(space.choices, idx))
 
 
-def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=()) -> list[int]:
+def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=(), latency=None) -> list[int]:
     idx = list(idx)
     open_ = [g for g in range(len(idx)) if idx[g] < len(space.choices[g]) - 1 and g not in hold]
     while open_:
@@ -152,7 +170,7 @@ def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=(
         for g in rng.permutation(open_):
             g = int(g)
             idx[g] += 1
-            if cost.macs(space, [c[i] for c, i in zip(space.choices, idx)]) <= max_macs:
+            if within(space, [c[i] for c, i in zip(space.choices, idx)], max_macs, latency):
                 if idx[g] < len(space.choices[g]) - 1:
                     still.append(g)
             else:
@@ -161,19 +179,19 @@ def _grow(space, idx: list[int], max_macs: int, rng: np.random.Generator, hold=(
     return idx
 
 
-def uniform_at_budget(space, max_macs: int) -> tuple[int, ...]:
+def uniform_at_budget(space, max_macs: int, latency: LatencyLimit | None = None) -> tuple[int, ...]:
     """The widest single-multiplier vector that fits: largest ratio r whose
-    ``space.uniform(r)`` is within ``max_macs``, by bisection (MACs grow with r)."""
+    ``space.uniform(r)`` is within ``max_macs`` (and ``latency``), by bisection (both grow with r)."""
     lo, hi = 0.0, 1.0
-    if cost.macs(space, space.uniform(1.0)) <= max_macs:
+    if within(space, space.uniform(1.0), max_macs, latency):
         return space.uniform(1.0)
     for _ in range(40):
         mid = (lo + hi) / 2
-        if cost.macs(space, space.uniform(mid)) <= max_macs:
+        if within(space, space.uniform(mid), max_macs, latency):
             lo = mid
         else:
             hi = mid
     widths = space.uniform(lo)
-    if cost.macs(space, widths) > max_macs:  # rounding near r≈0 can exceed a tiny budget
+    if not within(space, widths, max_macs, latency):  # rounding near r≈0 can exceed a tiny budget
         widths = space.min_widths()
     return widths

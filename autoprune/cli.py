@@ -1,6 +1,6 @@
 """The ``autoprune`` command: parse, call the library, print.
 
-Each subcommand lives in ``autoprune/commands/<name>.py`` and exposes ``register(subparsers)``,
+Each subcommand lives in ``autoprune/commands/<name>.py`` (``-`` spelled ``_``) and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` to a ``run(args) -> int``.
 """
 
@@ -13,7 +13,7 @@ import sys
 from autoprune.errors import AutopruneError
 from autoprune.version import __version__
 
-COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "eval"]
+COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "eval", "latency-table"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"autoprune.commands.{name}").register(sub)
+        importlib.import_module(f"autoprune.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

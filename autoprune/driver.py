@@ -21,6 +21,7 @@ import numpy as np
 from autoprune import cost
 from autoprune.errors import SearchError
 from autoprune.evaluator import EvalResult
+from autoprune.latency import predict
 from autoprune.optimizers import Context, Optimizer
 from autoprune.study import FULL, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
 
@@ -45,7 +46,8 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
     so their candidates may be scored again (see the module docstring). A one-shot method
     whose candidate another worker is scoring waits for that result (up to ``wait_s``
     seconds) instead of giving up. Every candidate is checked against the budget before it
-    is claimed: SearchError if an optimizer proposes one above ``optimizer.max_macs``.
+    is claimed: SearchError if an optimizer proposes one above ``optimizer.max_macs`` or above
+    its latency limit.
     """
     loop = _Loop(optimizer, store, seed, context or Context(), progress, wait_s)
     trials = min(trials, 1) if optimizer.one_shot else trials
@@ -133,6 +135,11 @@ class _Loop:
         if macs > self.optimizer.max_macs:  # the one place the hard budget is enforced
             raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
                               f"{widths_key(widths)} with {macs} MACs, above the budget of {self.optimizer.max_macs}")
+        limit = self.optimizer.latency
+        if limit is not None and not limit.allows(space, widths):
+            raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
+                              f"{widths_key(widths)} with a predicted {predict(limit.table, space, widths):.3f} ms, "
+                              f"above the latency budget of {limit.max_ms:.3f} ms")
         trial_id = self.store.claim(widths, role, macs=macs, params=cost.params(space, widths), retry=self.retry,
                                     limit=trials, space=space)
         if trial_id == FULL:  # other workers filled the study since the replay

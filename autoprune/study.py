@@ -47,7 +47,8 @@ STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
 # a rerun into the same folder never mixes incomparable scores. Keys absent from an older
 # study are not checked.
 _META_KEYS = ("model", "space", "max_macs", "method", "seed", "objective", "fine_tune_steps", "bn_batches",
-              "eval_batch_size", "lr", "keep", "dataset", "split_seed", "val_size", "limit", "input_shape", "base")
+              "eval_batch_size", "lr", "keep", "dataset", "split_seed", "val_size", "limit", "input_shape", "base",
+              "latency")
 
 
 _SCHEMA_RACE = ("already exists", "unique", "duplicate key", "locked", "deadlock")

@@ -6,18 +6,25 @@ import json
 
 from autoprune.api import DEFAULT_OUT, DEFAULT_TRIALS, StudyConfig, search
 from autoprune.commands.common import add_model_args
+from autoprune.commands.latency_table import add_table_args
 from autoprune.dataspec import DataSpec
+from autoprune.errors import BudgetError
 from autoprune.evaluator import EvalConfig
 from autoprune.importance import KEEP_RULES
 from autoprune.optimizers import list_methods
+from autoprune.profile import TableConfig, set_threads
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT
 
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="search per-layer widths under a MACs budget (writes OUT/arch.json)")
     add_model_args(p)
-    p.add_argument("--budget", required=True,
+    p.add_argument("--budget", default=None,
                    help="ratio of the base MACs in (0, 1] (0.4, 40%%) or absolute MACs (120M, 1.2G, 3e8)")
+    p.add_argument("--latency-budget", default=None,
+                   help="ratio of the base model's latency measured on --device (0.5, 50%%) or a time (3.2ms); "
+                        "held against the latency table, alone or with --budget")
+    add_table_args(p, "latency-")
     p.add_argument("--method", default="abc", choices=list_methods(),
                    help="optimizer (default abc; `autoprune methods` describes each)")
     p.add_argument("--dataset", default=None,
@@ -56,9 +63,16 @@ def register(sub) -> None:
 
 def run(args) -> int:
     space_options = {"space_file": args.space, "round_to": args.round_to, "min_ratio": args.min_ratio}
+    if args.budget is None and args.latency_budget is None:
+        raise BudgetError("give a MACs budget (--budget 0.4), a latency budget (--latency-budget 0.5), or both")
+    set_threads(args.latency_threads)
+    table = TableConfig(device=args.device, batch_size=args.latency_batch_size, dtype=args.latency_dtype,
+                        channels_last=args.latency_channels_last, grid=args.latency_grid,
+                        repeats=args.latency_repeats, cache_dir=args.latency_cache_dir)
     result = search(
         args.model, args.budget, args.method,
         DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size, seed=args.seed),
+        latency=args.latency_budget, latency_table=table,
         base=args.base, out=args.out, seed=args.seed, device=args.device,
         study=StudyConfig(trials=args.trials, storage=args.storage, name=args.study,
                           heartbeat_timeout=args.heartbeat_timeout),

@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from autoprune.budget import check_reachable, repair, uniform_at_budget
+from autoprune.budget import check_reachable, repair, uniform_at_budget, within
 from autoprune.errors import SearchError
+from autoprune.latency import LatencyLimit
 
 Widths = tuple[int, ...]
 
@@ -45,6 +46,10 @@ class Optimizer:
 
     * ``__init__(space, max_macs, *, seed=0, **options)`` — once per process, before any
       data is loaded, so that a bad option fails fast. Options are keyword-only.
+    * ``limit_latency(limit)`` — optional, right after ``__init__``: a second hard constraint,
+      a predicted-latency limit (:class:`~autoprune.latency.LatencyLimit`). It reaches every
+      proposal through :meth:`repair` (and :meth:`uniform_feasible`, :meth:`fits`), so an
+      optimizer that maps its proposals through those honours it with no code of its own.
     * ``prepare(context)`` — once per process, before the first ``ask`` (and not at all when
       the study already holds every trial it needs). One-shot producers read the trained
       base here (``needs_base``); DMCP trains its supernet on ``context.data`` here
@@ -93,6 +98,8 @@ class Optimizer:
     needs_data: ClassVar[bool] = False
     # Proposes a single candidate; the driver runs one trial for it.
     one_shot: ClassVar[bool] = False
+    # The latency constraint, when the search has one (set by limit_latency).
+    latency: LatencyLimit | None = None
 
     def __init__(self, space, max_macs: int, *, seed: int = 0):
         check_reachable(space, max_macs)
@@ -104,6 +111,12 @@ class Optimizer:
         self.best: tuple[Widths | None, float] = (None, float("-inf"))
 
     # -- the interface ---------------------------------------------------------------------
+    def limit_latency(self, limit: LatencyLimit | None) -> None:
+        """Hold every proposal to ``limit`` too; BudgetError if no network in the space meets it."""
+        if limit is not None:
+            check_reachable(self.space, self.max_macs, latency=limit)
+        self.latency = limit
+
     def prepare(self, context: Context) -> None:
         """Derive whatever proposing needs from the base or the data (default: nothing)."""
 
@@ -135,7 +148,11 @@ class Optimizer:
         """Learn from one result (after the base class has recorded it)."""
 
     def repair(self, widths: Sequence[int], rng: np.random.Generator, hold: Sequence[int] = ()) -> Widths:
-        return repair(self.space, widths, self.max_macs, rng=rng, hold=hold)
+        return repair(self.space, widths, self.max_macs, rng=rng, hold=hold, latency=self.latency)
+
+    def fits(self, widths: Sequence[int]) -> bool:
+        """True when ``widths`` meets every constraint of the search (MACs, and latency if set)."""
+        return within(self.space, widths, self.max_macs, self.latency)
 
     def random_feasible(self, rng: np.random.Generator) -> Widths:
         """A uniformly drawn grid point, repaired onto the budget boundary."""
@@ -155,7 +172,7 @@ class Optimizer:
 
     def uniform_feasible(self) -> Widths:
         """The widest single-multiplier vector (every group at about the same ratio) in budget."""
-        return uniform_at_budget(self.space, self.max_macs)
+        return uniform_at_budget(self.space, self.max_macs, self.latency)
 
     def propose_once(self, widths: Widths, role: str, pending) -> tuple[Widths, str] | None:
         """The one candidate of a one-shot method, unless it was told or is being scored."""

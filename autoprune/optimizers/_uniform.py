@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoprune import cost
+from autoprune.budget import within
 from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
@@ -38,12 +39,13 @@ class UniformFillOptimizer(Optimizer):
     one_shot = True
 
     def propose(self, rng, pending):
-        return self.propose_once(fill_budget(self.space, self.uniform_feasible(), self.max_macs), "uniform-fill",
-                                 pending)
+        return self.propose_once(fill_budget(self.space, self.uniform_feasible(), self.max_macs, self.latency),
+                                 "uniform-fill", pending)
 
 
-def fill_budget(space, widths, max_macs: int) -> tuple[int, ...]:
-    """``widths`` grown one grid step at a time, the cheapest fitting step first, until none fits."""
+def fill_budget(space, widths, max_macs: int, latency=None) -> tuple[int, ...]:
+    """``widths`` grown one grid step at a time, the cheapest fitting step first, until none fits
+    (the MACs budget and, with ``latency``, the latency limit)."""
     idx = [c.index(int(w)) for c, w in zip(space.choices, widths)]
     current = cost.macs(space, widths)
     while True:
@@ -53,7 +55,8 @@ def fill_budget(space, widths, max_macs: int) -> tuple[int, ...]:
                 continue
             trial = [ch[i + (j == g)] for j, (ch, i) in enumerate(zip(space.choices, idx))]
             added = cost.macs(space, trial) - current
-            if current + added <= max_macs and (best is None or added < best[0]):
+            if (current + added <= max_macs and (best is None or added < best[0])
+                    and (latency is None or within(space, trial, max_macs, latency))):
                 best = (added, g)
         if best is None:
             return tuple(c[i] for c, i in zip(space.choices, idx))

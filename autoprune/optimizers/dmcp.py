@@ -57,6 +57,7 @@ from autoprune.budget import check_reachable, repair
 from autoprune.errors import CheckpointError, SearchError, one_line
 from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
+from autoprune.latency import LatencyLimit
 from autoprune.optimizers._base import Optimizer, register_optimizer
 from autoprune.runtime import autocast, progress_bar
 from autoprune.space import SearchSpace
@@ -375,8 +376,10 @@ class _Run:
 
 def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig | None = None, *, budget_macs: int,
                 device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None, resume: bool = True,
-                progress: bool = False) -> DMCPResult:
+                progress: bool = False, latency: LatencyLimit | None = None) -> DMCPResult:
     """Search widths for ``model`` within ``budget_macs`` by DMCP; returns ``DMCPResult(widths, info)``.
+
+    With ``latency`` the derived widths are repaired into that latency limit too.
 
     ``model`` (trained or not) is copied; the copy is the supernet whose weights are trained.
     With ``out_dir`` the state is checkpointed there every ``config.checkpoint_every`` steps
@@ -389,7 +392,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     device = torch.device(device)
     if not len(space):
         raise SearchError("the search space has no free channel group: nothing for DMCP to search")
-    check_reachable(space, budget_macs)
+    check_reachable(space, budget_macs, latency=latency)
     config = (config or DMCPConfig()).resolved(data)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     start = time.perf_counter()
@@ -403,10 +406,10 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     rng = np.random.default_rng(config.seed)
     if config.derive == "expected":
         raw = run.chain.expected_choice()
-        widths = repair(space, raw, budget_macs, rng=rng)
+        widths = repair(space, raw, budget_macs, rng=rng, latency=latency)
         candidates = [{"source": "expected", "raw": list(raw), "widths": list(widths), "score": None}]
     else:
-        widths, candidates = _derive_direct(run, data, space, budget_macs, rng)
+        widths, candidates = _derive_direct(run, data, space, budget_macs, rng, latency)
     run.gates.remove()
     base = float(cost.base_macs(space))
     info.update(macs=int(cost.macs(space, widths)), ratio=cost.macs(space, widths) / base, candidates=candidates,
@@ -490,7 +493,8 @@ class DMCPOptimizer(Optimizer):
         if context.data is None or context.base is None:
             raise SearchError("method 'dmcp' trains a supernet from the base model and needs data and a base")
         self.result = search_dmcp(context.base, self.space, context.data, self.config, budget_macs=self.max_macs,
-                                  device=context.device, out_dir=context.out_dir, progress=context.progress)
+                                  device=context.device, out_dir=context.out_dir, progress=context.progress,
+                                  latency=self.latency)
 
     def propose(self, rng, pending):
         return self.propose_once(self.result.widths, "dmcp", pending)
@@ -542,7 +546,7 @@ def _arch_step(supernet, chain, gates, opt, x, y, target, config, device) -> dic
     return {"ce": float(ce.detach()), "budget": float(reg.detach()), "expected_macs": float(expected.detach())}
 
 
-def _derive_direct(run: _Run, data, space, budget_macs, rng):
+def _derive_direct(run: _Run, data, space, budget_macs, rng, latency=None):
     """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
     config, chain, supernet = run.config, run.chain, run.supernet
     gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
@@ -551,7 +555,7 @@ def _derive_direct(run: _Run, data, space, budget_macs, rng):
     state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
     seen, candidates = {}, []
     for source, raw in raws:
-        widths = repair(space, raw, budget_macs, rng=rng)
+        widths = repair(space, raw, budget_macs, rng=rng, latency=latency)
         if widths not in seen:
             run.gates.set(chain.masks(widths))
             recalibrate_bn(supernet, data, batches=config.recal_batches, batch_size=config.batch_size,

@@ -1,0 +1,64 @@
+"""``autoprune latency-table``: measure (or read from the cache) a model's latency table on
+this device."""
+
+from __future__ import annotations
+
+import json
+
+from autoprune.commands.common import add_model_args, model_and_space
+from autoprune.latency import predict
+from autoprune.profile import DTYPES, TableConfig, latency_table, set_threads
+
+
+def register(sub) -> None:
+    p = sub.add_parser("latency-table", help="measure per-layer latency on this device (cached; used by "
+                                             "search --latency-budget)")
+    add_model_args(p)
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    add_table_args(p)
+    p.add_argument("--force", action="store_true", help="measure again even when the cache holds the table")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def add_table_args(p, prefix: str = "") -> None:
+    """The measurement settings, shared with ``search`` (there prefixed ``latency-``)."""
+    p.add_argument(f"--{prefix}batch-size", type=int, default=1, help="batch size to time at (default 1)")
+    p.add_argument(f"--{prefix}dtype", default=None, choices=list(DTYPES),
+                   help="dtype to time in (default bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument(f"--{prefix}channels-last", action="store_true", help="time in channels-last memory format")
+    p.add_argument(f"--{prefix}grid", type=int, default=6,
+                   help="widths timed per axis of a layer; more allowed widths are interpolated (default 6)")
+    p.add_argument(f"--{prefix}repeats", type=int, default=9, help="timed runs per entry; the median is kept")
+    p.add_argument(f"--{prefix}threads", type=int, default=None,
+                   help="CPU threads to time with (default torch's; 1 gives stable numbers on a busy machine)")
+    p.add_argument(f"--{prefix}cache-dir", default=None,
+                   help="where tables are cached (default $AUTOPRUNE_CACHE/latency or ~/.cache/autoprune/latency)")
+
+
+def run(args) -> int:
+    _, _, model, space = model_and_space(args)
+    set_threads(args.threads)
+    config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype,
+                         channels_last=args.channels_last, grid=args.grid, repeats=args.repeats,
+                         cache_dir=args.cache_dir, force=args.force)
+    table, path = latency_table(model, space, config, progress=not (args.json or args.no_progress))
+    k = table.key
+    row = {"model": args.model, "table": table.id, "file": str(path), "device": k["device"],
+           "device_name": k["device_name"], "dtype": k["dtype"], "batch_size": k["batch_size"],
+           "model_ms": table.model_ms, "overhead_ms": table.overhead_ms,
+           "predicted_full_ms": predict(table, space, space.max_widths()),
+           "predicted_min_ms": predict(table, space, space.min_widths()),
+           "layers": len(table.entries), "measurements": sum(len(e.ms) * len(e.ms[0]) for e in table.entries)}
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    print(f"table       {table.id} ({path})")
+    print(f"device      {k['device']} ({k['device_name']}), {k['dtype']}, batch {k['batch_size']}"
+          + (", channels-last" if k["channels_last"] else ""))
+    print(f"model       {args.model}: {table.model_ms:.3f} ms measured, {table.overhead_ms:.3f} ms not in the layers")
+    print(f"smallest    {row['predicted_min_ms']:.3f} ms predicted "
+          f"({row['predicted_min_ms'] / table.model_ms:.3f} of the full model)")
+    print(f"entries     {row['layers']} layers, {row['measurements']} timings")
+    return 0

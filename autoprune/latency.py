@@ -1,0 +1,216 @@
+"""Latency of a width vector, predicted from a table measured on the user's own device.
+
+A :class:`LatencyTable` holds, for every traced layer (a conv or linear layer together with
+the BatchNorm and activation that run right after it), its measured time at a grid of
+(input width, output width) pairs, plus the measured latency of the whole unpruned model.
+What the table does not cover (residual adds, pooling, the Python between layers) is one
+measured constant: the whole model's time minus the sum of its layers at full width.
+
+:func:`predict` is the latency sibling of :func:`autoprune.cost.macs`: a pure function of
+(table, space, widths), with no forward pass. Widths between grid points are interpolated
+linearly in each width; widths may be ints or differentiable scalars (DMCP).
+:mod:`autoprune.profile` measures and caches tables; this module only reads them.
+
+>>> t = LatencyTable(key={}, entries=(Entry("fc", (8, 16), (), ((1.0,), (3.0,))),), model_ms=4.0, overhead_ms=1.0)
+>>> lookup(t.entries[0], 12, None)
+2.0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from autoprune.errors import BudgetError, SpaceError
+from autoprune.space import SearchSpace
+
+_HINT = "use a ratio of the base model's measured latency in (0, 1] such as 0.5 or 50%, or a time such as 3.2ms"
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One timed layer: ``ms[i][j]`` is its time at input width ``ins[i]`` and output width
+    ``outs[j]``. ``outs`` is empty for layers whose output width is their input width
+    (depthwise convs, a norm on its own); then ``ms[i]`` holds a single time."""
+
+    name: str
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    ms: tuple[tuple[float, ...], ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ins": list(self.ins), "outs": list(self.outs), "ms": [list(r) for r in self.ms]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Entry":
+        ms = tuple(tuple(float(v) for v in row) for row in d["ms"])
+        entry = cls(str(d["name"]), tuple(int(w) for w in d["ins"]), tuple(int(w) for w in d["outs"]), ms)
+        cols = len(entry.outs) or 1
+        if not entry.ins or len(ms) != len(entry.ins) or any(len(r) != cols for r in ms):
+            raise ValueError(f"layer '{entry.name}': the time grid does not match its widths")
+        if not all(math.isfinite(v) and v >= 0 for r in ms for v in r):
+            raise ValueError(f"layer '{entry.name}': times must be finite and non-negative")
+        return entry
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured layer times of one model on one device (see the module docstring).
+
+    ``key`` says what was measured (device name, torch version, dtype, batch size, input
+    size, memory format, the layers and their grids); ``model_ms`` is the measured latency
+    of the unpruned model, ``overhead_ms`` the part of it no entry covers.
+    """
+
+    key: dict
+    entries: tuple[Entry, ...]
+    model_ms: float
+    overhead_ms: float
+
+    @property
+    def id(self) -> str:
+        """A short digest of ``key``: the table's file name in the cache."""
+        return key_digest(self.key)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "key": self.key, "model_ms": self.model_ms, "overhead_ms": self.overhead_ms,
+                "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, d) -> "LatencyTable":
+        """ValueError (with the reason) unless ``d`` is a well-formed table."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise ValueError(f"not a latency table (schema {SCHEMA})")
+        try:
+            entries = tuple(Entry.from_dict(e) for e in d["entries"])
+            table = cls(dict(d["key"]), entries, float(d["model_ms"]), float(d["overhead_ms"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed latency table ({type(exc).__name__}: {exc})") from None
+        if not (math.isfinite(table.model_ms) and math.isfinite(table.overhead_ms)):
+            raise ValueError("malformed latency table (non-finite model time)")
+        return table
+
+
+SCHEMA = "autoprune.latency/1"
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _bracket(axis: Sequence[int], w) -> tuple[int, int, object]:
+    """(i, j, t): ``w`` lies between ``axis[i]`` and ``axis[j]``, a fraction ``t`` of the way.
+
+    Outside the axis the nearest end is used (t = 0): the grid always spans the widths the
+    space allows, so that only happens for a table measured on another space.
+    """
+    x = float(w)
+    if len(axis) == 1 or x <= axis[0]:
+        return 0, 0, 0.0
+    if x >= axis[-1]:
+        return len(axis) - 1, len(axis) - 1, 0.0
+    j = next(k for k, a in enumerate(axis) if a >= x)
+    i = j - 1
+    return i, j, (w - axis[i]) / (axis[j] - axis[i])
+
+
+def lookup(entry: Entry, cin, cout):
+    """The time of ``entry`` at input width ``cin`` and output width ``cout`` (None for a
+    layer whose output follows its input), interpolated linearly between grid points."""
+    i0, i1, s = _bracket(entry.ins, cin)
+    if not entry.outs:
+        return entry.ms[i0][0] * (1 - s) + entry.ms[i1][0] * s
+    j0, j1, t = _bracket(entry.outs, cout)
+    low = entry.ms[i0][j0] * (1 - t) + entry.ms[i0][j1] * t
+    high = entry.ms[i1][j0] * (1 - t) + entry.ms[i1][j1] * t
+    return low * (1 - s) + high * s
+
+
+def check_table(table: LatencyTable, space: SearchSpace) -> None:
+    """SpaceError unless every entry of ``table`` names a traced layer of ``space``."""
+    names = {layer.name for layer in space.graph.layers}
+    missing = [e.name for e in table.entries if e.name not in names]
+    if missing:
+        raise SpaceError(f"latency table {table.id} is for another model: it times layers {missing[:3]} "
+                         "that this model does not have")
+
+
+def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
+    """Predicted latency in milliseconds of the model pruned to ``widths`` (the table's batch
+    size, dtype and device): the interpolated time of every entry plus the overhead."""
+    full = space.full_widths(widths)
+    layers = {layer.name: layer for layer in space.graph.layers}
+    total = table.overhead_ms
+    for entry in table.entries:
+        layer = layers[entry.name]
+        cin = 0
+        for g in layer.in_layout:
+            cin = cin + full[g]
+        cout = full[layer.out_group] if entry.outs else None
+        total = total + lookup(entry, cin, cout)
+    return total
+
+
+@dataclass(frozen=True)
+class LatencyBudget:
+    """A latency budget: a ratio of the base model's measured latency, or milliseconds."""
+
+    value: float
+    kind: str  # "ratio" | "ms"
+    text: str
+
+    def max_ms(self, base_ms: float) -> float:
+        return self.value * base_ms if self.kind == "ratio" else self.value
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "kind": self.kind, "text": self.text}
+
+
+def parse_latency_budget(value) -> LatencyBudget:
+    """``0.5``, ``"50%"`` → ratio of the base latency; ``"3.2ms"``, ``"800us"``, ``"0.01s"`` → ms.
+
+    >>> parse_latency_budget("3.2ms").max_ms(10.0)
+    3.2
+    >>> parse_latency_budget("0.5").max_ms(10.0)
+    5.0
+    """
+    if isinstance(value, LatencyBudget):
+        return value
+    text = str(value).strip()
+    m = re.fullmatch(r"([0-9.eE+-]+)\s*(%|us|ms|s)?", text)
+    try:
+        number = float(m.group(1)) if m and not isinstance(value, bool) else float("nan")
+    except ValueError:
+        number = float("nan")
+    unit = m.group(2) if m else None
+    if not math.isfinite(number):
+        raise BudgetError(f"invalid latency budget '{text}'; {_HINT}")
+    if unit in _UNITS:
+        if number <= 0:
+            raise BudgetError(f"latency budget '{text}' must be positive; {_HINT}")
+        return LatencyBudget(number * _UNITS[unit], "ms", text)
+    ratio = number / 100.0 if unit == "%" else number
+    if not 0 < ratio <= 1:
+        raise BudgetError(f"latency budget '{text}' is not a ratio in (0, 1] nor a time; {_HINT}")
+    return LatencyBudget(ratio, "ratio", text)
+
+
+@dataclass(frozen=True)
+class LatencyLimit:
+    """The hard latency constraint a search holds every candidate to: predicted ≤ ``max_ms``."""
+
+    table: LatencyTable
+    max_ms: float
+    budget: LatencyBudget | None = None
+
+    def allows(self, space: SearchSpace, widths: Sequence[int]) -> bool:
+        return predict(self.table, space, widths) <= self.max_ms
+
+    def to_dict(self) -> dict:
+        return {"budget": self.budget.to_dict() if self.budget else None, "max_ms": self.max_ms,
+                "base_ms": self.table.model_ms, "table": self.table.key, "table_id": self.table.id}

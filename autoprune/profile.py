@@ -1,0 +1,377 @@
+"""Measure a :class:`~autoprune.latency.LatencyTable` on this device, and cache it.
+
+Every traced conv or linear layer is timed together with the BatchNorm and activation that
+run right after it in the model (found by tracing the model with :mod:`torch.fx`), on an
+input of the shape it sees in the model, at a grid of (input width, output width) pairs:
+every allowed pair when a group has at most ``grid`` widths, else ``grid`` widths spread
+over the allowed ones (conv time is close to bilinear in the two widths, which is what
+:func:`autoprune.latency.lookup` interpolates). A norm that follows no timed layer is timed
+on its own. The unpruned model is timed end to end; the difference to the sum of its
+layers is the table's constant overhead.
+
+Each time is the median of ``repeats`` runs after ``warmup`` runs, each run long enough to
+time reliably, with CUDA synchronised around it. Tables are cached as JSON files named by a
+digest of their key — device name, torch version, dtype, batch size, input shape, memory
+format, CPU threads and the layers with their grids — so a table measured once is reused by
+every later search on the same device and model; ``force`` measures it again, and a file
+that cannot be read is measured again with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune.errors import AutopruneError, DeviceError, one_line
+from autoprune.files import write_json
+from autoprune.graph import Layer
+from autoprune.latency import Entry, LatencyTable, key_digest
+from autoprune.runtime import log, progress_bar, resolve_device
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Hardsigmoid, nn.Sigmoid,
+               nn.Tanh, nn.ELU, nn.Mish)
+_ACT_FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU,
+                  F.hardswish: nn.Hardswish, F.gelu: nn.GELU}
+_ACT_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU}
+# Timer(run, info) -> milliseconds. ``info`` says what is timed: {"what": "layer", "layer":
+# Layer, "cin", "cout"} or {"what": "model"}. Tests inject a fake one.
+TimerFn = Callable[[Callable[[], object], dict], float]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """How a table is measured: device (default CUDA when there is one), batch size, dtype
+    (default bf16 on CUDA, fp32 on the CPU), channels-last memory format, widths per axis,
+    warm-up and timed runs, the cache folder and whether to measure again."""
+
+    device: str | None = None
+    batch_size: int = 1
+    dtype: str | None = None
+    channels_last: bool = False
+    grid: int = 6
+    warmup: int = 3
+    repeats: int = 9
+    cache_dir: str | os.PathLike | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise DeviceError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
+        for name in ("batch_size", "grid", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "grid" else 1):
+                raise AutopruneError(f"latency table {name.replace('_', '-')} must be an integer of at least "
+                                     f"{2 if name == 'grid' else 1}, got {value!r}")
+
+    def resolved_dtype(self, device: torch.device) -> str:
+        return self.dtype or ("bf16" if device.type == "cuda" else "fp32")
+
+
+class Timer:
+    """Median milliseconds of ``repeats`` timed runs after ``warmup`` runs; each timed run
+    repeats the call until it lasts ``min_ms`` (short CPU calls are otherwise mostly timer
+    noise), and CUDA is synchronised before the clock is read."""
+
+    def __init__(self, device: torch.device, *, warmup: int = 3, repeats: int = 9, min_ms: float = 2.0):
+        self.device, self.warmup, self.repeats, self.min_ms = device, warmup, repeats, min_ms
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, run: Callable[[], object], info: dict | None = None) -> float:
+        for _ in range(self.warmup):
+            run()
+        number = 1
+        while True:  # calibrate: enough calls per timed run to last min_ms
+            seconds = self._time(run, number)
+            if seconds * 1e3 >= self.min_ms or number >= 4096:
+                break
+            number *= 2
+        times = [self._time(run, number) / number for _ in range(self.repeats)]
+        return statistics.median(times) * 1e3
+
+    def _time(self, run, number: int) -> float:
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(number):
+            run()
+        self.sync()
+        return time.perf_counter() - start
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads (None: leave torch's choice). Part of a CPU table's key."""
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise AutopruneError(f"threads must be a positive integer, got {n!r}")
+        torch.set_num_threads(n)
+
+
+def default_cache_dir() -> Path:
+    """``$AUTOPRUNE_CACHE/latency``, else ``$XDG_CACHE_HOME/autoprune/latency``, else
+    ``~/.cache/autoprune/latency``."""
+    if os.environ.get("AUTOPRUNE_CACHE"):
+        return Path(os.environ["AUTOPRUNE_CACHE"]) / "latency"
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "autoprune" / "latency"
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's or the CPU's model name (tables of different hardware never mix)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return name
+
+
+# -- what is timed ----------------------------------------------------------------------------
+
+def chains(model: nn.Module, space: SearchSpace) -> dict[str, list[nn.Module]]:
+    """For each traced conv/linear layer, the modules that run right after it on its output
+    alone (its norm, then an activation), as fresh modules; and each norm so absorbed maps
+    to None. Empty when the model cannot be traced by plain :func:`torch.fx.symbolic_trace`."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure: time layers alone, never fail here
+        return {}
+    norms = {layer.name for layer in space.graph.layers if layer.kind == "norm"}
+    timed = {layer.name for layer in space.graph.layers if layer.kind != "norm"}
+    out: dict[str, list] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in timed:
+            continue
+        follow, nxt = [], _only_user(node)
+        if nxt is not None and nxt.op == "call_module" and nxt.target in norms:
+            follow.append(nxt.target)
+            out[nxt.target] = None
+            nxt = _only_user(nxt)
+        act = _activation(gm, nxt) if nxt is not None else None
+        out[node.target] = follow + ([act] if act is not None else [])
+    return out
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _activation(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return copy.deepcopy(m) if isinstance(m, ACTIVATIONS) else None
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS:
+        return _ACT_FUNCTIONS[node.target]()
+    if node.op == "call_method" and node.target in _ACT_METHODS:
+        return _ACT_METHODS[node.target]()
+    return None
+
+
+def input_shapes(model: nn.Module, space: SearchSpace) -> dict[str, tuple[int, ...]]:
+    """The input shape (batch 1) each traced layer sees in the unpruned model."""
+    shapes, hooks = {}, []
+
+    def record(name):
+        def hook(module, args):  # returns None: the input is left as it is
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    for layer in space.graph.layers:
+        hooks.append(model.get_submodule(layer.name).register_forward_pre_hook(record(layer.name)))
+    try:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *space.graph.input_shape, device=next(model.parameters()).device))
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def axes(space: SearchSpace, layer: Layer, grid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input widths, output widths) to time ``layer`` at; no output widths when its output
+    width is its input width (depthwise convs, norms)."""
+    choices = {gid: c for gid, c in zip(space.free, space.choices)}
+    fixed = {g.id: (g.width,) for g in space.graph.groups}
+
+    def values(gids) -> tuple[int, ...]:
+        if len(gids) == 1:
+            return choices.get(gids[0], fixed[gids[0]])
+        lo = sum(choices.get(g, fixed[g])[0] for g in gids)
+        hi = sum(choices.get(g, fixed[g])[-1] for g in gids)
+        return tuple(sorted({round(lo + (hi - lo) * k / (grid - 1)) for k in range(grid)}))
+
+    ins = spread(values(layer.in_layout), grid)
+    tied = layer.kind == "norm" or layer.depthwise
+    return ins, () if tied else spread(values((layer.out_group,)), grid)
+
+
+def spread(values: Sequence[int], n: int) -> tuple[int, ...]:
+    """``values`` if at most ``n``, else ``n`` of them evenly spread, both ends kept."""
+    if len(values) <= n:
+        return tuple(values)
+    return tuple(sorted({values[round(k * (len(values) - 1) / (n - 1))] for k in range(n)}))
+
+
+def layer_module(model: nn.Module, layer: Layer, follow: list, cin: int, cout: int | None) -> nn.Module:
+    """A fresh module computing ``layer`` (and what follows it) at the given widths."""
+    m = model.get_submodule(layer.name)
+    width = cin if cout is None else cout
+    if layer.kind == "linear":
+        first = nn.Linear(cin * layer.spatial, cout, bias=m.bias is not None)
+    elif layer.kind == "norm":
+        first = norm_like(m, cin)
+    else:
+        conv = next(t for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(m, t))
+        groups = cin if layer.depthwise else m.groups
+        first = conv(cin, width, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                     groups=groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+    rest = [norm_like(model.get_submodule(f), width) if isinstance(f, str) else f for f in follow]
+    return nn.Sequential(first, *rest)
+
+
+def norm_like(m: nn.Module, width: int) -> nn.Module:
+    """A norm of the same kind as ``m`` over ``width`` channels (Identity for kinds whose
+    constructor is unknown: they are then not timed)."""
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        return type(m)(width, eps=m.eps, affine=m.affine, track_running_stats=m.track_running_stats)
+    return nn.Identity()
+
+
+def _layer_input(shape: tuple[int, ...], layer: Layer, cin: int) -> list[int]:
+    shape = list(shape)
+    if layer.kind == "linear":
+        shape[-1] = cin * layer.spatial
+    else:
+        shape[1] = cin
+    return shape
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+def table_key(model: nn.Module, space: SearchSpace, config: TableConfig, device: torch.device) -> dict:
+    """What a table depends on; two tables with different keys are never confused."""
+    follow = chains(model, space)
+    layers = []
+    for layer in space.graph.layers:
+        if follow.get(layer.name, []) is None:
+            continue
+        ins, outs = axes(space, layer, config.grid)
+        after = [f if isinstance(f, str) else type(f).__name__ for f in follow.get(layer.name, [])]
+        layers.append([layer.name, repr(model.get_submodule(layer.name)), after, list(ins), list(outs)])
+    return {
+        "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "dtype": config.resolved_dtype(device), "batch_size": config.batch_size,
+        "input_shape": list(space.graph.input_shape), "channels_last": bool(config.channels_last),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "layers": hashlib.sha1(json.dumps(layers).encode()).hexdigest()[:16],
+    }
+
+
+def latency_table(model: nn.Module, space: SearchSpace, config: TableConfig | None = None, *,
+                  timer: TimerFn | None = None, progress: bool = False) -> tuple[LatencyTable, Path]:
+    """The table of ``model`` on ``config.device``: from the cache when it holds it, else
+    measured and written there. Returns (table, cache file)."""
+    config = config or TableConfig()
+    device = resolve_device(config.device)
+    key = table_key(model, space, config, device)
+    path = Path(config.cache_dir or default_cache_dir()) / f"{key_digest(key)}.json"
+    if path.exists() and not config.force:
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            if table.key == key:
+                return table, path
+            reason = "its key does not match"
+        except (OSError, ValueError) as exc:
+            reason = one_line(exc)
+        log(f"autoprune: warning: latency table {path} is unusable ({reason}); measuring it again")
+    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats)
+    table = measure_table(model, space, config, key, device, timer, progress)
+    write_json(table.to_dict(), path)
+    return table, path
+
+
+def measure_table(model, space, config: TableConfig, key: dict, device: torch.device, timer: TimerFn,
+                  progress: bool = False) -> LatencyTable:
+    """Time every layer at its grid and the whole model (see the module docstring)."""
+    follow = chains(model, space)
+    shapes = input_shapes(model, space)
+    dtype = DTYPES[config.resolved_dtype(device)]
+    todo = [(layer, *axes(space, layer, config.grid)) for layer in space.graph.layers
+            if follow.get(layer.name, []) is not None]
+    bar = progress_bar(sum(len(i) * max(1, len(o)) for _, i, o in todo) + 1, "latency table", progress)
+    entries = []
+    try:
+        for layer, ins, outs in todo:
+            rows = []
+            for cin in ins:
+                row = []
+                for cout in outs or (None,):
+                    module = layer_module(model, layer, follow.get(layer.name, []), cin, cout)
+                    x = torch.randn(config.batch_size, *_layer_input(shapes[layer.name], layer, cin)[1:])
+                    info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
+                    row.append(round(time_module(module, x, device, dtype, config.channels_last, timer, info), 6))
+                    if bar is not None:
+                        bar.update(1)
+                rows.append(tuple(row))
+            entries.append(Entry(layer.name, tuple(ins), tuple(outs), tuple(rows)))
+        model_ms = measure_model(model, space.graph.input_shape, device=device, batch_size=config.batch_size,
+                                 dtype=config.resolved_dtype(device), channels_last=config.channels_last, timer=timer)
+    finally:
+        if bar is not None:
+            bar.close()
+    covered = sum(e.ms[-1][-1] for e in entries)
+    return LatencyTable(key, tuple(entries), round(model_ms, 6), round(model_ms - covered, 6))
+
+
+def time_module(module: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                channels_last: bool, timer: TimerFn, info: dict) -> float:
+    """Milliseconds of ``module(x)`` in inference mode, as ``timer`` measures it."""
+    module = module.eval().to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype)
+    if channels_last and x.dim() == 4:
+        module = module.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return float(timer(lambda: module(x), info))
+
+
+def measure_model(model: nn.Module, input_shape: Sequence[int], *, device="cpu", batch_size: int = 1,
+                  dtype: str = "fp32", channels_last: bool = False, timer: TimerFn | None = None) -> float:
+    """Measured milliseconds of one forward pass of ``model`` (a copy; inference mode)."""
+    device = resolve_device(device)
+    timer = timer or Timer(device)
+    x = torch.randn(batch_size, *input_shape)
+    return time_module(copy.deepcopy(model), x, device, DTYPES[dtype], channels_last, timer, {"what": "model"})
+
+
+def measure_widths(table: LatencyTable, model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
+                   timer: TimerFn | None = None) -> float:
+    """Measured milliseconds of ``model`` pruned to ``widths``, with the settings ``table``
+    was measured with (device, dtype, batch size, memory format)."""
+    k = table.key
+    return measure_model(materialise(model, space, widths), space.graph.input_shape, device=k["device"],
+                         batch_size=k["batch_size"], dtype=k["dtype"], channels_last=k["channels_last"], timer=timer)

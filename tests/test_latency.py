@@ -1,0 +1,222 @@
+"""The latency table and budget: correctness with an injected fake timer (no timing noise),
+the cache key and corrupt files, the latency limit in repair, the optimizers and the driver,
+and a tiny real measurement for the plumbing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import autoprune
+from autoprune import profile
+from autoprune.budget import repair, within
+from autoprune.cli import main
+from autoprune.errors import BudgetError, SearchError
+from autoprune.latency import LatencyLimit, LatencyTable, lookup, parse_latency_budget, predict
+from autoprune.models import create_model
+from autoprune.optimizers import Optimizer, register_optimizer, unregister_optimizer
+from autoprune.profile import TableConfig, latency_table, table_key
+from autoprune.space import SearchSpace
+
+MODEL_MS = 50.0
+
+
+def layer_ms(layer, cin, cout):
+    """Bilinear in (cin, cout), so interpolation between grid points is exact."""
+    cout = cin if cout is None else cout
+    return 1e-6 * layer.out_positions * layer.kernel * cin * cout + 1e-3 * (cin + cout) + 0.01
+
+
+class FakeTimer:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, run, info):
+        self.calls += 1
+        if info["what"] == "model":
+            return MODEL_MS
+        return layer_ms(info["layer"], info["cin"], info["cout"])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("resnet20")
+
+
+@pytest.fixture(scope="module")
+def space(model):
+    return SearchSpace.from_model(model, (3, 32, 32), model_name="resnet20")
+
+
+@pytest.fixture(scope="module")
+def table(model, space, tmp_path_factory):
+    t, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path_factory.mktemp("c")),
+                         timer=FakeTimer())
+    return t
+
+
+def exact(table, space, widths):
+    """What the fake timer would say for every timed layer, plus the table's overhead."""
+    full = space.full_widths(widths)
+    layers = {layer.name: layer for layer in space.graph.layers}
+    total = table.overhead_ms
+    for e in table.entries:
+        layer = layers[e.name]
+        cin = sum(full[g] for g in layer.in_layout)
+        total += layer_ms(layer, cin, full[layer.out_group] if e.outs else None)
+    return total
+
+
+def test_full_model_predicts_its_measured_time(table, space):
+    assert predict(table, space, space.max_widths()) == pytest.approx(MODEL_MS)
+
+
+def test_prediction_interpolates_between_grid_points(table, space):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        w = space.sample(rng)
+        assert predict(table, space, w) == pytest.approx(exact(table, space, w), rel=1e-6)
+
+
+def test_norms_and_activations_are_timed_with_their_conv(model, space, table):
+    chains = profile.chains(model, space)
+    assert chains["conv1"][0] == "bn1" and type(chains["conv1"][1]).__name__ == "ReLU"
+    names = {e.name for e in table.entries}
+    assert "conv1" in names and "bn1" not in names
+
+
+def test_lookup_clamps_outside_the_grid(table):
+    e = next(e for e in table.entries if e.outs)
+    assert lookup(e, e.ins[0] - 1, e.outs[0] - 1) == e.ms[0][0]
+    assert lookup(e, e.ins[-1] + 5, e.outs[-1] + 5) == e.ms[-1][-1]
+
+
+def test_table_round_trips_through_json(table):
+    again = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert again == table and again.id == table.id
+
+
+def test_cache_is_reused_and_force_measures_again(model, space, tmp_path):
+    config = TableConfig(device="cpu", grid=2, cache_dir=tmp_path)
+    timer = FakeTimer()
+    first, path = latency_table(model, space, config, timer=timer)
+    n = timer.calls
+    second, path2 = latency_table(model, space, config, timer=timer)
+    assert timer.calls == n and second == first and path2 == path
+    latency_table(model, space, TableConfig(device="cpu", grid=2, cache_dir=tmp_path, force=True), timer=timer)
+    assert timer.calls == 2 * n
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 8}, {"dtype": "bf16"}, {"channels_last": True}, {"grid": 3}])
+def test_other_settings_are_another_table(model, space, change):
+    cpu = torch.device("cpu")
+    assert table_key(model, space, TableConfig(**change), cpu) != table_key(model, space, TableConfig(), cpu)
+
+
+def test_another_device_is_another_table(model, space, monkeypatch):
+    cpu = torch.device("cpu")
+    before = table_key(model, space, TableConfig(), cpu)
+    monkeypatch.setattr(profile, "device_name", lambda device: "Another CPU")
+    assert table_key(model, space, TableConfig(), cpu) != before
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[]", '{"schema": "autoprune.latency/1", "entries": 3}'])
+def test_a_corrupt_cache_file_is_measured_again_with_a_warning(model, space, tmp_path, capsys, garbage):
+    config = TableConfig(device="cpu", grid=2, cache_dir=tmp_path)
+    good, path = latency_table(model, space, config, timer=FakeTimer())
+    path.write_text(garbage)
+    timer = FakeTimer()
+    again, _ = latency_table(model, space, config, timer=timer)
+    assert timer.calls > 0 and again == good
+    assert "warning" in capsys.readouterr().err and LatencyTable.from_dict(json.loads(path.read_text())) == good
+
+
+@pytest.mark.parametrize("text, kind, value", [
+    ("0.5", "ratio", 0.5), (0.5, "ratio", 0.5), ("50%", "ratio", 0.5), ("3.2ms", "ms", 3.2),
+    ("800us", "ms", 0.8), ("0.01s", "ms", 10.0), ("1", "ratio", 1.0),
+])
+def test_parse_latency_budget(text, kind, value):
+    b = parse_latency_budget(text)
+    assert b.kind == kind and b.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["0", "1.5", "-2ms", "fast", "", "nan", "3.2 hours", True])
+def test_parse_latency_budget_rejects(text):
+    with pytest.raises(BudgetError) as info:
+        parse_latency_budget(text)
+    assert "\n" not in str(info.value)
+
+
+def test_repair_meets_both_budgets(table, space):
+    limit = LatencyLimit(table, 0.8 * MODEL_MS)
+    max_macs = int(0.7 * autoprune.macs(space, space.max_widths()))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        w = repair(space, space.sample(rng), max_macs, rng=rng, latency=limit)
+        assert within(space, w, max_macs, limit)
+        assert predict(table, space, w) <= limit.max_ms
+
+
+def test_unreachable_latency_budget_names_the_smallest_ratio(table, space):
+    fastest = predict(table, space, space.min_widths()) / MODEL_MS
+    with pytest.raises(BudgetError, match=f"{fastest:.3f}"):
+        repair(space, space.max_widths(), 10**12, latency=LatencyLimit(table, 0.5 * fastest * MODEL_MS))
+
+
+@pytest.mark.parametrize("method", ["abc", "tpe", "random", "uniform", "uniform-fill"])
+@pytest.mark.parametrize("budget", [None, 0.6])
+def test_no_candidate_over_the_latency_budget_is_ever_scored(table, space, tmp_path, method, budget):
+    max_ms = 0.8 * MODEL_MS
+    scored = []
+
+    def objective(widths):
+        scored.append(predict(table, space, widths))
+        return float(sum(widths))
+
+    result = autoprune.search("resnet20", budget, method, latency=0.8, latency_table=table, objective=objective,
+                              study=autoprune.StudyConfig(trials=6), out=tmp_path)
+    assert scored and max(scored) <= max_ms
+    record = result.arch["search"]["latency"]
+    assert record["table_id"] == table.id and record["table"] == table.key and record["max_ms"] == max_ms
+    assert record["predicted_ms"] <= max_ms and record["measured_ms"] > 0 and record["measured_base_ms"] > 0
+    if budget is not None:
+        assert result.arch["macs"]["pruned"] <= budget * result.arch["macs"]["base"]
+
+
+def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):
+    @register_optimizer
+    class Rogue(Optimizer):
+        name = "rogue-latency"
+        summary = "ignores repair"
+
+        def propose(self, rng, pending):
+            return self.space.max_widths(), "rogue"
+
+    try:
+        with pytest.raises(SearchError, match="latency budget"):
+            autoprune.search("resnet20", None, "rogue-latency", latency="0.9", latency_table=table,
+                             objective="synthetic", study=autoprune.StudyConfig(trials=2), out=tmp_path)
+    finally:
+        unregister_optimizer("rogue-latency")
+
+
+def test_cli_latency_table_measures_once_then_reads_the_cache(tmp_path, capsys):
+    argv = ["latency-table", "--model", "resnet20", "--device", "cpu", "--grid", "2", "--repeats", "1",
+            "--threads", "1", "--cache-dir", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["model_ms"] > 0 and first["predicted_full_ms"] == pytest.approx(first["model_ms"])
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["table"] == first["table"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["latency-table", "--model", "resnet20", "--device", "cpu", "--batch-size", "0"], "batch-size"),
+    (["search", "--model", "resnet20", "--objective", "synthetic"], "--latency-budget"),
+    (["search", "--model", "resnet20", "--latency-budget", "fast", "--objective", "synthetic"], "latency budget"),
+])
+def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path)] if argv[0] == "search" else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("autoprune: error:") and message in err and err.count("\n") == 1
