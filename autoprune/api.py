@@ -194,32 +194,20 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     """
     start = time.perf_counter()
     study = study or StudyConfig()
-    check_counts(input_size=input_size, num_classes=num_classes, in_channels=in_channels,
-                 pretrain_epochs=pretrain_epochs)
-    optimizer_cls = get_optimizer(method)  # unknown method: fail before any data is loaded
-    if not (objective is None or objective == "synthetic" or callable(objective)):
-        raise SearchError(f"unknown objective {objective!r}; expected None, 'synthetic' or a callable")
-    device = resolve_device(device)
-    out = check_out_dir(out if out is not None else DEFAULT_OUT, "out")
-    _check_method_options(optimizer_cls, method, method_options or {})
+    optimizer_cls, device, out = _settings(method, objective, device, out, method_options or {},
+                                           input_size=input_size, num_classes=num_classes, in_channels=in_channels,
+                                           pretrain_epochs=pretrain_epochs)
     needs_base = objective is None or optimizer_cls.needs_base
     ckpt, base_path = _open_base(base, out, needs_base)
     needs_data = objective is None or optimizer_cls.needs_data or (needs_base and ckpt is None)  # pre-training
-    loaded = _load_data(data, ckpt, base_path, seed, device, needs_data)
-    if objective is None and loaded.num_examples("val") == 0:  # before a base is pre-trained for nothing
-        raise DataError("the validation split is empty (--val-size 0): the evaluator scores candidates on it; "
-                        "use a positive --val-size")
+    loaded = _load_data(data, ckpt, base_path, seed, device, needs_data, scores_on_val=objective is None)
     s = _build(model, loaded, parse_budget(1.0 if budget is None else budget), method, seed, device, out,
                space_options, input_size=input_size, num_classes=num_classes, in_channels=in_channels)
     s.latency = _latency(s, latency, latency_table, progress)
     if needs_base:
         s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
     score_fn = _objective(s, objective, evaluation)
-    try:
-        optimizer = optimizer_cls(s.space, s.max_macs, seed=seed, **(method_options or {}))
-    except (TypeError, ValueError) as exc:
-        raise SearchError(f"method '{method}': bad method options {method_options}: {one_line(exc)[:200]}") from None
-    optimizer.limit_latency(s.latency)
+    optimizer = _make_optimizer(optimizer_cls, s, method_options or {})
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress)
@@ -233,6 +221,26 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
 # --------------------------------------------------------------------------------------------
 
 
+def _settings(method, objective, device, out, method_options: dict, **counts):
+    """Every setting that can be checked before anything is loaded: (optimizer class, device, OUT)."""
+    check_counts(**counts)
+    optimizer_cls = get_optimizer(method)  # unknown method: fail before any data is loaded
+    if not (objective is None or objective == "synthetic" or callable(objective)):
+        raise SearchError(f"unknown objective {objective!r}; expected None, 'synthetic' or a callable")
+    _check_method_options(optimizer_cls, method, method_options)
+    return optimizer_cls, resolve_device(device), check_out_dir(out if out is not None else DEFAULT_OUT, "out")
+
+
+def _make_optimizer(optimizer_cls, s: _Search, method_options: dict) -> Optimizer:
+    """The optimizer for this search's space and budgets."""
+    try:
+        optimizer = optimizer_cls(s.space, s.max_macs, seed=s.seed, **method_options)
+    except (TypeError, ValueError) as exc:
+        raise SearchError(f"method '{s.method}': bad method options {method_options}: {one_line(exc)[:200]}") from None
+    optimizer.limit_latency(s.latency)
+    return optimizer
+
+
 def _open_base(base, out: Path, needs_base: bool) -> tuple[dict | None, Path | None]:
     """The base checkpoint, read first: it decides the data split. (None, None) without one."""
     kept = out / "base" / "model.pt"
@@ -242,20 +250,28 @@ def _open_base(base, out: Path, needs_base: bool) -> tuple[dict | None, Path | N
     return load_checkpoint(path), path
 
 
-def _load_data(data, ckpt, base_path, seed, device, needed: bool) -> Dataset | None:
-    """The data the search scores on, split as the base checkpoint records; None if not needed."""
+def _load_data(data, ckpt, base_path, seed, device, needed: bool, *, scores_on_val: bool) -> Dataset | None:
+    """The data the search scores on, split as the base checkpoint records; None if not needed.
+
+    With ``scores_on_val`` (the evaluator scores candidates on the validation split) an empty
+    validation split is a DataError, raised before a base is pre-trained for nothing.
+    """
     recorded = (ckpt or {}).get("dataset")
     source = f"base checkpoint '{base_path}'"
     if data is not None and not isinstance(data, (str, DataSpec)):
         check_loaded(data, recorded, source)
         if recorded and recorded.get("mean") and recorded.get("std") and data.resident:
             data.mean, data.std = tuple(recorded["mean"]), tuple(recorded["std"])
-        return data.to(device)
-    spec = data if isinstance(data, DataSpec) else DataSpec(name=data, seed=seed)
-    spec = spec.against(recorded, source)
-    if not needed:
-        return None
-    return spec.load(device, recorded)
+        loaded = data.to(device)
+    else:
+        spec = (data if isinstance(data, DataSpec) else DataSpec(name=data, seed=seed)).against(recorded, source)
+        if not needed:
+            return None
+        loaded = spec.load(device, recorded)
+    if scores_on_val and loaded.num_examples("val") == 0:
+        raise DataError("the validation split is empty (--val-size 0): the evaluator scores candidates on it; "
+                        "use a positive --val-size")
+    return loaded
 
 
 def _build(model, data, budget: Budget, method, seed, device, out, space_options, *, input_size, num_classes,
