@@ -8,6 +8,7 @@ from conftest import randomize
 from test_cost import hook_macs_and_thop
 
 from autoprune.arch import build, load_arch, make_arch, save_arch, validate_arch
+from autoprune.cli import main
 from autoprune.cost import base_macs
 from autoprune.graph import trace
 from autoprune.models import create_model
@@ -176,3 +177,32 @@ def test_masks_round_trip_through_arch_json(models, tmp_path):
     bad = dict(arch, stripes={"conv1": {"shape": [16, 3, 3], "bits": "zz"}})
     with pytest.raises(Exception, match="hexadecimal"):
         build(validate_arch(bad))
+
+
+TINY = ["--model", "resnet20", "--dataset", "synthetic", "--limit", "128", "--val-size", "64",
+        "--pretrain-epochs", "1", "--device", "cpu", "--no-progress", "--seed", "0"]
+
+
+def test_search_method_stripe_writes_a_stripe_arch_that_retrain_trains(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--budget", "0.4", "--method", "stripe", "--stripe-epochs", "1",
+                 "--stripe-penalty", "1e-4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stripes" in text and "left whole" in text and "1x1 conv" in text
+    arch = load_arch(out / "arch.json")
+    assert arch["schema"] == "autoprune.arch/2" and arch["method"] == "stripe"
+    info = arch["search"]["stripe"]
+    assert info["config"]["penalty"] == 1e-4 and info["config"]["threshold"] == 0.01
+    stripe_cost = max(8 * 8 * 64, 32 * 32 * 16)  # the largest stripe of resnet20 at 32x32
+    assert arch["budget"]["max_macs"] - stripe_cost < arch["macs"]["pruned"] <= arch["budget"]["max_macs"]
+    assert 0.0 <= arch["score"] <= 1.0 and set(info["left_whole"]) == {"layer2.0.shortcut.0", "layer3.0.shortcut.0"}
+    model = build(arch)
+    counted, _ = hook_macs_and_thop(model, tuple(arch["input_shape"]))
+    assert counted == arch["macs"]["pruned"]
+    assert main(["retrain", str(out / "arch.json"), "--dataset", "synthetic", "--limit", "128", "--val-size", "64",
+                 "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "retrain")]) == 0
+    state = torch.load(tmp_path / "retrain" / "model.pt", weights_only=True)["model"]
+    assert any(k.endswith("convs.0.weight") for k in state)
+    assert main(["search", *TINY, "--budget", "0.4", "--method", "uniform", "--stripe-epochs", "1",
+                 "--out", str(out)]) == 2
+    assert "options of --method stripe" in capsys.readouterr().err

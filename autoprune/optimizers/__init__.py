@@ -15,6 +15,7 @@ uniform-fill uniform, then grown one grid step at a time      1          no     
 slimming    global threshold on BatchNorm |γ|                1          yes          no
 l1-global   global threshold on normalised filter L1 norms   1          yes          no
 dmcp        differentiable Markov channel pruning            1          yes          yes
+stripe      stripe-wise pruning, Filter Skeleton, budget    1          yes          yes
 =========== ================================================ ========== ============ ============
 
 Every candidate of every optimizer is within the budget (:meth:`Optimizer.ask` refuses any
@@ -23,7 +24,7 @@ this table from the registry.
 """
 
 # The built-in optimizers: importing each module registers it (one line per optimizer).
-from autoprune.optimizers import _abc, _classic, _random, _tpe, _uniform, dmcp  # noqa: E402,F401
+from autoprune.optimizers import _abc, _classic, _random, _tpe, _uniform, dmcp, stripe  # noqa: E402,F401
 from autoprune.optimizers._base import (
                                         Context,
                                         Optimizer,

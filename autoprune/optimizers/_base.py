@@ -93,6 +93,9 @@ class Optimizer:
     needs_data: ClassVar[bool] = False
     # Proposes a single candidate; the driver runs one trial for it.
     one_shot: ClassVar[bool] = False
+    # "channel": proposes width vectors. "stripe": prepare() leaves a stripe-pruned model in
+    # ``self.result`` (masks, model, score, info) that the search writes itself.
+    granularity: ClassVar[str] = "channel"
 
     def __init__(self, space, max_macs: int, *, seed: int = 0):
         check_reachable(space, max_macs)
