@@ -137,6 +137,13 @@ class SearchResult:
                                + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
                 ("wall time", f"{s['seconds']:.1f} s"),
                 ("widths", " ".join(map(str, s["widths"])))]
+        if "stripes" in self.arch:
+            info = self.arch.get("search", {}).get("stripe", {})
+            kept = sum(m["kept"] for m in self.arch["stripes"].values())
+            total = sum(m["shape"][0] * m["shape"][1] * m["shape"][2] for m in self.arch["stripes"].values())
+            rows.append(("stripes", f"{kept} of {total} kept in {len(self.arch['stripes'])} convs"))
+            whole = info.get("left_whole") or {}
+            rows.append(("left whole", ", ".join(f"{n} ({why})" for n, why in whole.items()) or "-"))
         if s["arch"]:
             rows.append(("wrote", s["arch"]))
         width = max(len(k) for k, _ in rows)
@@ -208,6 +215,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
         s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
     score_fn = _objective(s, objective, evaluation)
     optimizer = _make_optimizer(optimizer_cls, s, method_options or {})
+    if optimizer.granularity == "stripe":
+        return _stripe_search(s, optimizer, progress, start)
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress)
@@ -341,6 +350,38 @@ def _place_base(s: _Search, ckpt, path, pretrain_epochs: int, progress: bool) ->
         info = {"path": str(kept), "sha1": file_sha1(kept), "epochs": int(pretrain_epochs)}
     s.model = s.model.to(s.device)
     return info
+
+
+def _stripe_search(s: _Search, optimizer: Optimizer, progress: bool, start: float) -> SearchResult:
+    """A stripe method: prepare trains and prunes; its model is written as ``OUT/arch.json``
+    (schema ``autoprune.arch/2``) with its validation accuracy as the score. No study: there
+    is one result and no width vector to store."""
+    if s.data is None:
+        raise SearchError(f"method '{s.method}' trains on the data; give a dataset")
+    s.out.mkdir(parents=True, exist_ok=True)
+    optimizer.prepare(Context(base=s.model, data=s.data, device=s.device, out_dir=s.out / s.method,
+                              progress=progress))
+    result = optimizer.result
+    seconds = time.perf_counter() - start
+    record = {"candidates": 1, "failed": 0, "objective": "validation accuracy of the stripe model",
+              "seconds": round(seconds, 2), **optimizer.report()}
+    m = s.data.meta
+    record["dataset"] = {"dataset": str(m.get("name")), "split_seed": m.get("seed"), "val_size": m.get("val_size"),
+                         "limit": m.get("limit")}
+    if s.base:
+        record.update(base=s.base["path"], base_sha1=s.base["sha1"])
+        if s.base.get("epochs") is not None:
+            record["base_epochs"] = int(s.base["epochs"])
+    base_macs = cost.base_macs(s.space)
+    widths = s.space.max_widths()
+    arch = make_arch(s.model_name, s.kwargs, s.space, widths, stripes=result.masks,
+                     budget={**s.budget.to_dict(), "max_macs": s.max_macs, "ratio": s.max_macs / base_macs},
+                     method=s.method, seed=s.seed, score=result.score, extra={"search": record})
+    save_arch(arch, s.out / "arch.json")
+    save_checkpoint(s.out / "model.pt", result.model.cpu(), model_name=s.model_name, model_kwargs=s.kwargs,
+                    input_shape=list(s.space.graph.input_shape), dataset=s.data.meta, arch=arch)
+    return SearchResult(widths=list(widths), arch=arch, trials=[], method=s.method, score=result.score,
+                        seconds=seconds, out=s.out, info={"scored_here": 1})
 
 
 def _objective(s: _Search, objective, evaluation: EvalConfig | None):

@@ -1,9 +1,14 @@
-"""Architecture JSON (schema ``autoprune.arch/1``): a pruned model described as data.
+"""Architecture JSON (schema ``autoprune.arch/1``, or ``/2``): a pruned model described as data.
 
 It holds everything needed to rebuild the pruned model with no search state at hand: the
 model name and constructor kwargs, the input shape, the search-space config, every free
 group (name, member layers, original and kept width), the width vector, MACs and params of
 base and pruned model, and how it was found (budget, method, seed, score, version).
+
+Schema ``autoprune.arch/2`` adds ``stripes``: per conv, the stripe mask of a stripe-pruned
+model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes. Only
+files with stripes are written as ``/2``, so channel-only files stay readable by a reader of
+``/1``; this reader reads both.
 
 >>> from autoprune.models import create_model
 >>> from autoprune.space import SearchSpace
@@ -26,10 +31,13 @@ from autoprune.errors import ArchError, AutopruneError
 from autoprune.files import write_json
 from autoprune.models import create_model
 from autoprune.space import SearchSpace, SpaceConfig
+from autoprune.stripe import decode_masks, encode_masks, export_stripes, stripe_layers, stripe_macs, stripe_params
 from autoprune.surgery import materialise
 from autoprune.version import __version__
 
 SCHEMA = "autoprune.arch/1"
+SCHEMA_STRIPES = "autoprune.arch/2"
+SCHEMAS = (SCHEMA, SCHEMA_STRIPES)
 _REQUIRED = {
     "schema": str, "model": dict, "input_shape": list, "num_classes": (int, type(None)), "space": dict,
     "groups": list, "widths": list, "macs": dict, "params": dict, "version": str,
@@ -38,12 +46,15 @@ _REQUIRED = {
 
 def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: Sequence[int], *,
               budget: dict | None = None, method: str | None = None, seed: int | None = None,
-              score: float | None = None, extra: dict | None = None) -> dict:
-    """The architecture dict for ``widths`` in ``space``."""
+              score: float | None = None, extra: dict | None = None, stripes: dict | None = None) -> dict:
+    """The architecture dict for ``widths`` in ``space``; with ``stripes`` (layer name ->
+    stripe mask, at full widths), a stripe-pruned model in schema ``autoprune.arch/2``."""
     widths = space.validate(widths)
     full = space.max_widths()
+    if stripes is not None and tuple(widths) != tuple(full):
+        raise ArchError("a stripe-pruned architecture keeps every channel: give the full widths with 'stripes'")
     arch = {
-        "schema": SCHEMA,
+        "schema": SCHEMA if stripes is None else SCHEMA_STRIPES,
         "model": {"name": model_name, "kwargs": dict(model_kwargs)},
         "input_shape": list(space.graph.input_shape),
         "num_classes": model_kwargs.get("num_classes"),
@@ -61,6 +72,10 @@ def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: S
         "score": score,
         "version": __version__,
     }
+    if stripes is not None:
+        arch["stripes"] = encode_masks(stripes)
+        arch["macs"]["pruned"] = stripe_macs(space.graph, stripes)
+        arch["params"]["pruned"] = stripe_params(space.graph, stripes)
     if extra:
         arch.update(extra)
     return arch
@@ -76,8 +91,10 @@ def validate_arch(arch: Any, source: str = "architecture") -> dict:
     if not isinstance(arch, dict):
         raise ArchError(f"{source}: expected a JSON object, got {type(arch).__name__}")
     schema = arch.get("schema")
-    if schema != SCHEMA:
-        raise ArchError(f"{source}: field 'schema' is {schema!r}; this autoprune reads {SCHEMA!r}")
+    if schema not in SCHEMAS:
+        raise ArchError(f"{source}: field 'schema' is {schema!r}; this autoprune reads {' and '.join(map(repr, SCHEMAS))}")
+    if (schema == SCHEMA_STRIPES) != ("stripes" in arch):
+        raise ArchError(f"{source}: schema {schema!r} and field 'stripes' go together")
     for key, kind in _REQUIRED.items():
         if key not in arch:
             raise ArchError(f"{source}: missing field '{key}'")
@@ -151,7 +168,24 @@ def arch_space(arch: dict, model: nn.Module | None = None) -> tuple[nn.Module, S
     for name, w, c in zip(space.names, widths, space.choices):
         if w not in c:
             raise ArchError(f"architecture field 'widths': {w} for group '{name}' is not allowed; allowed: {list(c)}")
+    if "stripes" in arch:
+        arch_stripes(arch, model, space)
     return model, space
+
+
+def arch_stripes(arch: dict, model: nn.Module, space: SearchSpace) -> dict:
+    """The stripe masks of ``arch`` (empty for a channel-only one), checked against the model."""
+    if "stripes" not in arch:
+        return {}
+    masks = decode_masks(arch["stripes"], "architecture field 'stripes'")
+    shapes = stripe_layers(model, space.graph).shapes
+    for name, mask in masks.items():
+        if shapes.get(name) != tuple(mask.shape):
+            raise ArchError(f"architecture field 'stripes': layer '{name}' with mask shape {list(mask.shape)} is not "
+                            f"a stripe-prunable conv of '{arch['model']['name']}'")
+    if tuple(arch["widths"]) != tuple(space.max_widths()):
+        raise ArchError("architecture field 'widths': a stripe-pruned architecture keeps every channel")
+    return masks
 
 
 def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
@@ -163,4 +197,8 @@ def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
     """
     given = model is not None
     model, space = arch_space(arch, model)
+    if "stripes" in arch:
+        if given:
+            model = materialise(model, space, arch["widths"], keep="first", fresh=True)
+        return export_stripes(model, arch_stripes(arch, model, space), fresh=given)
     return materialise(model, space, arch["widths"], keep="first", fresh=given)

@@ -28,7 +28,7 @@ FLOORS = [
     ("autoprune.version", "autoprune.errors", "autoprune.files", "autoprune.runtime"),
     ("autoprune.graph", "autoprune.models"),
     ("autoprune.space", "autoprune.cost", "autoprune.importance", "autoprune.budget", "autoprune.latency"),
-    ("autoprune.surgery", "autoprune.arch", "autoprune.profile"),
+    ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
     ("autoprune.data", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec"),
     ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
     ("autoprune.api",),

@@ -8,7 +8,7 @@ from autoprune.api import DEFAULT_OUT, DEFAULT_TRIALS, StudyConfig, search
 from autoprune.commands.common import add_model_args
 from autoprune.commands.latency_table import add_table_args
 from autoprune.dataspec import DataSpec
-from autoprune.errors import BudgetError
+from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalConfig
 from autoprune.importance import KEEP_RULES
 from autoprune.optimizers import list_methods
@@ -56,12 +56,22 @@ def register(sub) -> None:
     p.add_argument("--keep", default="l1", choices=KEEP_RULES, help="which channels a pruned layer inherits")
     p.add_argument("--objective", default=None, choices=["synthetic"],
                    help="score with a cheap synthetic objective instead of training (for testing the machinery)")
+    p.add_argument("--stripe-penalty", type=float, default=None,
+                   help="--method stripe: strength of the L1 penalty on the Filter Skeleton (default 1e-5)")
+    p.add_argument("--stripe-threshold", type=float, default=None,
+                   help="--method stripe: stripes with |FS| at or below it are pruned whatever the budget (default 0.01)")
+    p.add_argument("--stripe-epochs", type=int, default=None,
+                   help="--method stripe: epochs of skeleton training from the base (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    stripe = {"penalty": args.stripe_penalty, "threshold": args.stripe_threshold, "epochs": args.stripe_epochs}
+    stripe = {k: v for k, v in stripe.items() if v is not None}
+    if stripe and args.method != "stripe":
+        raise SearchError("--stripe-penalty, --stripe-threshold and --stripe-epochs are options of --method stripe")
     space_options = {"space_file": args.space, "round_to": args.round_to, "min_ratio": args.min_ratio}
     if args.budget is None and args.latency_budget is None:
         raise BudgetError("give a MACs budget (--budget 0.4), a latency budget (--latency-budget 0.5), or both")
@@ -79,7 +89,7 @@ def run(args) -> int:
         evaluation=EvalConfig(bn_batches=args.bn_batches, fine_tune_steps=args.fine_tune_steps,
                               batch_size=args.eval_batch_size, keep=args.keep, seed=args.seed),
         input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
-        pretrain_epochs=args.pretrain_epochs, objective=args.objective,
+        pretrain_epochs=args.pretrain_epochs, objective=args.objective, method_options=stripe or None,
         space_options={k: v for k, v in space_options.items() if v is not None},
         progress=not (args.json or args.no_progress))
     print(json.dumps(result.summary()) if args.json else result)

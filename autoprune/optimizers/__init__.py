@@ -15,10 +15,11 @@ uniform-fill uniform, then grown one grid step at a time      1          no     
 slimming    global threshold on BatchNorm |γ|                1          yes          no
 l1-global   global threshold on normalised filter L1 norms   1          yes          no
 dmcp        differentiable Markov channel pruning            1          yes          yes
+stripe      stripe-wise pruning, Filter Skeleton, budget    1          yes          yes
 =========== ================================================ ========== ============ ============
 
-Every candidate of every optimizer is within the budget (:meth:`Optimizer.ask` refuses any
-other), and every one is scored from the same trained base. ``autoprune methods`` prints
+Every candidate of every optimizer is within the budget (the driver refuses any other), and
+every one is scored from the same trained base. ``autoprune methods`` prints
 this table from the registry.
 """
 
@@ -41,6 +42,7 @@ from autoprune.optimizers import _random  # noqa: E402,F401
 from autoprune.optimizers import _uniform  # noqa: E402,F401
 from autoprune.optimizers import _classic  # noqa: E402,F401
 from autoprune.optimizers import dmcp  # noqa: E402,F401
+from autoprune.optimizers import stripe  # noqa: E402,F401
 # isort: on
 
 __all__ = ["Context", "Optimizer", "get_optimizer", "list_methods", "method_table", "register_optimizer",

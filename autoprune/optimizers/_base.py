@@ -100,6 +100,9 @@ class Optimizer:
     one_shot: ClassVar[bool] = False
     # The latency constraint, when the search has one (set by limit_latency).
     latency: LatencyLimit | None = None
+    # "channel": proposes width vectors. "stripe": prepare() leaves a stripe-pruned model in
+    # ``self.result`` (masks, model, score, info) that the search writes itself.
+    granularity: ClassVar[str] = "channel"
 
     def __init__(self, space, max_macs: int, *, seed: int = 0):
         check_reachable(space, max_macs)

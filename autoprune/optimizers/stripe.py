@@ -1,0 +1,155 @@
+"""``stripe``: stripe-wise pruning with a Filter Skeleton (Meng et al., NeurIPS 2020), with an
+exact budget.
+
+A Filter Skeleton (one scalar per stripe, starting at 1) is put on every prunable conv of the
+trained base (see :mod:`autoprune.stripe`); weights and skeleton are trained together on the
+training split with ``penalty · Σ|FS|`` added to the loss. The paper then prunes the stripes
+whose |FS| is below a fixed threshold, and the MACs fall where they fall; here the threshold
+is chosen by bisection over the sorted |FS| so that the stripe MACs meet the budget (at most
+the budget, within one stripe of it). The paper's threshold still applies as a floor: a
+stripe with |FS| ≤ ``threshold`` is pruned even when the budget would allow it.
+
+The result is not a width vector: every channel is kept and a stripe mask per conv says what
+is left. The search therefore writes it to the architecture JSON itself (schema
+``autoprune.arch/2``, field ``stripes``) rather than scoring widths through the study.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune.errors import SearchError
+from autoprune.optimizers._base import Optimizer, register_optimizer
+from autoprune.stripe import (
+    budget_mask,
+    export_stripes,
+    fold_skeleton,
+    insert_skeleton,
+    skeleton_penalty,
+    skeleton_values,
+    stripe_layers,
+    stripe_macs,
+)
+from autoprune.train import split_accuracy
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    """How the skeleton is trained: ``epochs`` over the training split (or ``steps`` batches
+    when given), SGD at ``lr`` with momentum 0.9 and ``weight_decay`` on the weights (not on
+    FS), ``penalty`` on Σ|FS| (paper: 1e-5), ``threshold`` the paper's fixed cut on |FS|
+    (0.01), ``train_weights=False`` to train the skeleton alone (weights frozen)."""
+
+    epochs: int = 1
+    steps: int | None = None
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    penalty: float = 1e-5
+    threshold: float = 0.01
+    batch_size: int = 64
+    train_weights: bool = True
+    seed: int = 0
+
+
+def train_skeleton(model: nn.Module, data, config: StripeConfig, *, device, progress: bool = False) -> dict:
+    """Train ``model`` (which carries a skeleton) in place with the FS L1 penalty; a summary."""
+    model.train()
+    fs = [p for n, p in model.named_parameters() if n.endswith(".fs")]
+    weights = [p for n, p in model.named_parameters() if not n.endswith(".fs")]
+    for p in weights:
+        p.requires_grad_(config.train_weights)
+    groups = [{"params": fs, "weight_decay": 0.0}]
+    if config.train_weights:
+        groups.append({"params": weights, "weight_decay": config.weight_decay})
+    sgd = torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
+    per_epoch = data.num_batches("train", batch_size=config.batch_size, train=True)
+    total = config.steps or config.epochs * per_epoch
+    step, losses, start = 0, [], time.perf_counter()
+    while step < total:
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step // max(per_epoch, 1))
+        for x, y in data.batches("train", batch_size=config.batch_size, train=True, generator=gen):
+            lr = config.lr * 0.5 * (1 + torch.cos(torch.tensor(step / total * torch.pi)).item())
+            for g in sgd.param_groups:
+                g["lr"] = lr
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            sgd.zero_grad(set_to_none=True)
+            (loss + config.penalty * skeleton_penalty(model)).backward()
+            sgd.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if progress and step % 50 == 0:
+                print(f"stripe: step {step}/{total} loss {sum(losses[-50:]) / 50:.3f}")
+            if step >= total:
+                break
+    for p in weights:
+        p.requires_grad_(True)
+    return {"steps": step, "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+@dataclass
+class StripeResult:
+    masks: dict
+    model: nn.Module
+    score: float | None
+    info: dict
+
+
+def search_stripes(base: nn.Module, space, data, config: StripeConfig, *, max_macs: int, device,
+                   progress: bool = False) -> StripeResult:
+    """Skeleton on ``base`` (a copy), trained, pruned to ``max_macs``; the exported stripe model."""
+    graph = space.graph
+    layers = stripe_layers(base, graph)
+    if not layers.shapes:
+        raise SearchError("method 'stripe' found no conv with a kernel larger than 1x1 to prune stripes in")
+    model = insert_skeleton(copy.deepcopy(base).to(device), layers)
+    trained = train_skeleton(model, data, config, device=device, progress=progress)
+    scores = skeleton_values(model)
+    masks, budget = budget_mask(graph, scores, max_macs, floor=config.threshold)
+    paper_masks = {n: s.abs() > config.threshold for n, s in scores.items()}
+    exported = export_stripes(fold_skeleton(model), masks).eval()
+    score = split_accuracy(exported, data, "val", device=device) if data.num_examples("val") else None
+    info = {"config": asdict(config), "training": trained, "budget": budget,
+            "paper_threshold_macs": stripe_macs(graph, paper_masks),
+            "left_whole": dict(layers.skipped),
+            "empty_filters": sum(int((~m.flatten(1).any(1)).sum()) for m in masks.values())}
+    return StripeResult(masks, exported, score, info)
+
+
+@register_optimizer
+class StripePruner(Optimizer):
+    """Stripe-wise pruning (see the module docstring); one stripe-pruned model, every channel kept."""
+
+    name = "stripe"
+    summary = ("stripe-wise pruning (Meng et al., 2020): a Filter Skeleton trained from the base with an L1 "
+               "penalty, its threshold set by the budget")
+    needs_base = True
+    needs_data = True
+    one_shot = True
+    granularity = "stripe"
+
+    def __init__(self, space, max_macs, *, seed=0, **options):
+        super().__init__(space, max_macs, seed=seed)
+        try:
+            self.config = StripeConfig(seed=seed, **options)
+        except TypeError as exc:
+            raise SearchError(f"method 'stripe': {exc}") from None
+        self.result: StripeResult | None = None
+
+    def prepare(self, context):
+        if context.data is None or context.base is None:
+            raise SearchError("method 'stripe' trains a Filter Skeleton on the base model and needs data and a base")
+        self.result = search_stripes(context.base, self.space, context.data, self.config, max_macs=self.max_macs,
+                                     device=context.device, progress=context.progress)
+
+    def propose(self, rng, pending):
+        return None  # the result is a stripe mask, written by the search itself
+
+    def report(self) -> dict:
+        return {} if self.result is None else {"stripe": self.result.info}

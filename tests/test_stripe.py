@@ -1,0 +1,208 @@
+"""Stripe-wise pruning: the mask's cost against a hook count, the exported model against the
+masked one, the Filter Skeleton, and the exact budget."""
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import randomize
+from test_cost import hook_macs_and_thop
+
+from autoprune.arch import build, load_arch, make_arch, save_arch, validate_arch
+from autoprune.cli import main
+from autoprune.cost import base_macs
+from autoprune.graph import trace
+from autoprune.models import create_model
+from autoprune.space import SearchSpace
+from autoprune.stripe import (
+    StripeConv2d,
+    budget_mask,
+    decode_masks,
+    encode_masks,
+    export_stripes,
+    fold_skeleton,
+    full_masks,
+    insert_skeleton,
+    masked_copy,
+    skeleton_penalty,
+    skeleton_values,
+    stripe_layers,
+    stripe_macs,
+    stripe_params,
+)
+
+SHAPE = (3, 16, 16)
+SHAPES = {"vgg16": (3, 32, 32)}  # five poolings need 32x32
+
+
+class Depthwise(nn.Module):
+    """A stem, a strided dilated 3x3, a depthwise 3x3, a 1x1 and a 5x5 with a bias."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.down = nn.Conv2d(16, 24, 3, stride=2, padding=2, dilation=2, bias=False)
+        self.bn = nn.BatchNorm2d(24)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False)
+        self.pw = nn.Conv2d(24, 32, 1, bias=False)
+        self.wide = nn.Conv2d(32, 16, (5, 3), padding=(2, 1), stride=(1, 2), bias=True)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.bn(self.down(x)))
+        x = self.pw(self.dw(x))
+        x = torch.relu(self.wide(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def model_of(name):
+    torch.manual_seed(0)
+    model = Depthwise() if name == "depthwise" else create_model(name)
+    return randomize(model).eval()
+
+
+def random_masks(layers, p, seed):
+    gen = torch.Generator().manual_seed(seed)
+    masks = {n: torch.rand(s, generator=gen) < p for n, s in layers.shapes.items()}
+    first = next(iter(masks))
+    masks[first][0] = False  # a filter that keeps no stripe
+    return masks
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model = model_of(name)
+            graph = trace(model, SHAPES.get(name, SHAPE))
+            cache[name] = (model, graph, stripe_layers(model, graph))
+        return cache[name]
+
+    return get
+
+
+def test_layers_left_whole_are_reported(models):
+    _, _, layers = models("depthwise")
+    assert set(layers.shapes) == {"stem.0", "down", "wide"}
+    assert layers.shapes["wide"] == (16, 5, 3)
+    assert layers.skipped == {"dw": "depthwise conv", "pw": "1x1 conv: a single stripe"}
+    _, _, res = models("resnet20")
+    assert all("1x1" in why for why in res.skipped.values())  # the projection shortcuts
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet56", "depthwise"])
+def test_exported_model_equals_masked_model_and_cost_equals_hook_count(name, models, one_thread):
+    model, graph, layers = models(name)
+    shape = SHAPES.get(name, SHAPE)
+    for seed, p in ((0, 0.5), (1, 0.15)):
+        masks = random_masks(layers, p, seed)
+        exported = export_stripes(model, masks).eval()
+        assert sum(isinstance(m, StripeConv2d) for m in exported.modules()) == len(masks)
+        x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            want, got = masked_copy(model, masks)(x), exported(x)
+        assert want.abs().max() > 0.1
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        counted, _ = hook_macs_and_thop(exported, shape)
+        assert stripe_macs(graph, masks) == counted
+        assert stripe_params(graph, masks) == sum(p.numel() for p in exported.parameters())
+    space = SearchSpace.from_model(model, shape)
+    assert stripe_macs(graph, full_masks(layers)) == base_macs(space)
+
+
+def test_filter_skeleton_at_one_leaves_the_function_unchanged(models, one_thread):
+    model, _, layers = models("resnet20")
+    skeleton = insert_skeleton(model_of("resnet20"), layers)
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(skeleton(x), model(x), atol=1e-6, rtol=1e-6)
+    fs = skeleton_values(skeleton)
+    assert set(fs) == set(layers.shapes) and fs["conv1"].shape == layers.shapes["conv1"]
+    assert float(skeleton_penalty(skeleton).detach()) == sum(s.numel() for s in fs.values())
+    # the FS is trainable and folds into the weights
+    skeleton.conv1.parametrizations.weight[0].fs.data[:, :, 1, 1] = 0.0
+    before = skeleton(x).detach()
+    folded = fold_skeleton(skeleton)
+    assert isinstance(folded.conv1, nn.Conv2d) and not skeleton_values(folded)
+    assert float(folded.conv1.weight[:, :, 1, 1].abs().sum()) == 0.0
+    torch.testing.assert_close(folded(x), before)
+
+
+@pytest.mark.parametrize("ratio", [0.9, 0.5, 0.3])
+def test_budget_is_met_exactly(ratio, models):
+    model, graph, layers = models("resnet20")
+    full = stripe_macs(graph, full_masks(layers))
+    gen = torch.Generator().manual_seed(3)
+    scores = {n: torch.rand(s, generator=gen) for n, s in layers.shapes.items()}
+    max_macs = int(ratio * full)
+    masks, info = budget_mask(graph, scores, max_macs)
+    got = stripe_macs(graph, masks)
+    largest_stripe = max(layer.out_positions * model.get_submodule(layer.name).in_channels
+                         for layer in graph.layers if layer.name in layers.shapes)
+    assert got <= max_macs and max_macs - got < largest_stripe
+    assert info["macs"] == got and not info["floor_bound"]
+    kept = torch.cat([scores[n][m] for n, m in masks.items()])
+    dropped = torch.cat([scores[n][~m] for n, m in masks.items()])
+    assert kept.min() >= info["threshold"] >= dropped.max()  # a global threshold on |FS|
+    # the paper's fixed threshold may prune more than the budget asks
+    masks, info = budget_mask(graph, scores, full, floor=0.5)
+    assert info["floor_bound"] and all(bool((scores[n][m] > 0.5).all()) for n, m in masks.items())
+
+
+def test_budget_below_the_unprunable_layers_is_an_error(models):
+    _, graph, layers = models("depthwise")
+    with pytest.raises(Exception, match="cannot be pruned"):
+        budget_mask(graph, full_masks(layers), 10)
+
+
+def test_masks_round_trip_through_arch_json(models, tmp_path):
+    model, graph, layers = models("resnet20")
+    masks = random_masks(layers, 0.4, 5)
+    assert all(torch.equal(masks[n], m) for n, m in decode_masks(encode_masks(masks)).items())
+    space = SearchSpace.from_model(create_model("resnet20"), SHAPE, model_name="resnet20")
+    arch = make_arch("resnet20", {"num_classes": 10}, space, space.max_widths(), stripes=masks)
+    assert arch["schema"] == "autoprune.arch/2"
+    assert arch["macs"]["pruned"] == stripe_macs(graph, masks)
+    path = save_arch(arch, tmp_path / "arch.json")
+    again = load_arch(path)
+    fresh = build(again)
+    convs = {n: m for n, m in fresh.named_modules() if isinstance(m, StripeConv2d)}
+    assert set(convs) == set(masks) and all(torch.equal(convs[n].mask, masks[n]) for n in masks)
+    counted, _ = hook_macs_and_thop(fresh, SHAPE)
+    assert counted == arch["macs"]["pruned"]
+    channel_only = make_arch("resnet20", {"num_classes": 10}, space, space.uniform(0.5))
+    assert channel_only["schema"] == "autoprune.arch/1" and "stripes" not in channel_only
+    bad = dict(arch, stripes={"conv1": {"shape": [16, 3, 3], "bits": "zz"}})
+    with pytest.raises(Exception, match="hexadecimal"):
+        build(validate_arch(bad))
+
+
+TINY = ["--model", "resnet20", "--dataset", "synthetic", "--limit", "128", "--val-size", "64",
+        "--pretrain-epochs", "1", "--device", "cpu", "--no-progress", "--seed", "0"]
+
+
+def test_search_method_stripe_writes_a_stripe_arch_that_retrain_trains(tmp_path, capsys, one_thread):
+    out = tmp_path / "run"
+    assert main(["search", *TINY, "--budget", "0.4", "--method", "stripe", "--stripe-epochs", "1",
+                 "--stripe-penalty", "1e-4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stripes" in text and "left whole" in text and "1x1 conv" in text
+    arch = load_arch(out / "arch.json")
+    assert arch["schema"] == "autoprune.arch/2" and arch["method"] == "stripe"
+    info = arch["search"]["stripe"]
+    assert info["config"]["penalty"] == 1e-4 and info["config"]["threshold"] == 0.01
+    stripe_cost = max(8 * 8 * 64, 32 * 32 * 16)  # the largest stripe of resnet20 at 32x32
+    assert arch["budget"]["max_macs"] - stripe_cost < arch["macs"]["pruned"] <= arch["budget"]["max_macs"]
+    assert 0.0 <= arch["score"] <= 1.0 and set(info["left_whole"]) == {"layer2.0.shortcut.0", "layer3.0.shortcut.0"}
+    model = build(arch)
+    counted, _ = hook_macs_and_thop(model, tuple(arch["input_shape"]))
+    assert counted == arch["macs"]["pruned"]
+    assert main(["retrain", str(out / "arch.json"), "--dataset", "synthetic", "--limit", "128", "--val-size", "64",
+                 "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "retrain")]) == 0
+    state = torch.load(tmp_path / "retrain" / "model.pt", weights_only=True)["model"]
+    assert any(k.endswith("convs.0.weight") for k in state)
+    assert main(["search", *TINY, "--budget", "0.4", "--method", "uniform", "--stripe-epochs", "1",
+                 "--out", str(out)]) == 2
+    assert "options of --method stripe" in capsys.readouterr().err
