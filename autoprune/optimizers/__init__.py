@@ -1,26 +1,12 @@
 """Optimizers: what proposes the width vectors a search scores.
 
 Every optimizer is one private module behind one interface (:class:`Optimizer`), registered
-by name with :func:`register_optimizer`. Each declares what it needs, which decides what the
-search prepares for it:
-
-=========== ================================================ ========== ============ ============
-name        what it does                                     candidates trained base  training data
-=========== ================================================ ========== ============ ============
-abc         artificial bee colony (ABCPruner), asynchronous  --trials   no           no
-tpe         Optuna TPE over the encoded widths               --trials   no           no
-random      uniform grid draws, repaired onto the budget     --trials   no           no
-uniform     one width multiplier for every group             1          no           no
-uniform-fill uniform, then grown one grid step at a time      1          no           no
-slimming    global threshold on BatchNorm |γ|                1          yes          no
-l1-global   global threshold on normalised filter L1 norms   1          yes          no
-dmcp        differentiable Markov channel pruning            1          yes          yes
-stripe      stripe-wise pruning, Filter Skeleton, budget    1          yes          yes
-=========== ================================================ ========== ============ ============
+by name with :func:`register_optimizer`. Each declares what it needs (``needs_base``,
+``needs_data``, ``one_shot``), which decides what the search prepares for it; ``autoprune
+methods`` prints the table of methods from the registry.
 
 Every candidate of every optimizer is within the budget (the driver refuses any other), and
-every one is scored from the same trained base. ``autoprune methods`` prints
-this table from the registry.
+every one is scored from the same trained base.
 """
 
 from autoprune.optimizers._base import (
