@@ -35,6 +35,7 @@ from autoprune import cost
 from autoprune.arch import make_arch, save_arch
 from autoprune.budget import Budget, check_reachable, parse_budget
 from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from autoprune.criteria import ScoreCache
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
 from autoprune.driver import run_search
@@ -193,7 +194,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
     optimizer = optimizer_cls(s.space, s.max_macs, seed=seed, **(method_options or {}))
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
-                      progress=progress)
+                      progress=progress, cache=_score_cache(s))
     records, scored_here = _run(optimizer, score_fn, store, study.trials, seed, context, progress, method)
     return _write(s, optimizer, records, objective, score_fn, time.perf_counter() - start,
                   {"scored_here": scored_here, "storage": url, "study": name})
@@ -288,7 +289,7 @@ def _objective(s: _Search, objective, evaluation: EvalConfig | None):
     """The function that scores a width vector."""
     if objective is None:
         s.evaluation = (evaluation or EvalConfig(seed=s.seed)).resolved(s.device)
-        return Evaluator(s.model, s.space, s.data, config=s.evaluation, device=s.device)
+        return Evaluator(s.model, s.space, s.data, config=s.evaluation, device=s.device, cache=_score_cache(s))
     if objective == "synthetic":
         return SyntheticObjective(s.space, seed=s.seed)
     return _wrap(objective)
@@ -385,6 +386,11 @@ def file_sha1(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _score_cache(s: _Search) -> ScoreCache | None:
+    """Where data-driven channel scores of the base are kept: beside its checkpoint."""
+    return ScoreCache.beside(s.base["path"], s.base["sha1"]) if s.base else None
 
 
 def _objective_kind(objective) -> str:
