@@ -14,6 +14,9 @@ uniform     one width multiplier for every group             1          no      
 uniform-fill uniform, then grown one grid step at a time      1          no           no
 slimming    global threshold on BatchNorm |γ|                1          yes          no
 l1-global   global threshold on normalised filter L1 norms   1          yes          no
+hrank       global threshold on feature-map rank (HRank)     1          yes          yes
+activation  global threshold on mean post-activation         1          yes          yes
+ssl         group-lasso training, strength by bisection      1          yes          yes
 dmcp        differentiable Markov channel pruning            1          yes          yes
 =========== ================================================ ========== ============ ============
 
@@ -23,7 +26,7 @@ this table from the registry.
 """
 
 # The built-in optimizers: importing each module registers it (one line per optimizer).
-from autoprune.optimizers import _abc, _classic, _random, _tpe, _uniform, dmcp  # noqa: E402,F401
+from autoprune.optimizers import _abc, _classic, _random, _ssl, _tpe, _uniform, dmcp  # noqa: E402,F401
 from autoprune.optimizers._base import (
                                         Context,
                                         Optimizer,
