@@ -36,6 +36,7 @@ from autoprune import cost
 from autoprune.arch import make_arch, save_arch
 from autoprune.budget import Budget, check_reachable, parse_budget
 from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from autoprune.criteria import ScoreCache
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
 from autoprune.driver import run_search
@@ -219,7 +220,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
         return _stripe_search(s, optimizer, progress, start)
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
-                      progress=progress)
+                      progress=progress, cache=_score_cache(s))
     records, scored_here = _run(optimizer, score_fn, store, study.trials, seed, context, progress, method)
     return _write(s, optimizer, records, objective, score_fn, time.perf_counter() - start,
                   {"scored_here": scored_here, "storage": url, "study": name, "reclaimed": list(store.reclaimed)})
@@ -388,7 +389,7 @@ def _objective(s: _Search, objective, evaluation: EvalConfig | None):
     """The function that scores a width vector."""
     if objective is None:
         s.evaluation = (evaluation or EvalConfig(seed=s.seed)).resolved(s.device)
-        return Evaluator(s.model, s.space, s.data, config=s.evaluation, device=s.device)
+        return Evaluator(s.model, s.space, s.data, config=s.evaluation, device=s.device, cache=_score_cache(s))
     if objective == "synthetic":
         return SyntheticObjective(s.space, seed=s.seed)
     return _wrap(objective)
@@ -512,6 +513,11 @@ def _check_method_options(optimizer_cls, method: str, options: dict) -> None:
     if unknown:
         raise SearchError(f"method '{method}' has no option {', '.join(map(repr, unknown))}; "
                           f"its options: {', '.join(allowed) or 'none'}")
+
+
+def _score_cache(s: _Search) -> ScoreCache | None:
+    """Where data-driven channel scores of the base are kept: beside its checkpoint."""
+    return ScoreCache.beside(s.base["path"], s.base["sha1"]) if s.base else None
 
 
 def _objective_kind(objective) -> str:

@@ -27,8 +27,9 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune import cost
+from autoprune.criteria import ScoreCache, data_scores
 from autoprune.errors import SearchError, TrainingError, one_line
-from autoprune.importance import KEEP_RULES
+from autoprune.importance import DATA_RULES, KEEP_RULES
 from autoprune.runtime import autocast
 from autoprune.surgery import materialise
 from autoprune.train import param_groups, prepare_model, sgd_step, split_accuracy
@@ -92,16 +93,22 @@ class Evaluator:
 
     Called once per candidate by the search driver. Any failure (non-finite loss, out of
     memory, a RuntimeError from an odd shape) is returned as a failed result with its reason;
-    the search goes on.
+    the search goes on. A data-driven keep rule (``hrank``, ``activation``, ``apoz``,
+    ``reconstruct``) is scored once, here, on a seeded sample of ``data`` (read from / written
+    to ``cache`` when given, see :mod:`autoprune.criteria`).
     """
 
     def __init__(self, base_model: torch.nn.Module, space, data, *, config: EvalConfig | None = None,
-                 device="cpu"):
+                 device="cpu", cache: ScoreCache | None = None):
         self.base = base_model
         self.space = space
         self.data = data
         self.device = torch.device(device)
         self.config = (config or EvalConfig()).resolved(device)
+        self.keep = self.config.keep
+        if self.keep in DATA_RULES:
+            self.keep = data_scores(base_model, space.graph, data, self.keep, seed=self.config.seed,
+                                    device=self.device, cache=cache)
 
     def __call__(self, widths: Sequence[int]) -> EvalResult:
         widths = tuple(int(w) for w in widths)
@@ -109,7 +116,7 @@ class Evaluator:
         start = time.perf_counter()
         model = None
         try:
-            model = materialise(self.base, self.space, widths, keep=c.keep, seed=c.seed).to(self.device)
+            model = materialise(self.base, self.space, widths, keep=self.keep, seed=c.seed).to(self.device)
             if c.bn_batches > 0:
                 recalibrate_bn(model, self.data, batches=c.bn_batches, batch_size=c.batch_size,
                                device=self.device, seed=c.seed)

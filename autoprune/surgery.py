@@ -3,7 +3,10 @@
 :func:`materialise` copies the model and replaces the weights of every traced Conv, Linear
 and BatchNorm layer by the slices that the kept channels select, so the copy runs the same
 forward code with fewer channels. Coupled layers slice the same indices because they share
-a group; a concatenation is sliced with each part's offset.
+a group; a concatenation is sliced with each part's offset. With the ``reconstruct`` rule's
+:class:`~autoprune.importance.Scores`, every consuming layer whose input lost channels gets
+its kept weights refitted by least squares, so that it reproduces the original layer's output
+on the sampled features; widths, shapes and MACs are those of any other rule.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.graph import ChannelGraph
-from autoprune.importance import keep_indices
+from autoprune.importance import Scores, keep_indices, refit_weights
 from autoprune.space import SearchSpace
 
 
@@ -83,11 +86,32 @@ def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str = "l1",
+def refit_consumers(pruned: nn.Module, model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor],
+                    moments: dict[str, torch.Tensor]) -> None:
+    """Refit, by least squares on the sampled inputs, the weights of every conv / linear layer
+    of ``pruned`` that lost input channels and whose input moment was sampled."""
+    for layer in graph.layers:
+        if layer.name not in moments or layer.kind == "norm" or layer.depthwise:
+            continue
+        original = model.get_submodule(layer.name).weight
+        span = layer.spatial if layer.kind == "linear" else original[0, 0].numel()
+        in_cols = layout_indices(graph, layer.in_layout, kept, span)
+        if len(in_cols) == original[0].numel():
+            continue  # nothing dropped from the input: the original weights are the least-squares fit
+        out_idx = kept[layer.out_group] if layer.out_group is not None else torch.arange(original.shape[0])
+        m = pruned.get_submodule(layer.name)
+        w = refit_weights(moments[layer.name], original, in_cols, out_idx)
+        with torch.no_grad():
+            m.weight.copy_(w.reshape(m.weight.shape).to(m.weight.dtype))
+
+
+def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
                 seed: int = 0, fresh: bool = False) -> nn.Module:
     """A pruned copy of ``model`` with the free groups at ``widths``; ``model`` is untouched.
 
-    ``keep`` picks the surviving channels (see :mod:`autoprune.importance`). With
+    ``keep`` picks the surviving channels: a rule name, or the :class:`Scores` of a
+    data-driven rule (see :mod:`autoprune.importance`); ``reconstruct``'s scores also refit
+    the consumers' kept weights (:func:`refit_consumers`). With
     ``fresh=True`` every parameter is re-initialised by its module's ``reset_parameters``
     (the architecture, freshly initialised, for training from scratch).
     """
@@ -102,6 +126,8 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
         in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
         out_idx = kept[layer.out_group] if layer.out_group is not None else None
         _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
+    if isinstance(keep, Scores) and keep.moments and not fresh:
+        refit_consumers(pruned, model, graph, kept, keep.moments)
     if fresh:
         for m in pruned.modules():
             if hasattr(m, "reset_parameters") and m is not pruned:
@@ -111,7 +137,7 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
     return pruned
 
 
-def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str = "l1",
+def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
                  seed: int = 0) -> nn.Module:
     """A copy of ``model`` at full width whose dropped channels output zero.
 

@@ -34,6 +34,7 @@ from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.data import iterate
 from autoprune.errors import CheckpointError, DataError, TrainingError
 from autoprune.files import check_out_dir
+from autoprune.graph import ChannelGraph
 from autoprune.runtime import autocast, log, progress_bar
 
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
@@ -223,6 +224,49 @@ def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: flo
                 w.grad.add_(torch.sign(w.detach()), alpha=l1_gamma)
     sgd.step()
     return loss, logits
+
+
+def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int, list[tuple[torch.Tensor, int]]]:
+    """For each group id in ``gids``, the (parameter, first row) pieces whose rows
+    ``first … first + width`` belong to its channels: its producers' filters and biases, the
+    affine parameters of its norms and the filters of its depthwise convs (the structured
+    groups of SSL, Wen et al. 2016: everything a channel's removal removes on the output side)."""
+    wanted = set(gids)
+    out = {gid: [] for gid in gids}
+    for layer in graph.layers:
+        m = model.get_submodule(layer.name)
+        params = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
+        if layer.out_group is not None and layer.out_group in wanted:
+            out[layer.out_group] += [(p, 0) for p in params]
+        elif layer.kind == "norm" or layer.depthwise:
+            offset = 0
+            for gid in layer.in_layout:
+                if gid in wanted:
+                    out[gid] += [(p, offset) for p in params]
+                offset += graph.groups[gid].width
+    return out
+
+
+def channel_norms(pieces: list[tuple[torch.Tensor, int]], width: int) -> torch.Tensor:
+    """The L2 norm of each channel's parameters over ``pieces`` (see :func:`channel_parameters`)."""
+    total = torch.zeros(width, dtype=torch.float64)
+    for p, first in pieces:
+        total += p.detach()[first:first + width].double().reshape(width, -1).square().sum(1).cpu()
+    return total.sqrt()
+
+
+@torch.no_grad()
+def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, int]]], widths: dict[int, int],
+                     amount: float) -> None:
+    """The proximal step of ``amount · Σ_channels ‖θ_channel‖₂`` (group lasso): every channel's
+    parameters shrink by ``amount`` in norm, and a channel whose norm is below it becomes
+    exactly zero. Applied after each SGD step (lr × strength), it zeroes whole channels."""
+    for gid, pieces in groups.items():
+        norms = channel_norms(pieces, widths[gid])
+        scale = torch.clamp(1 - amount / norms.clamp_min(1e-30), min=0)
+        for p, first in pieces:
+            rows = p[first:first + widths[gid]]
+            rows.mul_(scale.to(p.device, p.dtype).reshape(-1, *([1] * (rows.dim() - 1))))
 
 
 # --------------------------------------------------------------------------------------------

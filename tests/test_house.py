@@ -30,7 +30,7 @@ FLOORS = [
     ("autoprune.space", "autoprune.cost", "autoprune.importance", "autoprune.budget", "autoprune.latency"),
     ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
     ("autoprune.data", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec"),
-    ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
+    ("autoprune.criteria", "autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
     ("autoprune.api",),
     ("autoprune.commands", "autoprune.cli"),
 ]

@@ -6,7 +6,7 @@ from conftest import randomize
 
 from autoprune import cost
 from autoprune.data import load_data
-from autoprune.errors import SearchError
+from autoprune.errors import AutopruneError, SearchError
 from autoprune.evaluator import SyntheticObjective
 from autoprune.models import create_model
 from autoprune.optimizers import (
@@ -21,7 +21,7 @@ from autoprune.space import SearchSpace
 
 LEARNING = ["abc", "tpe"]
 # Keep DMCP's supernet training to a couple of steps: these tests check the interface.
-OPTIONS = {"dmcp": {"steps": 2, "batch_size": 16}}
+OPTIONS = {"dmcp": {"steps": 2, "batch_size": 16}, "ssl": {"steps": 2, "batch_size": 16, "bisections": 2}}
 # The methods that propose width vectors (stripe writes a stripe mask: tests/test_stripe.py).
 CHANNEL = [m for m in list_methods() if get_optimizer(m).granularity == "channel"]
 
@@ -61,7 +61,7 @@ def run(name, space, model, max_macs, *, seed=0, steps=20, objective=None):
 
 def test_registry_lists_every_method():
     assert set(list_methods()) == {"abc", "tpe", "random", "uniform", "uniform-fill", "slimming", "l1-global", "dmcp",
-                                 "stripe"}
+                                 "stripe", "hrank", "activation", "ssl"}
     with pytest.raises(SearchError, match="unknown search method"):
         get_optimizer("annealing")
 
@@ -150,7 +150,7 @@ def test_state_is_rebuilt_by_replaying_results(name, space, model):
     assert first.ask(rng()) == second.ask(rng())
 
 
-@pytest.mark.parametrize("name", ["uniform", "slimming", "l1-global"])
+@pytest.mark.parametrize("name", ["uniform", "slimming", "l1-global", "hrank", "activation", "ssl"])
 def test_one_shot_methods_propose_once(name, space, model):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
     _, out = run(name, space, model, max_macs, steps=5)
@@ -197,3 +197,26 @@ def test_learning_optimizers_beat_random(name, steps, space, model):
 
     seeds = range(3)
     assert np.median([best(name, s) for s in seeds]) > np.median([best("random", s) for s in seeds])
+
+
+def test_ssl_bisects_the_penalty_to_the_budget(space, model, one_thread):
+    max_macs = int(0.4 * cost.macs(space, space.max_widths()))
+    opt = get_optimizer("ssl")(space, max_macs, seed=0, steps=6, batch_size=16, bisections=2, strength=(1e-3, 50.0))
+    opt.prepare(Context(base=model, data=load_data("synthetic", val_size=64, n_train=128)))
+    tried = opt.report()["ssl"]["tried"]
+    assert len(tried) == 3 and tried[0]["strength"] == pytest.approx(50.0) and tried[0]["fits"]
+    # Bisection: every later strength lies between a fitting and a failing one.
+    fitting = [t["strength"] for t in tried if t["fits"]]
+    assert min(fitting) < 50.0
+    assert all(t["macs"] > max_macs for t in tried if not t["fits"])
+    widths, role = opt.ask(np.random.default_rng(0))
+    assert role == "ssl" and cost.macs(space, widths) <= max_macs
+    assert cost.macs(space, widths) >= 0.9 * max_macs  # the leftover budget is used
+
+
+def test_data_driven_producers_need_data(space, model):
+    max_macs = int(0.4 * cost.macs(space, space.max_widths()))
+    for name in ("hrank", "activation", "ssl"):
+        assert get_optimizer(name).needs_data and get_optimizer(name).needs_base
+        with pytest.raises((SearchError, AutopruneError)):
+            get_optimizer(name)(space, max_macs, seed=0).prepare(Context(base=model))

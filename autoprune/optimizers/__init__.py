@@ -27,6 +27,7 @@ from autoprune.optimizers import _tpe  # noqa: E402,F401
 from autoprune.optimizers import _random  # noqa: E402,F401
 from autoprune.optimizers import _uniform  # noqa: E402,F401
 from autoprune.optimizers import _classic  # noqa: E402,F401
+from autoprune.optimizers import _ssl  # noqa: E402,F401
 from autoprune.optimizers import dmcp  # noqa: E402,F401
 from autoprune.optimizers import stripe  # noqa: E402,F401
 # isort: on

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from autoprune.budget import check_reachable, repair, uniform_at_budget, within
+from autoprune.criteria import ScoreCache
 from autoprune.errors import SearchError
 from autoprune.latency import LatencyLimit
 
@@ -26,7 +27,8 @@ Widths = tuple[int, ...]
 @dataclass(frozen=True)
 class Context:
     """What the search hands :meth:`Optimizer.prepare`: the trained base, the data, where to
-    put files of its own (a checkpoint to resume from), and whether to show progress.
+    put files of its own (a checkpoint to resume from), whether to show progress, and where
+    the base's data-driven channel scores are cached (:mod:`autoprune.criteria`).
 
     ``base`` is None unless the optimizer declares ``needs_base``; ``data`` is None unless
     it declares ``needs_data``.
@@ -37,6 +39,7 @@ class Context:
     device: torch.device = torch.device("cpu")
     out_dir: Path | None = None
     progress: bool = False
+    cache: ScoreCache | None = None
 
 
 class Optimizer:

@@ -4,11 +4,16 @@
   BatchNorm across all free groups at once; the threshold sets every layer's width.
 * ``l1-global`` — filters ranked by their L1 norm, normalised by each layer's mean so that
   layers of different fan-in compare, across all free groups at once.
+* ``hrank`` — channels ranked by the mean matrix rank of their feature maps on a seeded
+  sample of training images (HRank, Lin et al., CVPR 2020).
+* ``activation`` — channels ranked by their mean post-activation value on the same kind of
+  sample (DropNet, Min et al., 2020).
 
-Both lower the threshold as far as the budget allows: the global ranking decides *where*
+All lower the threshold as far as the budget allows: the global ranking decides *where*
 channels go, the budget decides *how many*. Widths are snapped down to the space's grid and
 the leftover budget is filled by the usual growing step. The scores come from
-:mod:`autoprune.importance` (the same rules surgery uses to pick the surviving channels).
+:mod:`autoprune.importance` and, for the data-driven rules, :mod:`autoprune.criteria` (the
+same rules surgery uses to pick the surviving channels, cached beside the base checkpoint).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import numpy as np
 
 from autoprune import cost
 from autoprune.budget import floor_index
+from autoprune.criteria import data_scores
 from autoprune.errors import SearchError
-from autoprune.importance import channel_scores
+from autoprune.importance import DATA_RULES, channel_scores
 from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
@@ -36,7 +42,11 @@ class GlobalThreshold(Optimizer):
     def prepare(self, context):
         if context.base is None:
             raise SearchError(f"method '{self.name}' ranks the base model's channels and needs its weights (a base checkpoint)")
-        self.scores = channel_scores(context.base, self.space.graph, self.rule)
+        if self.rule in DATA_RULES:
+            self.scores = data_scores(context.base, self.space.graph, context.data, self.rule, seed=self.seed,
+                                      device=context.device, cache=context.cache).by_group
+        else:
+            self.scores = channel_scores(context.base, self.space.graph, self.rule)
 
     def widths_at_budget(self, rng) -> tuple[int, ...]:
         scores = self.scores
@@ -78,3 +88,19 @@ class L1GlobalOptimizer(GlobalThreshold):
     name = "l1-global"
     summary = "global ranking of normalised filter L1 norms"
     rule = "l1"
+
+
+@register_optimizer
+class HRankOptimizer(GlobalThreshold):
+    name = "hrank"
+    summary = "global ranking of feature-map rank on training images (HRank, Lin et al., 2020)"
+    needs_data = True
+    rule = "hrank"
+
+
+@register_optimizer
+class ActivationOptimizer(GlobalThreshold):
+    name = "activation"
+    summary = "global ranking of mean post-activation on training images (DropNet, Min et al., 2020)"
+    needs_data = True
+    rule = "activation"
