@@ -22,6 +22,12 @@ def _in_width(layer, full):
     return total
 
 
+def _per_group(cin, groups: int):
+    # Widths of a grouped conv's input are multiples of its groups, so integer widths divide
+    # exactly; differentiable widths (DMCP) divide as reals to keep their gradient.
+    return cin // groups if isinstance(cin, int) else cin / groups
+
+
 def layer_macs(layer, full):
     """MACs of one traced layer, given the width of every group by id."""
     if layer.kind == "norm":
@@ -31,8 +37,8 @@ def layer_macs(layer, full):
         return cin * layer.spatial * full[layer.out_group]
     if layer.depthwise:
         return layer.out_positions * layer.kernel * cin
-    if layer.groups > 1:  # grouped convs only touch fixed groups: integer arithmetic is exact
-        return layer.out_positions * layer.kernel * (cin // layer.groups) * full[layer.out_group]
+    if layer.groups > 1:
+        return layer.out_positions * layer.kernel * _per_group(cin, layer.groups) * full[layer.out_group]
     return layer.out_positions * layer.kernel * cin * full[layer.out_group]
 
 
@@ -47,7 +53,7 @@ def layer_params(layer, full):
     if layer.depthwise:
         return layer.kernel * cin + (cin if layer.bias else 0)
     cout = full[layer.out_group]
-    per_out = cin // layer.groups if layer.groups > 1 else cin
+    per_out = _per_group(cin, layer.groups)
     return layer.kernel * per_out * cout + (cout if layer.bias else 0)
 
 

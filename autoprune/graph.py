@@ -44,7 +44,9 @@ class ChannelGroup:
 
     ``members`` names the layers that produce or normalise these channels, in graph order;
     the group's ``name`` is its first producer's. ``fixed`` groups (the network input, the
-    classifier output, channels of grouped convs) keep their original ``width``.
+    classifier output) keep their original ``width``. A group that feeds or leaves a grouped
+    conv is cut into ``blocks`` equal runs of channels, one per conv group; it is pruned by
+    the same number of channels in every block, so the conv keeps its ``groups``.
     """
 
     id: int
@@ -53,6 +55,7 @@ class ChannelGroup:
     fixed: bool
     members: tuple[str, ...]
     producers: tuple[str, ...]
+    blocks: int = 1
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Layer:
     for norms and depthwise convs, whose output layout equals their input layout). For a
     linear layer after a flatten, every input channel spans ``spatial`` features.
     ``out_positions`` is the number of output positions (H×W for a 2-d conv), ``kernel`` the
-    kernel volume, ``groups`` the conv groups when they are not tied to the width.
+    kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.
     """
 
     name: str
@@ -262,6 +265,7 @@ class _Tracer:
         self.width: list[int] = []
         self.fixed: list[bool] = []
         self.first_seen: list[int] = []  # graph position, for naming and ordering
+        self.blocks: list[int] = []
         self.members: list[list[str]] = []
         self.producers: list[list[str]] = []
         self.layers: list[Layer] = []
@@ -275,6 +279,7 @@ class _Tracer:
         self.width.append(int(width))
         self.fixed.append(fixed)
         self.first_seen.append(self.pos)
+        self.blocks.append(1)
         self.members.append([])
         self.producers.append([])
         return gid
@@ -302,6 +307,12 @@ class _Tracer:
         keep, drop = (a, b) if self.first_seen[a] <= self.first_seen[b] else (b, a)
         self.parent[drop] = keep
         self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
+        self.blocks[keep] = math.lcm(self.blocks[keep], self.blocks[drop])
+
+    def split_into_blocks(self, g: int, blocks: int) -> None:
+        """Group ``g`` must keep the same number of channels in each of ``blocks`` equal runs."""
+        r = self.find(g)
+        self.blocks[r] = math.lcm(self.blocks[r], blocks)
 
     def merge_layouts(self, tensors: list[_Tensor], node: fx.Node) -> _Tensor:
         """Element-wise op of several channel tensors: their channels are the same channels."""
@@ -458,14 +469,16 @@ class _Tracer:
             mem = tuple(sorted(set(members[r]), key=order.get))
             prod = tuple(sorted(set(producers[r]), key=order.get))
             name = prod[0] if prod else (mem[0] if mem else "input")
-            fixed = self.fixed[r] or not prod
-            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod))
+            # Blocks from grouped convs of different group counts may not tile the width.
+            fixed = self.fixed[r] or not prod or self.width[r] % self.blocks[r] != 0
+            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r]))
         # Group names must be unique; two groups can only share a name if neither has producers.
         seen: dict[str, int] = {}
         for i, g in enumerate(groups):
             if g.name in seen:
                 seen[g.name] += 1
-                groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers)
+                groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers,
+                                         g.blocks)
             else:
                 seen[g.name] = 0
         return groups
@@ -494,11 +507,17 @@ def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
         tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions,
                                    bias))
         return x
-    # Grouped convs (and depth multipliers) tie channels to groups in ways a width vector
-    # cannot keep consistent: freeze both sides.
-    for g in x.layout:
-        tracer.fixed[tracer.find(g)] = True
-    out = tracer.produce(node, m.out_channels, fixed=True)
+    if len(x.layout) == 1:
+        # Grouped: conv group j reads input block j and writes output block j. Pruning every
+        # block of each side by the same amount keeps `groups` and the pairing of blocks.
+        tracer.split_into_blocks(x.layout[0], m.groups)
+        out = tracer.produce(node, m.out_channels)
+        tracer.split_into_blocks(out, m.groups)
+    else:
+        # A grouped conv over a concatenation: blocks would cut across the parts; freeze.
+        for g in x.layout:
+            tracer.fixed[tracer.find(g)] = True
+        out = tracer.produce(node, m.out_channels, fixed=True)
     tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
                                out_positions, bias))
     return _Tensor([out])

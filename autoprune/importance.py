@@ -68,7 +68,14 @@ def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], 
         if k >= g.width:
             out[g.id] = torch.arange(g.width)
         else:
-            # Stable sort so that ties (e.g. all-equal fresh weights) keep the first channels.
-            order = torch.sort(-scores[g.id], stable=True).indices[:k]
-            out[g.id] = torch.sort(order).values
+            out[g.id] = _top(scores[g.id], k, g.blocks)
     return out
+
+
+def _top(scores: torch.Tensor, k: int, blocks: int) -> torch.Tensor:
+    """Sorted indices of the ``k`` best channels, ``k / blocks`` from each equal block."""
+    per = scores.reshape(blocks, -1)
+    # Stable sort so that ties (e.g. all-equal fresh weights) keep the first channels.
+    order = torch.sort(-per, dim=1, stable=True).indices[:, :k // blocks]
+    order = order + torch.arange(blocks)[:, None] * per.shape[1]
+    return torch.sort(order.flatten()).values

@@ -56,17 +56,29 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
         m.in_channels = m.out_channels = m.groups = len(in_idx)
         return
-    if kind == "conv" and m.groups > 1:  # fixed groups: all channels kept, but own a copy
-        out_idx = torch.arange(m.out_channels)
-        in_idx = torch.arange(w.shape[1])
-    w = w[out_idx][:, in_idx]
+    if kind == "conv" and m.groups > 1:
+        w = _grouped_weight(w, m.groups, m.in_channels, in_idx, out_idx)
+    else:
+        w = w[out_idx][:, in_idx]
     m.weight = _param(w, m.weight.requires_grad)
     if m.bias is not None:
         m.bias = _param(m.bias[out_idx], m.bias.requires_grad)
     if kind == "linear":
         m.in_features, m.out_features = len(in_idx), len(out_idx)
-    else:
+    else:  # a grouped conv keeps `groups`: in_channels stays groups x the width per group
         m.in_channels, m.out_channels = len(in_idx), len(out_idx)
+
+
+def _grouped_weight(w: torch.Tensor, groups: int, in_channels: int, in_idx: torch.Tensor,
+                    out_idx: torch.Tensor) -> torch.Tensor:
+    """The weight of a grouped conv keeping ``in_idx`` and ``out_idx`` (the same number in
+    every block): each kept filter keeps the kept inputs of its own group."""
+    per_in, per_out = in_channels // groups, w.shape[0] // groups
+    # Kept inputs of each group, as positions inside that group: [groups, kept per group].
+    local = in_idx.reshape(groups, -1) - torch.arange(groups)[:, None] * per_in
+    idx = local[out_idx // per_out]  # [kept filters, kept inputs per group]
+    idx = idx.reshape(*idx.shape, *([1] * (w.dim() - 2))).expand(-1, -1, *w.shape[2:])
+    return torch.gather(w[out_idx], 1, idx)
 
 
 def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:

@@ -1,0 +1,86 @@
+"""CNN families beyond plain convs: each traces, its analytic MACs equal a hook count of the
+pruned model (read from the modules' weight shapes and attributes), and surgery computes
+what the original computes with the dropped channels zeroed."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import randomize
+from test_cost import hook_macs_and_thop
+
+from autoprune.cost import macs, params
+from autoprune.models import create_model
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise, zero_dropped
+
+
+def check_pruned(model: nn.Module, shape, widths=None, *, space=None, zero_masking=True):
+    """Hold analytic MACs and params to a count of the pruned model, and (when the model's
+    ops allow it) the pruned model's output to the zero-masked original's. Returns the space."""
+    model = randomize(model).eval()
+    space = space or SearchSpace.from_model(model, shape)
+    assert len(space) > 0
+    widths = space.uniform(0.5) if widths is None else widths
+    pruned = materialise(model, space, widths).eval()
+    with torch.no_grad():
+        counted, _ = hook_macs_and_thop(pruned, shape)
+    assert macs(space, widths) == counted
+    assert params(space, widths) == sum(p.numel() for p in pruned.parameters())
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out, full = pruned(x), model(x)
+        assert out.shape == full.shape
+        if zero_masking:
+            ref = zero_dropped(model, space, widths).eval()(x)
+            assert ref.abs().max() > 0.1
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    return space
+
+
+# -- grouped convolutions ------------------------------------------------------------------
+
+class _Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.b = nn.Conv2d(16, 32, 3, padding=1, groups=4)  # 4 inputs -> 8 outputs per group
+        self.bn_b = nn.BatchNorm2d(32)
+        self.c = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.bn_b(self.b(torch.relu(self.bn_a(self.a(x)))))))
+
+
+def test_grouped_conv_keeps_groups_and_truthful_attributes():
+    space = check_pruned(_Grouped(), (3, 8, 8))
+    assert [g.blocks for g in space.groups] == [4, 4]
+    assert space.choices == ((4, 8, 12, 16), (8, 16, 24, 32))
+    pruned = materialise(randomize(_Grouped()), space, (8, 16))
+    b = pruned.b
+    assert (b.in_channels, b.out_channels, b.groups) == (8, 16, 4)
+    assert b.weight.shape == (16, 2, 3, 3)
+    assert pruned.bn_b.num_features == 16
+    # the pruned state loads into a freshly built module with the same attributes
+    fresh = nn.Conv2d(b.in_channels, b.out_channels, 3, padding=1, groups=b.groups)
+    fresh.load_state_dict(b.state_dict())
+
+
+@pytest.mark.parametrize("name", ["tv:resnext50_32x4d", "tv:regnet_x_400mf", "tv:regnet_y_400mf"])
+def test_resnext_and_regnet_prune_inside_groups(name):
+    # shapes only: hook counts on the meta device, uniform(0.5) against the full MACs
+    model = create_model(name).eval()
+    space = SearchSpace.from_model(model, (3, 64, 64))
+    assert any(g.blocks > 1 for g in space.groups)
+    half = space.uniform(0.5)
+    assert macs(space, half) <= 0.35 * macs(space, space.max_widths())
+    pruned = materialise(copy.deepcopy(model).to("meta"), space, half, keep="first")
+    with torch.no_grad():
+        counted, _ = hook_macs_and_thop(pruned, (3, 64, 64))
+    assert counted == macs(space, half)
+
+
+def test_regnet_surgery_equals_zero_masking():
+    check_pruned(create_model("tv:regnet_y_400mf"), (3, 32, 32))
