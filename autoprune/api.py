@@ -154,7 +154,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, base: str | os.
            space_options: dict | None = None, progress: bool = False) -> SearchResult:
     """Search per-group widths of ``model`` under ``budget`` and write ``OUT/arch.json``.
 
-    ``model``: registry name (``vgg16``, ``tv:resnet18``, ``pkg.mod:fn``) or an nn.Module.
+    ``model``: registry name (``vgg16``, ``tv:resnet18``, ``timm:efficientnet_b0``, ``pkg.mod:fn``) or an nn.Module.
     ``budget``: ratio of the base MACs (0 < b ≤ 1) or absolute MACs (``"120M"``).
     ``method``: a registered optimizer (``autoprune.optimizers.list_methods()``).
     ``data``: a dataset name or path, a :class:`~autoprune.dataspec.DataSpec`, or loaded data;

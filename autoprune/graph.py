@@ -191,19 +191,19 @@ def _rule(kind: str, key) -> _Handler | None:
 def _module_rule(cls: type) -> _Handler | None:
     # cls.__mro__ starts with cls itself: an exact match wins, then the nearest base class.
     for base in cls.__mro__:
-        handler = _rule("module", base)
+        handler = _rule("module", base) or _BUILTIN_BY_CLASS_NAME.get(base.__name__)
         if handler is not None:
             return handler
     return None
 
 
 class _FxTracer(fx.Tracer):
-    """fx's tracer, except that modules with a registered rule are leaves: their rule, not
-    their code, says how channels pass through them."""
+    """fx's tracer, except that every module with a rule is a leaf: its rule, not its code,
+    says how channels pass through it. That covers subclasses of built-in layers outside
+    torch.nn (timm's BatchNormAct2d, Conv2dSame), whose forward fx could not follow."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        registered = any(base in _USER_RULES["module"] for base in type(m).__mro__)
-        return registered or super().is_leaf_module(m, module_qualified_name)
+        return _module_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
 # -- ready-made handlers -------------------------------------------------------------------
@@ -548,6 +548,19 @@ def _norm(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
     return x
 
 
+def _group_norm(tracer: _Tracer, node: fx.Node, m: nn.GroupNorm, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    if x.spatial != 1 or len(x.layout) != 1:
+        raise TraceError(f"module '{node.target}' (GroupNorm) normalises a flattened or concatenated tensor; "
+                         "only a single channel group is supported")
+    tracer.check_channels(node, x, m.num_channels)
+    # Each norm group's statistics are over one block: pruning every block alike keeps num_groups.
+    tracer.split_into_blocks(x.layout[0], m.num_groups)
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
+    tracer.members[tracer.find(x.layout[0])].append(node.target)
+    return x
+
+
 def _prelu(tracer: _Tracer, node: fx.Node, m: nn.PReLU, inputs: list[_Tensor]) -> _Tensor:
     if m.num_parameters != 1:
         raise TraceError(f"module '{node.target}' (PReLU with per-channel parameters) is not supported")
@@ -613,6 +626,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         **_table(_conv, nn.Conv1d, nn.Conv2d, nn.Conv3d),
         nn.Linear: _linear,
         **_table(_norm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+        nn.GroupNorm: _group_norm,
         nn.Flatten: _flatten,
         nn.PReLU: _prelu,
         # Modules that act on every channel independently (or not at all).
@@ -650,6 +664,14 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         **_table(passthrough, "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to",
                  "type_as", "clamp", "clamp_", "neg"),
     },
+}
+
+# Modules of packages the tracer does not import (torchvision.ops, timm), matched by class name
+# anywhere in the module's MRO, after any rule keyed by class.
+_BUILTIN_BY_CLASS_NAME: dict[str, _Handler] = {
+    # Drop a whole sample's residual branch (or nothing, in eval): identity on channels.
+    "StochasticDepth": _same_channels,
+    "DropPath": _same_channels,
 }
 
 

@@ -42,12 +42,15 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
         if m.weight is not None:
             m.weight = _param(m.weight[in_idx], m.weight.requires_grad)
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
-        if m.running_mean is not None:
+        if getattr(m, "running_mean", None) is not None:
             m.running_mean = m.running_mean[in_idx].clone()
             m.running_var = m.running_var[in_idx].clone()
         if getattr(m, "num_batches_tracked", None) is not None:
             m.num_batches_tracked = m.num_batches_tracked.clone()
-        m.num_features = len(in_idx)
+        if isinstance(m, nn.GroupNorm):
+            m.num_channels = len(in_idx)  # num_groups stays: every block lost the same channels
+        else:
+            m.num_features = len(in_idx)
         return
     w = m.weight
     if depthwise:

@@ -84,3 +84,43 @@ def test_resnext_and_regnet_prune_inside_groups(name):
 
 def test_regnet_surgery_equals_zero_masking():
     check_pruned(create_model("tv:regnet_y_400mf"), (3, 32, 32))
+
+
+# -- fused norm + activation, stochastic depth, group norm ---------------------------------
+
+def test_torchvision_efficientnet_with_stochastic_depth():
+    model = create_model("tv:efficientnet_b0")
+    space = check_pruned(model, (3, 32, 32))
+    assert len(space) >= 30
+    model.train()  # StochasticDepth is a leaf in training mode too
+    assert SearchSpace.from_model(model, (3, 32, 32)).graph == space.graph
+
+
+def test_timm_batchnormact_droppath_and_registry_name():
+    pytest.importorskip("timm")
+    model = create_model("timm:efficientnet_b0", drop_path_rate=0.2)
+    assert model.get_classifier().out_features == 1000
+    space = check_pruned(model, (3, 32, 32))
+    bn1 = materialise(model, space, space.uniform(0.5)).bn1  # a BatchNormAct2d, sliced and truthful
+    assert bn1.num_features == bn1.weight.shape[0] == bn1.running_mean.shape[0] < model.bn1.num_features
+
+
+class _GroupNormAct(nn.Module):
+    """GroupNorm and an activation in one module, as timm's GroupNormAct."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 32)
+        self.b = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.gn(self.a(x))))
+
+
+def test_group_norm_keeps_its_groups():
+    # GroupNorm statistics change with the channels kept: no zero-masking equality to hold
+    space = check_pruned(_GroupNormAct(), (3, 8, 8), zero_masking=False)
+    assert space.groups[0].blocks == 4 and all(w % 4 == 0 for w in space.choices[0])
+    gn = materialise(_GroupNormAct(), space, space.uniform(0.5)).gn
+    assert (gn.num_groups, gn.num_channels, gn.weight.shape[0]) == (4, 16, 16)
