@@ -30,11 +30,11 @@ def _per_group(cin, groups: int):
 
 def layer_macs(layer, full):
     """MACs of one traced layer, given the width of every group by id."""
-    if layer.kind == "norm":
+    if layer.kind in ("norm", "scale"):
         return 0
     cin = _in_width(layer, full)
-    if layer.kind == "linear":
-        return cin * layer.spatial * full[layer.out_group]
+    if layer.kind == "linear":  # out_positions > 1 for a channels-last linear
+        return layer.out_positions * cin * layer.spatial * full[layer.out_group]
     if layer.depthwise:
         return layer.out_positions * layer.kernel * cin
     if layer.groups > 1:
@@ -45,6 +45,8 @@ def layer_macs(layer, full):
 def layer_params(layer, full):
     """Parameters (weights, biases, norm affine) of one traced layer."""
     cin = _in_width(layer, full)
+    if layer.kind == "scale":
+        return cin
     if layer.kind == "norm":
         return 2 * cin if layer.affine else 0
     if layer.kind == "linear":

@@ -62,7 +62,8 @@ class ChannelGroup:
 class Layer:
     """A layer whose parameters depend on channel widths.
 
-    ``kind`` is ``conv``, ``linear`` or ``norm``. ``in_layout`` lists the groups that make up
+    ``kind`` is ``conv``, ``linear``, ``norm`` or ``scale`` (a parameter with one value per
+    channel, named by its path, such as ConvNeXt's layer scale). ``in_layout`` lists the groups that make up
     the input channels in order; ``out_group`` is the group of the output channels (``None``
     for norms and depthwise convs, whose output layout equals their input layout). For a
     linear layer after a flatten, every input channel spans ``spatial`` features.
@@ -228,7 +229,8 @@ def spatial_reduce(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]
     _check_no_channel_state(node, target)
     x = inputs[0]
     src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-    if src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1:
+    if (src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1
+            or x.dim != 1):
         raise TraceError(f"node '{node.name}' ({_where(node)}) reduces over channels {src} -> {dst}; "
                          "only spatial reductions are supported")
     return x
@@ -248,11 +250,13 @@ def _check_no_channel_state(node: fx.Node, target) -> None:
 
 @dataclass
 class _Tensor:
-    """What the tracer knows of a node's value: its channel layout (group ids in order) and,
-    after a flatten, how many features each channel spans."""
+    """What the tracer knows of a node's value: its channel layout (group ids in order),
+    after a flatten how many features each channel spans, and which dimension holds the
+    channels (1, or the last one after a channels-last permute)."""
 
     layout: list[int]
     spatial: int = 1
+    dim: int = 1
 
 
 class _Tracer:
@@ -330,9 +334,26 @@ class _Tracer:
                                  f"concatenated differently ({a} vs {b}); not supported")
             else:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines {sum(a)} and {sum(b)} channels")
-            if t.spatial != first.spatial:
-                raise TraceError(f"node '{node.name}' ({_where(node)}) combines flattened and unflattened tensors")
-        return _Tensor(list(first.layout), first.spatial)
+            if t.spatial != first.spatial or t.dim != first.dim:
+                raise TraceError(f"node '{node.name}' ({_where(node)}) combines tensors with channels in "
+                                 "different places (flattened, or permuted)")
+        self.scale_parameters(node, first)
+        return _Tensor(list(first.layout), first.spatial, first.dim)
+
+    def scale_parameters(self, node: fx.Node, x: _Tensor) -> None:
+        """A parameter with one value per channel that scales or shifts ``x`` (ConvNeXt's
+        layer scale) is a layer of its own: surgery slices it with the channels."""
+        width = sum(self.width[self.find(g)] for g in x.layout)
+        for arg in node.args:
+            param = _parameter_behind(arg)
+            if param is None:
+                continue
+            shape = _shape(node)
+            target, size = param
+            if size != width * x.spatial or width == 1 or x.spatial != 1 or shape is None:
+                raise TraceError(f"node '{node.name}' ({_where(node)}) combines channels with parameter "
+                                 f"'{target}' of {size} values; only one value per channel is supported")
+            self.layers.append(Layer(target, "scale", tuple(x.layout)))
 
     def check_channels(self, node: fx.Node, x: _Tensor, expected: int) -> None:
         got = sum(self.width[self.find(g)] for g in x.layout) * x.spatial
@@ -450,7 +471,10 @@ class _Tracer:
         )
         covered = set()
         for layer in layers:
-            covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
+            if layer.kind == "scale":
+                covered.add(id(self.model.get_parameter(layer.name)))
+            else:
+                covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
         other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
         return ChannelGraph(tuple(groups), layers, self.input_shape, other)
 
@@ -488,8 +512,8 @@ class _Tracer:
 
 def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
-    if x.spatial != 1:
-        raise TraceError(f"module '{node.target}' convolves a flattened tensor")
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' convolves a flattened or permuted tensor")
     tracer.check_channels(node, x, m.in_channels)
     shape = _shape(node)
     out_positions = math.prod(shape[2:])
@@ -526,20 +550,21 @@ def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
 def _linear(tracer: _Tracer, node: fx.Node, m: nn.Linear, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
     in_shape = _shape(node.args[0])
-    if in_shape is None or len(in_shape) != 2:
-        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor; "
-                         "only [N, features] inputs are supported")
+    if in_shape is None or x.dim != len(in_shape) - 1:
+        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor whose "
+                         "last dimension is not the channels; only [N, features] or channels-last inputs are supported")
     tracer.check_channels(node, x, m.in_features)
     out = tracer.produce(node, m.out_features)
-    tracer.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1, 1,
-                               m.bias is not None))
-    return _Tensor([out])
+    # Channels last (ConvNeXt's MLP): the layer runs once per position.
+    tracer.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1,
+                               math.prod(in_shape[1:-1]), m.bias is not None))
+    return _Tensor([out], dim=x.dim)
 
 
 def _norm(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
-    if x.spatial != 1:
-        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened tensor; "
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened or permuted tensor; "
                          "only per-channel norms are supported")
     tracer.check_channels(node, x, m.num_features)
     tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
@@ -561,6 +586,32 @@ def _group_norm(tracer: _Tracer, node: fx.Node, m: nn.GroupNorm, inputs: list[_T
     return x
 
 
+def _layer_norm(tracer: _Tracer, node: fx.Node, m: nn.LayerNorm, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    ndim = len(_shape(node) or ())
+    # A LayerNorm over the channels: channels last (nn.LayerNorm after a permute, or on
+    # [N, features]), or a subclass that permutes inside (LayerNorm2d of torchvision and timm).
+    over_channels = x.dim == ndim - 1 or (type(m) is not nn.LayerNorm and x.dim == 1)
+    if len(m.normalized_shape) != 1 or x.spatial != 1 or not over_channels:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises over {tuple(m.normalized_shape)}, "
+                         "not over the channels alone")
+    tracer.check_channels(node, x, m.normalized_shape[0])
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.elementwise_affine))
+    for g in x.layout:
+        tracer.members[tracer.find(g)].append(node.target)
+    return x
+
+
+def _permute(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    dims = node.args[1:] if len(node.args) > 2 else node.args[1] if len(node.args) > 1 else node.kwargs["dims"]
+    ndim = len(dims)
+    dims = [d % ndim for d in dims]
+    if x.spatial != 1 or dims[0] != 0:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) permutes a flattened tensor or its batch")
+    return _Tensor(x.layout, 1, dims.index(x.dim))
+
+
 def _prelu(tracer: _Tracer, node: fx.Node, m: nn.PReLU, inputs: list[_Tensor]) -> _Tensor:
     if m.num_parameters != 1:
         raise TraceError(f"module '{node.target}' (PReLU with per-channel parameters) is not supported")
@@ -575,7 +626,8 @@ def _same_channels(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_T
 def _flatten(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
     src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-    if src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]:
+    if (src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]
+            or x.dim != 1):
         raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels {src} -> {dst}; only "
                          "flattening [N, C, ...] to [N, features] is supported")
     return _Tensor(x.layout, x.spatial * math.prod(src[2:]))
@@ -627,6 +679,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         nn.Linear: _linear,
         **_table(_norm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
         nn.GroupNorm: _group_norm,
+        nn.LayerNorm: _layer_norm,
         nn.Flatten: _flatten,
         nn.PReLU: _prelu,
         # Modules that act on every channel independently (or not at all).
@@ -639,6 +692,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample),
     },
     "function": {
+        torch.permute: _permute,
         # Binary element-wise ops: two channel tensors meeting here must share their channels.
         **_table(_elementwise, operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
                  operator.imul, operator.truediv, torch.add, torch.sub, torch.mul),
@@ -657,6 +711,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         operator.getitem: _getitem,
     },
     "method": {
+        "permute": _permute,
         **_table(_no_channels, "size", "dim", "numel"),
         **_table(_elementwise, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"),
         **_table(_flatten, "flatten", "view", "reshape"),
@@ -691,6 +746,18 @@ def _tensor_args(arg) -> list[fx.Node]:
     if isinstance(arg, (list, tuple)):
         return [n for a in arg for n in _tensor_args(a)]
     return []
+
+
+def _parameter_behind(arg) -> tuple[str, int] | None:
+    """(target, size) of a parameter with more than one value that ``arg`` reads, directly
+    or through reshapes; None for anything else."""
+    while isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target in ("reshape", "view"):
+        arg = arg.args[0]
+    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+        return None
+    shape = _shape(arg)
+    size = math.prod(shape) if shape is not None else 1
+    return (arg.target, size) if size > 1 else None
 
 
 def _first_tensor_arg(node: fx.Node) -> fx.Node | None:

@@ -42,6 +42,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str = "l1", seed
     contributors = {gid: 0 for gid in scores}
     with torch.no_grad():
         for layer in graph.layers:
+            if layer.kind == "scale":
+                continue  # a parameter path, not a module; it scores nothing
             m = modules[layer.name]
             if rule == "l1" and layer.out_group is not None:
                 w = m.weight.detach().double().abs().flatten(1).sum(1).cpu()  # scores live on the CPU

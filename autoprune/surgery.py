@@ -41,6 +41,7 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
     if kind == "norm":
         if m.weight is not None:
             m.weight = _param(m.weight[in_idx], m.weight.requires_grad)
+        if getattr(m, "bias", None) is not None:
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
         if getattr(m, "running_mean", None) is not None:
             m.running_mean = m.running_mean[in_idx].clone()
@@ -49,6 +50,8 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
             m.num_batches_tracked = m.num_batches_tracked.clone()
         if isinstance(m, nn.GroupNorm):
             m.num_channels = len(in_idx)  # num_groups stays: every block lost the same channels
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = (len(in_idx),)
         else:
             m.num_features = len(in_idx)
         return
@@ -84,6 +87,15 @@ def _grouped_weight(w: torch.Tensor, groups: int, in_channels: int, in_idx: torc
     return torch.gather(w[out_idx], 1, idx)
 
 
+def _slice_scale(model: nn.Module, target: str, idx: torch.Tensor) -> None:
+    """Slice a per-channel parameter along its one dimension longer than 1."""
+    owner, _, attr = target.rpartition(".")
+    module = model.get_submodule(owner)
+    p = getattr(module, attr)
+    dim = next(i for i, n in enumerate(p.shape) if n > 1)
+    setattr(module, attr, _param(p.index_select(dim, idx), p.requires_grad))
+
+
 def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
     """Deep copy of ``model`` whose traced layers still share tensors with the original.
 
@@ -92,6 +104,10 @@ def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
     """
     memo = {}
     for layer in graph.layers:
+        if layer.kind == "scale":
+            t = model.get_parameter(layer.name)
+            memo[id(t)] = t
+            continue
         m = model.get_submodule(layer.name)
         for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
             memo[id(t)] = t
@@ -112,9 +128,12 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
     kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
     pruned = _copy_sharing_layers(model, graph)
     for layer in graph.layers:
-        m = pruned.get_submodule(layer.name)
         spatial = layer.spatial if layer.kind == "linear" else 1
         in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
+        if layer.kind == "scale":
+            _slice_scale(pruned, layer.name, in_idx)
+            continue
+        m = pruned.get_submodule(layer.name)
         out_idx = kept[layer.out_group] if layer.out_group is not None else None
         _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
     if fresh:
@@ -146,6 +165,8 @@ def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
     out = copy.deepcopy(model)
     with torch.no_grad():
         for layer in graph.layers:
+            if layer.kind == "scale":
+                continue  # the channels it scales are zero already
             m = out.get_submodule(layer.name)
             if layer.kind == "norm" or layer.depthwise:
                 mask = torch.cat([dropped[g] for g in layer.in_layout])

@@ -124,3 +124,26 @@ def test_group_norm_keeps_its_groups():
     assert space.groups[0].blocks == 4 and all(w % 4 == 0 for w in space.choices[0])
     gn = materialise(_GroupNormAct(), space, space.uniform(0.5)).gn
     assert (gn.num_groups, gn.num_channels, gn.weight.shape[0]) == (4, 16, 16)
+
+
+# -- channels-last permute -> LayerNorm -> Linear -> permute back, and layer scale ---------
+
+@pytest.mark.parametrize("name", ["tv:convnext_tiny", "timm:convnext_atto"])
+def test_convnext_layernorm_channels_last_and_layer_scale(name):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    model = create_model(name)
+    # LayerNorm statistics change with the channels kept: exact MACs and shapes, no zero-masking
+    space = check_pruned(model, (3, 32, 32), zero_masking=False)
+    assert {l.kind for l in space.graph.layers} >= {"norm", "scale", "linear"}
+    assert macs(space, space.uniform(0.5)) <= 0.35 * macs(space, space.max_widths())
+    pruned = materialise(model, space, space.uniform(0.5))
+    norms = [m for m in pruned.modules() if isinstance(m, nn.LayerNorm)]
+    assert all(m.normalized_shape == tuple(m.weight.shape) for m in norms)
+    assert any(m.normalized_shape[0] < 96 for m in norms)
+
+
+def test_layernorm_over_a_spatial_dimension_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm(6))  # normalises W of an NCHW tensor
+    with pytest.raises(Exception, match="not over the channels"):
+        SearchSpace.from_model(model, (3, 8, 8))
