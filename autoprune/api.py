@@ -180,7 +180,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
            space_options: dict | None = None, progress: bool = False) -> SearchResult:
     """Search per-group widths of ``model`` under ``budget`` and write ``OUT/arch.json``.
 
-    ``model``: registry name (``vgg16``, ``tv:resnet18``, ``pkg.mod:fn``) or an nn.Module.
+    ``model``: registry name (``vgg16``, ``tv:resnet18``, ``timm:efficientnet_b0``,
+    ``pkg.mod:fn``) or an nn.Module.
     ``budget``: ratio of the base MACs (0 < b ≤ 1) or absolute MACs (``"120M"``); None for
     no MACs budget (then ``latency`` is the only constraint).
     ``latency``: a latency budget as well, a ratio of the base model's measured latency (0.5)

@@ -25,23 +25,31 @@ def _in_width(layer, full):
     return total
 
 
+def _per_group(cin, groups: int):
+    # Widths of a grouped conv's input are multiples of its groups, so integer widths divide
+    # exactly; differentiable widths (DMCP) divide as reals to keep their gradient.
+    return cin // groups if isinstance(cin, int) else cin / groups
+
+
 def layer_macs(layer, full):
     """MACs of one traced layer, given the width of every group by id."""
-    if layer.kind == "norm":
+    if layer.kind in ("norm", "scale"):
         return 0
     cin = _in_width(layer, full)
-    if layer.kind == "linear":
-        return cin * layer.spatial * full[layer.out_group]
+    if layer.kind == "linear":  # out_positions > 1 for a channels-last linear
+        return layer.out_positions * cin * layer.spatial * full[layer.out_group]
     if layer.depthwise:
         return layer.out_positions * layer.kernel * cin
-    if layer.groups > 1:  # grouped convs only touch fixed groups: integer arithmetic is exact
-        return layer.out_positions * layer.kernel * (cin // layer.groups) * full[layer.out_group]
+    if layer.groups > 1:
+        return layer.out_positions * layer.kernel * _per_group(cin, layer.groups) * full[layer.out_group]
     return layer.out_positions * layer.kernel * cin * full[layer.out_group]
 
 
 def layer_params(layer, full):
     """Parameters (weights, biases, norm affine) of one traced layer."""
     cin = _in_width(layer, full)
+    if layer.kind == "scale":
+        return cin
     if layer.kind == "norm":
         return 2 * cin if layer.affine else 0
     if layer.kind == "linear":
@@ -50,7 +58,7 @@ def layer_params(layer, full):
     if layer.depthwise:
         return layer.kernel * cin + (cin if layer.bias else 0)
     cout = full[layer.out_group]
-    per_out = cin // layer.groups if layer.groups > 1 else cin
+    per_out = _per_group(cin, layer.groups)
     return layer.kernel * per_out * cout + (cout if layer.bias else 0)
 
 

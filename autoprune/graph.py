@@ -46,7 +46,9 @@ class ChannelGroup:
 
     ``members`` names the layers that produce or normalise these channels, in graph order;
     the group's ``name`` is its first producer's. ``fixed`` groups (the network input, the
-    classifier output, channels of grouped convs) keep their original ``width``.
+    classifier output) keep their original ``width``. A group that feeds or leaves a grouped
+    conv is cut into ``blocks`` equal runs of channels, one per conv group; it is pruned by
+    the same number of channels in every block, so the conv keeps its ``groups``.
     """
 
     id: int
@@ -55,18 +57,20 @@ class ChannelGroup:
     fixed: bool
     members: tuple[str, ...]
     producers: tuple[str, ...]
+    blocks: int = 1
 
 
 @dataclass(frozen=True)
 class Layer:
     """A layer whose parameters depend on channel widths.
 
-    ``kind`` is ``conv``, ``linear`` or ``norm``. ``in_layout`` lists the groups that make up
+    ``kind`` is ``conv``, ``linear``, ``norm`` or ``scale`` (a parameter with one value per
+    channel, named by its path, such as ConvNeXt's layer scale). ``in_layout`` lists the groups that make up
     the input channels in order; ``out_group`` is the group of the output channels (``None``
     for norms and depthwise convs, whose output layout equals their input layout). For a
     linear layer after a flatten, every input channel spans ``spatial`` features.
     ``out_positions`` is the number of output positions (H×W for a 2-d conv), ``kernel`` the
-    kernel volume, ``groups`` the conv groups when they are not tied to the width.
+    kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.
     """
 
     name: str
@@ -190,19 +194,19 @@ def _rule(kind: str, key) -> _Handler | None:
 def _module_rule(cls: type) -> _Handler | None:
     # cls.__mro__ starts with cls itself: an exact match wins, then the nearest base class.
     for base in cls.__mro__:
-        handler = _rule("module", base)
+        handler = _rule("module", base) or _BUILTIN_BY_CLASS_NAME.get(base.__name__)
         if handler is not None:
             return handler
     return None
 
 
 class _FxTracer(fx.Tracer):
-    """fx's tracer, except that modules with a registered rule are leaves: their rule, not
-    their code, says how channels pass through them."""
+    """fx's tracer, except that every module with a rule is a leaf: its rule, not its code,
+    says how channels pass through it. That covers subclasses of built-in layers outside
+    torch.nn (timm's BatchNormAct2d, Conv2dSame), whose forward fx could not follow."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        registered = any(base in _USER_RULES["module"] for base in type(m).__mro__)
-        return registered or super().is_leaf_module(m, module_qualified_name)
+        return _module_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
 # -- ready-made handlers -------------------------------------------------------------------
@@ -227,7 +231,8 @@ def spatial_reduce(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]
     _check_no_channel_state(node, target)
     x = inputs[0]
     src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-    if src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1:
+    if (src is None or dst is None or len(dst) < 2 or src[0] != dst[0] or src[1] != dst[1] or x.spatial != 1
+            or x.dim != 1):
         raise TraceError(f"node '{node.name}' ({_where(node)}) reduces over channels {src} -> {dst}; "
                          "only spatial reductions are supported")
     return x
@@ -247,11 +252,13 @@ def _check_no_channel_state(node: fx.Node, target) -> None:
 
 @dataclass
 class _Tensor:
-    """What the tracer knows of a node's value: its channel layout (group ids in order) and,
-    after a flatten, how many features each channel spans."""
+    """What the tracer knows of a node's value: its channel layout (group ids in order),
+    after a flatten how many features each channel spans, and which dimension holds the
+    channels (1, or the last one after a channels-last permute)."""
 
     layout: list[int]
     spatial: int = 1
+    dim: int = 1
 
 
 class _Tracer:
@@ -264,6 +271,7 @@ class _Tracer:
         self.width: list[int] = []
         self.fixed: list[bool] = []
         self.first_seen: list[int] = []  # graph position, for naming and ordering
+        self.blocks: list[int] = []
         self.members: list[list[str]] = []
         self.producers: list[list[str]] = []
         self.layers: list[Layer] = []
@@ -277,6 +285,7 @@ class _Tracer:
         self.width.append(int(width))
         self.fixed.append(fixed)
         self.first_seen.append(self.pos)
+        self.blocks.append(1)
         self.members.append([])
         self.producers.append([])
         return gid
@@ -304,6 +313,12 @@ class _Tracer:
         keep, drop = (a, b) if self.first_seen[a] <= self.first_seen[b] else (b, a)
         self.parent[drop] = keep
         self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
+        self.blocks[keep] = math.lcm(self.blocks[keep], self.blocks[drop])
+
+    def split_into_blocks(self, g: int, blocks: int) -> None:
+        """Group ``g`` must keep the same number of channels in each of ``blocks`` equal runs."""
+        r = self.find(g)
+        self.blocks[r] = math.lcm(self.blocks[r], blocks)
 
     def merge_layouts(self, tensors: list[_Tensor], node: fx.Node) -> _Tensor:
         """Element-wise op of several channel tensors: their channels are the same channels."""
@@ -321,9 +336,26 @@ class _Tracer:
                                  f"concatenated differently ({a} vs {b}); not supported")
             else:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines {sum(a)} and {sum(b)} channels")
-            if t.spatial != first.spatial:
-                raise TraceError(f"node '{node.name}' ({_where(node)}) combines flattened and unflattened tensors")
-        return _Tensor(list(first.layout), first.spatial)
+            if t.spatial != first.spatial or t.dim != first.dim:
+                raise TraceError(f"node '{node.name}' ({_where(node)}) combines tensors with channels in "
+                                 "different places (flattened, or permuted)")
+        self.scale_parameters(node, first)
+        return _Tensor(list(first.layout), first.spatial, first.dim)
+
+    def scale_parameters(self, node: fx.Node, x: _Tensor) -> None:
+        """A parameter with one value per channel that scales or shifts ``x`` (ConvNeXt's
+        layer scale) is a layer of its own: surgery slices it with the channels."""
+        width = sum(self.width[self.find(g)] for g in x.layout)
+        for arg in node.args:
+            param = _parameter_behind(arg)
+            if param is None:
+                continue
+            shape = _shape(node)
+            target, size = param
+            if size != width * x.spatial or width == 1 or x.spatial != 1 or shape is None:
+                raise TraceError(f"node '{node.name}' ({_where(node)}) combines channels with parameter "
+                                 f"'{target}' of {size} values; only one value per channel is supported")
+            self.layers.append(Layer(target, "scale", tuple(x.layout)))
 
     def check_channels(self, node: fx.Node, x: _Tensor, expected: int) -> None:
         got = sum(self.width[self.find(g)] for g in x.layout) * x.spatial
@@ -444,7 +476,10 @@ class _Tracer:
         )
         covered = set()
         for layer in layers:
-            covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
+            if layer.kind == "scale":
+                covered.add(id(self.model.get_parameter(layer.name)))
+            else:
+                covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
         other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
         return ChannelGraph(tuple(groups), layers, self.input_shape, other)
 
@@ -463,14 +498,16 @@ class _Tracer:
             mem = tuple(sorted(set(members[r]), key=order.get))
             prod = tuple(sorted(set(producers[r]), key=order.get))
             name = prod[0] if prod else (mem[0] if mem else "input")
-            fixed = self.fixed[r] or not prod
-            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod))
+            # Blocks from grouped convs of different group counts may not tile the width.
+            fixed = self.fixed[r] or not prod or self.width[r] % self.blocks[r] != 0
+            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r]))
         # Group names must be unique; two groups can only share a name if neither has producers.
         seen: dict[str, int] = {}
         for i, g in enumerate(groups):
             if g.name in seen:
                 seen[g.name] += 1
-                groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers)
+                groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers,
+                                         g.blocks)
             else:
                 seen[g.name] = 0
         return groups
@@ -480,8 +517,8 @@ class _Tracer:
 
 def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
-    if x.spatial != 1:
-        raise TraceError(f"module '{node.target}' convolves a flattened tensor")
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' convolves a flattened or permuted tensor")
     tracer.check_channels(node, x, m.in_channels)
     shape = _shape(node)
     out_positions = math.prod(shape[2:])
@@ -499,11 +536,17 @@ def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
         tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions,
                                    bias))
         return x
-    # Grouped convs (and depth multipliers) tie channels to groups in ways a width vector
-    # cannot keep consistent: freeze both sides.
-    for g in x.layout:
-        tracer.fixed[tracer.find(g)] = True
-    out = tracer.produce(node, m.out_channels, fixed=True)
+    if len(x.layout) == 1:
+        # Grouped: conv group j reads input block j and writes output block j. Pruning every
+        # block of each side by the same amount keeps `groups` and the pairing of blocks.
+        tracer.split_into_blocks(x.layout[0], m.groups)
+        out = tracer.produce(node, m.out_channels)
+        tracer.split_into_blocks(out, m.groups)
+    else:
+        # A grouped conv over a concatenation: blocks would cut across the parts; freeze.
+        for g in x.layout:
+            tracer.fixed[tracer.find(g)] = True
+        out = tracer.produce(node, m.out_channels, fixed=True)
     tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
                                out_positions, bias))
     return _Tensor([out])
@@ -512,26 +555,66 @@ def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
 def _linear(tracer: _Tracer, node: fx.Node, m: nn.Linear, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
     in_shape = _shape(node.args[0])
-    if in_shape is None or len(in_shape) != 2:
-        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor; "
-                         "only [N, features] inputs are supported")
+    if in_shape is None or x.dim != len(in_shape) - 1:
+        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor whose "
+                         "last dimension is not the channels; only [N, features] or channels-last inputs are supported")
     tracer.check_channels(node, x, m.in_features)
     out = tracer.produce(node, m.out_features)
-    tracer.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1, 1,
-                               m.bias is not None))
-    return _Tensor([out])
+    # Channels last (ConvNeXt's MLP): the layer runs once per position.
+    tracer.layers.append(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1,
+                               math.prod(in_shape[1:-1]), m.bias is not None))
+    return _Tensor([out], dim=x.dim)
 
 
 def _norm(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
-    if x.spatial != 1:
-        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened tensor; "
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened or permuted tensor; "
                          "only per-channel norms are supported")
     tracer.check_channels(node, x, m.num_features)
     tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
     for g in x.layout:
         tracer.members[tracer.find(g)].append(node.target)
     return x
+
+
+def _group_norm(tracer: _Tracer, node: fx.Node, m: nn.GroupNorm, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    if x.spatial != 1 or len(x.layout) != 1:
+        raise TraceError(f"module '{node.target}' (GroupNorm) normalises a flattened or concatenated tensor; "
+                         "only a single channel group is supported")
+    tracer.check_channels(node, x, m.num_channels)
+    # Each norm group's statistics are over one block: pruning every block alike keeps num_groups.
+    tracer.split_into_blocks(x.layout[0], m.num_groups)
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
+    tracer.members[tracer.find(x.layout[0])].append(node.target)
+    return x
+
+
+def _layer_norm(tracer: _Tracer, node: fx.Node, m: nn.LayerNorm, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    ndim = len(_shape(node) or ())
+    # A LayerNorm over the channels: channels last (nn.LayerNorm after a permute, or on
+    # [N, features]), or a subclass that permutes inside (LayerNorm2d of torchvision and timm).
+    over_channels = x.dim == ndim - 1 or (type(m) is not nn.LayerNorm and x.dim == 1)
+    if len(m.normalized_shape) != 1 or x.spatial != 1 or not over_channels:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises over {tuple(m.normalized_shape)}, "
+                         "not over the channels alone")
+    tracer.check_channels(node, x, m.normalized_shape[0])
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.elementwise_affine))
+    for g in x.layout:
+        tracer.members[tracer.find(g)].append(node.target)
+    return x
+
+
+def _permute(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    dims = node.args[1:] if len(node.args) > 2 else node.args[1] if len(node.args) > 1 else node.kwargs["dims"]
+    ndim = len(dims)
+    dims = [d % ndim for d in dims]
+    if x.spatial != 1 or dims[0] != 0:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) permutes a flattened tensor or its batch")
+    return _Tensor(x.layout, 1, dims.index(x.dim))
 
 
 def _prelu(tracer: _Tracer, node: fx.Node, m: nn.PReLU, inputs: list[_Tensor]) -> _Tensor:
@@ -548,7 +631,8 @@ def _same_channels(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_T
 def _flatten(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
     x = inputs[0]
     src, dst = _shape(_first_tensor_arg(node)), _shape(node)
-    if src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]:
+    if (src is None or dst is None or len(dst) != 2 or src[0] != dst[0] or math.prod(src[1:]) != dst[1]
+            or x.dim != 1):
         raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels {src} -> {dst}; only "
                          "flattening [N, C, ...] to [N, features] is supported")
     return _Tensor(x.layout, x.spatial * math.prod(src[2:]))
@@ -599,6 +683,8 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         **_table(_conv, nn.Conv1d, nn.Conv2d, nn.Conv3d),
         nn.Linear: _linear,
         **_table(_norm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d),
+        nn.GroupNorm: _group_norm,
+        nn.LayerNorm: _layer_norm,
         nn.Flatten: _flatten,
         nn.PReLU: _prelu,
         # Modules that act on every channel independently (or not at all).
@@ -611,6 +697,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample),
     },
     "function": {
+        torch.permute: _permute,
         # Binary element-wise ops: two channel tensors meeting here must share their channels.
         **_table(_elementwise, operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
                  operator.imul, operator.truediv, torch.add, torch.sub, torch.mul),
@@ -629,6 +716,7 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         operator.getitem: _getitem,
     },
     "method": {
+        "permute": _permute,
         **_table(_no_channels, "size", "dim", "numel"),
         **_table(_elementwise, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"),
         **_table(_flatten, "flatten", "view", "reshape"),
@@ -636,6 +724,14 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         **_table(passthrough, "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to",
                  "type_as", "clamp", "clamp_", "neg"),
     },
+}
+
+# Modules of packages the tracer does not import (torchvision.ops, timm), matched by class name
+# anywhere in the module's MRO, after any rule keyed by class.
+_BUILTIN_BY_CLASS_NAME: dict[str, _Handler] = {
+    # Drop a whole sample's residual branch (or nothing, in eval): identity on channels.
+    "StochasticDepth": _same_channels,
+    "DropPath": _same_channels,
 }
 
 
@@ -655,6 +751,18 @@ def _tensor_args(arg) -> list[fx.Node]:
     if isinstance(arg, (list, tuple)):
         return [n for a in arg for n in _tensor_args(a)]
     return []
+
+
+def _parameter_behind(arg) -> tuple[str, int] | None:
+    """(target, size) of a parameter with more than one value that ``arg`` reads, directly
+    or through reshapes; None for anything else."""
+    while isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target in ("reshape", "view"):
+        arg = arg.args[0]
+    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+        return None
+    shape = _shape(arg)
+    size = math.prod(shape) if shape is not None else 1
+    return (arg.target, size) if size > 1 else None
 
 
 def _first_tensor_arg(node: fx.Node) -> fx.Node | None:

@@ -76,6 +76,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str | Scores = "
     contributors = {gid: 0 for gid in scores}
     with torch.no_grad():
         for layer in graph.layers:
+            if layer.kind == "scale":
+                continue  # a parameter path, not a module; it scores nothing
             m = modules[layer.name]
             if rule == "l1" and layer.out_group is not None:
                 w = m.weight.detach().double().abs().flatten(1).sum(1).cpu()  # scores live on the CPU
@@ -102,10 +104,17 @@ def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], 
         if k >= g.width:
             out[g.id] = torch.arange(g.width)
         else:
-            # Stable sort so that ties (e.g. all-equal fresh weights) keep the first channels.
-            order = torch.sort(-scores[g.id], stable=True).indices[:k]
-            out[g.id] = torch.sort(order).values
+            out[g.id] = _top(scores[g.id], k, g.blocks)
     return out
+
+
+def _top(scores: torch.Tensor, k: int, blocks: int) -> torch.Tensor:
+    """Sorted indices of the ``k`` best channels, ``k / blocks`` from each equal block."""
+    per = scores.reshape(blocks, -1)
+    # Stable sort so that ties (e.g. all-equal fresh weights) keep the first channels.
+    order = torch.sort(-per, dim=1, stable=True).indices[:, :k // blocks]
+    order = order + torch.arange(blocks)[:, None] * per.shape[1]
+    return torch.sort(order.flatten()).values
 
 
 # --------------------------------------------------------------------------------------------

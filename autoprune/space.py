@@ -108,8 +108,15 @@ def _check_grid(min_ratio: float, step: float, round_to: int, where: str) -> Non
         raise SpaceError(f"{where}: round_to must be a positive integer, got {round_to}")
 
 
-def allowed_widths(width: int, min_ratio: float, step: float, round_to: int) -> tuple[int, ...]:
-    """The grid of widths a group of original ``width`` may take (ascending, ends at ``width``)."""
+def allowed_widths(width: int, min_ratio: float, step: float, round_to: int, blocks: int = 1) -> tuple[int, ...]:
+    """The grid of widths a group of original ``width`` may take (ascending, ends at ``width``).
+
+    A group cut into ``blocks`` (by grouped convs) takes ``blocks`` times a width from the grid
+    of one block, rounded so that the total is a multiple of ``round_to`` where it can be.
+    """
+    if blocks > 1:
+        per_block = allowed_widths(width // blocks, min_ratio, step, round_to // math.gcd(round_to, blocks))
+        return tuple(blocks * w for w in per_block)
     q = round_to if width >= 4 * round_to else 1
     n = int(math.floor((1 - min_ratio) / step + 1e-9))
     out = {width}
@@ -171,7 +178,7 @@ class SearchSpace:
             r, s, q, frozen = config.for_group(g.name)
             if frozen:
                 continue
-            widths = allowed_widths(g.width, r, s, q)
+            widths = allowed_widths(g.width, r, s, q, g.blocks)
             if len(widths) > 1:
                 free.append(g.id)
                 choices.append(widths)

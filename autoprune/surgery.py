@@ -44,13 +44,19 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
     if kind == "norm":
         if m.weight is not None:
             m.weight = _param(m.weight[in_idx], m.weight.requires_grad)
+        if getattr(m, "bias", None) is not None:
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
-        if m.running_mean is not None:
+        if getattr(m, "running_mean", None) is not None:
             m.running_mean = m.running_mean[in_idx].clone()
             m.running_var = m.running_var[in_idx].clone()
         if getattr(m, "num_batches_tracked", None) is not None:
             m.num_batches_tracked = m.num_batches_tracked.clone()
-        m.num_features = len(in_idx)
+        if isinstance(m, nn.GroupNorm):
+            m.num_channels = len(in_idx)  # num_groups stays: every block lost the same channels
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = (len(in_idx),)
+        else:
+            m.num_features = len(in_idx)
         return
     w = m.weight
     if depthwise:
@@ -59,17 +65,38 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
             m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
         m.in_channels = m.out_channels = m.groups = len(in_idx)
         return
-    if kind == "conv" and m.groups > 1:  # fixed groups: all channels kept, but own a copy
-        out_idx = torch.arange(m.out_channels)
-        in_idx = torch.arange(w.shape[1])
-    w = w[out_idx][:, in_idx]
+    if kind == "conv" and m.groups > 1:
+        w = _grouped_weight(w, m.groups, m.in_channels, in_idx, out_idx)
+    else:
+        w = w[out_idx][:, in_idx]
     m.weight = _param(w, m.weight.requires_grad)
     if m.bias is not None:
         m.bias = _param(m.bias[out_idx], m.bias.requires_grad)
     if kind == "linear":
         m.in_features, m.out_features = len(in_idx), len(out_idx)
-    else:
+    else:  # a grouped conv keeps `groups`: in_channels stays groups x the width per group
         m.in_channels, m.out_channels = len(in_idx), len(out_idx)
+
+
+def _grouped_weight(w: torch.Tensor, groups: int, in_channels: int, in_idx: torch.Tensor,
+                    out_idx: torch.Tensor) -> torch.Tensor:
+    """The weight of a grouped conv keeping ``in_idx`` and ``out_idx`` (the same number in
+    every block): each kept filter keeps the kept inputs of its own group."""
+    per_in, per_out = in_channels // groups, w.shape[0] // groups
+    # Kept inputs of each group, as positions inside that group: [groups, kept per group].
+    local = in_idx.reshape(groups, -1) - torch.arange(groups)[:, None] * per_in
+    idx = local[out_idx // per_out]  # [kept filters, kept inputs per group]
+    idx = idx.reshape(*idx.shape, *([1] * (w.dim() - 2))).expand(-1, -1, *w.shape[2:])
+    return torch.gather(w[out_idx], 1, idx)
+
+
+def _slice_scale(model: nn.Module, target: str, idx: torch.Tensor) -> None:
+    """Slice a per-channel parameter along its one dimension longer than 1."""
+    owner, _, attr = target.rpartition(".")
+    module = model.get_submodule(owner)
+    p = getattr(module, attr)
+    dim = next(i for i, n in enumerate(p.shape) if n > 1)
+    setattr(module, attr, _param(p.index_select(dim, idx), p.requires_grad))
 
 
 def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
@@ -80,6 +107,10 @@ def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
     """
     memo = {}
     for layer in graph.layers:
+        if layer.kind == "scale":
+            t = model.get_parameter(layer.name)
+            memo[id(t)] = t
+            continue
         m = model.get_submodule(layer.name)
         for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
             memo[id(t)] = t
@@ -121,9 +152,12 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
     kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
     pruned = _copy_sharing_layers(model, graph)
     for layer in graph.layers:
-        m = pruned.get_submodule(layer.name)
         spatial = layer.spatial if layer.kind == "linear" else 1
         in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
+        if layer.kind == "scale":
+            _slice_scale(pruned, layer.name, in_idx)
+            continue
+        m = pruned.get_submodule(layer.name)
         out_idx = kept[layer.out_group] if layer.out_group is not None else None
         _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
     if isinstance(keep, Scores) and keep.moments and not fresh:
@@ -157,6 +191,8 @@ def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
     out = copy.deepcopy(model)
     with torch.no_grad():
         for layer in graph.layers:
+            if layer.kind == "scale":
+                continue  # the channels it scales are zero already
             m = out.get_submodule(layer.name)
             if layer.kind == "norm" or layer.depthwise:
                 mask = torch.cat([dropped[g] for g in layer.in_layout])

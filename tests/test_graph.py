@@ -10,6 +10,7 @@ import autoprune.graph
 from autoprune.errors import TraceError
 from autoprune.graph import passthrough, register_rule, spatial_reduce, trace, unregister_rule
 from autoprune.models import create_model
+from autoprune.space import SearchSpace
 
 
 def _groups_by_name(graph):
@@ -84,20 +85,30 @@ def test_flatten_to_linear_records_spatial_factor():
     assert not g.groups[fc.in_layout[0]].fixed
 
 
-def test_grouped_conv_freezes_its_channels():
+def test_grouped_conv_cuts_both_sides_into_blocks():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 16, 1)
-            self.b = nn.Conv2d(16, 16, 3, padding=1, groups=4)
-            self.c = nn.Conv2d(16, 4, 1)
+            self.b = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+            self.c = nn.Conv2d(32, 4, 1)
 
         def forward(self, x):
             return self.c(self.b(self.a(x)))
 
     g = trace(Net(), (3, 8, 8))
-    assert g.groups[1].name == "a" and g.groups[1].fixed
-    assert g.groups[2].name == "b" and g.groups[2].fixed
+    assert (g.groups[1].name, g.groups[1].fixed, g.groups[1].blocks) == ("a", False, 4)
+    assert (g.groups[2].name, g.groups[2].fixed, g.groups[2].blocks) == ("b", False, 4)
+    assert next(l for l in g.layers if l.name == "b").groups == 4
+
+
+def test_grouped_conv_with_one_channel_per_group_is_not_searchable():
+    # a depth multiplier (groups == in_channels < out_channels): one input per group
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 3, groups=8), nn.Conv2d(16, 4, 1))
+    g = trace(model, (3, 8, 8))
+    space = SearchSpace.from_graph(g)
+    assert [x.name for x in space.groups] == ["1"]  # the 16 outputs: two per group
+    assert g.groups[1].blocks == 8 and space.choices == ((8, 16),)
 
 
 class _ChannelSlice(nn.Module):
@@ -123,7 +134,7 @@ class _Unknown(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
-        self.norm = nn.GroupNorm(2, 8)
+        self.norm = nn.InstanceNorm2d(8, affine=True)
 
     def forward(self, x):
         return self.norm(self.conv(x))
@@ -141,7 +152,7 @@ class _Shared(nn.Module):
 @pytest.mark.parametrize("model,needle", [
     (_ChannelSlice(), "getitem"),
     (_Chunk(), "chunk"),
-    (_Unknown(), "GroupNorm"),
+    (_Unknown(), "InstanceNorm2d"),
     (_Shared(), "more than once"),
 ])
 def test_untraceable_constructs_raise_naming_the_node(model, needle):

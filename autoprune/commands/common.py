@@ -8,9 +8,9 @@ from autoprune.space import SearchSpace
 
 def add_model_args(p) -> None:
     """--model, --input-size, --num-classes, --in-channels and the search-space options."""
-    p.add_argument("--model", required=True, help="registry name, tv:NAME or package.module:callable")
-    p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 zoo, 224 tv:)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 zoo, 1000 tv:)")
+    p.add_argument("--model", required=True, help="registry name, tv:NAME, timm:NAME or package.module:callable")
+    p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 zoo, 224 tv: and timm:)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 zoo, 1000 tv: and timm:)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default 3)")
     p.add_argument("--space", default=None, metavar="YAML", help="search-space overrides file")
     p.add_argument("--round-to", type=int, default=None, help="widths rounded to a multiple of this (default 8)")

@@ -20,5 +20,6 @@ def run(args) -> int:
         return 0
     for n in names:
         print(f"{n:<20} input {default_input_size(n)}x{default_input_size(n)}")
-    print("also: any torchvision classifier as tv:NAME, or a constructor as package.module:callable")
+    print("also: any torchvision classifier as tv:NAME, any timm model as timm:NAME (pip install 'autoprune[timm]'), "
+          "or a constructor as package.module:callable")
     return 0

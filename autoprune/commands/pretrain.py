@@ -19,7 +19,7 @@ from autoprune.models import create_model
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="train a base model (writes OUT/model.pt, checkpoint.pt, metrics.json)")
-    p.add_argument("--model", required=True, help="registry name, tv:NAME or package.module:callable")
+    p.add_argument("--model", required=True, help="registry name, tv:NAME, timm:NAME or package.module:callable")
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=run, out_default="runs/base")

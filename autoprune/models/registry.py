@@ -4,6 +4,8 @@ Three kinds of name are understood by :func:`create_model`:
 
 * a zoo name registered with :func:`register_model` (``vgg16``, ``resnet56``, ...);
 * ``tv:NAME`` for a torchvision classification model (``tv:resnet50``), built without weights;
+* ``timm:NAME`` for a timm model (``timm:efficientnet_b0``), built with ``pretrained=False``
+  (timm is the optional extra ``autoprune[timm]``);
 * ``package.module:callable`` for a user constructor, imported and called with the kwargs.
 
 >>> model = create_model("resnet20", num_classes=10)
@@ -40,12 +42,16 @@ def list_models(include_tv: bool = True) -> list[str]:
     return names
 
 
+def _imagenet(name: str) -> bool:
+    return name.startswith(("tv:", "timm:"))
+
+
 def default_input_size(name: str) -> int:
-    return _TV_INPUT_SIZE if name.startswith("tv:") else _ZOO_INPUT_SIZE
+    return _TV_INPUT_SIZE if _imagenet(name) else _ZOO_INPUT_SIZE
 
 
 def default_num_classes(name: str) -> int:
-    return 1000 if name.startswith("tv:") else 10
+    return 1000 if _imagenet(name) else 10
 
 
 def _tv_builder(name: str) -> Callable[..., nn.Module]:
@@ -60,6 +66,23 @@ def _tv_builder(name: str) -> Callable[..., nn.Module]:
 
     def build(**kwargs):
         return tvm.get_model(name, weights=None, **kwargs)
+
+    return build
+
+
+def _timm_builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        # Deferred on purpose: timm is an optional extra, needed by timm: names only.
+        import timm
+    except ImportError:
+        raise UnknownModelError(f"model 'timm:{name}' needs timm: pip install 'autoprune[timm]'") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise UnknownModelError(f"unknown timm model 'timm:{name}'{hint}")
+
+    def build(**kwargs):
+        return timm.create_model(name, pretrained=False, **kwargs)
 
     return build
 
@@ -82,6 +105,8 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         return _ZOO[name]
     if name.startswith("tv:"):
         return _tv_builder(name[3:])
+    if name.startswith("timm:"):
+        return _timm_builder(name[5:])
     if ":" in name:
         return _import_builder(name)
     close = difflib.get_close_matches(name, list_models(), n=3)
@@ -92,12 +117,12 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
 def model_kwargs(name: str, **kwargs) -> dict:
     """The constructor kwargs :func:`create_model` would use, defaults filled in.
 
-    Zoo and torchvision models get ``num_classes`` filled in; a user constructor keeps its
+    Zoo, torchvision and timm models get ``num_classes`` filled in; a user constructor keeps its
     own defaults.
     """
     out = dict(kwargs)
     get_builder(name)  # unknown names fail here, with suggestions
-    if "num_classes" not in out and (name in _ZOO or name.startswith("tv:")):
+    if "num_classes" not in out and (name in _ZOO or _imagenet(name)):
         out["num_classes"] = default_num_classes(name)
     return out
 
@@ -110,7 +135,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
         v = kwargs.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
             raise UnknownModelError(f"model '{name}': {key} must be a positive integer, got {v!r}")
-    if name.startswith("tv:") and kwargs.pop("in_channels", 3) != 3:
+    if name.startswith("tv:") and kwargs.pop("in_channels", 3) != 3:  # timm takes in_chans itself
         raise UnknownModelError(f"model '{name}': torchvision models take 3 input channels only")
     try:
         model = builder(**kwargs)

@@ -1,0 +1,149 @@
+"""CNN families beyond plain convs: each traces, its analytic MACs equal a hook count of the
+pruned model (read from the modules' weight shapes and attributes), and surgery computes
+what the original computes with the dropped channels zeroed."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import randomize
+from test_cost import hook_macs_and_thop
+
+from autoprune.cost import macs, params
+from autoprune.models import create_model
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise, zero_dropped
+
+
+def check_pruned(model: nn.Module, shape, widths=None, *, space=None, zero_masking=True):
+    """Hold analytic MACs and params to a count of the pruned model, and (when the model's
+    ops allow it) the pruned model's output to the zero-masked original's. Returns the space."""
+    model = randomize(model).eval()
+    space = space or SearchSpace.from_model(model, shape)
+    assert len(space) > 0
+    widths = space.uniform(0.5) if widths is None else widths
+    pruned = materialise(model, space, widths).eval()
+    with torch.no_grad():
+        counted, _ = hook_macs_and_thop(pruned, shape)
+    assert macs(space, widths) == counted
+    assert params(space, widths) == sum(p.numel() for p in pruned.parameters())
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out, full = pruned(x), model(x)
+        assert out.shape == full.shape
+        if zero_masking:
+            ref = zero_dropped(model, space, widths).eval()(x)
+            assert ref.abs().max() > 0.1
+            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    return space
+
+
+# -- grouped convolutions ------------------------------------------------------------------
+
+class _Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 1)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.b = nn.Conv2d(16, 32, 3, padding=1, groups=4)  # 4 inputs -> 8 outputs per group
+        self.bn_b = nn.BatchNorm2d(32)
+        self.c = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.bn_b(self.b(torch.relu(self.bn_a(self.a(x)))))))
+
+
+def test_grouped_conv_keeps_groups_and_truthful_attributes():
+    space = check_pruned(_Grouped(), (3, 8, 8))
+    assert [g.blocks for g in space.groups] == [4, 4]
+    assert space.choices == ((4, 8, 12, 16), (8, 16, 24, 32))
+    pruned = materialise(randomize(_Grouped()), space, (8, 16))
+    b = pruned.b
+    assert (b.in_channels, b.out_channels, b.groups) == (8, 16, 4)
+    assert b.weight.shape == (16, 2, 3, 3)
+    assert pruned.bn_b.num_features == 16
+    # the pruned state loads into a freshly built module with the same attributes
+    fresh = nn.Conv2d(b.in_channels, b.out_channels, 3, padding=1, groups=b.groups)
+    fresh.load_state_dict(b.state_dict())
+
+
+@pytest.mark.parametrize("name", ["tv:resnext50_32x4d", "tv:regnet_x_400mf", "tv:regnet_y_400mf"])
+def test_resnext_and_regnet_prune_inside_groups(name):
+    # shapes only: hook counts on the meta device, uniform(0.5) against the full MACs
+    model = create_model(name).eval()
+    space = SearchSpace.from_model(model, (3, 64, 64))
+    assert any(g.blocks > 1 for g in space.groups)
+    half = space.uniform(0.5)
+    assert macs(space, half) <= 0.35 * macs(space, space.max_widths())
+    pruned = materialise(copy.deepcopy(model).to("meta"), space, half, keep="first")
+    with torch.no_grad():
+        counted, _ = hook_macs_and_thop(pruned, (3, 64, 64))
+    assert counted == macs(space, half)
+
+
+def test_regnet_surgery_equals_zero_masking():
+    check_pruned(create_model("tv:regnet_y_400mf"), (3, 32, 32))
+
+
+# -- fused norm + activation, stochastic depth, group norm ---------------------------------
+
+def test_torchvision_efficientnet_with_stochastic_depth():
+    model = create_model("tv:efficientnet_b0")
+    space = check_pruned(model, (3, 32, 32))
+    assert len(space) >= 30
+    model.train()  # StochasticDepth is a leaf in training mode too
+    assert SearchSpace.from_model(model, (3, 32, 32)).graph == space.graph
+
+
+def test_timm_batchnormact_droppath_and_registry_name():
+    pytest.importorskip("timm")
+    model = create_model("timm:efficientnet_b0", drop_path_rate=0.2)
+    assert model.get_classifier().out_features == 1000
+    space = check_pruned(model, (3, 32, 32))
+    bn1 = materialise(model, space, space.uniform(0.5)).bn1  # a BatchNormAct2d, sliced and truthful
+    assert bn1.num_features == bn1.weight.shape[0] == bn1.running_mean.shape[0] < model.bn1.num_features
+
+
+class _GroupNormAct(nn.Module):
+    """GroupNorm and an activation in one module, as timm's GroupNormAct."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 32)
+        self.b = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.gn(self.a(x))))
+
+
+def test_group_norm_keeps_its_groups():
+    # GroupNorm statistics change with the channels kept: no zero-masking equality to hold
+    space = check_pruned(_GroupNormAct(), (3, 8, 8), zero_masking=False)
+    assert space.groups[0].blocks == 4 and all(w % 4 == 0 for w in space.choices[0])
+    gn = materialise(_GroupNormAct(), space, space.uniform(0.5)).gn
+    assert (gn.num_groups, gn.num_channels, gn.weight.shape[0]) == (4, 16, 16)
+
+
+# -- channels-last permute -> LayerNorm -> Linear -> permute back, and layer scale ---------
+
+@pytest.mark.parametrize("name", ["tv:convnext_tiny", "timm:convnext_atto"])
+def test_convnext_layernorm_channels_last_and_layer_scale(name):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    model = create_model(name)
+    # LayerNorm statistics change with the channels kept: exact MACs and shapes, no zero-masking
+    space = check_pruned(model, (3, 32, 32), zero_masking=False)
+    assert {l.kind for l in space.graph.layers} >= {"norm", "scale", "linear"}
+    assert macs(space, space.uniform(0.5)) <= 0.35 * macs(space, space.max_widths())
+    pruned = materialise(model, space, space.uniform(0.5))
+    norms = [m for m in pruned.modules() if isinstance(m, nn.LayerNorm)]
+    assert all(m.normalized_shape == tuple(m.weight.shape) for m in norms)
+    assert any(m.normalized_shape[0] < 96 for m in norms)
+
+
+def test_layernorm_over_a_spatial_dimension_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm(6))  # normalises W of an NCHW tensor
+    with pytest.raises(Exception, match="not over the channels"):
+        SearchSpace.from_model(model, (3, 8, 8))
