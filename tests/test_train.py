@@ -168,7 +168,7 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path, monkeypatch):
         train(fresh(), data, cfg(epochs=5), out_dir=tmp_path / "cut", progress=False)
 
 
-def test_nan_loss_raises_and_keeps_last_good_checkpoint(data, tmp_path):
+def test_nan_loss_raises_and_keeps_the_last_finite_checkpoint(data, tmp_path):
     class Poisoned(nn.Module):
         """Healthy for the first epoch (3 steps), then returns NaN logits."""
 
@@ -184,7 +184,7 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(data, tmp_path):
             return out * float("nan") if self.calls > 4 else out
 
     model = Poisoned()
-    with pytest.raises(TrainingError, match="last good checkpoint"):
+    with pytest.raises(TrainingError, match="last finite checkpoint"):
         train(model, data, cfg(epochs=3), out_dir=tmp_path, progress=False)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["epoch"] == 1
