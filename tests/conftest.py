@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from autoprune import cost
 from autoprune.models import create_model, default_input_size, list_models
 
 # Torchvision models at 224×224 are costly on 2 CPU cores; the zoo runs at 32×32.
@@ -67,3 +68,13 @@ def one_thread():
 def random_widths(space, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     return [space.sample(rng) for _ in range(n)]
+
+
+def assert_no_step_fits(space, widths, max_macs: int) -> None:
+    """Every group one grid step wider than ``widths`` breaks the budget: nothing more fits."""
+    for g, c in enumerate(space.choices):
+        i = c.index(widths[g])
+        if i + 1 < len(c):
+            wider = list(widths)
+            wider[g] = c[i + 1]
+            assert cost.macs(space, wider) > max_macs, f"group {g} could still grow to {c[i + 1]}"

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import assert_no_step_fits
 
 from autoprune import cost
 from autoprune.budget import check_reachable, parse_budget, repair, utilisation
@@ -51,13 +52,7 @@ def test_repair_is_feasible_and_uses_the_budget(space, ratio):
         w = repair(space, space.sample(rng), max_macs, rng=rng)
         assert space.validate(w) == w
         assert cost.macs(space, w) <= max_macs
-        # Nothing more fits: every group one step wider breaks the budget.
-        for g, c in enumerate(space.choices):
-            i = c.index(w[g])
-            if i + 1 < len(c):
-                wider = list(w)
-                wider[g] = c[i + 1]
-                assert cost.macs(space, wider) > max_macs
+        assert_no_step_fits(space, w, max_macs)
         assert utilisation(space, w, max_macs) > 0.9
 
 
