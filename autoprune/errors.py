@@ -54,6 +54,10 @@ class OutputError(AutopruneError):
     """An output folder that cannot be created or written (a file, under a file, read-only)."""
 
 
+class ExportError(AutopruneError):
+    """A model that cannot be exported, or whose export does not reproduce its outputs."""
+
+
 class TrainingError(AutopruneError):
     """Training that cannot go on: a non-finite loss, an unusable configuration."""
 
