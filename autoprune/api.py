@@ -215,10 +215,10 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     s.latency = _latency(s, latency, latency_table, progress)
     if needs_base:
         s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
-    score_fn = _objective(s, objective, evaluation)
     optimizer = _make_optimizer(optimizer_cls, s, method_options or {})
-    if optimizer.granularity == "stripe":
+    if optimizer.granularity == "stripe":  # scores its one stripe model itself: no evaluator
         return _stripe_search(s, optimizer, progress, start)
+    score_fn = _objective(s, objective, evaluation)
     store, url, name = _open_study(s, study, objective)
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress, cache=_score_cache(s))

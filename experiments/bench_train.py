@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -32,6 +31,7 @@ import torch.nn as nn
 
 from autoprune.data import iterate, load_data
 from autoprune.models import create_model
+from autoprune.profile import device_name
 from autoprune.runtime import autocast
 from autoprune.train import param_groups
 
@@ -40,14 +40,8 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        return device_name(device)
+    return f"{device_name(device)}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def _sync(device):

@@ -87,6 +87,7 @@ from autoprune.data import load_data  # noqa: E402
 from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
 from autoprune.files import write_json, write_text  # noqa: E402
 from autoprune.models import create_model, model_kwargs  # noqa: E402
+from autoprune.profile import device_name  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.study import open_storage  # noqa: E402
 from autoprune.train import TrainConfig, split_accuracy, train  # noqa: E402
@@ -231,21 +232,13 @@ def _git_commit() -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict:
 
     return {"git_commit": _git_commit(), "date": _now(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "cuda": torch.version.cuda, "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": device_name(torch.device("cpu")), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "os": platform.system()}
 
 
