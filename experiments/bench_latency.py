@@ -79,10 +79,12 @@ def main() -> None:
               "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
               "batch_size": args.batch_size, "grid": args.grid, "vectors": args.vectors}
     print(json.dumps(header), flush=True)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench(name, args, args.cache_dir or tmp) for name in args.models]
-    if args.out:
-        write_json({**header, "results": results}, args.out)
+        for name in args.models:
+            results.append(bench(name, args, args.cache_dir or tmp))
+            if args.out:  # after every model: a time limit keeps what finished
+                write_json({**header, "results": results}, args.out)
 
 
 if __name__ == "__main__":
