@@ -26,6 +26,7 @@ import torch
 
 from autoprune.api import StudyConfig, search
 from autoprune.cost import base_macs, macs
+from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
@@ -104,7 +105,11 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            results.append(bench(name, args, Path(tmp)))
+            try:
+                results.append(bench(name, args, Path(tmp)))
+            except BudgetError as exc:  # the budget is below the smallest network the space holds
+                print(f"{name:<12} {one_line(exc)}", flush=True)
+                results.append({"model": name, "unreachable": one_line(exc)})
             if args.out:  # after every model: a time limit keeps what finished
                 write_json({**header, "results": results}, args.out)
 

@@ -22,22 +22,23 @@ part 1
               journal file), with the GPU utilisation sampled meanwhile
   sweep       evaluator settings (fine-tune steps, BN batches, cudnn.benchmark): seconds per
               candidate and the proxy score of each of the tau stage's vectors under each
+  tau         Kendall tau between the proxy score and 25-epoch from-scratch test accuracy over
+              12 random equal-MACs vectors at budget 0.1, for each sweep setting; on CUDA several
+              retrains at once in a small process pool (--workers)
 part 2
   retrain     every winner and baseline from scratch (autoprune.arch.build), 25 epochs, 2
-              seeds; on CUDA several at once in a small process pool (--workers)
-  tau         Kendall tau between the proxy score and 25-epoch from-scratch test accuracy over
-              12 random equal-MACs vectors at budget 0.1, for each sweep setting
+              seeds, in the same pool
   latency     built models: GPU batch 256 and 1 (CUDA), CPU batch 1 and 32, median of repeats,
               relative to the base
 
 Finally OUT/proof.md: markdown tables with the aims beside the measured values.
 
 Time on one H200, measured (BENCHMARKS.md): throughput 33 s, base 21 s, search ~2 min
-(16 searches and the concurrency runs), sweep 28 s, retrain ~6 min (32 runs of 25 epochs,
-3 at a time), tau ~2 min, latency under a minute: about 13 minutes, so one sitting of 10
-minutes does not hold it. ``--part 1`` (about 3.5 minutes) and ``--part 2`` (about 9) split it.
-``--budget-minutes`` stops cleanly before a stage or unit that its estimate says would not
-fit; ``--part 1`` and ``--part 2`` split the run in two sittings.
+(16 searches and the concurrency runs), sweep 28 s, tau ~2 min (12 runs of 25 epochs, 3 at a
+time), retrain ~6 min (32 runs), latency under 10 s: about 12 minutes, so one sitting of 10
+minutes does not hold it. ``--part 1`` (about 5.5 minutes) and ``--part 2`` (about 6.5) split
+it into two sittings. ``--budget-minutes`` stops cleanly before a stage or unit that its
+estimate says would not fit.
 
 ``--smoke`` runs the same code with tiny settings: ResNet-20 on the synthetic dataset
 (16 x 16 images), a few steps everywhere, on the CPU; with ``--data-dir`` it uses 2,000
@@ -92,8 +93,9 @@ from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.study import open_storage  # noqa: E402
 from autoprune.train import TrainConfig, split_accuracy, train  # noqa: E402
 
-PART1 = ("throughput", "base", "search", "sweep")
-PART2 = ("retrain", "tau", "latency")
+# The tau stage needs only the sweep: it closes part 1 so that each part fits one sitting.
+PART1 = ("throughput", "base", "search", "sweep", "tau")
+PART2 = ("retrain", "latency")
 SEARCHED = ("abc", "tpe", "random")  # the methods that search, with an equal candidate count
 ONE_SHOT = ("uniform", "uniform-fill", "l1-global", "slimming", "dmcp")
 
@@ -997,8 +999,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny settings on the synthetic dataset, CPU")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="stop cleanly before a stage or unit whose estimate does not fit in this many minutes")
-    p.add_argument("--part", type=int, choices=(1, 2), default=None, help="1: throughput, base, search, sweep; "
-                   "2: retrain, tau, latency (needs part 1's results in OUT)")
+    p.add_argument("--part", type=int, choices=(1, 2), default=None, help="1: throughput, base, search, sweep, tau; "
+                   "2: retrain, latency (needs part 1's results in OUT)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10: torchvision folder, ImageFolder folder or .tar.gz")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available; --smoke: cpu)")
     p.add_argument("--workers", type=int, default=None, help="concurrent retrain processes (default 3 on CUDA, 1 on CPU)")

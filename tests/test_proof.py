@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROOF = ROOT / "experiments" / "proof.py"
-STAGES = ["throughput", "base", "search", "sweep", "retrain", "tau", "latency"]
+STAGES = ["throughput", "base", "search", "sweep", "tau", "retrain", "latency"]
 
 
 def _env():
