@@ -8,7 +8,9 @@ measured constant: the whole model's time minus the sum of its layers at full wi
 
 :func:`predict` is the latency sibling of :func:`autoprune.cost.macs`: a pure function of
 (table, space, widths), with no forward pass. Widths between grid points are interpolated
-linearly in each width; widths may be ints or differentiable scalars (DMCP).
+linearly in each width; widths may be ints or differentiable scalars. :class:`ExpectedLatency`
+is its expectation when every free group's width is drawn from a distribution over its allowed
+widths (DMCP's Markov chains), differentiable w.r.t. the probabilities.
 :mod:`autoprune.profile` measures and caches tables; this module only reads them.
 
 >>> t = LatencyTable(key={}, entries=(Entry("fc", (8, 16), (), ((1.0,), (3.0,))),), model_ms=4.0, overhead_ms=1.0)
@@ -24,6 +26,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
+
+import torch
 
 from autoprune.errors import BudgetError, SpaceError
 from autoprune.space import SearchSpace
@@ -109,7 +113,7 @@ def _bracket(axis: Sequence[int], w) -> tuple[int, int, object]:
     Outside the axis the nearest end is used (t = 0): the grid always spans the widths the
     space allows, so that only happens for a table measured on another space.
     """
-    x = float(w)
+    x = float(w.detach()) if isinstance(w, torch.Tensor) else float(w)
     if len(axis) == 1 or x <= axis[0]:
         return 0, 0, 0.0
     if x >= axis[-1]:
@@ -154,6 +158,73 @@ def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
         cout = full[layer.out_group] if entry.outs else None
         total = total + lookup(entry, cin, cout)
     return total
+
+
+class ExpectedLatency:
+    """Expected :func:`predict` of ``table`` over independent per-group width distributions.
+
+    Called with one probability vector per free group, over that group's allowed widths
+    (``space.choices[i]``), it returns the expected latency in ms as a float64 tensor,
+    differentiable w.r.t. ``probs``. Each entry's time at every pair of allowed widths is
+    looked up once, here, so a call is a few small matrix products. The expectation is exact
+    for every layer whose input is a single group (a plain conv, a depthwise conv, a linear
+    layer); a layer whose input concatenates two or more free groups is timed at its expected
+    input width. At one-hot ``probs`` it equals :func:`predict` at those widths.
+    """
+
+    def __init__(self, table: LatencyTable, space: SearchSpace):
+        check_table(table, space)
+        self.space = space
+        self.overhead_ms = table.overhead_ms
+        layers = {layer.name: layer for layer in space.graph.layers}
+        free = {gid: i for i, gid in enumerate(space.free)}
+        full = space.full_widths(space.max_widths())
+        # (input group, output group, times at their allowed widths): a free group's index, or None
+        # where the width is fixed (a frozen group, a layer whose output follows its input).
+        self._terms: list[tuple[int | None, int | None, torch.Tensor]] = []
+        self._mixed: list[tuple[Entry, tuple[int, ...], int, int | None, int | None]] = []
+        for entry in table.entries:
+            layer = layers[entry.name]
+            fixed_in = sum(full[g] for g in layer.in_layout if g not in free)
+            free_in = [free[g] for g in layer.in_layout if g in free]
+            j = free.get(layer.out_group) if entry.outs else None
+            cout = full[layer.out_group] if entry.outs else None
+            if len(free_in) > 1:
+                self._mixed.append((entry, tuple(free_in), fixed_in, j, cout))
+                continue
+            i = free_in[0] if free_in else None
+            ins = [fixed_in + w for w in space.choices[i]] if i is not None else [fixed_in]
+            outs = space.choices[j] if j is not None else (cout,)
+            if i is not None and i == j:  # input and output are one group: both take the same width
+                ms = [[lookup(entry, a, w)] for a, w in zip(ins, outs)]
+                self._terms.append((i, None, torch.tensor(ms, dtype=torch.float64)))
+            else:
+                ms = [[lookup(entry, a, b) for b in outs] for a in ins]
+                self._terms.append((i, j, torch.tensor(ms, dtype=torch.float64)))
+        self._on_device: dict[torch.device, list] = {}
+
+    def __call__(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        probs = [p.double() for p in probs]
+        if len(probs) != len(self.space):
+            raise SpaceError(f"expected latency needs {len(self.space)} probability vectors, got {len(probs)}")
+        device = probs[0].device if probs else torch.device("cpu")
+        one = torch.ones(1, dtype=torch.float64, device=device)
+        total = torch.tensor(self.overhead_ms, dtype=torch.float64, device=device)
+        if device not in self._on_device:
+            self._on_device[device] = [(i, j, ms.to(device)) for i, j, ms in self._terms]
+        for i, j, ms in self._on_device[device]:
+            pi = probs[i] if i is not None else one
+            pj = probs[j] if j is not None else one
+            total = total + pi @ ms @ pj
+        for entry, free_in, fixed_in, j, cout in self._mixed:
+            cin = fixed_in
+            for i in free_in:
+                cin = cin + (probs[i] * torch.tensor(self.space.choices[i], dtype=torch.float64, device=device)).sum()
+            if j is None:
+                total = total + lookup(entry, cin, cout)
+            else:
+                total = total + sum(p * lookup(entry, cin, b) for p, b in zip(probs[j], self.space.choices[j]))
+        return total
 
 
 @dataclass(frozen=True)

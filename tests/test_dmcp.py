@@ -9,9 +9,11 @@ from conftest import random_widths
 from autoprune import cost
 from autoprune.data import load_data
 from autoprune.errors import CheckpointError
+from autoprune.latency import ExpectedLatency, LatencyLimit, predict
 from autoprune.models import create_model
 from autoprune.optimizers import dmcp
 from autoprune.optimizers.dmcp import DMCPConfig, Gates, MarkovChain, budget_loss, search_dmcp
+from autoprune.profile import TableConfig, latency_table
 from autoprune.space import SearchSpace
 from autoprune.surgery import zero_dropped
 
@@ -36,11 +38,31 @@ def tiny():
     return model, space, data
 
 
-def _tiny_search(tiny, *, budget_macs=None, out_dir=None, **options):
+def _tiny_search(tiny, *, budget_macs=None, out_dir=None, latency=None, **options):
     model, space, data = tiny
     config = DMCPConfig(**{"steps": 6, "batch_size": 16, "warmup": 0.34, **options})
-    return search_dmcp(model, space, data, config, out_dir=out_dir,
+    return search_dmcp(model, space, data, config, out_dir=out_dir, latency=latency,
                        budget_macs=budget_macs if budget_macs is not None else int(0.5 * cost.base_macs(space)))
+
+
+PRICEY = 1  # the free group whose producing conv the synthetic latency table makes expensive
+
+
+@pytest.fixture(scope="module")
+def pricey_table(tiny, tmp_path_factory):
+    """A latency table of the tiny model where every layer costs 0.01 ms except the producer of
+    group PRICEY, 0.2 ms per output channel: its width alone decides the latency."""
+    model, space, _ = tiny
+    gid = space.free[PRICEY]
+
+    def timer(run, info):
+        if info["what"] == "model":
+            return 3.5
+        cout = info["cout"] if info["cout"] is not None else info["cin"]
+        return 0.01 + (0.2 * cout if info["layer"].out_group == gid else 0.0)
+
+    config = TableConfig(device="cpu", grid=3, cache_dir=tmp_path_factory.mktemp("latency"))
+    return latency_table(model, space, config, timer=timer)[0]
 
 
 # -- gates on the traced model --------------------------------------------------------------
@@ -158,6 +180,52 @@ def test_budget_loss_alone_drives_expected_macs_into_band(spaces, ratio):
         opt.step()
     e = chain.expected_macs().item()
     assert 0.95 * target <= e <= target * 1.001
+
+
+def test_budget_loss_with_a_latency_limit_holds_the_tighter_one():
+    at = lambda macs, ms: float(budget_loss(torch.tensor(macs, dtype=torch.float64), 1000.0, band=0.05,  # noqa: E731
+                                            expected_ms=torch.tensor(ms, dtype=torch.float64), max_ms=10.0))
+    assert at(980.0, 5.0) == at(500.0, 9.8) == at(960.0, 9.6) == 0.0  # either one in its band, neither over
+    assert 0 < at(500.0, 10.5) < at(500.0, 12.0) and 0 < at(1010.0, 5.0)
+    assert 0 < at(500.0, 5.0) and at(500.0, 5.0) == at(500.0, 1.0)  # both below: pulled up by the nearer
+    assert at(1100.0, 11.0) > at(1100.0, 5.0)
+
+
+def test_expected_latency_is_differentiable_in_the_chain(tiny, pricey_table):
+    _, space, _ = tiny
+    chain = MarkovChain(space)
+    expected = ExpectedLatency(pricey_table, space)
+    assert all(float(p.detach().sum()) == pytest.approx(1.0) for p in chain.width_probs())
+    expected(chain.width_probs()).backward()
+    for i in range(len(chain)):
+        g = chain.alpha.grad[chain.offsets[i]:chain.offsets[i + 1]]
+        if i == PRICEY:  # keeping any block of the expensive group longer costs time
+            assert (g > 0).all(), g
+        else:  # the other layers' times do not depend on widths in this table
+            assert (g.abs() < 1e-12).all(), (space.names[i], g)
+    with torch.no_grad():  # a certain chain has the prediction as its expectation
+        widths = space.sample(np.random.default_rng(0))
+        chain.alpha.copy_(chain.alpha_for(widths))
+        assert float(expected(chain.width_probs())) == pytest.approx(predict(pricey_table, space, widths))
+
+
+def test_a_latency_limit_narrows_the_expensive_group(tiny, pricey_table):
+    _, space, _ = tiny
+    limit = LatencyLimit(pricey_table, 0.6 * predict(pricey_table, space, space.max_widths()))
+    free, limited = (_tiny_search(tiny, arch_lr=0.2, latency=latency) for latency in (None, limit))
+    # The differentiable term moved the chain, before any repair: the expected width shrank.
+    assert limited.info["expected_widths"][PRICEY] < free.info["expected_widths"][PRICEY] - 1
+    assert limited.info["expected_ms"] <= 1.05 * limit.max_ms and limited.info["max_ms"] == limit.max_ms
+    assert limited.widths[PRICEY] < free.widths[PRICEY]
+    assert limit.allows(space, limited.widths) and cost.macs(space, limited.widths) <= 0.5 * cost.base_macs(space)
+    assert "expected_ms" not in free.info
+
+
+def test_resume_refuses_a_checkpoint_of_another_latency_limit(tiny, pricey_table, tmp_path):
+    _tiny_search(tiny, out_dir=tmp_path, steps=2)
+    limit = LatencyLimit(pricey_table, 0.6 * pricey_table.model_ms)
+    with pytest.raises(CheckpointError, match="another search"):
+        _tiny_search(tiny, out_dir=tmp_path, steps=2, latency=limit)
 
 
 # -- the search -----------------------------------------------------------------------------

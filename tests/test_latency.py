@@ -2,18 +2,20 @@
 the cache key and corrupt files, the latency limit in repair, the optimizers and the driver,
 and a tiny real measurement for the plumbing."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import autoprune
 from autoprune import profile
 from autoprune.budget import repair, within
 from autoprune.cli import main
 from autoprune.errors import BudgetError, SearchError
-from autoprune.latency import LatencyLimit, LatencyTable, lookup, parse_latency_budget, predict
+from autoprune.latency import ExpectedLatency, LatencyLimit, LatencyTable, lookup, parse_latency_budget, predict
 from autoprune.models import create_model
 from autoprune.optimizers import Optimizer, register_optimizer, unregister_optimizer
 from autoprune.profile import TableConfig, latency_table, table_key
@@ -90,6 +92,65 @@ def test_lookup_clamps_outside_the_grid(table):
     e = next(e for e in table.entries if e.outs)
     assert lookup(e, e.ins[0] - 1, e.outs[0] - 1) == e.ms[0][0]
     assert lookup(e, e.ins[-1] + 5, e.outs[-1] + 5) == e.ms[-1][-1]
+
+
+class Concat(nn.Module):
+    """Two branches concatenated into one conv: that conv's input width is the sum of two free groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.c = nn.Sequential(nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+def convex_timer(run, info):
+    """Convex in the output width, so the expected time is not the time at the expected widths."""
+    if info["what"] == "model":
+        return 5.0
+    cout = info["cout"] if info["cout"] is not None else info["cin"]
+    return 1e-3 * info["cin"] + 1e-4 * cout ** 2
+
+
+def one_hot(space, widths):
+    return [torch.tensor([float(w == c) for c in choices], dtype=torch.float64)
+            for choices, w in zip(space.choices, widths)]
+
+
+def test_expected_latency_is_the_expectation_over_the_width_distributions(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    table, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=convex_timer)
+    gen = torch.Generator().manual_seed(0)
+    probs = [torch.softmax(torch.randn(len(c), generator=gen, dtype=torch.float64), 0) for c in space.choices]
+    brute = sum(float(np.prod([p[c.index(w)] for p, c, w in zip(probs, space.choices, widths)]))
+                * predict(table, space, widths) for widths in itertools.product(*space.choices))
+    assert len(space) == 2 and float(ExpectedLatency(table, space)(probs)) == pytest.approx(brute, rel=1e-9)
+    at_mean = predict(table, space, [(p * torch.tensor(c, dtype=torch.float64)).sum() for p, c in zip(probs, space.choices)])
+    # the check tells the expectation from the time at the expected widths
+    assert abs(float(at_mean) - brute) > 0.01 * (brute - table.overhead_ms)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "concat"])
+def test_expected_latency_at_certain_widths_is_the_prediction(tmp_path, name):
+    model = Concat() if name == "concat" else create_model(name)
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    table, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=convex_timer)
+    if name == "concat":  # the conv after the concatenation is timed at its expected input width
+        assert any(len(set(layer.in_layout) & set(space.free)) == 2 for layer in space.graph.layers)
+    expected = ExpectedLatency(table, space)
+    rng = np.random.default_rng(0)
+    for widths in [space.min_widths(), space.max_widths()] + [space.sample(rng) for _ in range(5)]:
+        assert float(expected(one_hot(space, widths))) == pytest.approx(predict(table, space, widths), rel=1e-9)
+    probs = [torch.full((len(c),), 1.0 / len(c), dtype=torch.float64, requires_grad=True) for c in space.choices]
+    expected(probs).backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in probs)
 
 
 def test_table_round_trips_through_json(table):

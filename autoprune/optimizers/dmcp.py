@@ -16,11 +16,14 @@ Training alternates two kinds of step on the same supernet (the traced model at 
 * **architecture steps**: every block's output is scaled by its marginal ``P_k``, the
   cross-entropy of that expected network plus ``λ`` × a budget loss on the expected MACs
   (the analytic cost model evaluated at the expected widths) is minimised w.r.t. α only.
+  With a latency limit, the expected latency under the chains' width distributions (from the
+  measured latency table, :class:`~autoprune.latency.ExpectedLatency`) is held under it the
+  same way.
 
 Gating is per *group*, through forward hooks on the layers whose outputs carry the group's
 channels, so coupled layers (a residual stage, both sides of a depthwise conv) share their
-group's α with no per-model code. The derived width vector is repaired into the budget like
-every other method's candidate.
+group's α with no per-model code. The derived width vector is repaired into the budget (and
+the latency limit) like every other method's candidate.
 
 >>> from autoprune.data import load_data
 >>> from autoprune.models import create_model
@@ -57,7 +60,7 @@ from autoprune.budget import check_reachable, repair
 from autoprune.errors import CheckpointError, SearchError, one_line
 from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
-from autoprune.latency import LatencyLimit
+from autoprune.latency import ExpectedLatency, LatencyLimit
 from autoprune.optimizers._base import Optimizer, register_optimizer
 from autoprune.runtime import autocast, progress_bar
 from autoprune.space import SearchSpace
@@ -123,6 +126,16 @@ class MarkovChain(nn.Module):
         """P_k per group: probability that block k (and so every earlier block) is kept."""
         return [torch.cumprod(p, 0) for p in self.transition_probs()]
 
+    def width_probs(self, marginals: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per group, the probability of each allowed width (float64): ``P_k - P_{k+1}``, summing to one."""
+        marginals = self.marginal_probs() if marginals is None else marginals
+        out = []
+        for p in marginals:
+            p = p.double()
+            kept = torch.cat([p.new_ones(1), p, p.new_zeros(1)])
+            out.append(kept[:-1] - kept[1:])
+        return out
+
     def expected_widths(self, marginals: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Expected width of every free group, as differentiable float64 scalars."""
         marginals = self.marginal_probs() if marginals is None else marginals
@@ -175,17 +188,27 @@ class MarkovChain(nn.Module):
         return torch.cat(parts).to(self.alpha)
 
 
-def budget_loss(expected_macs: torch.Tensor, target: float, band: float = 0.05) -> torch.Tensor:
+def budget_loss(expected_macs: torch.Tensor, target: float, band: float = 0.05, *,
+                expected_ms: torch.Tensor | None = None, max_ms: float | None = None) -> torch.Tensor:
     """Zero while ``expected_macs`` lies in ``[(1 - band)·target, target]``, logarithmic outside.
 
     ``log(1 + d / (band·target))`` with ``d`` the distance to the nearer edge of the band: the
     slope at the edge equals that of the paper's ``log|E - edge|`` at a distance of one band
     width, strong enough to pull the expectation in, and continuous, so Adam does not chatter
     across the edge.
+
+    With a latency limit (``expected_ms``, ``max_ms``), an expected latency above ``max_ms`` is
+    penalised the same way, and the band's lower edge holds for the tighter of the two: the
+    expectation is pulled up only while both MACs and latency lie below their bands, so that
+    a binding latency limit is not fought by the MACs term.
     """
-    lo = (1.0 - band) * target
-    dist = F.relu(expected_macs - target) + F.relu(lo - expected_macs)
-    return torch.log1p(dist / (band * target))
+    used = expected_macs / target
+    over = F.relu(used - 1.0)
+    if expected_ms is not None:
+        ms_used = expected_ms / max_ms
+        over = over + F.relu(ms_used - 1.0)
+        used = torch.maximum(used, ms_used)
+    return torch.log1p((over + F.relu((1.0 - band) - used)) / band)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,9 +372,11 @@ class _Run:
     config: DMCPConfig
     target: float
     device: torch.device
+    latency: LatencyLimit | None = None
+    expected_latency: ExpectedLatency | None = None
 
     @classmethod
-    def start(cls, model, space, config, target, device) -> "_Run":
+    def start(cls, model, space, config, target, device, latency: LatencyLimit | None = None) -> "_Run":
         supernet = copy.deepcopy(model).to(device)
         if device.type == "cuda":
             supernet.to(memory_format=torch.channels_last)
@@ -359,7 +384,9 @@ class _Run:
         w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
         a_opt = torch.optim.Adam(chain.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
-        return cls(supernet, chain, Gates(supernet, space), w_opt, a_opt, config, target, device)
+        expected_latency = ExpectedLatency(latency.table, space) if latency is not None else None
+        return cls(supernet, chain, Gates(supernet, space), w_opt, a_opt, config, target, device, latency,
+                   expected_latency)
 
     def step(self, step: int, xb, yb) -> tuple[float, dict | None]:
         """One weight step and, after the warm-up, one architecture step; (loss, arch stats)."""
@@ -370,8 +397,12 @@ class _Run:
         w_loss = _weight_step(self.supernet, self.chain, self.gates, self.w_opt, xb, yb, c, step, self.device)
         if step >= c.warmup_steps and (step - c.warmup_steps) % c.arch_every == 0:
             return w_loss, _arch_step(self.supernet, self.chain, self.gates, self.a_opt, xb, yb, self.target, c,
-                                      self.device)
+                                      self.device, self.expected_latency, self.max_ms)
         return w_loss, None
+
+    @property
+    def max_ms(self) -> float | None:
+        return self.latency.max_ms if self.latency is not None else None
 
 
 def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig | None = None, *, budget_macs: int,
@@ -379,7 +410,8 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
                 progress: bool = False, latency: LatencyLimit | None = None) -> DMCPResult:
     """Search widths for ``model`` within ``budget_macs`` by DMCP; returns ``DMCPResult(widths, info)``.
 
-    With ``latency`` the derived widths are repaired into that latency limit too.
+    With ``latency`` the architecture steps also hold the chains' expected latency (from its
+    table) under its limit, and the derived widths are repaired into that limit exactly.
 
     ``model`` (trained or not) is copied; the copy is the supernet whose weights are trained.
     With ``out_dir`` the state is checkpointed there every ``config.checkpoint_every`` steps
@@ -396,7 +428,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     config = (config or DMCPConfig()).resolved(data)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     start = time.perf_counter()
-    run = _Run.start(model, space, config, float(budget_macs), device)
+    run = _Run.start(model, space, config, float(budget_macs), device, latency)
     step, history = 0, []
     if ckpt_path is not None and resume and ckpt_path.exists():
         step, history = _load(ckpt_path, run, space)
@@ -457,6 +489,7 @@ def _summary(run: _Run, space, history: list, resumed_from: int, start: float) -
         "expected_macs": expected_macs,
         "expected_ratio": expected_macs / base,
         "expected_widths": [round(float(w), 3) for w in run.chain.expected_widths()],
+        **_latency_summary(run),
         "derive": config.derive,
         "transition_probs": {name: [round(float(p), 4) for p in ps]
                              for name, ps in zip(space.names, run.chain.transition_probs())},
@@ -502,8 +535,8 @@ class DMCPOptimizer(Optimizer):
     def report(self) -> dict:
         if self.result is None:
             return {}
-        return {"dmcp": {k: self.result.info[k] for k in ("steps", "expected_ratio", "target_ratio", "derive",
-                                                          "seconds")}}
+        keys = ("steps", "expected_ratio", "target_ratio", "expected_ms", "max_ms", "derive", "seconds")
+        return {"dmcp": {k: self.result.info[k] for k in keys if k in self.result.info}}
 
 
 def _weight_step(supernet, chain, gates, opt, x, y, config, step, device) -> float:
@@ -529,8 +562,9 @@ def _weight_step(supernet, chain, gates, opt, x, y, config, step, device) -> flo
     return float(loss.detach())
 
 
-def _arch_step(supernet, chain, gates, opt, x, y, target, config, device) -> dict:
-    """One Adam step on α: cross-entropy of the expected network + λ · budget loss."""
+def _arch_step(supernet, chain, gates, opt, x, y, target, config, device, expected_latency=None,
+               max_ms=None) -> dict:
+    """One Adam step on α: cross-entropy of the expected network + λ · budget loss (MACs, and latency if limited)."""
     supernet.train()
     opt.zero_grad(set_to_none=True)
     marginals = chain.marginal_probs()
@@ -540,10 +574,14 @@ def _arch_step(supernet, chain, gates, opt, x, y, target, config, device) -> dic
     gates.set(None)
     ce = F.cross_entropy(out.float(), y)
     expected = cost.macs(chain.space, chain.expected_widths(marginals))
-    reg = budget_loss(expected, target, config.band)
+    ms = expected_latency(chain.width_probs(marginals)) if expected_latency is not None else None
+    reg = budget_loss(expected, target, config.band, expected_ms=ms, max_ms=max_ms)
     (ce + config.penalty * reg).backward(inputs=[chain.alpha])
     opt.step()
-    return {"ce": float(ce.detach()), "budget": float(reg.detach()), "expected_macs": float(expected.detach())}
+    stats = {"ce": float(ce.detach()), "budget": float(reg.detach()), "expected_macs": float(expected.detach())}
+    if ms is not None:
+        stats["expected_ms"] = float(ms.detach())
+    return stats
 
 
 def _derive_direct(run: _Run, data, space, budget_macs, rng, latency=None):
@@ -601,20 +639,22 @@ def _rng_scope(device: torch.device):
         yield
 
 
-def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float) -> dict:
+def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float, latency: LatencyLimit | None = None) -> dict:
     """What a checkpoint must agree on to be resumed (everything that shapes the run)."""
     d = asdict(config)
     # Derivation settings do not shape training: a finished search may be re-derived another way.
     for key in ("checkpoint_every", "derive", "samples", "eval_batches", "recal_batches", "epochs"):
         d.pop(key)
-    return {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices],
-            "target": target}
+    out = {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices], "target": target}
+    if latency is not None:  # absent without one, so that checkpoints of MACs-only searches still resume
+        out["latency"] = {"max_ms": latency.max_ms, "table": latency.table.id}
+    return out
 
 
 def _save(path: Path, run: _Run, space, step, history) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
-        "fingerprint": _fingerprint(run.config, space, run.target),
+        "fingerprint": _fingerprint(run.config, space, run.target, run.latency),
         "step": step,
         "history": history,
         "model": run.supernet.state_dict(),
@@ -632,7 +672,7 @@ def _load(path: Path, run: _Run, space) -> tuple[int, list]:
         raise CheckpointError(f"cannot read DMCP checkpoint {path}: {one_line(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a DMCP checkpoint ({CHECKPOINT_FORMAT})")
-    if state["fingerprint"] != _fingerprint(run.config, space, run.target):
+    if state["fingerprint"] != _fingerprint(run.config, space, run.target, run.latency):
         raise CheckpointError(f"DMCP checkpoint {path} belongs to another search (different model, budget or "
                               "settings); use another output directory or pass resume=False")
     run.supernet.load_state_dict(state["model"])
@@ -641,6 +681,14 @@ def _load(path: Path, run: _Run, space) -> tuple[int, list]:
     run.w_opt.load_state_dict(state["weight_optimizer"])
     run.a_opt.load_state_dict(state["arch_optimizer"])
     return int(state["step"]), list(state["history"])
+
+
+@torch.no_grad()
+def _latency_summary(run: _Run) -> dict:
+    """The expected latency reached and the limit, when the search has one."""
+    if run.latency is None:
+        return {}
+    return {"expected_ms": float(run.expected_latency(run.chain.width_probs())), "max_ms": run.latency.max_ms}
 
 
 @torch.no_grad()
