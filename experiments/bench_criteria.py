@@ -16,6 +16,9 @@ Full run (one GPU), as the criteria benchmark asks:
     python experiments/bench_criteria.py --model vgg16 --dataset cifar10 --data-dir DIR \
         --pretrain-epochs 30 --budget 0.4 --vectors 12 --retrain-epochs 25
 
+On a GPU, the same comparison for the proof run's VGG16 base (reusing its from-scratch retrains)
+is part 3 of experiments/proof.py (``--part 3``).
+
 The defaults are a scaled-down CPU run (resnet20 on 16x16 synthetic images) that takes a few
 minutes on two cores. Writes OUT/bench.json and prints markdown tables.
 """

@@ -3,7 +3,8 @@
     python experiments/proof.py --out runs/proof --data-dir .data/cifar10-jpg.tar.gz       # one GPU
     python experiments/proof.py --out runs/proof --data-dir D --part 1 --budget-minutes 8  # in two sittings
     python experiments/proof.py --out runs/proof --data-dir D --part 2 --budget-minutes 8
-    python experiments/proof.py --out runs/proof-smoke --smoke                               # CPU, < 1 min
+    python experiments/proof.py --out runs/proof --data-dir D --part 3 --budget-minutes 8
+    python experiments/proof.py --out runs/proof-smoke --smoke                               # CPU, minutes
 
 Stages, in order; each writes its result into OUT/results.json (atomically) when it finishes
 and is skipped when its result is already there, so running the same command again continues
@@ -30,6 +31,15 @@ part 2
               seeds, in the same pool
   latency     built models: GPU batch 256 and 1 (CUDA), CPU batch 1 and 32, median of repeats,
               relative to the base
+part 3 (needs parts 1 and 2; the classic pruning criteria)
+  criteria    every keep rule (l1, bn_gamma, random, hrank, activation, apoz, reconstruct)
+              scores the tau stage's 12 vectors with the search-default evaluator on the base:
+              Kendall tau against the tau stage's from-scratch accuracies (no new training, only
+              the data-driven rules' statistics on 256 training images), seconds per candidate
+  producers   the one-shot producers hrank, activation and ssl at budgets 0.4 and 0.1 through
+              autoprune.api.search, each winner retrained from scratch like the retrain stage
+              (25 epochs, the same seeds), beside its uniform, slimming, l1-global and best
+              searched rows
 
 Finally OUT/proof.md: markdown tables with the aims beside the measured values.
 
@@ -37,8 +47,16 @@ Time on one H200, measured (BENCHMARKS.md): throughput 33 s, base 21 s, search ~
 (16 searches and the concurrency runs), sweep 28 s, tau ~2 min (12 runs of 25 epochs, 3 at a
 time), retrain ~6 min (32 runs), latency under 10 s: about 12 minutes, so one sitting of 10
 minutes does not hold it. ``--part 1`` (about 5.5 minutes) and ``--part 2`` (about 6.5) split
-it into two sittings. ``--budget-minutes`` stops cleanly before a stage or unit that its
-estimate says would not fit.
+it into two sittings.
+Part 3 is estimated, not yet measured: criteria ~1.5 minutes (7 rules x 12 candidates at the
+sweep's ~0.7 s, plus the rules' statistics), producers ~2.5 minutes (6 one-shot searches, ssl's
+7 sparsity trainings of 100 steps each, at most 12 retrains 3 at a time at the tau stage's pace),
+plus loading the data on a fresh machine: ``--part 3`` in about 5 minutes. A results file carried
+to a machine without OUT/base/model.pt (experiments/results/proof-h200.json copied to
+OUT/results.json) resumes into part 3: the base is trained again first (~20 s), and the report
+says so.
+``--budget-minutes`` stops cleanly before a stage or unit that its estimate says would not
+fit; ``--part 1``, ``--part 2`` and ``--part 3`` split the run in three sittings.
 
 ``--smoke`` runs the same code with tiny settings: ResNet-20 on the synthetic dataset
 (16 x 16 images), a few steps everywhere, on the CPU; with ``--data-dir`` it uses 2,000
@@ -93,9 +111,11 @@ from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.study import open_storage  # noqa: E402
 from autoprune.train import TrainConfig, split_accuracy, train  # noqa: E402
 
-# The tau stage needs only the sweep: it closes part 1 so that each part fits one sitting.
+# The tau stage needs only the sweep: it closes part 1 so that parts 1 and 2 each fit one sitting.
 PART1 = ("throughput", "base", "search", "sweep", "tau")
 PART2 = ("retrain", "latency")
+PART3 = ("criteria", "producers")
+PARTS = {None: PART1 + PART2 + PART3, 1: PART1, 2: PART2, 3: PART3}  # --part: the stages it runs
 SEARCHED = ("abc", "tpe", "random")  # the methods that search, with an equal candidate count
 ONE_SHOT = ("uniform", "uniform-fill", "l1-global", "slimming", "dmcp")
 
@@ -138,6 +158,25 @@ SMOKE = {
               {"fine_tune_steps": 2, "bn_batches": 2, "cudnn_benchmark": True, "vectors": 2}],
     "tau": {"budget": "0.1", "vectors": 4},
     "latency": {"gpu_batches": [256, 1], "cpu_batches": [1, 8], "gpu_reps": 5, "cpu_reps": 3},
+}
+
+# Part 3's settings live apart from FULL / SMOKE and are stored under "settings_part3", not
+# "settings": results files written before part 3 existed (experiments/results/proof-h200.json)
+# hold FULL's keys only, and main() refuses a file whose stored settings differ, so part 3's keys
+# in FULL would make every such file unresumable. Each dict is checked on its own: "settings"
+# always, "settings_part3" when part 3 may run and a run has stored it (an old file gains it on
+# its first run that may reach part 3; --part 1 and --part 2 never write it).
+PART3_FULL = {
+    "criteria": {"rules": ["l1", "bn_gamma", "random", "hrank", "activation", "apoz", "reconstruct"]},
+    "producers": {"budgets": ["0.4", "0.1"], "methods": ["hrank", "activation", "ssl"],
+                  "options": {"ssl": {"steps": 100, "batch_size": 64, "bisections": 6}}},
+}
+
+PART3_SMOKE = {
+    **PART3_FULL,
+    # One budget keeps the smoke run (and its test) short; the loop over budgets is the same code.
+    "producers": {**PART3_FULL["producers"], "budgets": ["0.1"],
+                  "options": {"ssl": {"steps": 2, "batch_size": 32, "bisections": 1}}},
 }
 
 AIMS = {"fast_img_s": 60000, "base_acc": 0.88, "cand_per_min": 50, "cand_per_min_fast": 100, "tau": 0.5,
@@ -323,8 +362,9 @@ class UtilSampler:
 
 
 class Proof:
-    def __init__(self, args, settings: dict, results: Results, clock: Clock):
+    def __init__(self, args, settings: dict, results: Results, clock: Clock, part3: dict | None = None):
         self.args, self.s, self.r, self.clock = args, settings, results, clock
+        self.s3 = part3 if part3 is not None else PART3_SMOKE if args.smoke else PART3_FULL
         self.out = Path(args.out)
         self.device = torch.device(args.device)
         self.spec = data_spec(settings, args.data_dir)
@@ -572,50 +612,55 @@ def _search_kwargs(p: Proof, budget: str, method: str, *, trials: int | None = N
     return kw
 
 
+def search_unit(p: Proof, stage: str, key: str, budget: str, method: str, folder: str, **extra) -> dict:
+    """One ``autoprune.api.search`` on the base into ``OUT/folder``: its row, saved as unit ``key``
+    of ``stage`` (read back when saved already). A failing method's row holds ``error``."""
+    row = p.r.unit(stage, key)
+    if row is not None:
+        return row
+    n = p.s["candidates"] if method in SEARCHED else 1
+    est = n * p.candidate_estimate() + 3
+    if method == "dmcp":
+        est += p.s["dmcp"]["steps"] * 5 * p.s["dmcp"]["batch_size"] / p.train_rate()
+    if method == "ssl":  # (bisections + 1) short sparsity trainings of a copy of the base
+        o = extra.get("method_options") or {}
+        est += (o.get("bisections", 6) + 1) * o.get("steps", 100) * 3 * o.get("batch_size", 64) / p.train_rate()
+    p.clock.check(est, f"{stage} {key}")
+    torch.backends.cudnn.benchmark = p.s["search_cudnn_benchmark"]
+    (p.out / folder).mkdir(parents=True, exist_ok=True)
+    # A journal file, not the default SQLite database: creating and writing a study
+    # costs a fraction of SQLite's synchronous commits (~1.5 s per search call).
+    kw = _search_kwargs(p, budget, method, out=p.out / folder, storage=storage_url(p.out / folder),
+                        study=Path(folder).name, **extra)
+    _sync(p.device)
+    start = time.perf_counter()
+    try:
+        with UtilSampler(p.device) as util:
+            res = search(data=p.data, **kw)
+            _sync(p.device)
+    except Exception as exc:  # noqa: BLE001 — one broken method must not stop the proof
+        row = {"budget": budget, "method": method, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        p.r.save_unit(stage, key, row)
+        log(f"{stage} {key} FAILED: {row['error']}")
+        _free(p.device)
+        return row
+    wall = time.perf_counter() - start
+    s = res.summary()
+    row = {"budget": budget, "method": method, "macs_ratio": s["macs_ratio"], "params": s["params"],
+           "params_ratio": s["params"] / s["params_base"], "val": s["score"], "widths": s["widths"],
+           "candidates": s["candidates"], "failed": s["failed"], "scored_here": res.info["scored_here"],
+           "search_s": round(wall, 2), "cand_per_min": round(res.info["scored_here"] / wall * 60, 2),
+           "gpu_util": util.mean, "arch": str(Path(folder) / "arch.json")}
+    p.r.save_unit(stage, key, row)
+    log(f"{stage} {key}: val {row['val']:.4f}, MACs {row['macs_ratio']:.3f}, "
+        f"{row['candidates']} candidates, {row['cand_per_min']} /min")
+    return row
+
+
 def stage_search(p: Proof) -> dict:
 
-    rows = []
-    for budget in p.s["budgets"]:
-        for method in SEARCHED + ONE_SHOT:
-            key = f"{budget}/{method}"
-            row = p.r.unit("search", key)
-            if row is None:
-                n = p.s["candidates"] if method in SEARCHED else 1
-                est = n * p.candidate_estimate() + 3
-                if method == "dmcp":
-                    est += p.s["dmcp"]["steps"] * 5 * p.s["dmcp"]["batch_size"] / p.train_rate()
-                p.clock.check(est, f"search {key}")
-                torch.backends.cudnn.benchmark = p.s["search_cudnn_benchmark"]
-                folder = p.out / "search" / f"b{budget}-{method}"
-                folder.mkdir(parents=True, exist_ok=True)
-                # A journal file, not the default SQLite database: creating and writing a study
-                # costs a fraction of SQLite's synchronous commits (~1.5 s per search call).
-                kw = _search_kwargs(p, budget, method, out=folder, storage=storage_url(folder),
-                                    study=f"b{budget}-{method}")
-                _sync(p.device)
-                start = time.perf_counter()
-                try:
-                    with UtilSampler(p.device) as util:
-                        res = search(data=p.data, **kw)
-                        _sync(p.device)
-                except Exception as exc:  # noqa: BLE001 — one broken method must not stop the proof
-                    row = {"budget": budget, "method": method, "error": f"{type(exc).__name__}: {exc}"[:500]}
-                    p.r.save_unit("search", key, row)
-                    log(f"search {key} FAILED: {row['error']}")
-                    rows.append(row)
-                    _free(p.device)
-                    continue
-                wall = time.perf_counter() - start
-                s = res.summary()
-                row = {"budget": budget, "method": method, "macs_ratio": s["macs_ratio"], "params": s["params"],
-                       "params_ratio": s["params"] / s["params_base"], "val": s["score"], "widths": s["widths"],
-                       "candidates": s["candidates"], "failed": s["failed"], "scored_here": res.info["scored_here"],
-                       "search_s": round(wall, 2), "cand_per_min": round(res.info["scored_here"] / wall * 60, 2),
-                       "gpu_util": util.mean, "arch": str(Path("search") / f"b{budget}-{method}" / "arch.json")}
-                p.r.save_unit("search", key, row)
-                log(f"search {key}: val {row['val']:.4f}, MACs {row['macs_ratio']:.3f}, "
-                    f"{row['candidates']} candidates, {row['cand_per_min']} /min")
-            rows.append(row)
+    rows = [search_unit(p, "search", f"{budget}/{method}", budget, method, str(Path("search") / f"b{budget}-{method}"))
+            for budget in p.s["budgets"] for method in SEARCHED + ONE_SHOT]
     conc = []
     for n in p.s["concurrency"]["workers"]:
         try:
@@ -851,8 +896,124 @@ def stage_latency(p: Proof) -> dict:
             "cpu_batches": lat["cpu_batches"]}
 
 
+def ensure_base(p: Proof) -> None:
+    """Part 3 where part 1's checkpoint is missing (a results file carried to a fresh machine):
+    train the base again with the same settings, and record that in ``meta.base_retrained``."""
+    if p.base_path.is_file():
+        return
+    log(f"{p.base_path} is missing: training the base again for part 3")
+    res = stage_base(p)
+    p.r.data["meta"].setdefault("base_retrained", []).append(
+        {"test": res["test"], "val": res["val"], "train_s": res.get("train_s"), "at": _now(), "run_id": p.r.run_id})
+    p.r.save()
+
+
+def _kendall(proxy: list, scratch: list) -> tuple[float | None, float | None]:
+    """Kendall τ and its p-value over the pairs whose proxy score exists (None when undefined)."""
+    ok = [(a, b) for a, b in zip(proxy, scratch) if a is not None]
+    if len(ok) < 2:
+        return None, None
+    stat = kendalltau([a for a, _ in ok], [b for _, b in ok])
+    return (float(stat.statistic), float(stat.pvalue)) if math.isfinite(stat.statistic) else (None, None)
+
+
+def criteria_unit(p: Proof, rule: str, base, vectors: list, scratch: list) -> dict:
+    """The tau stage's vectors scored by the search-default evaluator keeping channels by ``rule``."""
+    config = EvalConfig.for_device(p.device, **p.s["eval"], keep=rule)
+    _sync(p.device)
+    start = time.perf_counter()
+    # No score cache: setup_s is what the rule's statistics cost on this base, every time.
+    ev = Evaluator(base, p.space, p.data, config=config, device=p.device)
+    _sync(p.device)
+    setup = time.perf_counter() - start
+    proxy, seconds = [], []
+    for w in vectors:
+        _sync(p.device)
+        t = time.perf_counter()
+        res = ev(w)
+        _sync(p.device)
+        seconds.append(time.perf_counter() - t)
+        proxy.append(res.score)
+    tau, pvalue = _kendall(proxy, scratch)
+    return {"rule": rule, "tau": tau, "p": pvalue, "proxy": proxy, "seconds": seconds, "setup_s": round(setup, 3),
+            "s_per_candidate": statistics.median(seconds), "mean_s": statistics.mean(seconds),
+            "proxy_mean": statistics.mean(x for x in proxy if x is not None) if any(x is not None for x in proxy) else None,
+            "failed": sum(x is None for x in proxy), "macs_ratio": statistics.mean(p.macs_ratio(w) for w in vectors)}
+
+
+def stage_criteria(p: Proof) -> dict:
+    """Kendall τ of every keep rule against the tau stage's from-scratch accuracies (no new training)."""
+    ensure_base(p)
+    tau = p.r.stage("tau")
+    vectors, scratch = [tuple(w) for w in tau["vectors"]], tau["scratch"]
+    base = p.base_model()
+    torch.backends.cudnn.benchmark = p.s["search_cudnn_benchmark"]
+    rows, warm = [], False
+    for rule in p.s3["criteria"]["rules"]:
+        row = p.r.unit("criteria", rule)
+        if row is None:
+            p.clock.check(len(vectors) * p.candidate_estimate() * 1.5 + 10, f"criteria {rule}")
+            if not warm:  # the first candidate of a process pays for lazy initialisation
+                Evaluator(base, p.space, p.data, config=EvalConfig.for_device(p.device, **p.s["eval"]),
+                          device=p.device)(vectors[0])
+                warm = True
+            row = criteria_unit(p, rule, base, vectors, scratch)
+            p.r.save_unit("criteria", rule, row)
+            log(f"criteria {rule}: tau {_f(row['tau'], '{:+.3f}')}, {row['s_per_candidate']:.2f} s/candidate, "
+                f"statistics {row['setup_s']:.1f} s")
+            _free(p.device)
+        rows.append(row)
+    return {"rows": rows, "budget": tau["budget"], "vectors": tau["vectors"], "scratch": scratch,
+            "epochs": tau["epochs"], "eval": _eval_settings(p), "cudnn_benchmark": p.s["search_cudnn_benchmark"]}
+
+
+def _retrain_row(row: dict, tests: list[float], label: str | None = None) -> dict:
+    return {"budget": row["budget"], "method": label or row["method"], "macs_ratio": row["macs_ratio"],
+            "params": row["params"], "widths": row["widths"], "val": row["val"], "tests": tests,
+            "test_mean": statistics.mean(tests)}
+
+
+def compared_rows(p: Proof, budget: str) -> list[dict]:
+    """The retrain stage's rows the producers stand beside: uniform, slimming, l1-global and the
+    best searched winner at ``budget``."""
+    rows = [x for x in p.r.stage("retrain")["rows"] if x["budget"] == budget]
+    out = [x for m in ("uniform", "slimming", "l1-global") for x in rows if x["method"] == m]
+    searched = [x for x in rows if x["method"] in SEARCHED + ("dmcp",)]
+    if searched:
+        best = max(searched, key=lambda x: x["test_mean"])
+        out.append({**best, "method": f"best searched ({best['method']})"})
+    return out
+
+
+def stage_producers(p: Proof) -> dict:
+    """hrank, activation and ssl at each budget through the search API, then retrained from scratch
+    like the retrain stage (a vector it trained already is not trained again)."""
+    ensure_base(p)
+    pr = p.s3["producers"]
+    found = [search_unit(p, "producers", f"search/{b}/{m}", b, m, str(Path("producers") / f"b{b}-{m}"),
+                         method_options=dict(pr["options"].get(m, {})))
+             for b in pr["budgets"] for m in pr["methods"]]
+    trained = p.r.stage("retrain")["units"]
+    units = {}
+    for row in ok_rows(found):
+        for seed in p.s["seeds"]:
+            key = f"{_wkey(row['widths'])}/s{seed}"
+            if key not in trained:
+                units.setdefault(f"retrain/{key}", _unit_payload(p, row["widths"], seed))
+    run = p.run_units("producers", list(units.items()))
+    tests = {k: u["test"] for k, u in trained.items()} | {k[len("retrain/"):]: u["test"] for k, u in run["units"].items()}
+    rows = []
+    for b in pr["budgets"]:
+        rows += compared_rows(p, b)
+        rows += [r if r.get("error") else _retrain_row(r, [tests[f"{_wkey(r['widths'])}/s{seed}"] for seed in p.s["seeds"]])
+                 for r in found if r["budget"] == b]
+    return {"rows": rows, "search": found, "units": run["units"], "workers": run["workers"], "wall_s": run["wall_s"],
+            "unit_s_sum": run["unit_s_sum"], "epochs": p.s["train"]["epochs"], "seeds": p.s["seeds"]}
+
+
 STAGES = {"throughput": stage_throughput, "base": stage_base, "search": stage_search, "sweep": stage_sweep,
-          "retrain": stage_retrain, "tau": stage_tau, "latency": stage_latency}
+          "retrain": stage_retrain, "tau": stage_tau, "latency": stage_latency, "criteria": stage_criteria,
+          "producers": stage_producers}
 
 
 # --------------------------------------------------------------------------------------------
@@ -871,6 +1032,88 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
 
 def _met(ok) -> str:
     return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def search_lines(st: dict, aims: list) -> list[str]:
+    """The search section's lines; its aims rows are appended to ``aims``."""
+    if "search" not in st:
+        return []
+    lines = []
+    s = st["search"]
+    lines += ["## Search", "", f"Evaluator: {s['eval']}, cudnn.benchmark {s['cudnn_benchmark']}.", ""]
+    table = [[r["budget"], r["method"], "-", f"failed: {r['error'][:120]}", "-", "-", "-", "-", "-"] if r.get("error")
+             else [r["budget"], r["method"], f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e6:.3f}M", _f(r["val"]),
+                   r["candidates"], r["search_s"], r["cand_per_min"], _f(r.get("gpu_util"), "{:.0f}")]
+             for r in s["rows"]]
+    lines += _table(["budget", "method", "MACs ratio", "params", "val score", "candidates", "search s",
+                     "cand/min", "GPU util %"], table) + [""]
+    lines += ["Scorer processes sharing one study (one journal file or SQLite database) on one device:", ""]
+    lines += _table(["workers", "budget", "method", "MACs ratio (mean)", "candidates", "s", "cand/min",
+                     "GPU util %", "aim"],
+                    [[c["workers"], "-", "-", "-", f"failed: {c['error'][:120]}", "-", "-", "-", "-"]
+                     if c.get("error") else
+                     [c["workers"], c["budget"], c["method"], f"{c['macs_ratio']:.3f}", c["candidates"], c["seconds"],
+                      c["cand_per_min"], _f(c.get("gpu_util"), "{:.0f}"), f"≥ {AIMS['cand_per_min']}"]
+                     for c in s["concurrency"]]) + [""]
+    best = max([r["cand_per_min"] for r in ok_rows(s["rows"]) if r["method"] in SEARCHED]
+               + [c["cand_per_min"] for c in ok_rows(s["concurrency"])], default=None)
+    aims.append([f"{st.get('base', {}).get('model', '')} candidates/min (search, one device)",
+                 ", ".join(dict.fromkeys(r["budget"] for r in s["rows"])), f"≥ {AIMS['cand_per_min']}",
+                 _f(best, "{:.1f}"), _met(None if best is None else best >= AIMS["cand_per_min"])])
+    return lines
+
+
+def retrain_lines(st: dict, aims: list) -> list[str]:
+    """The retrain section's lines; its aims rows are appended to ``aims``."""
+    if "retrain" not in st:
+        return []
+    lines = []
+    r = st["retrain"]
+    lines += ["## Retrained from scratch", "", f"{r['epochs']} epochs, seeds {r['seeds']}, {r['workers']} at a "
+              f"time: {r['wall_s']} s wall" + (f" for {r['unit_s_sum']} s of unit time." if r["unit_s_sum"] else "."),
+              ""]
+    uni = {x["budget"]: x["test_mean"] for x in r["rows"] if x["method"] == "uniform"}
+    table = []
+    for x in r["rows"]:
+        d = (x["test_mean"] - uni[x["budget"]]) * 100 if x["budget"] in uni else None
+        table.append([x["budget"], x["method"], f"{x['macs_ratio']:.3f}", f"{x['params'] / 1e6:.3f}M", _f(x["val"]),
+                      _f(x["test_mean"]), " / ".join(f"{t:.4f}" for t in x["tests"]), _f(d, "{:+.2f}")])
+    lines += _table(["budget", "method", "MACs ratio", "params", "val score", "test acc (mean)", "per seed",
+                     "vs uniform (pp)"], table) + [""]
+    b = min(r["rows"], key=lambda x: float(x["budget"]))["budget"]
+    searched = [x for x in r["rows"] if x["budget"] == b and x["method"] in SEARCHED + ("dmcp",)]
+    if searched and b in uni:
+        w = max(searched, key=lambda x: x["test_mean"])
+        d = (w["test_mean"] - uni[b]) * 100
+        aims.append([f"best searched winner ({w['method']}) vs uniform at budget {b}", f"{w['macs_ratio']:.3f}",
+                     f"≥ +{AIMS['winner_pp']} pp", f"{d:+.2f} pp", _met(d >= AIMS["winner_pp"])])
+    return lines
+
+
+def tau_lines(st: dict, aims: list) -> list[str]:
+    """The tau section's lines; its aims rows are appended to ``aims``."""
+    if "tau" not in st:
+        return []
+    lines = []
+    t = st["tau"]
+    lines += ["## Evaluator fidelity", "", f"Kendall τ between the proxy score and {t['epochs']}-epoch "
+              f"from-scratch test accuracy over {len(t['vectors'])} random vectors at budget {t['budget']} "
+              f"(MACs ratio {t['macs_ratio_min']:.3f}-{t['macs_ratio_max']:.3f}).", ""]
+    lines += _table(["FT steps", "BN batches", "cudnn.benchmark", "MACs ratio (mean)", "s/candidate", "cand/min", "τ",
+                     "p", "τ per s", "search default", "aim"],
+                    [[x["fine_tune_steps"], x["bn_batches"], x["cudnn_benchmark"], f"{x['macs_ratio']:.3f}",
+                      f"{x['s_per_candidate']:.2f}", x["cand_per_min"], _f(x["tau"], "{:.2f}"), _f(x["p"], "{:.3f}"),
+                      _f(x["tau_per_s"], "{:.3f}"), "yes" if x["search_default"] else "", f"τ ≥ {AIMS['tau']}"]
+                     for x in t["settings"]]) + [""]
+    aims.append([f"Kendall τ (search default scorer), budget {t['budget']}", f"{t['macs_ratio_max']:.3f}",
+                 f"≥ {AIMS['tau']}", _f(t["tau"], "{:.2f}"), _met(None if t["tau"] is None else t["tau"] >= AIMS["tau"])])
+    fast = [x for x in t["settings"] if x["tau"] is not None and x["tau"] >= AIMS["tau"]]
+    best = max(fast, key=lambda x: x["cand_per_min"]) if fast else None
+    aims.append([f"candidates/min of the fastest scorer with τ ≥ {AIMS['tau']} (evaluator alone)",
+                 f"{t['macs_ratio_max']:.3f}", f"≥ {AIMS['cand_per_min_fast']}",
+                 "-" if best is None else f"{best['cand_per_min']} (FT {best['fine_tune_steps']}, BN {best['bn_batches']})",
+                 _met(None if best is None else best["cand_per_min"] >= AIMS["cand_per_min_fast"])])
+    return lines
 
 
 def report(results: dict) -> str:
@@ -904,72 +1147,14 @@ def report(results: dict) -> str:
               _f(b.get("train_s"), "{:.1f}"), f"≥ {AIMS['base_acc']:.2f}"]]) + [""]
         aims.append([f"{b['model']} base test acc, {b['config']['epochs']} epochs", "1.000", f"≥ {AIMS['base_acc']:.2f}",
                      _f(b["test"]), _met(b["test"] >= AIMS["base_acc"])])
-    if "search" in st:
-        s = st["search"]
-        lines += ["## Search", "", f"Evaluator: {s['eval']}, cudnn.benchmark {s['cudnn_benchmark']}.", ""]
-        table = [[r["budget"], r["method"], "-", f"failed: {r['error'][:120]}", "-", "-", "-", "-", "-"] if r.get("error")
-                 else [r["budget"], r["method"], f"{r['macs_ratio']:.3f}", f"{r['params'] / 1e6:.3f}M", _f(r["val"]),
-                       r["candidates"], r["search_s"], r["cand_per_min"], _f(r.get("gpu_util"), "{:.0f}")]
-                 for r in s["rows"]]
-        lines += _table(["budget", "method", "MACs ratio", "params", "val score", "candidates", "search s",
-                         "cand/min", "GPU util %"], table) + [""]
-        lines += ["Scorer processes sharing one study (one journal file or SQLite database) on one device:", ""]
-        lines += _table(["workers", "budget", "method", "MACs ratio (mean)", "candidates", "s", "cand/min",
-                         "GPU util %", "aim"],
-                        [[c["workers"], "-", "-", "-", f"failed: {c['error'][:120]}", "-", "-", "-", "-"]
-                         if c.get("error") else
-                         [c["workers"], c["budget"], c["method"], f"{c['macs_ratio']:.3f}", c["candidates"], c["seconds"],
-                          c["cand_per_min"], _f(c.get("gpu_util"), "{:.0f}"), f"≥ {AIMS['cand_per_min']}"]
-                         for c in s["concurrency"]]) + [""]
-        best = max([r["cand_per_min"] for r in ok_rows(s["rows"]) if r["method"] in SEARCHED]
-                   + [c["cand_per_min"] for c in ok_rows(s["concurrency"])], default=None)
-        aims.append([f"{st.get('base', {}).get('model', '')} candidates/min (search, one device)",
-                     ", ".join(dict.fromkeys(r["budget"] for r in s["rows"])), f"≥ {AIMS['cand_per_min']}",
-                     _f(best, "{:.1f}"), _met(None if best is None else best >= AIMS["cand_per_min"])])
+    lines += search_lines(st, aims)
     if "sweep" in st and "tau" not in st:
         lines += ["## Evaluator settings (τ after the tau stage)", ""] + _table(
             ["FT steps", "BN batches", "cudnn.benchmark", "MACs ratio (mean)", "s/candidate", "cand/min"],
             [[r["fine_tune_steps"], r["bn_batches"], r["cudnn_benchmark"], f"{r['macs_ratio']:.3f}",
               f"{r['s_per_candidate']:.2f}", r["cand_per_min"]] for r in st["sweep"]["rows"]]) + [""]
-    if "retrain" in st:
-        r = st["retrain"]
-        lines += ["## Retrained from scratch", "", f"{r['epochs']} epochs, seeds {r['seeds']}, {r['workers']} at a "
-                  f"time: {r['wall_s']} s wall" + (f" for {r['unit_s_sum']} s of unit time." if r["unit_s_sum"] else "."),
-                  ""]
-        uni = {x["budget"]: x["test_mean"] for x in r["rows"] if x["method"] == "uniform"}
-        table = []
-        for x in r["rows"]:
-            d = (x["test_mean"] - uni[x["budget"]]) * 100 if x["budget"] in uni else None
-            table.append([x["budget"], x["method"], f"{x['macs_ratio']:.3f}", f"{x['params'] / 1e6:.3f}M", _f(x["val"]),
-                          _f(x["test_mean"]), " / ".join(f"{t:.4f}" for t in x["tests"]), _f(d, "{:+.2f}")])
-        lines += _table(["budget", "method", "MACs ratio", "params", "val score", "test acc (mean)", "per seed",
-                         "vs uniform (pp)"], table) + [""]
-        b = min(r["rows"], key=lambda x: float(x["budget"]))["budget"]
-        searched = [x for x in r["rows"] if x["budget"] == b and x["method"] in SEARCHED + ("dmcp",)]
-        if searched and b in uni:
-            w = max(searched, key=lambda x: x["test_mean"])
-            d = (w["test_mean"] - uni[b]) * 100
-            aims.append([f"best searched winner ({w['method']}) vs uniform at budget {b}", f"{w['macs_ratio']:.3f}",
-                         f"≥ +{AIMS['winner_pp']} pp", f"{d:+.2f} pp", _met(d >= AIMS["winner_pp"])])
-    if "tau" in st:
-        t = st["tau"]
-        lines += ["## Evaluator fidelity", "", f"Kendall τ between the proxy score and {t['epochs']}-epoch "
-                  f"from-scratch test accuracy over {len(t['vectors'])} random vectors at budget {t['budget']} "
-                  f"(MACs ratio {t['macs_ratio_min']:.3f}-{t['macs_ratio_max']:.3f}).", ""]
-        lines += _table(["FT steps", "BN batches", "cudnn.benchmark", "MACs ratio (mean)", "s/candidate", "cand/min", "τ",
-                         "p", "τ per s", "search default", "aim"],
-                        [[x["fine_tune_steps"], x["bn_batches"], x["cudnn_benchmark"], f"{x['macs_ratio']:.3f}",
-                          f"{x['s_per_candidate']:.2f}", x["cand_per_min"], _f(x["tau"], "{:.2f}"), _f(x["p"], "{:.3f}"),
-                          _f(x["tau_per_s"], "{:.3f}"), "yes" if x["search_default"] else "", f"τ ≥ {AIMS['tau']}"]
-                         for x in t["settings"]]) + [""]
-        aims.append([f"Kendall τ (search default scorer), budget {t['budget']}", f"{t['macs_ratio_max']:.3f}",
-                     f"≥ {AIMS['tau']}", _f(t["tau"], "{:.2f}"), _met(None if t["tau"] is None else t["tau"] >= AIMS["tau"])])
-        fast = [x for x in t["settings"] if x["tau"] is not None and x["tau"] >= AIMS["tau"]]
-        best = max(fast, key=lambda x: x["cand_per_min"]) if fast else None
-        aims.append([f"candidates/min of the fastest scorer with τ ≥ {AIMS['tau']} (evaluator alone)",
-                     f"{t['macs_ratio_max']:.3f}", f"≥ {AIMS['cand_per_min_fast']}",
-                     "-" if best is None else f"{best['cand_per_min']} (FT {best['fine_tune_steps']}, BN {best['bn_batches']})",
-                     _met(None if best is None else best["cand_per_min"] >= AIMS["cand_per_min_fast"])])
+    lines += retrain_lines(st, aims)
+    lines += tau_lines(st, aims)
     if "latency" in st:
         L = st["latency"]
         cols = [f"gpu_b{b}" for b in L["gpu_batches"]] + [f"cpu_b{b}" for b in L["cpu_batches"]]
@@ -980,12 +1165,51 @@ def report(results: dict) -> str:
                   "channels_last.", ""]
         lines += _table(head, [[x["budget"], x["method"], f"{x['macs_ratio']:.3f}"]
                                + [f"{x[c + '_ratio']:.2f}" for c in cols] for x in L["rows"]]) + [""]
+    lines += criteria_lines(st) + producers_lines(st, meta)
     if aims:
         lines = lines[:4] + ["## Aims", ""] + _table(["claim", "MACs ratio", "aim", "measured", "met"], aims) + [""] + lines[4:]
-    missing = [s for s in PART1 + PART2 if s not in st]
+    missing = [s for s in PART1 + PART2 + PART3 if s not in st]
     if missing:
         lines += [f"Not yet run: {', '.join(missing)}.", ""]
     return "\n".join(lines)
+
+
+def criteria_lines(st: dict) -> list[str]:
+    if "criteria" not in st:
+        return []
+    c = st["criteria"]
+    lines = ["## Keep rules (which channels a candidate inherits)", "",
+             f"Kendall τ between each rule's proxy score (evaluator: {c['eval']['bn_batches']} BN batches, "
+             f"{c['eval']['fine_tune_steps']} fine-tune steps at batch {c['eval']['batch_size']}) and the tau stage's "
+             f"{c['epochs']}-epoch from-scratch test accuracy over its {len(c['vectors'])} vectors at budget "
+             f"{c['budget']}; statistics s: scoring the base once for the rule.", ""]
+    return lines + _table(["rule", "MACs ratio (mean)", "τ", "p", "s/candidate", "statistics s", "mean proxy", "failed"],
+                          [[f"`{x['rule']}`", f"{x['macs_ratio']:.3f}", _f(x["tau"], "{:+.2f}"), _f(x["p"], "{:.3f}"),
+                            f"{x['s_per_candidate']:.2f}", f"{x['setup_s']:.1f}", _f(x["proxy_mean"]), x["failed"]]
+                           for x in c["rows"]]) + [""]
+
+
+def producers_lines(st: dict, meta: dict) -> list[str]:
+    if "producers" not in st:
+        return []
+    pr = st["producers"]
+    uni = {x["budget"]: x["test_mean"] for x in pr["rows"] if x["method"] == "uniform"}
+    table = []
+    for x in pr["rows"]:
+        if x.get("error"):
+            table.append([x["budget"], x["method"], "-", f"failed: {x['error'][:120]}", "-", "-", "-"])
+            continue
+        d = (x["test_mean"] - uni[x["budget"]]) * 100 if x["budget"] in uni else None
+        table.append([x["budget"], x["method"], f"{x['macs_ratio']:.3f}", f"{x['params'] / 1e6:.3f}M",
+                      _f(x["test_mean"]), " / ".join(f"{t:.4f}" for t in x["tests"]), _f(d, "{:+.2f}")])
+    lines = ["## One-shot producers, retrained from scratch", "",
+             f"hrank, activation and ssl widths from the search API on the base, {pr['epochs']} epochs from scratch, "
+             f"seeds {pr['seeds']}, beside the retrain stage's rows.", ""]
+    again = meta.get("base_retrained", [])
+    lines += [f"The base checkpoint was missing and was trained again for part 3 (test acc {_f(b['test'])}, "
+              f"run {b['run_id']}): the keep rules and these producers read that base." for b in again] + [""] * bool(again)
+    return lines + _table(["budget", "method", "MACs ratio", "params", "test acc (mean)", "per seed", "vs uniform (pp)"],
+                          table) + [""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -999,8 +1223,9 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny settings on the synthetic dataset, CPU")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="stop cleanly before a stage or unit whose estimate does not fit in this many minutes")
-    p.add_argument("--part", type=int, choices=(1, 2), default=None, help="1: throughput, base, search, sweep, tau; "
-                   "2: retrain, latency (needs part 1's results in OUT)")
+    p.add_argument("--part", type=int, choices=(1, 2, 3), default=None, help="1: throughput, base, search, sweep, "
+                   "tau; 2: retrain, latency (needs part 1's results in OUT); 3: criteria, producers (needs parts 1 "
+                   "and 2)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10: torchvision folder, ImageFolder folder or .tar.gz")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available; --smoke: cpu)")
     p.add_argument("--workers", type=int, default=None, help="concurrent retrain processes (default 3 on CUDA, 1 on CPU)")
@@ -1013,10 +1238,37 @@ def parse_args(argv=None):
     return args
 
 
+def open_results(args, out: Path, settings: dict, part3: dict, argv) -> Results | None:
+    """OUT/results.json, checked against this invocation's settings and stamped with it (None: refused)."""
+    results = Results(out / "results.json", uuid.uuid4().hex[:12])
+    full = {**settings, "device": args.device}
+    stored, stored3 = results.data.get("settings"), results.data.get("settings_part3")
+    runs3 = args.part in (None, 3)
+    if (stored is not None and stored != full) or (runs3 and stored3 is not None and stored3 != part3):
+        print(f"proof: error: {out / 'results.json'} was written with other settings (smoke vs full, or another "
+              "device); use another --out", file=sys.stderr)
+        return None
+    needs = {2: PART1, 3: PART1 + PART2}.get(args.part, ())
+    if not all(results.done(s) for s in needs):
+        print(f"proof: error: --part {args.part} needs part {' and '.join(str(i) for i in range(1, args.part))}'s "
+              f"results in {out}; run --part {args.part - 1} first", file=sys.stderr)
+        return None
+    results.data["settings"] = full
+    if runs3:  # written once part 3 may run, so that a part-1/2 file stays as it was
+        results.data["settings_part3"] = part3
+    results.data.setdefault("meta", {})
+    results.data["meta"].update(smoke=args.smoke, environment=environment(torch.device(args.device)), aims=AIMS)
+    results.data["meta"].setdefault("invocations", []).append(
+        {"run_id": results.run_id, "started_at": _now(), "argv": sys.argv[1:] if argv is None else list(argv)})
+    results.save()
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     clock = Clock(args.budget_minutes)
     settings = json.loads(json.dumps(SMOKE if args.smoke else FULL))
+    part3 = json.loads(json.dumps(PART3_SMOKE if args.smoke else PART3_FULL))
     if args.smoke and args.data_dir is not None:
         # The smoke settings on a small seeded subset of real CIFAR-10: checks the real-data path.
         settings.update(data={"name": "cifar10", "val_size": 500, "limit": 2000, "options": {}}, test_limit=1000)
@@ -1027,24 +1279,11 @@ def main(argv=None) -> int:
     # Decoded datasets are cached inside OUT (unless AUTOPRUNE_CACHE says where): every process of
     # the run (scorers, retrain workers) then reads one file, even where the home folder is read-only.
     os.environ.setdefault("AUTOPRUNE_CACHE", str((out / "cache").resolve()))
-    results = Results(out / "results.json", uuid.uuid4().hex[:12])
-    stored = results.data.get("settings")
-    if stored is not None and stored != {**settings, "device": args.device}:
-        print(f"proof: error: {out / 'results.json'} was written with other settings (smoke vs full, or another "
-              "device); use another --out", file=sys.stderr)
+    results = open_results(args, out, settings, part3, argv)
+    if results is None:
         return 2
-    device = torch.device(args.device)
-    results.data["settings"] = {**settings, "device": args.device}
-    results.data.setdefault("meta", {})
-    results.data["meta"].update(smoke=args.smoke, environment=environment(device), aims=AIMS)
-    results.data["meta"].setdefault("invocations", []).append(
-        {"run_id": results.run_id, "started_at": _now(), "argv": sys.argv[1:] if argv is None else list(argv)})
-    results.save()
-    stages = {None: PART1 + PART2, 1: PART1, 2: PART2}[args.part]
-    if args.part == 2 and not all(results.done(s) for s in PART1):
-        print(f"proof: error: --part 2 needs part 1's results in {out}; run --part 1 first", file=sys.stderr)
-        return 2
-    proof = Proof(args, settings, results, clock)
+    stages = PARTS[args.part]
+    proof = Proof(args, settings, results, clock, part3)
     # SIGTERM (a time limit, `timeout`) unwinds like Ctrl-C, so that child processes are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

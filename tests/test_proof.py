@@ -1,19 +1,25 @@
-"""experiments/proof.py end to end at its smoke settings: complete, resumable after a kill,
-and stopping cleanly within --budget-minutes."""
+"""experiments/proof.py end to end at its smoke settings: complete in three parts, resumable
+after a kill and from a results file written before part 3 existed, and stopping cleanly within
+--budget-minutes."""
 
+import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from scipy.stats import kendalltau
 
 ROOT = Path(__file__).resolve().parent.parent
 PROOF = ROOT / "experiments" / "proof.py"
-STAGES = ["throughput", "base", "search", "sweep", "tau", "retrain", "latency"]
+STAGES = ["throughput", "base", "search", "sweep", "tau", "retrain", "latency", "criteria", "producers"]
+KEEP_RULES = ["l1", "bn_gamma", "random", "hrank", "activation", "apoz", "reconstruct"]
 
 
 def _env():
@@ -35,10 +41,25 @@ def _stages(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+def proof_module():
+    """experiments/proof.py imported in this process (its sys.path additions undone at once)."""
+    saved = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("proof_under_test", PROOF)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+@pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory):
-    """A smoke run killed (SIGKILL) once ``base`` is recorded, then run again to the end."""
+    """``--part 1`` killed (SIGKILL) once ``base`` is recorded, then ``--part 1`` and ``--part 2``
+    again (which leave results.json as runs before part 3 existed wrote it), then ``--part 3``
+    with the base checkpoint deleted, as on a fresh machine that only has the results file."""
     out = tmp_path_factory.mktemp("proof")
-    first = subprocess.Popen(_cmd(out), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    first = subprocess.Popen(_cmd(out, "--part", "1"), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 300
     try:
@@ -50,13 +71,21 @@ def resumed_run(tmp_path_factory):
         os.killpg(first.pid, signal.SIGKILL)  # the whole group: scorer processes die with it
         first.wait()
     before = _stages(out)
-    second = subprocess.run(_cmd(out), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    return out, before, second
+    runs = {}
+    for part in ("1", "2"):
+        runs[part] = subprocess.run(_cmd(out, "--part", part), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                                    timeout=600)
+    parts_1_2 = json.loads((out / "results.json").read_text())
+    (out / "base" / "model.pt").unlink()
+    runs["3"] = subprocess.run(_cmd(out, "--part", "3"), env=_env(), cwd=ROOT, capture_output=True, text=True,
+                               timeout=600)
+    return SimpleNamespace(out=out, before=before, runs=runs, parts_1_2=parts_1_2)
 
 
 def test_smoke_run_completes_with_every_stage_and_a_report(resumed_run):
-    out, _, run = resumed_run
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = resumed_run.out
+    for part, run in resumed_run.runs.items():
+        assert run.returncode == 0, f"--part {part}: {run.stderr[-3000:]}"
     results = json.loads((out / "results.json").read_text())
     assert list(results["stages"]) == STAGES
     assert results["partial"] == {}, "a finished stage leaves no partial units behind"
@@ -86,14 +115,50 @@ def test_smoke_run_completes_with_every_stage_and_a_report(resumed_run):
 
     md = (out / "proof.md").read_text()
     tables = [block for block in md.split("\n\n") if block.startswith("| ")]
-    assert len(tables) >= 8
+    assert len(tables) >= 10
     for table in tables:
         assert "MACs ratio" in table.splitlines()[0], table.splitlines()[0]
     assert "Not yet run" not in md
 
 
+def test_every_keep_rule_is_ranked_against_the_tau_stage_retrains(resumed_run):
+    results = json.loads((resumed_run.out / "results.json").read_text())
+    tau, crit = results["stages"]["tau"], results["stages"]["criteria"]
+    assert [r["rule"] for r in crit["rows"]] == KEEP_RULES
+    assert crit["vectors"] == tau["vectors"] and crit["scratch"] == tau["scratch"]
+    for r in crit["rows"]:
+        assert len(r["proxy"]) == len(tau["vectors"]) and r["failed"] == 0
+        assert all(0 <= x <= 1 for x in r["proxy"]) and r["s_per_candidate"] > 0 and r["setup_s"] >= 0
+        expected = kendalltau(r["proxy"], tau["scratch"]).statistic
+        if math.isfinite(expected):
+            assert r["tau"] == pytest.approx(expected)
+        else:  # tied accuracies (tiny smoke training): τ undefined, reported as such
+            assert r["tau"] is None and r["p"] is None
+    md = (resumed_run.out / "proof.md").read_text()
+    assert all(f"| `{rule}` |" in md for rule in KEEP_RULES)
+
+
+def test_producers_are_searched_retrained_and_shown_beside_the_baselines(resumed_run):
+    results = json.loads((resumed_run.out / "results.json").read_text())
+    st, part3 = results["stages"], results["settings_part3"]["producers"]
+    rows = st["producers"]["rows"]
+    for budget in part3["budgets"]:
+        got = {r["method"]: r for r in rows if r["budget"] == budget}
+        assert set(part3["methods"]) | {"uniform", "slimming", "l1-global"} <= set(got)
+        assert any(m.startswith("best searched (") for m in got)
+        for m in part3["methods"]:
+            assert 0 < got[m]["macs_ratio"] <= float(budget)
+            assert len(got[m]["tests"]) == len(results["settings"]["seeds"])
+        retrained = {r["method"]: r for r in st["retrain"]["rows"] if r["budget"] == budget}
+        assert got["uniform"]["tests"] == retrained["uniform"]["tests"]
+    units = st["producers"]["units"]
+    assert units and all(k.startswith("retrain/") for k in units)
+    assert not {k[len("retrain/"):] for k in units} & set(st["retrain"]["units"]), "a vector trained twice"
+    assert (resumed_run.out / "producers" / f"b{part3['budgets'][0]}-ssl" / "arch.json").is_file()
+
+
 def test_a_killed_run_resumes_without_redoing_finished_stages(resumed_run):
-    out, before, run = resumed_run
+    out, before, run = resumed_run.out, resumed_run.before, resumed_run.runs["1"]
     assert run.returncode == 0, run.stderr[-3000:]
     after = _stages(out)
     assert {"throughput", "base"} <= set(before)
@@ -103,7 +168,20 @@ def test_a_killed_run_resumes_without_redoing_finished_stages(resumed_run):
     assert "base: done already" in run.stdout
     assert after["search"]["run_id"] != before["base"]["run_id"]  # the second run did the rest
     invocations = json.loads((out / "results.json").read_text())["meta"]["invocations"]
-    assert len(invocations) == 2
+    assert len(invocations) == 4
+
+
+def test_a_results_file_from_before_part_3_resumes_into_part_3(resumed_run):
+    old, out = resumed_run.parts_1_2, resumed_run.out
+    assert "settings_part3" not in old and set(old["stages"]) == set(STAGES[:7])
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"] == old["settings"], "part 3 leaves the stored settings as they were"
+    assert results["settings_part3"]["criteria"]["rules"] == KEEP_RULES
+    for stage in STAGES[:7]:
+        assert results["stages"][stage]["run_id"] == old["stages"][stage]["run_id"]
+    # The base checkpoint was deleted before part 3: trained again, and said so.
+    assert len(results["meta"]["base_retrained"]) == 1
+    assert "trained again for part 3" in (out / "proof.md").read_text()
 
 
 def test_a_tiny_time_budget_stops_cleanly_leaving_valid_json(tmp_path):
@@ -117,8 +195,36 @@ def test_a_tiny_time_budget_stops_cleanly_leaving_valid_json(tmp_path):
     assert "Not yet run: throughput" in (tmp_path / "proof.md").read_text()
 
 
-def test_part_two_needs_part_one(tmp_path):
-    run = subprocess.run(_cmd(tmp_path, "--part", "2"), env=_env(), cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 2
-    assert "--part 2 needs part 1" in run.stderr
+def test_the_published_gpu_results_stay_resumable(proof_module):
+    # main() refuses a results.json whose stored settings differ from FULL: a key added to FULL
+    # would strand this file. Part 3's settings live in PART3_FULL, stored apart.
+    stored = json.loads((ROOT / "experiments" / "results" / "proof-h200.json").read_text())
+    assert stored["settings"] == {**proof_module.FULL, "device": "cuda"}
+    assert not set(proof_module.PART3_FULL) & set(stored["settings"])
+
+
+def test_a_run_without_part_runs_all_three(proof_module):
+    assert proof_module.PARTS[None] == tuple(STAGES)
+    assert proof_module.PARTS[3] == ("criteria", "producers") and set(proof_module.STAGES) == set(STAGES)
+
+
+def _args(part, smoke=True):
+    return SimpleNamespace(part=part, device="cpu", smoke=smoke)
+
+
+def test_parts_need_the_earlier_parts_and_matching_settings(proof_module, tmp_path, capsys):
+    pm = proof_module
+    settings, part3 = dict(pm.SMOKE), dict(pm.PART3_SMOKE)
+    assert pm.open_results(_args(2), tmp_path, settings, part3, []) is None
+    assert "--part 2 needs part 1" in capsys.readouterr().err
+    done = {s: {"run_id": "x"} for s in pm.PART1}
+    (tmp_path / "results.json").write_text(json.dumps({"stages": done, "settings": {**settings, "device": "cpu"}}))
+    assert pm.open_results(_args(3), tmp_path, settings, part3, []) is None
+    assert "--part 3 needs part 1 and 2" in capsys.readouterr().err
+    assert pm.open_results(_args(2), tmp_path, settings, part3, []) is not None
+    assert "settings_part3" not in json.loads((tmp_path / "results.json").read_text())
+    changed = {**part3, "criteria": {"rules": ["l1"]}}
+    stamped = pm.open_results(_args(None), tmp_path, settings, part3, [])
+    assert stamped.data["settings_part3"] == part3
+    assert pm.open_results(_args(None), tmp_path, settings, changed, []) is None
+    assert "other settings" in capsys.readouterr().err
