@@ -40,8 +40,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from autoprune.errors import TraceError, one_line
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "FrozenLeaf", "Layer", "passthrough", "register_rule", "spatial_reduce", "trace",
-    "unregister_rule",
+    "ChannelGraph", "ChannelGroup", "FrozenLeaf", "Layer", "fx_graph_module", "passthrough", "register_rule",
+    "spatial_reduce", "trace", "unregister_rule",
 ]
 
 # How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
@@ -144,6 +144,14 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Chann
             raise TraceError(f"nothing in {type(model).__name__} can be searched: every channel group is fixed "
                              f"by the submodules that cannot be traced: {why}")
         return graph
+
+
+def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.GraphModule:
+    """``model`` traced by torch.fx as :func:`trace` sees it, without shapes: every module with
+    a rule, and every frozen leaf of ``graph``, is one ``call_module`` node named by its path."""
+    tracer = _FxTracer(f.path for f in graph.frozen) if graph is not None else _FxTracer()
+    traced = tracer.trace(model)  # sets tracer.root
+    return fx.GraphModule(tracer.root, traced, type(model).__name__)
 
 
 class _NeedsLeaf(Exception):

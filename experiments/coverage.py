@@ -49,10 +49,16 @@ def hook_macs(model: nn.Module, shape) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    # A model in training mode runs its auxiliary heads; its norms, on one sample, must not.
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.eval()
     with torch.no_grad():
         model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     for h in handles:
         h.remove()
+    for m in norms:
+        m.train()
     return sum(total)
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import autoprune.graph
+from autoprune import profile
 from autoprune.api import SearchResult
 from autoprune.arch import make_arch
 from autoprune.cli import main
@@ -15,6 +16,7 @@ from autoprune.cost import macs, params
 from autoprune.errors import TraceError
 from autoprune.graph import trace
 from autoprune.models import create_model
+from autoprune.optimizers.dmcp import gate_sites
 from autoprune.space import SearchSpace
 from autoprune.stripe import stripe_macs
 from autoprune.surgery import materialise
@@ -255,3 +257,11 @@ def test_reports_list_the_frozen_leaves(capsys):
     result = SearchResult(list(arch["widths"]), arch, [], "uniform", None, 1.0)
     assert result.summary()["frozen"] == arch["frozen"]
     assert any(line.startswith("frozen") and "stage.1 (_Gate): torch.fx" in line for line in str(result).splitlines())
+
+
+def test_dmcp_gates_and_latency_chains_see_frozen_leaves_as_single_nodes():
+    model = _GatedNet()
+    space = SearchSpace.from_model(model, SHAPE, round_to=1)
+    assert gate_sites(model, space) == [("b1", (1,)), ("b3", (4,))]
+    chains = profile.chains(model, space)  # plain torch.fx could not trace the model at all
+    assert chains["c1"][0] == "b1" and chains["b1"] is None

@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("flops", help="MACs and parameters of a model or an architecture JSON")
     add_model_args(p)
     p.add_argument("--arch", default=None, help="architecture JSON to cost instead of the full model")
-    p.add_argument("--groups", action="store_true", help="also list the free channel groups and their allowed widths, and the frozen submodules")
+    p.add_argument("--groups", action="store_true",
+                   help="also list the free channel groups and their allowed widths, and the frozen submodules")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
