@@ -497,7 +497,10 @@ class _Tracer:
             src = node.args[0] if node.args else None
             if (node.target in (operator.getitem, getattr) and isinstance(src, fx.Node) and src in self.parts
                     and len(node.args) == 2 and not isinstance(node.args[1], fx.Node)):
-                part = node.target(self.parts[src], node.args[1])
+                try:
+                    part = node.target(self.parts[src], node.args[1])
+                except (AttributeError, LookupError, TypeError):  # not an element: no channels
+                    return None
                 if isinstance(part, _Tensor) or part is None:
                     return part
                 self.parts[node] = part
