@@ -122,6 +122,7 @@ class SearchResult:
                                                                "measured_base_ms")}
                         if a.get("search", {}).get("latency") else None),
             "arch": str(self.out / "arch.json") if self.out else None,
+            "frozen": list(a.get("frozen", [])),
         }
 
     def __str__(self) -> str:
@@ -145,6 +146,8 @@ class SearchResult:
             rows.append(("stripes", f"{kept} of {total} kept in {len(self.arch['stripes'])} convs"))
             whole = info.get("left_whole") or {}
             rows.append(("left whole", ", ".join(f"{n} ({why})" for n, why in whole.items()) or "-"))
+        for i, f in enumerate(s["frozen"]):  # one line per submodule the tracer could not look into
+            rows.append(("frozen" if i == 0 else "", f"{f['path']} ({f['class']}): {f['reason']}"))
         if s["arch"]:
             rows.append(("wrote", s["arch"]))
         width = max(len(k) for k, _ in rows)

@@ -3,7 +3,9 @@
 It holds everything needed to rebuild the pruned model with no search state at hand: the
 model name and constructor kwargs, the input shape, the search-space config, every free
 group (name, member layers, original and kept width), the width vector, MACs and params of
-base and pruned model, and how it was found (budget, method, seed, score, version).
+base and pruned model, and how it was found (budget, method, seed, score, version). A model
+with submodules the tracer could not look into also lists them under ``frozen`` (path,
+class, reason); they are rebuilt as they are, at full width.
 
 Schema ``autoprune.arch/2`` adds ``stripes``: per conv, the stripe mask of a stripe-pruned
 model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes. Only
@@ -72,6 +74,8 @@ def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: S
         "score": score,
         "version": __version__,
     }
+    if space.graph.frozen:  # submodules the tracer could not look into, kept as they are
+        arch["frozen"] = [{"path": f.path, "class": f.kind, "reason": f.reason} for f in space.graph.frozen]
     if stripes is not None:
         arch["stripes"] = encode_masks(stripes)
         arch["macs"]["pruned"] = stripe_macs(space.graph, stripes)

@@ -3,7 +3,8 @@
 MACs are the multiply-accumulates of Conv and Linear layers, the convention thop uses for
 those layers (bias additions not counted). FLOPs, where printed, are 2 × MACs.
 
-Both functions are pure: they read the traced layer list of the space and the widths. The
+Both functions are pure: they read the traced layer list of the space and the widths (plus
+the constant MACs and parameters of what no width affects, such as frozen leaves). The
 widths may be ints, or differentiable scalars (DMCP's expected widths), in which case the
 result is a differentiable scalar of the same kind.
 """
@@ -69,7 +70,7 @@ def macs(space: SearchSpace, widths: Sequence):
     widths) are taken as they are, so that the cost stays differentiable.
     """
     full = space.full_widths(_checked(space, widths))
-    total = 0
+    total = space.graph.other_macs  # frozen leaves: fixed channels, constant MACs
     for layer in space.graph.layers:
         total = total + layer_macs(layer, full)
     return total

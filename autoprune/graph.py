@@ -9,9 +9,16 @@ a tensor's channels, so that a consumer slices its input with the right offsets.
 Tracing uses :mod:`torch.fx`; one shape propagation gives every layer's spatial size, which
 is all the cost model needs. Each fx node is handled by a *rule* looked up by module type,
 function or tensor-method name (the built-in table is near the end of this file);
-:func:`register_rule` adds rules for a model's own modules and functions. Anything the tracer
-has no rule for on a channel-carrying tensor raises :class:`~autoprune.errors.TraceError`
-naming the node and module, rather than producing a silently wrong model.
+:func:`register_rule` adds rules for a model's own modules and functions.
+
+A submodule that fx cannot trace (control flow on a tensor's value), or in which the tracer
+meets an op it has no rule for, becomes a :class:`FrozenLeaf`: it runs as one opaque step,
+its input and output channels are fixed, its MACs are measured once and counted as a
+constant, and the rest of the model is searched as usual. The smallest such submodule is
+frozen, never the whole model. What cannot be handled that way (an unsupported op in the
+model's own ``forward``, or a model with nothing left to search) raises
+:class:`~autoprune.errors.TraceError` naming the node and module, rather than producing a
+silently wrong model.
 """
 
 from __future__ import annotations
@@ -28,14 +35,17 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from autoprune.errors import TraceError, one_line
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "Layer", "passthrough", "register_rule", "spatial_reduce", "trace",
-    "unregister_rule",
+    "ChannelGraph", "ChannelGroup", "FrozenLeaf", "Layer", "fx_graph_module", "passthrough", "register_rule",
+    "spatial_reduce", "trace", "unregister_rule",
 ]
+
+# How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
+MAX_FROZEN_LEAVES = 64
 
 
 # -- the result ----------------------------------------------------------------------------
@@ -87,19 +97,69 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class FrozenLeaf:
+    """A submodule the tracer does not look into: ``path`` in the model, its class name
+    ``kind``, and ``reason`` (why it could not be traced). Its input and output channels are
+    fixed and surgery leaves it as it is; ``macs`` are its Conv/Linear MACs per sample,
+    measured once, since no width changes them."""
+
+    path: str
+    kind: str
+    reason: str
+    macs: int = 0
+
+
+@dataclass(frozen=True)
 class ChannelGraph:
-    """The traced structure of a model: groups, the layers that depend on them, and the
-    parameter count that no width affects."""
+    """The traced structure of a model: groups, the layers that depend on them, the parameter
+    count and MACs that no width affects (``other_macs``: those of the ``frozen`` leaves)."""
 
     groups: tuple[ChannelGroup, ...]
     layers: tuple[Layer, ...]
     input_shape: tuple[int, ...]
     other_params: int
+    other_macs: int = 0
+    frozen: tuple[FrozenLeaf, ...] = ()
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
-    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension)."""
-    return _Tracer(model, input_shape).run()
+    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension).
+
+    A submodule that cannot be traced is frozen (see :class:`FrozenLeaf`) and the trace starts
+    again, up to :data:`MAX_FROZEN_LEAVES` times. TraceError if the model's own ``forward``
+    cannot be traced, or if nothing is left to search.
+    """
+    leaves: dict[str, str] = {}
+    while True:
+        try:
+            graph = _Tracer(model, input_shape, leaves).run()
+        except _NeedsLeaf as need:
+            if len(leaves) >= MAX_FROZEN_LEAVES:
+                raise TraceError(f"more than {MAX_FROZEN_LEAVES} submodules of {type(model).__name__} cannot be "
+                                 f"traced; the last: '{need.path}': {need.reason}") from None
+            leaves[need.path] = need.reason
+            continue
+        if graph.frozen and all(g.fixed for g in graph.groups):
+            why = "; ".join(f"'{f.path}' ({f.kind}): {f.reason}" for f in graph.frozen)
+            raise TraceError(f"nothing in {type(model).__name__} can be searched: every channel group is fixed "
+                             f"by the submodules that cannot be traced: {why}")
+        return graph
+
+
+def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.GraphModule:
+    """``model`` traced by torch.fx as :func:`trace` sees it, without shapes: every module with
+    a rule, and every frozen leaf of ``graph``, is one ``call_module`` node named by its path."""
+    tracer = _FxTracer(f.path for f in graph.frozen) if graph is not None else _FxTracer()
+    traced = tracer.trace(model)  # sets tracer.root
+    return fx.GraphModule(tracer.root, traced, type(model).__name__)
+
+
+class _NeedsLeaf(Exception):
+    """Raised inside a trace: the submodule at ``path`` must become a frozen leaf."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path)
+        self.path, self.reason = path, reason
 
 
 # -- rules ---------------------------------------------------------------------------------
@@ -203,10 +263,40 @@ def _module_rule(cls: type) -> _Handler | None:
 class _FxTracer(fx.Tracer):
     """fx's tracer, except that every module with a rule is a leaf: its rule, not its code,
     says how channels pass through it. That covers subclasses of built-in layers outside
-    torch.nn (timm's BatchNormAct2d, Conv2dSame), whose forward fx could not follow."""
+    torch.nn (timm's BatchNormAct2d, Conv2dSame), whose forward fx could not follow.
+
+    The modules at the paths in ``leaves`` are leaves too; ``failure`` records the innermost
+    module whose forward raised (exception, path), the one to freeze when tracing fails."""
+
+    def __init__(self, leaves=()):
+        super().__init__()
+        self.leaves = frozenset(leaves)
+        self.failure: tuple[BaseException, str] | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _module_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
+        return (module_qualified_name in self.leaves or _module_rule(type(m)) is not None
+                or super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            # The innermost module sees the exception first; its callers see the same one.
+            if self.failure is None or self.failure[0] is not exc:
+                with contextlib.suppress(Exception):
+                    self.failure = (exc, self.path_of_module(m))
+            raise
+
+    def failed_module(self, exc: BaseException) -> str | None:
+        """The path of the innermost submodule in which ``exc`` (or an exception it was
+        raised from) arose; None when it arose in the root's own forward."""
+        seen = set()
+        while exc is not None and id(exc) not in seen and self.failure is not None:
+            if exc is self.failure[0]:
+                return self.failure[1] or None
+            seen.add(id(exc))
+            exc = exc.__cause__ or exc.__context__
+        return None
 
 
 # -- ready-made handlers -------------------------------------------------------------------
@@ -264,9 +354,13 @@ class _Tensor:
 class _Tracer:
     """One pass over the fx graph: a union-find over channel groups, grown by the rules."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], leaves: dict[str, str] | None = None):
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.leaves = dict(leaves or {})  # path -> why it is frozen
+        self.leaf_macs: dict[str, int] = {}  # of the leaves the graph calls, measured by shaped_graph_module
+        self.leaf_rank: dict[str, float] = {}  # where each leaf sits among the layers, for ordering names
+        self.parts: dict[fx.Node, Any] = {}  # tuples, namedtuples and dicts of channel tensors
         self.parent: list[int] = []
         self.width: list[int] = []
         self.fixed: list[bool] = []
@@ -370,22 +464,112 @@ class _Tracer:
         for node in gm.graph.nodes:
             self.pos += 1
             if node.op == "output":
-                for t in _flat_values(node.args, values):
+                for t in self.channel_tensors(node.args, values):
                     for g in t.layout:
                         self.fixed[self.find(g)] = True
                 continue
-            values[node] = self.visit(node, values)
+            try:
+                values[node] = self.step(node, values)
+            except TraceError as exc:
+                raise self.leaf_for(node, exc) from None
         return self.finish()
 
+    def leaf_for(self, node: fx.Node, exc: TraceError) -> Exception:
+        """What to raise when the rules fail at ``node``: a request to freeze the innermost
+        submodule around it that is not frozen yet, or ``exc`` itself at top level."""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path, _ in reversed(list(stack.values())):
+            if path and path not in self.leaves:
+                return _NeedsLeaf(path, one_line(exc))
+        return exc
+
+    def step(self, node: fx.Node, values: dict) -> _Tensor | None:
+        """Frozen leaves and containers of channel tensors, then the rules (:meth:`visit`)."""
+        if node.op == "call_module" and node.target in self.leaves:
+            return self.visit_frozen(node, values)
+        if node.op == "call_function":
+            if _is_namedtuple_class(node.target):
+                # A model's namedtuple output (GoogLeNet's and Inception's in training mode).
+                args = [self.resolve(a, values) for a in node.args]
+                kwargs = {k: self.resolve(v, values) for k, v in node.kwargs.items()}
+                self.parts[node] = node.target(*args, **kwargs)
+                return None
+            src = node.args[0] if node.args else None
+            if (node.target in (operator.getitem, getattr) and isinstance(src, fx.Node) and src in self.parts
+                    and len(node.args) == 2 and not isinstance(node.args[1], fx.Node)):
+                try:
+                    part = node.target(self.parts[src], node.args[1])
+                except (AttributeError, LookupError, TypeError):  # not an element: no channels
+                    return None
+                if isinstance(part, _Tensor) or part is None:
+                    return part
+                self.parts[node] = part
+                return None
+        return self.visit(node, values)
+
+    def resolve(self, arg, values: dict):
+        """``arg`` with every node replaced by what it carries (a _Tensor, a container, None)."""
+        if isinstance(arg, fx.Node):
+            return self.parts[arg] if arg in self.parts else values.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return _same_kind(arg, [self.resolve(a, values) for a in arg])
+        if isinstance(arg, dict):
+            return {k: self.resolve(v, values) for k, v in arg.items()}
+        return None
+
+    def channel_tensors(self, args, values: dict) -> list[_Tensor]:
+        """Every channel tensor in ``args``, inside containers too."""
+        out: list[_Tensor] = []
+        stack = [self.resolve(args, values)]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, _Tensor):
+                out.append(x)
+            elif isinstance(x, dict):
+                stack += x.values()
+            elif isinstance(x, (list, tuple)):
+                stack += x
+        return out
+
+    def visit_frozen(self, node: fx.Node, values: dict) -> _Tensor | None:
+        """A frozen leaf: its input channels are fixed; each tensor it returns is a new fixed group."""
+        for t in self.channel_tensors((node.args, node.kwargs), values):
+            for g in t.layout:
+                self.fixed[self.find(g)] = True
+        self.leaf_rank.setdefault(node.target, len(self.layers) - 0.5)
+        out = self.leaf_output(node, node.meta.get("tensor_meta"))
+        if isinstance(out, _Tensor) or out is None:
+            return out
+        self.parts[node] = out
+        return None
+
+    def leaf_output(self, node: fx.Node, meta):
+        if isinstance(meta, TensorMetadata):
+            shape = tuple(meta.shape)
+            return _Tensor([self.produce(node, shape[1], fixed=True)]) if len(shape) >= 2 else None
+        if isinstance(meta, dict):
+            return {k: self.leaf_output(node, v) for k, v in meta.items()}
+        if isinstance(meta, (list, tuple)):
+            return _same_kind(meta, [self.leaf_output(node, v) for v in meta])
+        return None
+
     def shaped_graph_module(self) -> fx.GraphModule:
-        """The fx graph of the model, every node's output shape recorded by one forward pass."""
+        """The fx graph of the model, every node's output shape recorded by one forward pass,
+        which also measures the MACs of every frozen leaf (:attr:`leaf_macs`)."""
         name = type(self.model).__name__
+        tracer = _FxTracer(self.leaves)
         try:
-            tracer = _FxTracer()
             graph = tracer.trace(self.model)
             gm = fx.GraphModule(tracer.root, graph, name)  # what fx.symbolic_trace does
         except Exception as exc:  # fx raises many kinds; all mean the same to the user
+            path = tracer.failed_module(exc)
+            if path is not None and path not in self.leaves:
+                raise _NeedsLeaf(path, f"torch.fx cannot trace it: {one_line(exc)}") from None
             raise TraceError(f"cannot trace {name} with torch.fx: {one_line(exc)}") from None
+        called = [n.target for n in gm.graph.nodes if n.op == "call_module" and n.target in self.leaves]
+        self.leaf_macs = dict.fromkeys(called, 0)
+        hooks = [m.register_forward_hook(self.count_macs(path)) for path in self.leaf_macs
+                 for m in gm.get_submodule(path).modules() if isinstance(m, _MAC_LAYERS)]
         was_training = gm.training
         gm.eval()
         try:
@@ -401,7 +585,18 @@ class _Tracer:
                              f"{one_line(cause)[:300]}") from None
         finally:
             gm.train(was_training)
+            for h in hooks:
+                h.remove()
         return gm
+
+    def count_macs(self, path: str):
+        """A forward hook adding a Conv/Linear layer's MACs (per sample) to the leaf at ``path``."""
+        def hook(m, args, out):
+            # Output elements x multiply-accumulates per element (in_channels / groups x kernel
+            # for a conv, in_features for a linear layer), as thop counts these layers.
+            per = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
+            self.leaf_macs[path] += out[0].numel() * per
+        return hook
 
     def visit(self, node: fx.Node, values: dict) -> _Tensor | None:
         if node.op == "placeholder":
@@ -481,7 +676,9 @@ class _Tracer:
             else:
                 covered |= {id(p) for p in self.modules[layer.name].parameters(recurse=False)}
         other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
-        return ChannelGraph(tuple(groups), layers, self.input_shape, other)
+        frozen = tuple(FrozenLeaf(path, type(self.modules[path]).__name__, self.leaves[path], macs)
+                       for path, macs in self.leaf_macs.items())
+        return ChannelGraph(tuple(groups), layers, self.input_shape, other, sum(f.macs for f in frozen), frozen)
 
     def final_groups(self, roots: list[int], new_id: dict[int, int]) -> list[ChannelGroup]:
         """One ChannelGroup per union-find root, named after its first producer."""
@@ -492,7 +689,7 @@ class _Tracer:
             if r in members:
                 members[r] += self.members[g]
                 producers[r] += self.producers[g]
-        order = {layer.name: i for i, layer in enumerate(self.layers)}
+        order = {**self.leaf_rank, **{layer.name: i for i, layer in enumerate(self.layers)}}
         groups = []
         for r in roots:
             mem = tuple(sorted(set(members[r]), key=order.get))
@@ -782,6 +979,22 @@ def _flat_values(args, values: dict) -> list[_Tensor]:
         elif isinstance(a, dict):
             out += _flat_values(tuple(a.values()), values)
     return out
+
+
+def _is_namedtuple_class(target) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def _same_kind(seq, items: list):
+    """``items`` in a sequence of the type of ``seq``: list, tuple or namedtuple."""
+    if _is_namedtuple_class(type(seq)):
+        return type(seq)(*items)
+    return list(items) if isinstance(seq, list) else tuple(items)
+
+
+# Layers whose MACs are counted (the cost model's convention), inside a frozen leaf.
+_MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+               nn.Linear)
 
 
 def _fn_name(fn) -> str:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from autoprune.errors import AutopruneError, DeviceError, one_line
 from autoprune.files import write_json
-from autoprune.graph import Layer
+from autoprune.graph import Layer, fx_graph_module
 from autoprune.latency import Entry, LatencyTable, key_digest
 from autoprune.runtime import log, progress_bar, resolve_device
 from autoprune.space import SearchSpace
@@ -151,9 +151,9 @@ def device_name(device: torch.device) -> str:
 def chains(model: nn.Module, space: SearchSpace) -> dict[str, list[nn.Module]]:
     """For each traced conv/linear layer, the modules that run right after it on its output
     alone (its norm, then an activation), as fresh modules; and each norm so absorbed maps
-    to None. Empty when the model cannot be traced by plain :func:`torch.fx.symbolic_trace`."""
+    to None. Empty when the model cannot be traced by torch.fx as the channel tracer does."""
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx_graph_module(model, space.graph)
     except Exception:  # noqa: BLE001 - any tracing failure: time layers alone, never fail here
         return {}
     norms = {layer.name for layer in space.graph.layers if layer.kind == "norm"}

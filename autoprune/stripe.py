@@ -96,7 +96,7 @@ def _stripe_cost(layer, full) -> int:
 def stripe_macs(graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> int:
     """Conv/Linear MACs of the model with the stripes of ``masks`` kept (batch 1)."""
     full = _widths(graph)
-    total = 0
+    total = graph.other_macs
     for layer in graph.layers:
         if layer.name in masks:
             total += _stripe_cost(layer, full) * int(masks[layer.name].sum())

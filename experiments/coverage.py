@@ -2,9 +2,11 @@
 of timm CNNs, each in its own process with a time limit.
 
 For each model: does it trace, how many free channel groups, how many conv layers are frozen
-(their output channels not searchable), are the analytic MACs exact (full and at
-uniform(0.5), against a hook count that reads the pruned model's weight shapes), does the
-pruned model run and keep its output shape, and what fraction of the MACs uniform(0.5) keeps.
+(their output channels not searchable), which submodules the tracer could not look into
+(frozen leaves), are the analytic MACs exact (full and at uniform(0.5), against a hook count
+that reads the pruned model's weight shapes), does the pruned model run and keep its output
+shape, and what fraction of the MACs uniform(0.5) keeps. ``--train`` traces the models in
+training mode (GoogLeNet and Inception then return namedtuples with auxiliary outputs).
 
     python experiments/coverage.py --size 64 --timeout 120 > coverage.md
     python experiments/coverage.py --models tv:resnet50 timm:efficientnet_b0
@@ -47,18 +49,31 @@ def hook_macs(model: nn.Module, shape) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    # A model in training mode runs its auxiliary heads; its norms, on one sample, must not.
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in norms:
+        m.eval()
     with torch.no_grad():
         model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     for h in handles:
         h.remove()
+    for m in norms:
+        m.train()
     return sum(total)
 
 
-def one(name: str, size: int) -> dict:
+def _first(out) -> torch.Tensor:
+    """The main output of a model that may return a namedtuple or a dict (training mode)."""
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def one(name: str, size: int, train: bool = False) -> dict:
     torch.set_num_threads(1)
     shape = (3, size, size)
     row = {"model": name}
-    model = create_model(name).eval()
+    model = create_model(name).train(train)
     t = time.perf_counter()
     try:
         space = SearchSpace.from_model(model, shape)
@@ -72,14 +87,15 @@ def one(name: str, size: int) -> dict:
     row["free"] = len(space)
     row["convs"] = len(convs)
     row["frozen"] = sum(1 for l in convs if (l.in_layout[0] if l.depthwise else l.out_group) not in free)
+    row["leaves"] = [f"{f.path} ({f.kind})" for f in graph.frozen]
     full, half = space.max_widths(), space.uniform(0.5)
     meta = copy.deepcopy(model).to("meta")
     row["exact_full"] = hook_macs(meta, shape) == macs(space, full)
     pruned = materialise(meta, space, half, keep="first")
     row["exact_pruned"] = hook_macs(pruned, shape) == macs(space, half)
     x = torch.randn(1, *shape)
-    with torch.no_grad():
-        row["runs"] = materialise(model, space, half).eval()(x).shape == model(x).shape
+    with torch.no_grad():  # eval: the pruned model's BatchNorm uses its running statistics
+        row["runs"] = _first(materialise(model, space, half).eval()(x)).shape == _first(model.eval()(x)).shape
     row["half"] = round(macs(space, half) / macs(space, full), 3)
     return row
 
@@ -96,10 +112,10 @@ def models(tv: bool, timm_too: bool) -> list[str]:
     return names
 
 
-def run_all(names: list[str], size: int, timeout: float) -> list[dict]:
+def run_all(names: list[str], size: int, timeout: float, train: bool = False) -> list[dict]:
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name, "--size", str(size)]
+        cmd = [sys.executable, __file__, "--one", name, "--size", str(size)] + (["--train"] if train else [])
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
@@ -112,14 +128,15 @@ def run_all(names: list[str], size: int, timeout: float) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | traces | free groups | frozen convs | MACs exact (full / pruned) | pruned runs | "
-           "MACs at uniform(0.5) |", "|---|---|---|---|---|---|---|"]
+    out = ["| model | traces | free groups | frozen convs | frozen leaves | MACs exact (full / pruned) | pruned runs | "
+           "MACs at uniform(0.5) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | no: {r['error'].replace('|', '/')} | | | | | |")
+            out.append(f"| {r['model']} | no: {r['error'].replace('|', '/')} | | | | | | |")
             continue
         exact = f"{'yes' if r['exact_full'] else 'NO'} / {'yes' if r['exact_pruned'] else 'NO'}"
-        out.append(f"| {r['model']} | yes | {r['free']} | {r['frozen']} of {r['convs']} | {exact} | "
+        leaves = ", ".join(r.get("leaves", [])) or "-"
+        out.append(f"| {r['model']} | yes | {r['free']} | {r['frozen']} of {r['convs']} | {leaves} | {exact} | "
                    f"{'yes' if r['runs'] else 'NO'} | {r['half']:.3f} |")
     traced = [r for r in rows if "error" not in r]
     out.append("")
@@ -137,13 +154,14 @@ def main(argv=None) -> None:
     p.add_argument("--models", nargs="*", help="registry names (default: every tv: CNN and the timm list)")
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--no-tv", action="store_true")
+    p.add_argument("--train", action="store_true", help="trace the models in training mode")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.size)))
+        print(json.dumps(one(args.one, args.size, args.train)))
         return
     names = args.models or models(not args.no_tv, not args.no_timm)
-    print(table(run_all(names, args.size, args.timeout)))
+    print(table(run_all(names, args.size, args.timeout, args.train)))
 
 
 if __name__ == "__main__":

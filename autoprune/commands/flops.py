@@ -14,7 +14,8 @@ def register(sub) -> None:
     p = sub.add_parser("flops", help="MACs and parameters of a model or an architecture JSON")
     add_model_args(p)
     p.add_argument("--arch", default=None, help="architecture JSON to cost instead of the full model")
-    p.add_argument("--groups", action="store_true", help="also list the free channel groups and their allowed widths")
+    p.add_argument("--groups", action="store_true",
+                   help="also list the free channel groups and their allowed widths, and the frozen submodules")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -33,6 +34,7 @@ def run(args) -> int:
     m, p = macs(space, widths), params(space, widths)
     row = {"model": args.model, "input_shape": list(space.graph.input_shape), "macs": m, "flops": 2 * m,
            "params": p, "macs_ratio": m / base_m, "params_ratio": p / base_p, "free_groups": len(space)}
+    row["frozen"] = [{"path": f.path, "class": f.kind, "reason": f.reason} for f in space.graph.frozen]
     if args.groups:
         row["groups"] = [{"name": g.name, "width": g.width, "kept": w, "choices": list(c)}
                          for g, w, c in zip(space.groups, widths, space.choices)]
@@ -45,7 +47,12 @@ def run(args) -> int:
     print(f"FLOPs       {human(2 * m)} (2 x MACs)")
     print(f"params      {human(p)} ({p:,})" + (f"  {p / base_p:.1%} of base" if args.arch else ""))
     print(f"free groups {len(space)}")
+    if row["frozen"]:
+        print(f"frozen      {len(row['frozen'])} submodule(s) traced as one step, channels fixed"
+              + (":" if args.groups else " (--groups lists them)"))
     if args.groups:
+        for f in row["frozen"]:
+            print(f"  {f['path']} ({f['class']}): {f['reason']}")
         name_w = max(len(g["name"]) for g in row["groups"]) if row["groups"] else 5
         for g in row["groups"]:
             c = g["choices"]

@@ -25,6 +25,8 @@ def run(args) -> int:
     m, p = arch["macs"], arch["params"]
     print(f"MACs   {human(m['pruned'])} / {human(m['base'])} = {m['pruned'] / m['base']:.1%}")
     print(f"params {human(p['pruned'])} / {human(p['base'])} = {p['pruned'] / p['base']:.1%}")
+    for f in arch.get("frozen", []):
+        print(f"frozen {f['path']} ({f['class']}): {f['reason']}")
     if args.plot:
         plot_widths(arch, args.plot)
         print(f"wrote {args.plot}")

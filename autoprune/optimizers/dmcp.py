@@ -60,6 +60,7 @@ from autoprune.budget import check_reachable, repair
 from autoprune.errors import CheckpointError, SearchError, one_line
 from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
+from autoprune.graph import fx_graph_module
 from autoprune.latency import ExpectedLatency, LatencyLimit
 from autoprune.optimizers._base import Optimizer, register_optimizer
 from autoprune.runtime import autocast, progress_bar
@@ -230,7 +231,7 @@ def gate_sites(model: nn.Module, space: SearchSpace) -> list[tuple[str, tuple[in
     free = set(space.free)
     norms = {layer.name for layer in graph.layers if layer.kind == "norm"}
     users: dict[str, list[fx.Node]] = {}
-    for node in fx.symbolic_trace(model).graph.nodes:
+    for node in fx_graph_module(model, graph).graph.nodes:  # frozen leaves stay single nodes
         if node.op == "call_module":
             users.setdefault(node.target, []).extend(node.users)
     sites = []
