@@ -15,6 +15,7 @@ from test_families import check_pruned
 from autoprune.cost import macs
 from autoprune.graph import trace
 from autoprune.models import create_model
+from autoprune.profile import axes
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
 
@@ -308,3 +309,12 @@ def test_yolo_style_detector_traces_prunes_and_keeps_its_outputs(one_thread):
     check_pruned(model, shape, space.uniform(0.75), space=space)
     outs = materialise(model, space, space.uniform(0.5))(torch.randn(1, *shape))
     assert [tuple(o.shape) for o in outs] == [(1, 6, 16, 16), (1, 6, 8, 8), (1, 6, 4, 4)]
+
+
+def test_latency_grid_spans_a_follower_s_range():
+    model = nn.Sequential(_conv(3, 16, 3), _C2f(16, 16, cut="chunk"), nn.Conv2d(16, 4, 1))
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    layer = next(l for l in space.graph.layers if l.name == "1.m.0.cv2.0")  # its output follows cv1's half
+    assert space.graph.groups[layer.out_group].follows is not None
+    _, outs = axes(space, layer, grid=4)
+    assert len(outs) == 4 and outs[-1] == 8 and outs[0] < 8
