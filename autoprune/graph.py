@@ -6,6 +6,13 @@ pooling, every branch that meets it at a residual add, the input and output of a
 conv). Concatenation (DenseNet) is kept as a *layout*: the ordered list of groups that make up
 a tensor's channels, so that a consumer slices its input with the right offsets.
 
+Ops that cut or reorder channels at run time keep working on the pruned model because the
+forward code recomputes their sizes: ``chunk`` cuts a group into parts that :class:`Follow`
+their parent (the parent is pruned alike in every part), and a channel shuffle (a view that
+splits the channels, a transpose, a view back) couples the parts it interleaves and
+repeats their channels. Slices at constant offsets (``x[:, :k]``, ``split``) keep every
+channel before the offset at full width, since the code's constants do not change.
+
 Tracing uses :mod:`torch.fx`; one shape propagation gives every layer's spatial size, which
 is all the cost model needs. Each fx node is handled by a *rule* looked up by module type,
 function or tensor-method name (the built-in table is near the end of this file);
@@ -40,8 +47,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from autoprune.errors import TraceError, one_line
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "FrozenLeaf", "Layer", "fx_graph_module", "passthrough", "register_rule",
-    "spatial_reduce", "trace", "unregister_rule",
+    "ChannelGraph", "ChannelGroup", "Follow", "FrozenLeaf", "Layer", "follow_indices", "follow_widths",
+    "fx_graph_module", "passthrough", "register_rule", "spatial_reduce", "trace", "unregister_rule",
 ]
 
 # How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
@@ -51,6 +58,23 @@ MAX_FROZEN_LEAVES = 64
 # -- the result ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Follow:
+    """How a group's channels derive from another group's, its ``parent``.
+
+    ``part``: run ``index`` of ``count`` equal runs of the parent (a ``chunk``); the parent is
+    cut into blocks so that every run keeps as many channels. ``repeat``: every parent
+    channel ``count`` times in a row (a channel shuffle of ``count`` parts coupled alike).
+    ``tile``: ``count`` copies of the parent one after the other (a single group added to a
+    concatenation of copies of one group, as in GhostNet).
+    """
+
+    kind: str
+    parent: int
+    index: int
+    count: int
+
+
+@dataclass(frozen=True)
 class ChannelGroup:
     """One prunable channel dimension.
 
@@ -58,7 +82,9 @@ class ChannelGroup:
     the group's ``name`` is its first producer's. ``fixed`` groups (the network input, the
     classifier output) keep their original ``width``. A group that feeds or leaves a grouped
     conv is cut into ``blocks`` equal runs of channels, one per conv group; it is pruned by
-    the same number of channels in every block, so the conv keeps its ``groups``.
+    the same number of channels in every block, so the conv keeps its ``groups``. A group
+    that ``follows`` another is not searchable either: its width and kept channels are its
+    parent's, as :func:`follow_widths` and :func:`follow_indices` derive them.
     """
 
     id: int
@@ -68,6 +94,7 @@ class ChannelGroup:
     members: tuple[str, ...]
     producers: tuple[str, ...]
     blocks: int = 1
+    follows: Follow | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +187,60 @@ class _NeedsLeaf(Exception):
     def __init__(self, path: str, reason: str):
         super().__init__(path)
         self.path, self.reason = path, reason
+
+
+def follow_widths(graph: ChannelGraph, full: list) -> list:
+    """Set, in ``full`` (a width per group id), the width of every group that follows
+    another from its parent's; returns ``full``. Widths may be differentiable scalars."""
+    for g in _follow_order(graph):
+        f, w = g.follows, full[g.follows.parent]
+        if f.kind in ("repeat", "tile"):
+            full[g.id] = w * f.count
+        else:
+            full[g.id] = w / f.count if isinstance(w, torch.Tensor) else int(w) // f.count
+    return full
+
+
+def follow_indices(graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Set, in ``kept`` (sorted kept channel indices per group id), those of every group that
+    follows another from its parent's; returns ``kept``."""
+    for g in _follow_order(graph):
+        f, k = g.follows, kept[g.follows.parent]
+        if f.kind == "repeat":
+            kept[g.id] = (k[:, None] * f.count + torch.arange(f.count)).flatten()
+        elif f.kind == "tile":
+            kept[g.id] = (torch.arange(f.count)[:, None] * graph.groups[f.parent].width + k).flatten()
+        else:
+            run = graph.groups[f.parent].width // f.count
+            lo = f.index * run
+            kept[g.id] = k[(k >= lo) & (k < lo + run)] - lo
+    return kept
+
+
+def _parent_blocks(f: Follow, blocks: int) -> int:
+    """The blocks a parent needs so that its follower keeps as many channels in each of its ``blocks``."""
+    if f.kind == "part":
+        return f.count * blocks
+    if f.kind == "tile" and f.count % blocks == 0:
+        return 1  # every block of the follower is whole copies of the parent
+    return blocks
+
+
+def _follow_order(graph: ChannelGraph) -> list[ChannelGroup]:
+    """The groups that follow another, each after its parent (the tracer leaves no cycles)."""
+    order: list[ChannelGroup] = []
+    done: set[int] = set()
+
+    def visit(g: ChannelGroup) -> None:
+        if g.follows is None or g.id in done:
+            return
+        visit(graph.groups[g.follows.parent])
+        done.add(g.id)
+        order.append(g)
+
+    for g in graph.groups:
+        visit(g)
+    return order
 
 
 # -- rules ---------------------------------------------------------------------------------
@@ -344,11 +425,19 @@ def _check_no_channel_state(node: fx.Node, target) -> None:
 class _Tensor:
     """What the tracer knows of a node's value: its channel layout (group ids in order),
     after a flatten how many features each channel spans, and which dimension holds the
-    channels (1, or the last one after a channels-last permute)."""
+    channels (1, or the last one after a channels-last permute). While a view splits the
+    channels into ``split`` runs over dimensions 1 and 2 (a channel shuffle), ``dim`` is -1
+    and ``swapped`` says whether those two dimensions have been transposed."""
 
     layout: list[int]
     spatial: int = 1
     dim: int = 1
+    split: int = 0
+    swapped: bool = False
+
+
+class _Parts(list):
+    """The channel tensors of a node that returns several (``chunk``, ``split``), in order."""
 
 
 class _Tracer:
@@ -368,12 +457,15 @@ class _Tracer:
         self.blocks: list[int] = []
         self.members: list[list[str]] = []
         self.producers: list[list[str]] = []
+        self.follows: list[Follow | None] = []  # parent ids as created, resolved with find
+        self.hint: list[str | None] = []  # the name of a group with no layer of its own
         self.layers: list[Layer] = []
         self.seen_modules: dict[str, bool] = {}
         self.pos = 0
 
     # -- union-find over group ids ---------------------------------------------------------
-    def new_group(self, width: int, fixed: bool = False) -> int:
+    def new_group(self, width: int, fixed: bool = False, follows: Follow | None = None,
+                  hint: str | None = None) -> int:
         gid = len(self.parent)
         self.parent.append(gid)
         self.width.append(int(width))
@@ -382,6 +474,8 @@ class _Tracer:
         self.blocks.append(1)
         self.members.append([])
         self.producers.append([])
+        self.follows.append(follows)
+        self.hint.append(hint)
         return gid
 
     def produce(self, node: fx.Node, width: int, fixed: bool = False) -> int:
@@ -408,6 +502,66 @@ class _Tracer:
         self.parent[drop] = keep
         self.fixed[keep] = self.fixed[keep] or self.fixed[drop]
         self.blocks[keep] = math.lcm(self.blocks[keep], self.blocks[drop])
+        if self.follows[drop] is not None:
+            self.add_follow(keep, self.follows[drop])
+
+    def add_follow(self, g: int, f: Follow) -> None:
+        """Root ``g`` follows ``f``. Two different rules for the same channels cannot both
+        hold: then every group involved keeps its full width."""
+        a = self.follows[g]
+        if a is None:
+            self.follows[g] = f
+        elif (a.kind, a.index, a.count) != (f.kind, f.index, f.count) or self.find(a.parent) != self.find(f.parent):
+            for x in (g, a.parent, f.parent):
+                self.fixed[self.find(x)] = True
+
+    def settle_follows(self) -> None:
+        """Once every union is known: cut each parent into the blocks its followers need,
+        and keep a follower and its parent at full width together when either must be (a
+        fixed group, blocks that do not tile the parent, a cycle). A follower at full width
+        is an ordinary fixed group."""
+        produced = {self.find(g) for g in range(len(self.parent)) if self.producers[g]}
+        roots = [g for g in range(len(self.parent)) if self.find(g) == g]
+        for r in roots:
+            if self.follows[r] is None and r not in produced:
+                self.fixed[r] = True  # as final_groups decides, but early enough to reach followers
+        kids = [r for r in roots if self.follows[r] is not None]
+        changed = True
+        while changed:
+            changed = False
+            for g in kids:
+                f = self.follows[g]
+                p = self.find(f.parent)
+                blocks = math.lcm(self.blocks[p], _parent_blocks(f, self.blocks[g]))
+                changed |= blocks != self.blocks[p]
+                self.blocks[p] = blocks
+                stuck = self.fixed[g] or self.fixed[p] or self.width[p] % blocks != 0 or self.in_cycle(g)
+                if stuck and not (self.fixed[g] and self.fixed[p]):
+                    self.fixed[g] = self.fixed[p] = changed = True
+        for g in kids:
+            if self.fixed[g]:
+                self.follows[g] = None
+
+    def in_cycle(self, g: int) -> bool:
+        p = g
+        for _ in range(len(self.parent)):
+            f = self.follows[p]
+            if f is None:
+                return False
+            p = self.find(f.parent)
+            if p == g:
+                return True
+        return True
+
+    def with_parents(self, roots: set[int]) -> set[int]:
+        """``roots`` and every group they follow, directly or not."""
+        out, todo = set(roots), list(roots)
+        while todo:
+            f = self.follows[todo.pop()]
+            if f is not None and self.find(f.parent) not in out:
+                out.add(self.find(f.parent))
+                todo.append(self.find(f.parent))
+        return out
 
     def split_into_blocks(self, g: int, blocks: int) -> None:
         """Group ``g`` must keep the same number of channels in each of ``blocks`` equal runs."""
@@ -426,15 +580,30 @@ class _Tracer:
             elif len(t.layout) == 1 and sum(b) == 1 or len(first.layout) == 1 and sum(a) == 1:
                 continue  # broadcast of a single channel
             elif sum(a) == sum(b):
-                raise TraceError(f"node '{node.name}' ({_where(node)}) combines tensors whose channels are "
-                                 f"concatenated differently ({a} vs {b}); not supported")
+                self.tile(first.layout, t.layout) or self.tile(t.layout, first.layout)
             else:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines {sum(a)} and {sum(b)} channels")
-            if t.spatial != first.spatial or t.dim != first.dim:
+            if t.spatial != first.spatial or t.dim != first.dim or t.split != first.split:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines tensors with channels in "
                                  "different places (flattened, or permuted)")
         self.scale_parameters(node, first)
         return _Tensor(list(first.layout), first.spatial, first.dim)
+
+    def tile(self, one: list[int], many: list[int]) -> bool:
+        """Channels concatenated differently meet. A single group against copies of one
+        group (GhostNet adds a conv's output to cat([y, depthwise(y)])) follows those copies;
+        anything else keeps every group involved at full width. False only when ``one`` is
+        not a single group, to try the other way round."""
+        roots = {self.find(g) for g in many}
+        if len(one) != 1:
+            if len(many) == 1:
+                return False
+        elif len(roots) == 1 and self.find(one[0]) not in roots:
+            self.add_follow(self.find(one[0]), Follow("tile", roots.pop(), 0, len(many)))
+            return True
+        for x in one + many:
+            self.fixed[self.find(x)] = True
+        return True
 
     def scale_parameters(self, node: fx.Node, x: _Tensor) -> None:
         """A parameter with one value per channel that scales or shifts ``x`` (ConvNeXt's
@@ -655,10 +824,12 @@ class _Tracer:
 
     # -- canonical result ------------------------------------------------------------------
     def finish(self) -> ChannelGraph:
+        self.settle_follows()
         roots = sorted({self.find(g) for g in range(len(self.parent))}, key=lambda g: self.first_seen[g])
-        # Keep only groups some layer depends on (the input group always counts).
+        # Keep only groups some layer depends on (the input group always counts), and their parents.
         used = {self.find(g) for layer in self.layers for g in layer.in_layout}
         used |= {self.find(layer.out_group) for layer in self.layers if layer.out_group is not None}
+        used = self.with_parents(used)
         roots = [r for r in roots if r in used]
         new_id = {r: i for i, r in enumerate(roots)}
         groups = self.final_groups(roots, new_id)
@@ -694,17 +865,19 @@ class _Tracer:
         for r in roots:
             mem = tuple(sorted(set(members[r]), key=order.get))
             prod = tuple(sorted(set(producers[r]), key=order.get))
-            name = prod[0] if prod else (mem[0] if mem else "input")
+            name = prod[0] if prod else (mem[0] if mem else self.hint[r] or "input")
+            f = self.follows[r]
             # Blocks from grouped convs of different group counts may not tile the width.
-            fixed = self.fixed[r] or not prod or self.width[r] % self.blocks[r] != 0
-            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r]))
+            fixed = self.fixed[r] or (not prod and f is None) or self.width[r] % self.blocks[r] != 0
+            f = None if f is None or fixed else Follow(f.kind, new_id[self.find(f.parent)], f.index, f.count)
+            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r], f))
         # Group names must be unique; two groups can only share a name if neither has producers.
         seen: dict[str, int] = {}
         for i, g in enumerate(groups):
             if g.name in seen:
                 seen[g.name] += 1
                 groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers,
-                                         g.blocks)
+                                         g.blocks, g.follows)
             else:
                 seen[g.name] = 0
         return groups
@@ -809,6 +982,11 @@ def _permute(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _
     dims = node.args[1:] if len(node.args) > 2 else node.args[1] if len(node.args) > 1 else node.kwargs["dims"]
     ndim = len(dims)
     dims = [d % ndim for d in dims]
+    if x.split:
+        if dims != [0, 2, 1, *range(3, ndim)]:
+            raise TraceError(f"node '{node.name}' ({_where(node)}) permutes channels split by a view; only "
+                             "swapping the two halves (a channel shuffle) is supported")
+        return _Tensor(x.layout, 1, -1, x.split, not x.swapped)
     if x.spatial != 1 or dims[0] != 0:
         raise TraceError(f"node '{node.name}' ({_where(node)}) permutes a flattened tensor or its batch")
     return _Tensor(x.layout, 1, dims.index(x.dim))
@@ -848,16 +1026,215 @@ def _concat(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _T
         return tracer.merge_layouts(inputs, node)
     if any(t.spatial != 1 for t in inputs):
         raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates flattened tensors")
-    n_tensors = len(_tensor_args(node.args[0]))
+    n_tensors = sum(len(a.meta["tensor_meta"]) if _shape(a) is None else 1 for a in _tuple_args(node.args[0]))
     if n_tensors != len(inputs):
         raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates constants with channel tensors")
     return _Tensor([g for t in inputs for g in t.layout])
 
 
-def _getitem(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> None:
-    # An element of a tuple (or of a size) carries no channels; a slice of channels is unsupported.
+def _getitem(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor | _Parts | None:
+    src, idx = node.args[0], node.args[1]
+    if _shape(src) is not None:
+        return _index(tracer, node, inputs[0], idx)
+    # An element of a tuple: of parts (chunk, split), or of a size, which carries no channels.
+    meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+    if isinstance(meta, (list, tuple)) and len(inputs) == len(meta) and isinstance(idx, (int, slice)):
+        return _Parts(inputs[idx]) if isinstance(idx, slice) else inputs[idx]
     if _shape(node) is not None:
         raise _unsupported_function(node)
+    return None
+
+
+def _index(tracer: _Tracer, node: fx.Node, x: _Tensor, idx) -> _Tensor:
+    """``x[idx]`` with basic indexing: a slice on the channel dimension cuts the channels
+    (see :func:`_slice_at`); slices on other dimensions keep them."""
+    ndim = len(_shape(node.args[0]))
+    entries = list(idx) if isinstance(idx, tuple) else [idx]
+    if x.dim < 0 or any(not isinstance(e, (int, slice)) and e is not None and e is not Ellipsis for e in entries):
+        raise TraceError(f"node '{node.name}' ({_where(node)}) indexes a channel tensor with {idx!r}; only "
+                         "basic slicing is supported")
+    taken = sum(1 for e in entries if e is not None and e is not Ellipsis)
+    if Ellipsis in entries:
+        at = entries.index(Ellipsis)
+        entries[at:at + 1] = [slice(None)] * (ndim - taken)
+    entries += [slice(None)] * (ndim - sum(1 for e in entries if e is not None))
+    in_dim = out_dim = 0
+    channel = None
+    for e in entries:
+        if e is not None and in_dim == x.dim:
+            channel = e
+            break
+        in_dim += e is not None
+        out_dim += not isinstance(e, int)
+    if not isinstance(channel, slice) or out_dim != x.dim:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) picks single channels or moves the channel "
+                         f"dimension with {idx!r}; only slices of the channels are supported")
+    if channel == slice(None):
+        return x
+    if x.spatial != 1:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) slices the features of a flattened tensor")
+    start, stop, step = channel.start, channel.stop, channel.step
+    if step in (None, 1) and all(b is None or type(b) is int and b >= 0 for b in (start, stop)):
+        (layout,) = _slice_at(tracer, node, x.layout, [(start or 0, stop)])
+        return _Tensor(layout, 1, x.dim)
+    # Bounds computed at run time, from the end, or with a step: the channels keep their count.
+    return _Tensor(_frozen(tracer, node, x.layout, [_shape(node)[x.dim]])[0], 1, x.dim)
+
+
+def _chunk(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Parts:
+    """``torch.chunk``: the pruned tensor is cut into equal parts again, so each part must
+    lose as many channels (see :func:`_equal_runs`)."""
+    x, sizes = _channel_parts(node, inputs[0])
+    if sizes is None:
+        return _Parts([x] * len(node.meta["tensor_meta"]))
+    runs = _equal_runs(tracer, node, x.layout, len(sizes)) if len(set(sizes)) == 1 else None
+    if runs is not None:
+        layouts = runs
+    elif len(set(sizes)) == 1 and len(x.layout) == 1:
+        n = len(sizes)
+        layouts = [[tracer.new_group(sizes[0], follows=Follow("part", x.layout[0], j, n), hint=f"{node.name}.{j}")]
+                   for j in range(n)]
+    else:
+        layouts = _frozen(tracer, node, x.layout, sizes)
+    return _Parts(_Tensor(layout, 1, x.dim) for layout in layouts)
+
+
+def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Parts:
+    """``torch.split``: parts at constant offsets; with an int size the last part takes what
+    is left, so it may shrink."""
+    x, sizes = _channel_parts(node, inputs[0])
+    if sizes is None:
+        return _Parts([x] * len(node.meta["tensor_meta"]))
+    sections = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()))
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    bounds = [(a, a + n) for a, n in zip(starts, sizes)]
+    if isinstance(sections, int):
+        bounds[-1] = (starts[-1], None)
+    return _Parts(_Tensor(layout, 1, x.dim) for layout in _slice_at(tracer, node, x.layout, bounds))
+
+
+def _channel_parts(node: fx.Node, x: _Tensor) -> tuple[_Tensor, list[int] | None]:
+    """The channel widths of the parts a chunk or split returns; None when it cuts another
+    dimension, so that every part carries all of ``x``'s channels."""
+    shape = _shape(node.args[0])
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0) % len(shape)
+    if x.dim < 0 or (dim == x.dim and x.spatial != 1):
+        raise TraceError(f"node '{node.name}' ({_where(node)}) cuts a flattened tensor or one whose channels "
+                         "a view has split")
+    if dim != x.dim:
+        return x, None
+    return x, [m.shape[dim] for m in node.meta["tensor_meta"]]
+
+
+def _entries(tracer: _Tracer, layout: list[int]) -> list[tuple[int, int, int]]:
+    """(group id, first channel, end) of each entry of ``layout``."""
+    out, start = [], 0
+    for g in layout:
+        end = start + tracer.width[tracer.find(g)]
+        out.append((g, start, end))
+        start = end
+    return out
+
+
+def _frozen(tracer: _Tracer, node: fx.Node, layout: list[int], widths: list[int]) -> list[list[int]]:
+    """The simple, exact answer to a cut the groups cannot follow: every group of ``layout``
+    keeps its width, and each piece is a new fixed group of its width."""
+    for g in layout:
+        tracer.fixed[tracer.find(g)] = True
+    return [[tracer.new_group(w, fixed=True, hint=node.name)] for w in widths]
+
+
+def _slice_at(tracer: _Tracer, node: fx.Node, layout: list[int],
+              bounds: list[tuple[int, int | None]]) -> list[list[int]]:
+    """Layouts of the slices [start, stop) of channels at constant offsets (stop None: to the
+    end, whatever the pruned width). The forward code keeps its constants, so every channel
+    before an offset keeps its width: those groups are fixed. A slice whose ends fall on group
+    boundaries carries those groups (an open-ended one stays searchable); one that cuts inside
+    a group freezes the groups it touches and is a new fixed group."""
+    entries = _entries(tracer, layout)
+    total = entries[-1][2] if entries else 0
+    bounds = [(min(a, total), None if b is None or b >= total else max(b, a)) for a, b in bounds]
+    held = max([a for a, _ in bounds] + [b for _, b in bounds if b is not None])
+    for g, start, _ in entries:
+        if start < held:
+            tracer.fixed[tracer.find(g)] = True
+    out = []
+    for a, b in bounds:
+        stop = total if b is None else b
+        inside = [(g, s, e) for g, s, e in entries if s < stop and e > a]
+        if all(a <= s and e <= stop for _, s, e in inside):
+            out.append([g for g, _, _ in inside])
+        else:
+            out += _frozen(tracer, node, [g for g, _, _ in inside], [stop - a])
+    return out
+
+
+def _equal_runs(tracer: _Tracer, node: fx.Node, layout: list[int], n: int) -> list[list[int]] | None:
+    """``layout`` cut into ``n`` runs of equal width at group boundaries, the runs' groups
+    coupled position by position so that every run keeps the same channels; None where
+    the cuts fall inside groups or the runs' groups differ in width."""
+    entries = _entries(tracer, layout)
+    total = entries[-1][2] if entries else 0
+    if n < 1 or total % n:
+        return None
+    size = total // n
+    runs = [[g for g, s, _ in entries if j * size <= s < (j + 1) * size] for j in range(n)]
+    starts = {s for _, s, _ in entries}
+    widths = [[tracer.width[tracer.find(g)] for g in run] for run in runs]
+    if any(j * size not in starts for j in range(n)) or any(w != widths[0] for w in widths):
+        return None
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            tracer.union(a, b, node)
+    return runs
+
+
+def _view(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    """view / reshape / flatten: a flatten to [N, features]; a reshape of the spatial
+    dimensions; or a channel shuffle, [N, C, ...] -> [N, g, C/g, ...], transposed, and back."""
+    x = inputs[0]
+    src, dst = _shape(_first_tensor_arg(node)), _shape(node)
+    if src is None or dst is None:
+        return _flatten(tracer, node, target, inputs)
+    if x.split:
+        if len(dst) != len(src) - 1 or dst[:2] != (src[0], src[1] * src[2]) or dst[2:] != src[3:]:
+            raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels split by a view "
+                             f"{src} -> {dst}; only joining them back is supported")
+        return _Tensor(_shuffle(tracer, node, x.layout, x.split) if x.swapped else x.layout)
+    if x.dim == 1 and x.spatial == 1 and len(src) >= 3:
+        if len(dst) == len(src) + 1 and dst[0] == src[0] and dst[1] * dst[2] == src[1] and dst[3:] == src[2:]:
+            return _Tensor(x.layout, 1, -1, dst[1])
+        if len(dst) >= 3 and dst[:2] == src[:2] and math.prod(dst[2:]) == math.prod(src[2:]):
+            return x  # the spatial dimensions reshaped, the channels untouched
+    return _flatten(tracer, node, target, inputs)
+
+
+def _transpose(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
+    x = inputs[0]
+    ndim = len(_shape(node.args[0]))
+    a, b = sorted(d % ndim for d in (*node.args[1:], *node.kwargs.values()))
+    if x.split:
+        if (a, b) != (1, 2):
+            raise TraceError(f"node '{node.name}' ({_where(node)}) transposes channels split by a view; only "
+                             "swapping the two halves (a channel shuffle) is supported")
+        return _Tensor(x.layout, 1, -1, x.split, not x.swapped)
+    if x.spatial != 1 or a == 0:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) transposes a flattened tensor or its batch")
+    return _Tensor(x.layout, 1, b if x.dim == a else a if x.dim == b else x.dim)
+
+
+def _shuffle(tracer: _Tracer, node: fx.Node, layout: list[int], g: int) -> list[int]:
+    """The layout after a channel shuffle of ``g`` runs: output channel ``i * g + j`` is
+    channel ``i`` of run ``j``. With the runs coupled (:func:`_equal_runs`) each keeps the
+    same channels, and the output is each of the run's groups repeated ``g`` times in a row;
+    otherwise every group keeps its width."""
+    if g == 1:
+        return layout
+    runs = _equal_runs(tracer, node, layout, g)
+    if runs is None:
+        return _frozen(tracer, node, layout, [sum(tracer.width[tracer.find(p)] for p in layout)])[0]
+    return [tracer.new_group(g * tracer.width[tracer.find(p)], follows=Follow("repeat", p, 0, g), hint=node.name)
+            for p in runs[0]]
 
 
 def _no_channels(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> None:
@@ -900,7 +1277,10 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
                  operator.imul, operator.truediv, torch.add, torch.sub, torch.mul),
         torch.cat: _concat,
         torch.concat: _concat,
-        torch.flatten: _flatten,
+        **_table(_view, torch.flatten, torch.reshape),
+        **_table(_transpose, torch.transpose, torch.swapaxes),
+        torch.chunk: _chunk,
+        torch.split: _split,
         **_table(spatial_reduce, torch.mean, torch.sum, torch.amax),
         **_table(passthrough,
                  F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.silu, F.gelu, F.mish, F.hardswish, F.hardtanh,
@@ -916,7 +1296,10 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
         "permute": _permute,
         **_table(_no_channels, "size", "dim", "numel"),
         **_table(_elementwise, "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"),
-        **_table(_flatten, "flatten", "view", "reshape"),
+        **_table(_view, "flatten", "view", "reshape"),
+        **_table(_transpose, "transpose", "swapaxes"),
+        "chunk": _chunk,
+        "split": _split,
         **_table(spatial_reduce, "mean", "sum", "amax"),
         **_table(passthrough, "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to",
                  "type_as", "clamp", "clamp_", "neg"),
@@ -940,6 +1323,16 @@ def _shape(node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)
     return tuple(shape) if shape is not None else None
+
+
+def _tuple_args(arg) -> list[fx.Node]:
+    """Nodes in ``arg`` that hold a tensor or a tuple of tensors."""
+    if isinstance(arg, fx.Node):
+        meta = arg.meta.get("tensor_meta")
+        return [arg] if _shape(arg) is not None or isinstance(meta, (list, tuple)) and meta else []
+    if isinstance(arg, (list, tuple)):
+        return [n for a in arg for n in _tuple_args(a)]
+    return []
 
 
 def _tensor_args(arg) -> list[fx.Node]:
@@ -972,7 +1365,9 @@ def _flat_values(args, values: dict) -> list[_Tensor]:
     for a in args:
         if isinstance(a, fx.Node):
             v = values.get(a)
-            if v is not None:
+            if isinstance(v, _Parts):
+                out += v
+            elif v is not None:
                 out.append(v)
         elif isinstance(a, (list, tuple)):
             out += _flat_values(a, values)

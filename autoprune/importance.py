@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import ChannelGraph
+from autoprune.graph import ChannelGraph, follow_indices
 
 # The rules scored from sampled training data rather than from the weights alone.
 DATA_RULES = ("hrank", "activation", "apoz", "reconstruct")
@@ -96,16 +96,19 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str | Scores = "
 
 def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], rule: str | Scores = "l1",
                  seed: int = 0) -> dict[int, torch.Tensor]:
-    """Sorted indices of the channels each group keeps, the top ``full_widths[g]`` by score."""
+    """Sorted indices of the channels each group keeps, the top ``full_widths[g]`` by score;
+    a group that follows another keeps what its parent's choice implies."""
     scores = channel_scores(model, graph, rule, seed)
     out = {}
     for g in graph.groups:
+        if g.follows is not None:
+            continue
         k = int(full_widths[g.id])
         if k >= g.width:
             out[g.id] = torch.arange(g.width)
         else:
             out[g.id] = _top(scores[g.id], k, g.blocks)
-    return out
+    return follow_indices(graph, out)
 
 
 def _top(scores: torch.Tensor, k: int, blocks: int) -> torch.Tensor:

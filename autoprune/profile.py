@@ -215,11 +215,13 @@ def axes(space: SearchSpace, layer: Layer, grid: int) -> tuple[tuple[int, ...], 
     """(input widths, output widths) to time ``layer`` at; no output widths when its output
     width is its input width (depthwise convs, norms)."""
     choices = {gid: c for gid, c in zip(space.free, space.choices)}
-    fixed = {g.id: (g.width,) for g in space.graph.groups}
+    low, high = space.full_widths(space.min_widths()), space.full_widths(space.max_widths())
+    # A group that follows another spans its parent's range, not one width.
+    fixed = {g.id: (g.width,) if g.follows is None else (low[g.id], high[g.id]) for g in space.graph.groups}
 
     def values(gids) -> tuple[int, ...]:
-        if len(gids) == 1:
-            return choices.get(gids[0], fixed[gids[0]])
+        if len(gids) == 1 and gids[0] in choices:
+            return choices[gids[0]]
         lo = sum(choices.get(g, fixed[g])[0] for g in gids)
         hi = sum(choices.get(g, fixed[g])[-1] for g in gids)
         return tuple(sorted({round(lo + (hi - lo) * k / (grid - 1)) for k in range(grid)}))

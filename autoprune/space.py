@@ -23,7 +23,7 @@ import torch.nn as nn
 import yaml
 
 from autoprune.errors import SpaceError, WidthError, one_line
-from autoprune.graph import ChannelGraph, ChannelGroup, trace
+from autoprune.graph import ChannelGraph, ChannelGroup, follow_widths, trace
 
 # Per-model YAML ships inside the package (package data in pyproject.toml), so an installed
 # wheel searches the same space as a checkout. Read through importlib.resources, not a path
@@ -173,7 +173,7 @@ class SearchSpace:
                 raise SpaceError(f"search space: pattern '{pattern}' matches no channel group "
                                  f"(groups: {', '.join(sorted(names)[:8])}, ...)")
         for g in graph.groups:
-            if g.fixed:
+            if g.fixed or g.follows is not None:
                 continue
             r, s, q, frozen = config.for_group(g.name)
             if frozen:
@@ -250,14 +250,15 @@ class SearchSpace:
         return tuple(out)
 
     def full_widths(self, widths: Sequence) -> list:
-        """Width of every group by id: the free ones from ``widths``, the others at original.
+        """Width of every group by id: the free ones from ``widths``, those that follow another
+        from their parent's, the others at original.
 
         ``widths`` may hold ints or (for DMCP) differentiable scalars.
         """
         full: list = [g.width for g in self.graph.groups]
         for gid, w in zip(self.free, widths):
             full[gid] = w
-        return full
+        return follow_widths(self.graph, full)
 
     # -- index and unit-cube encodings -----------------------------------------------------
     def index(self, widths: Sequence[int]) -> tuple[int, ...]:

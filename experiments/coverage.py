@@ -82,11 +82,13 @@ def one(name: str, size: int, train: bool = False) -> dict:
         return row
     row["trace_s"] = round(time.perf_counter() - t, 2)
     graph = space.graph
-    free = set(space.free)
+    # A conv is frozen when its output channels never shrink: neither free nor following a free group.
+    narrowest = space.full_widths(space.min_widths())
     convs = [l for l in graph.layers if l.kind == "conv"]
     row["free"] = len(space)
     row["convs"] = len(convs)
-    row["frozen"] = sum(1 for l in convs if (l.in_layout[0] if l.depthwise else l.out_group) not in free)
+    out_group = [l.in_layout[0] if l.depthwise else l.out_group for l in convs]
+    row["frozen"] = sum(1 for g in out_group if narrowest[g] == graph.groups[g].width)
     row["leaves"] = [f"{f.path} ({f.kind})" for f in graph.frozen]
     full, half = space.max_widths(), space.uniform(0.5)
     meta = copy.deepcopy(model).to("meta")

@@ -30,13 +30,17 @@ def check_pruned(model: nn.Module, shape, widths=None, *, space=None, zero_maski
     assert params(space, widths) == sum(p.numel() for p in pruned.parameters())
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out, full = pruned(x), model(x)
-        assert out.shape == full.shape
+        outs, fulls = _tensors(pruned(x)), _tensors(model(x))  # a detector returns several maps
+        assert [o.shape for o in outs] == [f.shape for f in fulls]
         if zero_masking:
-            ref = zero_dropped(model, space, widths).eval()(x)
-            assert ref.abs().max() > 0.1
-            torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+            for out, ref in zip(outs, _tensors(zero_dropped(model, space, widths).eval()(x))):
+                assert ref.abs().max() > 0.1
+                torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     return space
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 # -- grouped convolutions ------------------------------------------------------------------

@@ -111,23 +111,23 @@ def test_grouped_conv_with_one_channel_per_group_is_not_searchable():
     assert g.groups[1].blocks == 8 and space.choices == ((8, 16),)
 
 
-class _ChannelSlice(nn.Module):
+class _ChannelPick(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
 
     def forward(self, x):
-        return self.conv(x)[:, :4]
+        return self.conv(x)[:, 2]
 
 
-class _Chunk(nn.Module):
+class _SplitViewPermute(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 8, 3)
 
     def forward(self, x):
-        a, b = torch.chunk(self.conv(x), 2, dim=1)
-        return a * b
+        y = self.conv(x)
+        return y.view(y.size(0), 2, 4, 6, 6).permute(0, 1, 3, 2, 4)
 
 
 class _Unknown(nn.Module):
@@ -150,8 +150,8 @@ class _Shared(nn.Module):
 
 
 @pytest.mark.parametrize("model,needle", [
-    (_ChannelSlice(), "getitem"),
-    (_Chunk(), "chunk"),
+    (_ChannelPick(), "picks single channels"),
+    (_SplitViewPermute(), "channels split by a view"),
     (_Unknown(), "InstanceNorm2d"),
     (_Shared(), "more than once"),
 ])

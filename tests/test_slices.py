@@ -1,0 +1,320 @@
+"""Channel slices, chunks, splits and shuffles: each traces, its analytic MACs equal a hook
+count of the pruned model, and surgery computes what the zero-masked original computes.
+Ends with a small YOLO-style detector (C2f blocks, SPPF, an upsampling neck, three heads)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import randomize
+from test_cost import hook_macs_and_thop
+from test_families import check_pruned
+
+from autoprune.cost import macs
+from autoprune.graph import trace
+from autoprune.models import create_model
+from autoprune.profile import axes
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise, zero_dropped
+
+
+def _conv(cin, cout, k=1, s=1, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.SiLU())
+
+
+def _by_name(space):
+    return {g.name: g for g in space.graph.groups}
+
+
+# -- constant slices -----------------------------------------------------------------------
+
+class _Ghost(nn.Module):
+    """GhostNet's module: half the outputs from a conv, half from a depthwise conv of those,
+    concatenated and cut to ``oup`` (the whole tensor unless ``oup`` is odd)."""
+
+    def __init__(self, cin, oup):
+        super().__init__()
+        init = (oup + 1) // 2
+        self.oup = oup
+        self.primary = _conv(cin, init)
+        self.cheap = _conv(init, init, 3, groups=init)
+
+    def forward(self, x):
+        y = self.primary(x)
+        return torch.cat([y, self.cheap(y)], dim=1)[:, :self.oup]
+
+
+class _GhostNet(nn.Module):
+    def __init__(self, oup=16):
+        super().__init__()
+        self.stem = _conv(3, oup, 3)
+        self.ghost1 = _Ghost(oup, 24)
+        self.ghost2 = _Ghost(24, oup)
+        self.head = nn.Conv2d(oup, 5, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.ghost2(self.ghost1(x)))  # a residual over a concatenation
+
+
+def test_ghost_slice_of_the_whole_tensor_and_tiled_residual_stay_searchable():
+    space = check_pruned(_GhostNet(16), (3, 8, 8))
+    by = _by_name(space)
+    # the stem's output is added to cat([y, cheap(y)]): it follows ghost2's conv, copy by copy
+    assert by["stem.0"].follows.kind == "tile" and by["stem.0"].follows.parent == by["ghost2.primary.0"].id
+    assert {"ghost1.primary.0", "ghost2.primary.0"} <= set(space.names)
+
+
+def test_ghost_slice_inside_a_group_freezes_it():
+    space = check_pruned(_GhostNet(15), (3, 8, 8))  # ghost2 makes 16 channels and keeps 15
+    by = _by_name(space)
+    assert by["ghost2.primary.0"].fixed and "ghost1.primary.0" in space.names
+
+
+class _Tail(nn.Module):
+    """Slices at constant offsets: what comes before an offset keeps its width."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _conv(3, 8), _conv(3, 16)
+        self.c = nn.Conv2d(16, 4, 1)
+        self.d = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], dim=1)
+        return self.c(y[:, 8:])[:, :, 2:6, 2:6] + self.d(y[..., 2:6, :][:, :, :, 2:6])  # spatial slices keep channels
+
+
+def test_slice_from_a_group_boundary_to_the_end_keeps_the_tail_searchable():
+    space = check_pruned(_Tail(), (3, 8, 8))
+    by = _by_name(space)
+    assert by["a.0"].fixed and space.names == ("b.0",)
+
+
+# -- chunk and split: CSP / C2f ------------------------------------------------------------
+
+class _Bottleneck(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.cv1, self.cv2 = _conv(c, c, 3), _conv(c, c, 3)
+
+    def forward(self, x):
+        return x + self.cv2(self.cv1(x))
+
+
+class _C2f(nn.Module):
+    """YOLOv8's C2f: a conv, its output cut in two, a chain of bottlenecks on the second
+    half, every part concatenated. ``split`` cuts at constant offsets, ``chunk`` in halves."""
+
+    def __init__(self, cin, cout, n=2, cut="chunk"):
+        super().__init__()
+        self.c, self.cut = cout // 2, cut
+        self.cv1 = _conv(cin, 2 * self.c)
+        self.m = nn.ModuleList(_Bottleneck(self.c) for _ in range(n))
+        self.cv2 = _conv((2 + n) * self.c, cout)
+
+    def forward(self, x):
+        if self.cut == "chunk":
+            a, b = self.cv1(x).chunk(2, 1)
+        elif self.cut == "torch.split":
+            a, b = torch.split(self.cv1(x), self.c, dim=1)
+        else:
+            a, b = self.cv1(x).split((self.c, self.c), 1)
+        y = [a, b]
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+def test_c2f_chunk_prunes_both_halves_alike():
+    model = nn.Sequential(_conv(3, 16, 3), _C2f(16, 16, cut="chunk"), nn.Conv2d(16, 4, 1))
+    space = check_pruned(model, (3, 8, 8))
+    cv1 = _by_name(space)["1.cv1.0"]
+    assert not cv1.fixed and cv1.blocks == 2 and all(w % 2 == 0 for w in space.choices[space.names.index("1.cv1.0")])
+    # the second half carries the bottlenecks' residual group: it follows cv1's second half
+    tail = _by_name(space)["1.m.0.cv2.0"]
+    part = space.graph.groups[tail.follows.parent]
+    assert (tail.follows.kind, tail.follows.index, tail.follows.count) == ("part", 1, 2) and part.id == cv1.id
+    pruned = materialise(randomize(model), space, space.uniform(0.5))
+    assert pruned[1].cv2[0].in_channels == 4 * pruned[1].m[0].cv2[0].out_channels
+
+
+@pytest.mark.parametrize("cut", ["split", "torch.split"])
+def test_c2f_split_at_constant_offsets_keeps_cv1_whole(cut):
+    model = nn.Sequential(_conv(3, 16, 3), _C2f(16, 16, cut=cut), nn.Conv2d(16, 4, 1))
+    space = check_pruned(model, (3, 8, 8))
+    by = _by_name(space)
+    # the cut falls inside cv1's group: cv1 and both halves keep their widths
+    assert by["1.cv1.0"].fixed and by["1.m.0.cv2.0"].fixed and "1.m.0.cv1.0" in space.names
+
+
+def test_chunk_of_a_concatenation_couples_its_halves():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _conv(3, 8), _conv(3, 8)
+            self.c = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.cat([self.a(x), self.b(x)], 1).chunk(2, dim=1)
+            return self.c(p + 2 * q)
+
+    space = check_pruned(Net(), (3, 8, 8))
+    assert space.names == ("a.0",) and set(space.groups[0].producers) == {"a.0", "b.0"}
+
+
+def test_chunk_parts_that_meet_each_other_are_frozen():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = _conv(3, 8)
+            self.c = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            p, q = self.a(x).chunk(2, 1)
+            return self.c(p * q)  # two different halves as the same channels: not prunable alike
+
+    g = trace(Net(), (3, 8, 8))
+    assert all(x.fixed for x in g.groups)
+
+
+# -- channel shuffle -----------------------------------------------------------------------
+
+def _shuffle(x, groups):
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, c, h, w)
+
+
+class _ShuffleBlock(nn.Module):
+    def __init__(self, c, down):
+        super().__init__()
+        self.down = down
+        half = c // 2
+        self.left = nn.Sequential(_conv(c, c, 3, 2, groups=c), _conv(c, half)) if down else None
+        self.right = nn.Sequential(_conv(c if down else half, half), _conv(half, half, 3, 2 if down else 1, groups=half),
+                                   _conv(half, half))
+
+    def forward(self, x):
+        if self.down:
+            out = torch.cat((self.left(x), self.right(x)), dim=1)
+        else:
+            a, b = x.chunk(2, dim=1)
+            out = torch.cat((a, self.right(b)), dim=1)
+        return _shuffle(out, 2)
+
+
+def test_channel_shuffle_couples_the_runs_it_interleaves():
+    model = nn.Sequential(_conv(3, 16, 3), _ShuffleBlock(16, True), _ShuffleBlock(16, False),
+                          nn.Conv2d(16, 4, 1))
+    space = check_pruned(model, (3, 16, 16))
+    by = _by_name(space)
+    left = by["1.left.1.0"]  # both branches of the downsampling block: one group, pruned alike
+    assert not left.fixed and "1.right.2.0" in left.producers and left.blocks == 2
+    assert by["2.right.2.0"].follows.kind == "part"  # the pass-through half of the next block
+    assert any(g.follows is not None and g.follows.kind == "repeat" for g in space.graph.groups)
+
+
+def test_channel_shuffle_of_one_group_freezes_it():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = _conv(3, 8), _conv(8, 16), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c(_shuffle(self.b(self.a(x)), 4))
+
+    space = check_pruned(Net(), (3, 8, 8))
+    assert space.names == ("a.0",) and _by_name(space)["b.0"].fixed
+
+
+def test_torchvision_shufflenet_v2(one_thread):
+    space = check_pruned(create_model("tv:shufflenet_v2_x1_0"), (3, 32, 32))
+    assert len(space) >= 16
+    assert macs(space, space.uniform(0.5)) <= 0.5 * macs(space, space.max_widths())
+
+
+def test_timm_ghostnet(one_thread):
+    pytest.importorskip("timm")
+    model = randomize(create_model("timm:ghostnet_100")).eval()
+    # its logits reach the hundreds: zero-masking is compared in float64 below
+    space = check_pruned(model, (3, 32, 32), zero_masking=False)
+    assert len(space) >= 30
+    half = space.uniform(0.5)
+    assert macs(space, half) <= 0.35 * macs(space, space.max_widths())
+    pruned, ref = materialise(model, space, half).double().eval(), zero_dropped(model, space, half).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), ref(x), atol=1e-8, rtol=1e-8)
+
+
+# -- a YOLO-style detector -----------------------------------------------------------------
+
+class _SPPF(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.cv1 = _conv(cin, cin // 2)
+        self.cv2 = _conv(cin * 2, cout)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+
+    def forward(self, x):
+        y = [self.cv1(x)]
+        for _ in range(3):
+            y.append(self.pool(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class _TinyYolo(nn.Module):
+    """Backbone of strided convs and C2f blocks, SPPF, an upsampling neck that concatenates
+    the scales, and one head per scale: returns three maps."""
+
+    def __init__(self, outputs=6, w=8):
+        super().__init__()
+        self.stem = _conv(3, w, 3, 2)
+        self.s1 = nn.Sequential(_conv(w, 2 * w, 3, 2), _C2f(2 * w, 2 * w, 1))
+        self.s2 = nn.Sequential(_conv(2 * w, 4 * w, 3, 2), _C2f(4 * w, 4 * w, 2, cut="split"))
+        self.s3 = nn.Sequential(_conv(4 * w, 8 * w, 3, 2), _C2f(8 * w, 8 * w, 1), _SPPF(8 * w, 8 * w))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.n2 = _C2f(12 * w, 4 * w, 1)
+        self.n1 = _C2f(6 * w, 2 * w, 1)
+        self.heads = nn.ModuleList(nn.Conv2d(c, outputs, 1) for c in (2 * w, 4 * w, 8 * w))
+
+    def forward(self, x):
+        p1 = self.s1(self.stem(x))
+        p2 = self.s2(p1)
+        p3 = self.s3(p2)
+        n2 = self.n2(torch.cat([self.up(p3), p2], 1))
+        n1 = self.n1(torch.cat([F.interpolate(n2, scale_factor=2.0), p1], 1))
+        return [head(f) for head, f in zip(self.heads, (n1, n2, p3))]
+
+
+def test_yolo_style_detector_traces_prunes_and_keeps_its_outputs(one_thread):
+    model = randomize(_TinyYolo()).eval()
+    shape = (3, 64, 64)
+    space = SearchSpace.from_model(model, shape)
+    assert len(space) >= 10  # the strided convs, the C2f halves, the bottlenecks' inner convs, the necks
+    by = _by_name(space)
+    assert not by["s1.1.cv1.0"].fixed and by["s2.1.cv1.0"].fixed  # chunk vs split at constant offsets
+    for widths in (space.max_widths(), space.uniform(0.5)):
+        pruned = materialise(copy.deepcopy(model).to("meta"), space, widths, keep="first")
+        with torch.no_grad():
+            counted, _ = hook_macs_and_thop(pruned, shape)
+        assert counted == macs(space, widths)
+    assert macs(space, space.uniform(0.5)) <= 0.5 * macs(space, space.max_widths())
+    # surgery equals zero-masking, output shapes kept (at 0.75: at 0.5 the maps are too faint to tell)
+    check_pruned(model, shape, space.uniform(0.75), space=space)
+    outs = materialise(model, space, space.uniform(0.5))(torch.randn(1, *shape))
+    assert [tuple(o.shape) for o in outs] == [(1, 6, 16, 16), (1, 6, 8, 8), (1, 6, 4, 4)]
+
+
+def test_latency_grid_spans_a_follower_s_range():
+    model = nn.Sequential(_conv(3, 16, 3), _C2f(16, 16, cut="chunk"), nn.Conv2d(16, 4, 1))
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    layer = next(l for l in space.graph.layers if l.name == "1.m.0.cv2.0")  # its output follows cv1's half
+    assert space.graph.groups[layer.out_group].follows is not None
+    _, outs = axes(space, layer, grid=4)
+    assert len(outs) == 4 and outs[-1] == 8 and outs[0] < 8
