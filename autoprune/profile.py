@@ -370,6 +370,46 @@ def measure_model(model: nn.Module, input_shape: Sequence[int], *, device="cpu",
     return time_module(copy.deepcopy(model), x, device, DTYPES[dtype], channels_last, timer, {"what": "model"})
 
 
+def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: TableConfig | None = None, *,
+              step: int | None = None, timer: TimerFn | None = None, progress: bool = False) -> list[tuple[int, float]]:
+    """(output width, ms) of one conv or linear layer at every ``step``-th output width from
+    ``step`` to its full width (default: about 64 widths), its input at full width, timed
+    with what follows it in the model and the settings of ``config``. On most devices the
+    curve is a staircase: widths just past a multiple of the hardware's vector or tile width
+    cost as much as the next multiple, which is why the search space rounds widths."""
+    config = config or TableConfig()
+    layers = {layer.name: layer for layer in space.graph.layers if layer.kind in ("conv", "linear")}
+    if layer_name not in layers:
+        shown = ", ".join(list(layers)[:6])
+        raise AutopruneError(f"layer '{layer_name}' is not a conv or linear layer of the model; some that are: {shown}")
+    layer = layers[layer_name]
+    if layer.depthwise:
+        raise AutopruneError(f"layer '{layer_name}' is depthwise: its output width is its input width")
+    full = space.graph.groups[layer.out_group].width
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise AutopruneError(f"staircase step must be a positive integer, got {step!r}")
+    step = step or max(1, full // 64)
+    device = resolve_device(config.device)
+    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats)
+    follow = chains(model, space).get(layer_name) or []
+    cin = sum(space.graph.groups[g].width for g in layer.in_layout)
+    x = torch.randn(config.batch_size, *_layer_input(input_shapes(model, space)[layer_name], layer, cin)[1:])
+    dtype = DTYPES[config.resolved_dtype(device)]
+    out = []
+    bar = progress_bar(full // step, "staircase", progress)
+    try:
+        for cout in range(step, full + 1, step):
+            module = layer_module(model, layer, follow, cin, cout)
+            info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
+            out.append((cout, round(time_module(module, x, device, dtype, config.channels_last, timer, info), 6)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
 def measure_widths(table: LatencyTable, model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
                    timer: TimerFn | None = None) -> float:
     """Measured milliseconds of ``model`` pruned to ``widths``, with the settings ``table``

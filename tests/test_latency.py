@@ -281,3 +281,46 @@ def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)] if argv[0] == "search" else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("autoprune: error:") and message in err and err.count("\n") == 1
+
+
+def test_staircase_times_every_step_of_one_layer(model, space):
+    rows = profile.staircase(model, space, "layer1.0.conv1", TableConfig(device="cpu"), step=4, timer=FakeTimer())
+    layer = next(l for l in space.graph.layers if l.name == "layer1.0.conv1")
+    assert [w for w, _ in rows] == list(range(4, 17, 4))
+    assert [ms for _, ms in rows] == [pytest.approx(layer_ms(layer, 16, w), abs=1e-6) for w in range(4, 17, 4)]
+
+
+@pytest.mark.parametrize("layer, step, message", [
+    ("bn1", None, "not a conv or linear layer"), ("layer1.0.conv1", 0, "step must be a positive integer"),
+])
+def test_staircase_refuses_what_it_cannot_time(model, space, layer, step, message):
+    with pytest.raises(autoprune.errors.AutopruneError, match=message):
+        profile.staircase(model, space, layer, step=step, timer=FakeTimer())
+
+
+def test_cli_staircase_prints_every_width_and_plots(tmp_path, capsys):
+    png = tmp_path / "stairs.png"
+    argv = ["latency-table", "--model", "resnet20", "--device", "cpu", "--repeats", "1", "--threads", "1",
+            "--staircase", "conv1", "--step", "8", "--json", "--plot", str(png)]
+    assert main(argv) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["widths"] == [8, 16] and len(row["ms"]) == 2 and all(ms > 0 for ms in row["ms"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_show_latency_puts_the_measured_ratio_beside_the_macs(tmp_path, capsys, space):
+    from autoprune.arch import make_arch, save_arch
+
+    arch = make_arch("resnet20", {"num_classes": 10}, space, space.uniform(0.5))
+    path = save_arch(arch, tmp_path / "arch.json")
+    assert main(["show", str(path), "--latency", "--device", "cpu", "--batch-sizes", "1", "2", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[lines.index(next(x for x in lines if x.strip().startswith("batch"))) + 1:]]
+    assert [r[0] for r in rows] == ["1", "2"]
+    for r in rows:
+        base, pruned, ratio, macs_ratio = map(float, r[1:])
+        assert ratio == pytest.approx(pruned / base, abs=2e-3)
+        assert macs_ratio == pytest.approx(arch["macs"]["pruned"] / arch["macs"]["base"], abs=1e-3)
+    assert main(["show", str(path), "--latency", "--batch-sizes", "0"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autoprune.errors import AutopruneError
+from autoprune.files import atomic_write
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.space import SearchSpace
 
@@ -31,3 +33,25 @@ def model_and_space(args):
     space = SearchSpace.from_model(model, (channels, size, size), model_name=args.model, space_file=args.space,
                                    round_to=args.round_to, min_ratio=args.min_ratio)
     return args.model, kwargs, model, space
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; AutopruneError naming the extra when
+    matplotlib is missing."""
+    try:  # deferred on purpose: matplotlib is an optional extra, needed for --plot only
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise AutopruneError("--plot needs matplotlib: pip install 'autoprune[plot]'") from None
+    return plt
+
+
+def save_figure(plt, fig, path: str) -> None:
+    """Write ``fig`` as a PNG atomically (never a half-written file) and close it."""
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    finally:
+        plt.close(fig)

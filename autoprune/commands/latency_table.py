@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from autoprune.commands.common import add_model_args, model_and_space
+from autoprune.commands.common import add_model_args, model_and_space, pyplot, save_figure
 from autoprune.latency import predict
-from autoprune.profile import DTYPES, TableConfig, latency_table, set_threads
+from autoprune.profile import DTYPES, TableConfig, latency_table, set_threads, staircase
 
 
 def register(sub) -> None:
@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="measure again even when the cache holds the table")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--staircase", default=None, metavar="LAYER",
+                   help="instead of the table, time one conv/linear layer at every --step-th output width")
+    p.add_argument("--step", type=int, default=None, help="with --staircase: width step (default: about 64 widths)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="with --staircase: draw latency against width")
     p.set_defaults(func=run)
 
 
@@ -43,6 +47,8 @@ def run(args) -> int:
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype,
                          channels_last=args.channels_last, grid=args.grid, repeats=args.repeats,
                          cache_dir=args.cache_dir, force=args.force)
+    if args.staircase:
+        return run_staircase(args, model, space, config)
     table, path = latency_table(model, space, config, progress=not (args.json or args.no_progress))
     k = table.key
     row = {"model": args.model, "table": table.id, "file": str(path), "device": k["device"],
@@ -61,4 +67,27 @@ def run(args) -> int:
     print(f"smallest    {row['predicted_min_ms']:.3f} ms predicted "
           f"({row['predicted_min_ms'] / table.model_ms:.3f} of the full model)")
     print(f"entries     {row['layers']} layers, {row['measurements']} timings")
+    return 0
+
+
+def run_staircase(args, model, space, config: TableConfig) -> int:
+    rows = staircase(model, space, args.staircase, config, step=args.step,
+                     progress=not (args.json or args.no_progress))
+    if args.json:
+        print(json.dumps({"model": args.model, "layer": args.staircase, "batch_size": config.batch_size,
+                          "widths": [w for w, _ in rows], "ms": [ms for _, ms in rows]}))
+    else:
+        print(f"{'width':>6}  {'ms':>10}")
+        for w, ms in rows:
+            print(f"{w:>6}  {ms:>10.4f}")
+    if args.plot:
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.step([w for w, _ in rows], [ms for _, ms in rows], where="post")
+        ax.set_xlabel("output channels")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{args.model} {args.staircase}, batch {config.batch_size}")
+        save_figure(plt, fig, args.plot)
+        if not args.json:
+            print(f"wrote {args.plot}")
     return 0

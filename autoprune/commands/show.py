@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from autoprune.arch import load_arch
+from autoprune.arch import arch_space, build, load_arch
+from autoprune.commands.common import pyplot, save_figure
 from autoprune.cost import human
 from autoprune.errors import AutopruneError
-from autoprune.files import atomic_write
+from autoprune.profile import DTYPES, Timer, measure_model, set_threads
+from autoprune.runtime import resolve_device
 
 
 def register(sub) -> None:
     p = sub.add_parser("show", help="table of an architecture JSON's widths")
     p.add_argument("arch", help="architecture JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="also draw kept vs original widths per group")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure the pruned model against the base on this device, beside the MACs ratio")
+    p.add_argument("--device", default=None, help="with --latency: cuda or cpu (default: cuda when available)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], metavar="B",
+                   help="with --latency: batch sizes to time at (default 1 64)")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="with --latency: dtype (default bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--threads", type=int, default=None, help="with --latency: CPU threads (default torch's)")
+    p.add_argument("--repeats", type=int, default=9, help="with --latency: timed runs; the median is kept")
     p.set_defaults(func=run)
 
 
@@ -27,20 +38,35 @@ def run(args) -> int:
     print(f"params {human(p['pruned'])} / {human(p['base'])} = {p['pruned'] / p['base']:.1%}")
     for f in arch.get("frozen", []):
         print(f"frozen {f['path']} ({f['class']}): {f['reason']}")
+    if args.latency:
+        report_latency(arch, args)
     if args.plot:
         plot_widths(arch, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
 
-def plot_widths(arch: dict, path: str) -> None:
-    try:  # deferred on purpose: matplotlib is an optional extra, needed for --plot only
-        import matplotlib
+def report_latency(arch: dict, args) -> None:
+    """Base and pruned model timed end to end at each batch size, with the ratio beside the MACs ratio."""
+    for b in args.batch_sizes:
+        if b < 1:
+            raise AutopruneError(f"--batch-sizes: {b} is not a positive batch size")
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    base, pruned = arch_space(arch)[0], build(arch)
+    timer = Timer(device, repeats=args.repeats)
+    macs_ratio = arch["macs"]["pruned"] / arch["macs"]["base"]
+    shape = arch["input_shape"]
+    print(f"latency on {device} ({dtype}), median of {args.repeats}:")
+    print(f"{'batch':>6}  {'base ms':>10}  {'pruned ms':>10}  {'latency':>8}  {'MACs':>6}")
+    for b in args.batch_sizes:
+        ms = [measure_model(m, shape, device=device, batch_size=b, dtype=dtype, timer=timer) for m in (base, pruned)]
+        print(f"{b:>6}  {ms[0]:>10.3f}  {ms[1]:>10.3f}  {ms[1] / ms[0]:>8.3f}  {macs_ratio:>6.3f}")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise AutopruneError("--plot needs matplotlib: pip install 'autoprune[plot]'") from None
+
+def plot_widths(arch: dict, path: str) -> None:
+    plt = pyplot()
     groups = arch["groups"]
     x = range(len(groups))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups)), 4))
@@ -51,8 +77,4 @@ def plot_widths(arch: dict, path: str) -> None:
     ratio = arch["macs"]["pruned"] / arch["macs"]["base"]
     ax.set_title(f"{arch['model']['name']}: {ratio:.1%} of base MACs ({arch.get('method')})")
     ax.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
-    finally:
-        plt.close(fig)
+    save_figure(plt, fig, path)
