@@ -6,7 +6,8 @@ group (name, member layers, original and kept width), the width vector, MACs and
 base and pruned model, and how it was found (budget, method, seed, score, version).
 
 Schema ``autoprune.arch/2`` adds ``stripes``: per conv, the stripe mask of a stripe-pruned
-model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes. Only
+model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes and the
+removal of filters that keep none (derived from the masks, so ``widths`` stay full). Only
 files with stripes are written as ``/2``, so channel-only files stay readable by a reader of
 ``/1``; this reader reads both.
 
@@ -200,5 +201,5 @@ def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
     if "stripes" in arch:
         if given:
             model = materialise(model, space, arch["widths"], keep="first", fresh=True)
-        return export_stripes(model, arch_stripes(arch, model, space), fresh=given)
+        return export_stripes(model, space.graph, arch_stripes(arch, model, space), fresh=given)
     return materialise(model, space, arch["widths"], keep="first", fresh=given)
