@@ -316,7 +316,8 @@ class StripeConv2d(nn.Module):
         out = x.new_zeros(x.shape[0], self.out_channels, ho, wo)
         for k, (i, j) in enumerate(self.positions):
             shifted = x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-            out = out.index_add(1, getattr(self, f"filters{k}"), self.convs[k](shifted))
+            # in place: an out-of-place index_add copies the whole output once per kernel position
+            out.index_add_(1, getattr(self, f"filters{k}"), self.convs[k](shifted))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out

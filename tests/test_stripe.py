@@ -1,6 +1,8 @@
 """Stripe-wise pruning: the mask's cost against a hook count, the exported model against the
 masked one, the Filter Skeleton, and the exact budget."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -221,7 +223,7 @@ def test_budget_below_the_unprunable_layers_is_an_error(models):
         budget_mask(graph, full_masks(layers), 10)
 
 
-def test_masks_round_trip_through_arch_json(models, tmp_path):
+def test_masks_round_trip_through_arch_json(models, tmp_path, capsys):
     model, graph, layers = models("resnet20")
     masks = random_masks(layers, 0.4, 5)
     assert all(torch.equal(masks[n], m) for n, m in decode_masks(encode_masks(masks)).items())
@@ -239,6 +241,10 @@ def test_masks_round_trip_through_arch_json(models, tmp_path):
     assert all(torch.equal(convs[n].mask, masks[n][kept[out_group[n]]]) for n in masks)
     counted, _ = hook_macs_and_thop(fresh, SHAPE)
     assert counted == arch["macs"]["pruned"]
+    capsys.readouterr()
+    assert main(["flops", "--model", "resnet20", "--arch", str(path), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["macs"], row["params"]) == (arch["macs"]["pruned"], arch["params"]["pruned"])
     channel_only = make_arch("resnet20", {"num_classes": 10}, space, space.uniform(0.5))
     assert channel_only["schema"] == "autoprune.arch/1" and "stripes" not in channel_only
     bad = dict(arch, stripes={"conv1": {"shape": [16, 3, 3], "bits": "zz"}})
