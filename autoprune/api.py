@@ -143,7 +143,9 @@ class SearchResult:
             info = self.arch.get("search", {}).get("stripe", {})
             kept = sum(m["kept"] for m in self.arch["stripes"].values())
             total = sum(m["shape"][0] * m["shape"][1] * m["shape"][2] for m in self.arch["stripes"].values())
-            rows.append(("stripes", f"{kept} of {total} kept in {len(self.arch['stripes'])} convs"))
+            removed = info.get("removed_channels")
+            rows.append(("stripes", f"{kept} of {total} kept in {len(self.arch['stripes'])} convs"
+                                    + (f"; {removed} channels removed (filters with no stripe)" if removed else "")))
             whole = info.get("left_whole") or {}
             rows.append(("left whole", ", ".join(f"{n} ({why})" for n, why in whole.items()) or "-"))
         for i, f in enumerate(s["frozen"]):  # one line per submodule the tracer could not look into

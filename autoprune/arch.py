@@ -8,7 +8,8 @@ with submodules the tracer could not look into also lists them under ``frozen`` 
 class, reason); they are rebuilt as they are, at full width.
 
 Schema ``autoprune.arch/2`` adds ``stripes``: per conv, the stripe mask of a stripe-pruned
-model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes. Only
+model (see :mod:`autoprune.stripe`), whose MACs and params then count kept stripes and the
+removal of filters that keep none (derived from the masks, so ``widths`` stay full). Only
 files with stripes are written as ``/2``, so channel-only files stay readable by a reader of
 ``/1``; this reader reads both.
 
@@ -204,5 +205,5 @@ def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
     if "stripes" in arch:
         if given:
             model = materialise(model, space, arch["widths"], keep="first", fresh=True)
-        return export_stripes(model, arch_stripes(arch, model, space), fresh=given)
+        return export_stripes(model, space.graph, arch_stripes(arch, model, space), fresh=given)
     return materialise(model, space, arch["widths"], keep="first", fresh=given)

@@ -9,22 +9,32 @@ and listed by :func:`stripe_layers` with the reason.
 
 Structure, cost and export live here, as for channel widths:
 
+* A filter that keeps no stripe is a pruned channel (:func:`kept_channels`): its output
+  channel goes, with its BatchNorm channel and the consumers' input channels, as in channel
+  pruning. The channel goes whole, shift included: the conv's bias and the BatchNorm's
+  ``beta - mean·gamma/sqrt(var)`` are dropped, not folded into the consumers (a constant
+  map fed to a zero-padded conv is not a constant at the borders, so no bias could carry it
+  exactly); Meng et al.'s code zeroes the BatchNorm of such filters in the same way. In a
+  group that several layers produce (a residual stage) a channel goes only when its filter
+  is empty in every producer, and fixed groups keep every channel.
 * :func:`stripe_macs` and :func:`stripe_params` are pure functions of the traced graph and
-  the masks; the tests hold them equal to a hook count of the exported model.
-* :func:`export_stripes` turns each masked conv into a :class:`StripeConv2d`: the sum over
-  kept positions (i, j) of a 1×1 conv over the input channels, for the filters that keep
-  that stripe, applied to the input shifted by (i, j). Filters that keep no stripe compute
-  nothing and output their bias (zero without one), so the layer's output shape and the rest
-  of the network are unchanged.
+  the masks, removal included; the tests hold them equal to a hook count of the exported model.
+* :func:`export_stripes` removes those channels (:func:`autoprune.surgery.slice_channels`),
+  then turns each masked conv into a :class:`StripeConv2d`: the sum over kept positions
+  (i, j) of a 1×1 conv over the input channels, for the filters that keep that stripe,
+  applied to the input shifted by (i, j). A filter with no stripe that had to stay (its
+  channel is produced elsewhere too) outputs its bias, zero without one.
+* :func:`masked_copy` is the reference at full size: pruned stripes zeroed, removed
+  channels zeroed through their whole group (:func:`autoprune.surgery.zero_channels`).
 * :class:`FilterSkeleton` is the paper's learnable scalar per stripe, multiplied into the
   weights through ``torch.nn.utils.parametrize`` (the conv stays an ``nn.Conv2d``).
 * :func:`budget_mask` keeps the stripes of largest |FS| so that the MACs meet a budget exactly:
-  at most the budget, and within one stripe of it.
+  at most the budget, and the next stripe in that order would exceed it.
 """
 
 from __future__ import annotations
 
-import copy
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -35,10 +45,11 @@ from torch.nn.utils import parametrize
 from autoprune.cost import layer_macs, layer_params
 from autoprune.errors import ArchError, BudgetError
 from autoprune.graph import ChannelGraph
+from autoprune.surgery import slice_channels, zero_channels
 
 __all__ = [
     "FilterSkeleton", "StripeConv2d", "StripeLayers", "budget_mask", "decode_masks", "encode_masks", "export_stripes",
-    "fold_skeleton", "full_masks", "insert_skeleton", "masked_copy", "skeleton_penalty", "skeleton_values",
+    "fold_skeleton", "full_masks", "insert_skeleton", "kept_channels", "masked_copy", "skeleton_penalty", "skeleton_values",
     "stripe_layers", "stripe_macs", "stripe_params",
 ]
 
@@ -82,41 +93,67 @@ def full_masks(layers: StripeLayers) -> dict[str, torch.Tensor]:
     return {name: torch.ones(shape, dtype=torch.bool) for name, shape in layers.shapes.items()}
 
 
+# -- filters that keep no stripe --------------------------------------------------------------
+
+def kept_channels(graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Sorted indices of the channels each group keeps once filters with no stripe are removed.
+
+    A channel goes only when nothing produces it: its group is free (not fixed, one block),
+    every producer of the group is a masked conv, and each of their filters for that channel
+    keeps no stripe. A group that would lose every channel keeps its first, so that the
+    model stays a model (that channel then carries its BatchNorm's constant).
+    """
+    out = {}
+    for g in graph.groups:
+        out[g.id] = torch.arange(g.width)
+        if g.fixed or g.blocks > 1 or not g.producers or not all(p in masks for p in g.producers):
+            continue
+        alive = torch.zeros(g.width, dtype=torch.bool)
+        for p in g.producers:
+            alive |= masks[p].detach().cpu().flatten(1).any(1)
+        if not alive.any():
+            alive[0] = True
+        out[g.id] = alive.nonzero().flatten()
+    return out
+
+
+def _kept_widths(graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> dict[int, int]:
+    return {gid: len(idx) for gid, idx in kept_channels(graph, masks).items()}
+
+
 # -- cost ----------------------------------------------------------------------------------
 
-def _widths(graph: ChannelGraph) -> dict[int, int]:
-    return {g.id: g.width for g in graph.groups}
-
-
-def _stripe_cost(layer, full) -> int:
+def _stripe_cost(layer, widths) -> int:
     """MACs of one kept stripe: one multiply-accumulate per input channel and output position."""
-    return layer.out_positions * sum(full[g] for g in layer.in_layout)
+    return layer.out_positions * sum(widths[g] for g in layer.in_layout)
 
 
 def stripe_macs(graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> int:
-    """Conv/Linear MACs of the model with the stripes of ``masks`` kept (batch 1)."""
-    full = _widths(graph)
+    """Conv/Linear MACs of the model with the stripes of ``masks`` kept (batch 1), the
+    channels of filters with no stripe removed (:func:`kept_channels`)."""
+    widths = _kept_widths(graph, masks)
     total = graph.other_macs
     for layer in graph.layers:
         if layer.name in masks:
-            total += _stripe_cost(layer, full) * int(masks[layer.name].sum())
+            total += _stripe_cost(layer, widths) * int(masks[layer.name].sum())
         else:
-            total += int(layer_macs(layer, full))
+            total += int(layer_macs(layer, widths))
     return total
 
 
 def stripe_params(graph: ChannelGraph, masks: dict[str, torch.Tensor], bias: dict[str, bool] | None = None) -> int:
-    """Parameters of the stripe-pruned model: kept stripes (plus biases) in masked convs,
-    everything else whole. ``bias`` says which masked convs have a bias (default: the trace's)."""
-    full = _widths(graph)
+    """Parameters of the stripe-pruned model: kept stripes (plus biases of kept filters) in
+    masked convs, every other layer at the widths left by :func:`kept_channels`. ``bias``
+    says which masked convs have a bias (default: the trace's)."""
+    widths = _kept_widths(graph, masks)
     total = graph.other_params
     for layer in graph.layers:
         if layer.name in masks:
             has_bias = layer.bias if bias is None else bias[layer.name]
-            mask = masks[layer.name]
-            total += sum(full[g] for g in layer.in_layout) * int(mask.sum()) + (mask.shape[0] if has_bias else 0)
+            total += (sum(widths[g] for g in layer.in_layout) * int(masks[layer.name].sum())
+                      + (widths[layer.out_group] if has_bias else 0))
         else:
-            total += int(layer_params(layer, full))
+            total += int(layer_params(layer, widths))
     return total
 
 
@@ -127,36 +164,35 @@ def budget_mask(graph: ChannelGraph, scores: dict[str, torch.Tensor], max_macs: 
     """Keep the stripes of largest ``|scores|`` whose MACs fit ``max_macs``; (masks, info).
 
     Stripes are ranked by magnitude over all layers (ties by position, so the result is
-    deterministic); the cumulative MACs of that order are bisected for the longest prefix
-    within the budget. The result is at most ``max_macs`` and within one stripe of it, unless
+    deterministic); the longest prefix of that order whose :func:`stripe_macs` fits the
+    budget is found by bisection (MACs never fall as a stripe is added, removed channels
+    included). The result is at most ``max_macs`` and the next stripe would exceed it, unless
     ``floor`` binds: stripes with magnitude ≤ ``floor`` (the paper's fixed threshold) are
     pruned whatever the budget. BudgetError when the unprunable layers alone exceed it.
     """
-    full = _widths(graph)
     layers = [layer for layer in graph.layers if layer.name in scores]
-    fixed = stripe_macs(graph, {layer.name: torch.zeros_like(scores[layer.name], dtype=torch.bool)
-                                for layer in layers})
+    shapes = [scores[layer.name].shape for layer in layers]
+    values = torch.cat([scores[layer.name].detach().double().abs().flatten().cpu() for layer in layers])
+    order = torch.sort(-values, stable=True).indices
+
+    def prefix(k: int) -> dict[str, torch.Tensor]:
+        keep = torch.zeros(len(values), dtype=torch.bool)
+        keep[order[:k]] = True
+        parts = torch.split(keep, [s.numel() for s in shapes])
+        return {layer.name: part.view(shape).clone() for layer, part, shape in zip(layers, parts, shapes)}
+
+    fixed = stripe_macs(graph, prefix(0))
     if fixed > max_macs:
         raise BudgetError(f"the layers stripes cannot be pruned in need {fixed} MACs, above the budget of "
                           f"{int(max_macs)}")
-    values = torch.cat([scores[layer.name].detach().abs().flatten().double().cpu() for layer in layers])
-    costs = torch.cat([torch.full((scores[layer.name].numel(),), _stripe_cost(layer, full), dtype=torch.long)
-                       for layer in layers])
-    order = torch.sort(-values, stable=True).indices
-    cum = torch.cumsum(costs[order], 0)
-    k = int(torch.searchsorted(cum, torch.tensor(int(max_macs) - fixed), right=True))  # bisection
+    fits = bisect.bisect_right(range(len(values) + 1), int(max_macs), key=lambda k: stripe_macs(graph, prefix(k))) - 1
     by_floor = int((values > floor).sum())
-    kept_n = min(k, by_floor)
-    keep = torch.zeros(len(values), dtype=torch.bool)
-    keep[order[:kept_n]] = True
-    masks, start = {}, 0
-    for layer in layers:
-        n = scores[layer.name].numel()
-        masks[layer.name] = keep[start:start + n].view(scores[layer.name].shape).clone()
-        start += n
+    kept_n = min(fits, by_floor)
+    masks = prefix(kept_n)
     threshold = float(values[order[kept_n]]) if kept_n < len(values) else 0.0
     info = {"stripes": len(values), "kept": kept_n, "threshold": threshold, "floor": floor,
-            "floor_bound": by_floor < k, "macs": stripe_macs(graph, masks), "max_macs": int(max_macs)}
+            "floor_bound": by_floor < fits, "macs": stripe_macs(graph, masks), "max_macs": int(max_macs),
+            "removed_channels": sum(g.width - w for g, w in zip(graph.groups, _kept_widths(graph, masks).values()))}
     return masks, info
 
 
@@ -212,9 +248,10 @@ def fold_skeleton(model: nn.Module) -> nn.Module:
     return model
 
 
-def masked_copy(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """A copy of ``model`` whose pruned stripes are zero: what :func:`export_stripes` computes."""
-    out = copy.deepcopy(model)
+def masked_copy(model: nn.Module, graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` at full size whose pruned stripes are zero and whose removed
+    channels (:func:`kept_channels`) output zero: what :func:`export_stripes` computes."""
+    out = zero_channels(model, graph, kept_channels(graph, masks))
     with torch.no_grad():
         for name, mask in masks.items():
             w = out.get_submodule(name).weight
@@ -229,7 +266,8 @@ class StripeConv2d(nn.Module):
     keep stripe (i, j), of the zero-padded input shifted by (i, j) and strided like the conv.
 
     ``mask`` (out_channels, K_h, K_w) is kept as a buffer, so a state dict says what was pruned.
-    Only kept stripes are parameters; a filter with none outputs its bias (zero without one).
+    Only kept stripes are parameters; a filter with none outputs its bias (zero without one):
+    :func:`export_stripes` only leaves such a filter where another layer produces its channel.
     """
 
     def __init__(self, in_channels: int, mask: torch.Tensor, *, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
@@ -278,7 +316,8 @@ class StripeConv2d(nn.Module):
         out = x.new_zeros(x.shape[0], self.out_channels, ho, wo)
         for k, (i, j) in enumerate(self.positions):
             shifted = x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-            out = out.index_add(1, getattr(self, f"filters{k}"), self.convs[k](shifted))
+            # in place: an out-of-place index_add copies the whole output once per kernel position
+            out.index_add_(1, getattr(self, f"filters{k}"), self.convs[k](shifted))
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
@@ -288,16 +327,21 @@ class StripeConv2d(nn.Module):
                 f"stripes={int(self.mask.sum())}/{self.mask.numel()}, stride={self.stride}, padding={self.padding}")
 
 
-def export_stripes(model: nn.Module, masks: dict[str, torch.Tensor], *, fresh: bool = False) -> nn.Module:
-    """A copy of ``model`` with every conv in ``masks`` replaced by its :class:`StripeConv2d`.
+def export_stripes(model: nn.Module, graph: ChannelGraph, masks: dict[str, torch.Tensor], *,
+                   fresh: bool = False) -> nn.Module:
+    """A copy of ``model`` (traced as ``graph``) without the channels of filters that keep no
+    stripe (:func:`kept_channels`), and with every conv in ``masks`` replaced by its
+    :class:`StripeConv2d` over the filters left.
 
     The copy computes what :func:`masked_copy` computes (weights inherited); with
     ``fresh=True`` the stripe convs are re-initialised, for training from scratch.
     """
-    out = copy.deepcopy(model)
+    kept = kept_channels(graph, masks)
+    out = slice_channels(model, graph, kept)
+    out_group = {layer.name: layer.out_group for layer in graph.layers}
     for name, mask in masks.items():
         conv = out.get_submodule(name)
-        stripe = StripeConv2d.from_conv(conv, mask)
+        stripe = StripeConv2d.from_conv(conv, mask[kept[out_group[name]].to(mask.device)])
         if fresh:
             stripe.reset_parameters()
         parent, _, attr = name.rpartition(".")

@@ -136,6 +136,24 @@ def refit_consumers(pruned: nn.Module, model: nn.Module, graph: ChannelGraph, ke
             m.weight.copy_(w.reshape(m.weight.shape).to(m.weight.dtype))
 
 
+def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` that keeps, in every group id, the channels ``kept[id]`` (sorted
+    indices): every traced layer sliced to them; ``model`` is untouched. The core of
+    :func:`materialise`, for callers that choose the channels themselves (stripe pruning
+    removes the filters that keep no stripe)."""
+    pruned = _copy_sharing_layers(model, graph)
+    for layer in graph.layers:
+        spatial = layer.spatial if layer.kind == "linear" else 1
+        in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
+        if layer.kind == "scale":
+            _slice_scale(pruned, layer.name, in_idx)
+            continue
+        m = pruned.get_submodule(layer.name)
+        out_idx = kept[layer.out_group] if layer.out_group is not None else None
+        _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
+    return pruned
+
+
 def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
                 seed: int = 0, fresh: bool = False) -> nn.Module:
     """A pruned copy of ``model`` with the free groups at ``widths``; ``model`` is untouched.
@@ -150,16 +168,7 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
     graph = space.graph
     full = space.full_widths(widths)
     kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
-    pruned = _copy_sharing_layers(model, graph)
-    for layer in graph.layers:
-        spatial = layer.spatial if layer.kind == "linear" else 1
-        in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
-        if layer.kind == "scale":
-            _slice_scale(pruned, layer.name, in_idx)
-            continue
-        m = pruned.get_submodule(layer.name)
-        out_idx = kept[layer.out_group] if layer.out_group is not None else None
-        _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
+    pruned = slice_channels(model, graph, kept)
     if isinstance(keep, Scores) and keep.moments and not fresh:
         refit_consumers(pruned, model, graph, kept, keep.moments)
     if fresh:
@@ -181,8 +190,13 @@ def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
     """
     widths = space.validate(widths)
     graph = space.graph
-    full = space.full_widths(widths)
-    kept = keep_indices(model, graph, full, keep, seed)
+    kept = keep_indices(model, graph, space.full_widths(widths), keep, seed)
+    return zero_channels(model, graph, kept)
+
+
+def zero_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` at full width in which every channel outside ``kept`` outputs zero:
+    what :func:`slice_channels` computes (in eval mode), channel for channel."""
     dropped = {}
     for g in graph.groups:
         mask = torch.ones(g.width, dtype=torch.bool)

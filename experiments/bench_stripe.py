@@ -3,17 +3,21 @@
 For each budget: SP (``method="stripe"``) from a trained base, then channel pruning
 (``l1-global``, one-shot) at the MACs SP reached; both architectures retrained from scratch
 for the same epochs; test accuracy, params, MACs and measured latency (median of ``--reps``
-forward passes, batch 1 and 64) beside the dense model.
+forward passes, batch 1 and 64) beside the dense model. The base is pre-trained once (or
+read from ``--base``) and shared by every budget.
 
     python experiments/bench_stripe.py --model resnet20 --data-dir PATH_TO_CIFAR10 --limit 4000 \\
         --base-epochs 4 --retrain-epochs 4 --out runs/bench-stripe
 
-A GPU run is the same command with ``--device cuda`` and larger ``--limit`` and epochs.
+``--data-dir`` takes a torchvision CIFAR-10 folder or an ImageFolder tree / ``.tar.gz`` with
+``train/`` and ``test/``. On a CPU, ``--threads 1 --test-limit 1000`` keeps a run small. A GPU
+run is the same command with ``--device cuda`` and larger ``--limit`` and epochs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -52,6 +56,14 @@ def retrain(arch, data, epochs, device, seed):
     return model, split_accuracy(model, data, "test", device=device)
 
 
+def test_subset(data, n, seed=0):
+    """The data with a seeded subset of ``n`` test images (all of them when ``n`` is None)."""
+    if n is None or n >= data.num_examples("test"):
+        return data
+    idx = torch.randperm(data.num_examples("test"), generator=torch.Generator().manual_seed(seed))[:n]
+    return dataclasses.replace(data, test_x=data.test_x[idx], test_y=data.test_y[idx])
+
+
 def row(name, arch, model, acc, shape, reps, device):
     return {"model": name, "macs": arch["macs"]["pruned"], "macs_ratio": round(arch["macs"]["pruned"] / arch["macs"]["base"], 4),
             "params": arch["params"]["pruned"], "test_acc": round(acc, 4),
@@ -70,19 +82,29 @@ def main(argv=None):
     p.add_argument("--stripe-epochs", type=int, default=1)
     p.add_argument("--retrain-epochs", type=int, default=4)
     p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--test-limit", type=int, default=None, help="a seeded subset of the test split")
+    p.add_argument("--base", default=None, help="a trained base checkpoint (default: pre-train one)")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/bench-stripe")
     args = p.parse_args(argv)
     device, out = torch.device(args.device), Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = load_data("cifar10", args.data_dir, limit=args.limit, val_size=args.val_size, device=device)
+    data = test_subset(data, args.test_limit)
     shape = tuple(data.input_shape)
     start = time.perf_counter()
-    rows = []
+    rows, base, sp_info = [], args.base, {}
     for budget in args.budgets:
-        sp = autoprune.search(args.model, budget, "stripe", data, out=out / f"stripe-{budget}", device=args.device,
-                              pretrain_epochs=args.base_epochs, method_options={"epochs": args.stripe_epochs})
-        base = out / f"stripe-{budget}" / "base" / "model.pt"
+        sp = autoprune.search(args.model, budget, "stripe", data, base=base, out=out / f"stripe-{budget}",
+                              device=args.device, pretrain_epochs=args.base_epochs,
+                              method_options={"epochs": args.stripe_epochs})
+        base = base or out / f"stripe-{budget}" / "base" / "model.pt"
+        info = sp.arch["search"]["stripe"]
+        sp_info[budget] = {"val_score_inherited": sp.arch["score"], "empty_filters": info["empty_filters"],
+                           "removed_channels": info["removed_channels"], "skeleton_training": info["training"]}
         ch = autoprune.search(args.model, sp.arch["macs"]["pruned"], "l1-global", data, base=base,
                               out=out / f"channel-{budget}", device=args.device, objective="synthetic",
                               study=autoprune.StudyConfig(trials=1))
@@ -99,7 +121,8 @@ def main(argv=None):
             print(json.dumps(rows[-1]), flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": str(device),
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "args": vars(args), "seconds": round(time.perf_counter() - start, 1), "rows": rows}
+              "args": vars(args), "seconds": round(time.perf_counter() - start, 1), "rows": rows,
+              "stripe": sp_info}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

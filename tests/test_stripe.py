@@ -1,6 +1,8 @@
 """Stripe-wise pruning: the mask's cost against a hook count, the exported model against the
 masked one, the Filter Skeleton, and the exact budget."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -22,6 +24,7 @@ from autoprune.stripe import (
     fold_skeleton,
     full_masks,
     insert_skeleton,
+    kept_channels,
     masked_copy,
     skeleton_penalty,
     skeleton_values,
@@ -98,11 +101,11 @@ def test_exported_model_equals_masked_model_and_cost_equals_hook_count(name, mod
     shape = SHAPES.get(name, SHAPE)
     for seed, p in ((0, 0.5), (1, 0.15)):
         masks = random_masks(layers, p, seed)
-        exported = export_stripes(model, masks).eval()
+        exported = export_stripes(model, graph, masks).eval()
         assert sum(isinstance(m, StripeConv2d) for m in exported.modules()) == len(masks)
         x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
-            want, got = masked_copy(model, masks)(x), exported(x)
+            want, got = masked_copy(model, graph, masks)(x), exported(x)
         assert want.abs().max() > 0.1
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         counted, _ = hook_macs_and_thop(exported, shape)
@@ -110,6 +113,66 @@ def test_exported_model_equals_masked_model_and_cost_equals_hook_count(name, mod
         assert stripe_params(graph, masks) == sum(p.numel() for p in exported.parameters())
     space = SearchSpace.from_model(model, shape)
     assert stripe_macs(graph, full_masks(layers)) == base_macs(space)
+
+
+def check_exact(model, graph, masks, shape):
+    """The exported model equals the masked one, and its MACs and params the analytic counts."""
+    exported = export_stripes(model, graph, masks).eval()
+    x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want, got = masked_copy(model, graph, masks).eval()(x), exported(x)
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    counted, _ = hook_macs_and_thop(exported, shape)
+    assert stripe_macs(graph, masks) == counted
+    assert stripe_params(graph, masks) == sum(p.numel() for p in exported.parameters())
+    return exported
+
+
+def test_filters_with_no_stripe_are_removed_with_their_channel_in_a_vgg(models, one_thread):
+    model, graph, layers = models("vgg16")
+    masks = {n: torch.rand(s, generator=torch.Generator().manual_seed(2)) < 0.5 for n, s in layers.shapes.items()}
+    masks["features.0"][[0, 5]] = False
+    masks["features.3"][2] = False
+    last = list(masks)[-1]  # feeds the classifier through a flatten
+    masks[last][:3] = False
+    empty = {n: int((~m.flatten(1).any(1)).sum()) for n, m in masks.items()}
+    exported = check_exact(model, graph, masks, SHAPES["vgg16"])
+    f = exported.features
+    assert (f[0].out_channels, f[1].num_features, f[3].in_channels) == (64 - empty["features.0"],) * 3
+    assert f[3].out_channels == f[4].num_features == 64 - empty["features.3"]
+    assert exported.get_submodule(last).out_channels == 512 - empty[last]
+    assert exported.classifier[0].in_features == 512 - empty[last]
+    # the masked reference drops the whole channel, BatchNorm shift included
+    with torch.no_grad():
+        ref = masked_copy(model, graph, masks).eval()
+        x = torch.randn(2, *SHAPES["vgg16"])
+        assert float(ref.features[:2](x)[:, [0, 5]].abs().max()) == 0.0
+        assert float(model.features[:2](x)[:, [0, 5]].abs().max()) > 0.0
+
+
+def test_a_residual_channel_goes_only_when_every_producer_of_its_group_is_empty(models, one_thread):
+    model, graph, layers = models("resnet20")
+    masks = {n: torch.rand(s, generator=torch.Generator().manual_seed(4)) < 0.6 for n, s in layers.shapes.items()}
+    stage1 = ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]
+    for n in stage1:
+        masks[n][3] = False  # empty in every producer of the stage: removed
+        masks[n][4] = True
+    for n in stage1[:3]:
+        masks[n][4] = False  # empty in three producers out of four: kept
+    masks["layer1.0.conv1"][7] = False  # a group of its own: removed
+    masks["layer1.1.conv1"][:] = False  # every filter empty: the group keeps one channel
+    masks["layer2.0.conv2"][0] = False  # the 1x1 shortcut also produces this group: kept
+    widths = {g.name: len(kept_channels(graph, masks)[g.id]) for g in graph.groups}
+    own = {n: int((~masks[n].flatten(1).any(1)).sum()) for n in ("layer1.0.conv1", "layer1.2.conv1")}
+    assert widths["conv1"] == 15 and widths["layer1.1.conv1"] == 1 and widths["layer2.0.conv2"] == 32
+    assert widths["layer1.0.conv1"] == 16 - own["layer1.0.conv1"] and own["layer1.0.conv1"] >= 1
+    exported = check_exact(model, graph, masks, SHAPE)
+    assert exported.conv1.out_channels == exported.bn1.num_features == 15
+    assert exported.layer1[0].conv1.in_channels == exported.layer2[0].conv1.in_channels == 15
+    assert exported.layer2[0].shortcut[0].in_channels == 15
+    assert exported.layer1[1].conv2.in_channels == 1 and exported.layer1[0].conv2.out_channels == 15
+    assert exported.layer2[0].conv2.out_channels == 32
 
 
 def test_filter_skeleton_at_one_leaves_the_function_unchanged(models, one_thread):
@@ -139,13 +202,16 @@ def test_budget_is_met_exactly(ratio, models):
     max_macs = int(ratio * full)
     masks, info = budget_mask(graph, scores, max_macs)
     got = stripe_macs(graph, masks)
-    largest_stripe = max(layer.out_positions * model.get_submodule(layer.name).in_channels
-                         for layer in graph.layers if layer.name in layers.shapes)
-    assert got <= max_macs and max_macs - got < largest_stripe
-    assert info["macs"] == got and not info["floor_bound"]
+    assert got <= max_macs and info["macs"] == got and not info["floor_bound"]
     kept = torch.cat([scores[n][m] for n, m in masks.items()])
     dropped = torch.cat([scores[n][~m] for n, m in masks.items()])
     assert kept.min() >= info["threshold"] >= dropped.max()  # a global threshold on |FS|
+    # exact: keeping the best stripe left out would exceed the budget
+    name = max(masks, key=lambda n: float(scores[n][~masks[n]].max()))
+    one_more = {n: m.clone() for n, m in masks.items()}
+    one_more[name][scores[name] == scores[name][~masks[name]].max()] = True
+    assert stripe_macs(graph, one_more) > max_macs
+    assert info["removed_channels"] == sum(g.width - len(kept_channels(graph, masks)[g.id]) for g in graph.groups)
     # the paper's fixed threshold may prune more than the budget asks
     masks, info = budget_mask(graph, scores, full, floor=0.5)
     assert info["floor_bound"] and all(bool((scores[n][m] > 0.5).all()) for n, m in masks.items())
@@ -157,7 +223,7 @@ def test_budget_below_the_unprunable_layers_is_an_error(models):
         budget_mask(graph, full_masks(layers), 10)
 
 
-def test_masks_round_trip_through_arch_json(models, tmp_path):
+def test_masks_round_trip_through_arch_json(models, tmp_path, capsys):
     model, graph, layers = models("resnet20")
     masks = random_masks(layers, 0.4, 5)
     assert all(torch.equal(masks[n], m) for n, m in decode_masks(encode_masks(masks)).items())
@@ -169,9 +235,16 @@ def test_masks_round_trip_through_arch_json(models, tmp_path):
     again = load_arch(path)
     fresh = build(again)
     convs = {n: m for n, m in fresh.named_modules() if isinstance(m, StripeConv2d)}
-    assert set(convs) == set(masks) and all(torch.equal(convs[n].mask, masks[n]) for n in masks)
+    kept = kept_channels(graph, masks)
+    out_group = {layer.name: layer.out_group for layer in graph.layers}
+    assert set(convs) == set(masks)
+    assert all(torch.equal(convs[n].mask, masks[n][kept[out_group[n]]]) for n in masks)
     counted, _ = hook_macs_and_thop(fresh, SHAPE)
     assert counted == arch["macs"]["pruned"]
+    capsys.readouterr()
+    assert main(["flops", "--model", "resnet20", "--arch", str(path), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["macs"], row["params"]) == (arch["macs"]["pruned"], arch["params"]["pruned"])
     channel_only = make_arch("resnet20", {"num_classes": 10}, space, space.uniform(0.5))
     assert channel_only["schema"] == "autoprune.arch/1" and "stripes" not in channel_only
     bad = dict(arch, stripes={"conv1": {"shape": [16, 3, 3], "bits": "zz"}})

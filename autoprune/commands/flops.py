@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from autoprune.arch import arch_space, load_arch
+from autoprune.arch import arch_space, arch_stripes, load_arch
 from autoprune.commands.common import add_model_args, model_and_space
 from autoprune.cost import human, macs, params
 from autoprune.errors import ArchError
+from autoprune.stripe import stripe_macs, stripe_params
 
 
 def register(sub) -> None:
@@ -21,17 +22,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    masks = {}
     if args.arch:
         arch = load_arch(args.arch)
         if arch["model"]["name"] != args.model:
             raise ArchError(f"{args.arch} is for model '{arch['model']['name']}', not '{args.model}'")
-        _, space = arch_space(arch)
+        model, space = arch_space(arch)
         widths = tuple(arch["widths"])
+        masks = arch_stripes(arch, model, space)
     else:
         _, _, _, space = model_and_space(args)
         widths = space.max_widths()
     base_m, base_p = macs(space, space.max_widths()), params(space, space.max_widths())
     m, p = macs(space, widths), params(space, widths)
+    if masks:  # a stripe-pruned architecture: kept stripes, filters with none removed
+        m, p = stripe_macs(space.graph, masks), stripe_params(space.graph, masks)
     row = {"model": args.model, "input_shape": list(space.graph.input_shape), "macs": m, "flops": 2 * m,
            "params": p, "macs_ratio": m / base_m, "params_ratio": p / base_p, "free_groups": len(space)}
     row["frozen"] = [{"path": f.path, "class": f.kind, "reason": f.reason} for f in space.graph.frozen]

@@ -6,12 +6,13 @@ trained base (see :mod:`autoprune.stripe`); weights and skeleton are trained tog
 training split with ``penalty · Σ|FS|`` added to the loss. The paper then prunes the stripes
 whose |FS| is below a fixed threshold, and the MACs fall where they fall; here the threshold
 is chosen by bisection over the sorted |FS| so that the stripe MACs meet the budget (at most
-the budget, within one stripe of it). The paper's threshold still applies as a floor: a
+the budget, and one more stripe would exceed it). The paper's threshold still applies as a floor: a
 stripe with |FS| ≤ ``threshold`` is pruned even when the budget would allow it.
 
-The result is not a width vector: every channel is kept and a stripe mask per conv says what
-is left. The search therefore writes it to the architecture JSON itself (schema
-``autoprune.arch/2``, field ``stripes``) rather than scoring widths through the study.
+The result is not a width vector: a stripe mask per conv says what is left, and the only
+channels removed are those of filters that keep no stripe (derived from the masks). The
+search therefore writes it to the architecture JSON itself (schema ``autoprune.arch/2``,
+field ``stripes``) rather than scoring widths through the study.
 """
 
 from __future__ import annotations
@@ -113,18 +114,19 @@ def search_stripes(base: nn.Module, space, data, config: StripeConfig, *, max_ma
     scores = skeleton_values(model)
     masks, budget = budget_mask(graph, scores, max_macs, floor=config.threshold)
     paper_masks = {n: s.abs() > config.threshold for n, s in scores.items()}
-    exported = export_stripes(fold_skeleton(model), masks).eval()
+    exported = export_stripes(fold_skeleton(model), graph, masks).eval()
     score = split_accuracy(exported, data, "val", device=device) if data.num_examples("val") else None
     info = {"config": asdict(config), "training": trained, "budget": budget,
             "paper_threshold_macs": stripe_macs(graph, paper_masks),
             "left_whole": dict(layers.skipped),
-            "empty_filters": sum(int((~m.flatten(1).any(1)).sum()) for m in masks.values())}
+            "empty_filters": sum(int((~m.flatten(1).any(1)).sum()) for m in masks.values()),
+            "removed_channels": budget["removed_channels"]}
     return StripeResult(masks, exported, score, info)
 
 
 @register_optimizer
 class StripePruner(Optimizer):
-    """Stripe-wise pruning (see the module docstring); one stripe-pruned model, every channel kept."""
+    """Stripe-wise pruning (see the module docstring); one stripe-pruned model."""
 
     name = "stripe"
     summary = ("stripe-wise pruning (Meng et al., 2020): a Filter Skeleton trained from the base with an L1 "
