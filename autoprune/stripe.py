@@ -98,15 +98,21 @@ def full_masks(layers: StripeLayers) -> dict[str, torch.Tensor]:
 def kept_channels(graph: ChannelGraph, masks: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Sorted indices of the channels each group keeps once filters with no stripe are removed.
 
-    A channel goes only when nothing produces it: its group is free (not fixed, one block),
-    every producer of the group is a masked conv, and each of their filters for that channel
-    keeps no stripe. A group that would lose every channel keeps its first, so that the
-    model stays a model (that channel then carries its BatchNorm's constant).
+    A channel goes only when nothing produces it: its group is free (not fixed, one block,
+    no other group derived from it or it from another), every producer of the group is a
+    masked conv, and each of their filters for that channel keeps no stripe. A group that
+    would lose every channel keeps its first, so that the model stays a model (that channel
+    then carries its BatchNorm's constant).
     """
     out = {}
+    # A group another derives its channels from, or that derives its own from another (chunk
+    # parts, shuffles, tiles), keeps them all: removing some would break the derivation.
+    linked = {g.id for g in graph.groups if g.follows is not None}
+    linked |= {g.follows.parent for g in graph.groups if g.follows is not None}
     for g in graph.groups:
         out[g.id] = torch.arange(g.width)
-        if g.fixed or g.blocks > 1 or not g.producers or not all(p in masks for p in g.producers):
+        if (g.fixed or g.blocks > 1 or g.id in linked or not g.producers
+                or not all(p in masks for p in g.producers)):
             continue
         alive = torch.zeros(g.width, dtype=torch.bool)
         for p in g.producers:

@@ -279,3 +279,35 @@ def test_search_method_stripe_writes_a_stripe_arch_that_retrain_trains(tmp_path,
     assert main(["search", *TINY, "--budget", "0.4", "--method", "uniform", "--stripe-epochs", "1",
                  "--out", str(out)]) == 2
     assert "options of --method stripe" in capsys.readouterr().err
+
+
+class GhostResidual(nn.Module):
+    """GhostNet's pattern: a stem added to cat([y, depthwise(y)]), so the stem's group is two
+    copies of y's (it *follows* y's group) though the stem conv produces it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.primary = nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.primary(x)
+        return self.head(x + torch.cat([y, self.cheap(y)], 1))
+
+
+def test_groups_linked_to_another_keep_their_empty_filters(one_thread):
+    model = randomize(GhostResidual()).eval()
+    graph = trace(model, SHAPE)
+    stem = next(g for g in graph.groups if g.name == "stem.0")
+    assert stem.follows is not None and stem.producers == ("stem.0",)
+    layers = stripe_layers(model, graph)
+    masks = {n: torch.ones(s, dtype=torch.bool) for n, s in layers.shapes.items()}
+    masks["stem.0"][[0, 9]] = False  # empty filters in a group that derives its channels from another
+    masks["primary.0"][3] = False  # and in the group it derives them from
+    kept = kept_channels(graph, masks)
+    assert len(kept[stem.id]) == 16 and len(kept[stem.follows.parent]) == 8
+    exported = check_exact(model, graph, masks, SHAPE)
+    assert exported.stem[0].out_channels == 16 and exported.primary[0].out_channels == 8
