@@ -244,7 +244,7 @@ def counts(rows: list[dict], tp_on: bool) -> str:
     half_frozen = len(traced) - sum(map(counted, rows))
     line = (f"{sum(map(counted, rows))} of {len(rows)} trace"
             + (f" ({half_frozen} more with under half of their convs searchable); " if half_frozen else "; ")
-            + f"{len(done)} of those traced are costed and built; "
+            + f"{len(done)} of those run the checks without an exception; "
             f"{sum(r['exact_full'] and r['exact_pruned'] for r in done)} exact; "
             f"{sum(r['runs'] for r in done)} pruned models run; "
             f"{sum(r['half'] <= 0.35 for r in done)} at or under 0.35 of the MACs at uniform(0.5)")
