@@ -1101,7 +1101,8 @@ def _chunk(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
 
 def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Parts:
     """``torch.split``: parts at constant offsets; with an int size the last part takes what
-    is left, so it may shrink."""
+    is left, so it may shrink; with a list of sizes, which must add up to the width, nothing
+    may."""
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
@@ -1110,6 +1111,10 @@ def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     bounds = [(a, a + n) for a, n in zip(starts, sizes)]
     if isinstance(sections, int):
         bounds[-1] = (starts[-1], None)
+    else:
+        # A list of sizes must add up to the width: no group of the tensor may shrink.
+        for g in x.layout:
+            tracer.fixed[tracer.find(g)] = True
     return _Parts(_Tensor(layout, 1, x.dim) for layout in _slice_at(tracer, node, x.layout, bounds))
 
 

@@ -151,6 +151,26 @@ def test_c2f_split_at_constant_offsets_keeps_cv1_whole(cut):
     assert by["1.cv1.0"].fixed and by["1.m.0.cv2.0"].fixed and "1.m.0.cv1.0" in space.names
 
 
+def test_split_by_a_list_of_sizes_keeps_every_part_whole():
+    """MixNet's mixed conv: ``torch.split(x, [a, b])`` on a concatenation; the sizes must add up to
+    the width, so not even the last part may shrink."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _conv(3, 8, 3), _conv(3, 8, 3)
+            self.c, self.d = _conv(8, 8, 3), _conv(8, 8, 3)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            p, q = torch.split(torch.cat([self.a(x), self.b(x)], 1), [8, 8], 1)
+            return self.head(torch.cat([self.c(p), self.d(q)], 1))
+
+    space = check_pruned(Net(), (3, 8, 8))
+    by = _by_name(space)
+    assert by["a.0"].fixed and by["b.0"].fixed and {"c.0", "d.0"} <= set(space.names)
+
+
 def test_chunk_of_a_concatenation_couples_its_halves():
     class Net(nn.Module):
         def __init__(self):
