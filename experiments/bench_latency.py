@@ -59,6 +59,17 @@ def bench(name: str, args, cache_dir: str) -> dict:
     return out
 
 
+def start(args, **settings) -> dict:
+    """Set the thread count and print (and return) where and with what the run measures."""
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    header = {"date": datetime.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
+              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+              "batch_size": args.batch_size, **settings}
+    print(json.dumps(header), flush=True)
+    return header
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["vgg16", "resnet56", "mobilenetv2"])
@@ -73,12 +84,7 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="table cache (default: a temporary folder)")
     p.add_argument("--out", default=None, help="JSON file for every predicted/measured pair")
     args = p.parse_args()
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    header = {"date": datetime.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
-              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-              "batch_size": args.batch_size, "grid": args.grid, "vectors": args.vectors}
-    print(json.dumps(header), flush=True)
+    header = start(args, grid=args.grid, vectors=args.vectors)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

@@ -15,14 +15,11 @@ widths each constraint admits, not which one is most accurate, so no training is
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
+from bench_latency import start
 
 from autoprune.api import StudyConfig, search
 from autoprune.cost import base_macs, macs
@@ -30,7 +27,7 @@ from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import TableConfig, Timer, device_name, latency_table, measure_widths, set_threads
+from autoprune.profile import TableConfig, Timer, latency_table, measure_widths
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -95,13 +92,7 @@ def main() -> None:
     p.add_argument("--cache-dir", default=None, help="table cache (default: a temporary folder)")
     p.add_argument("--out", default=None, help="JSON file for every row")
     args = p.parse_args()
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    header = {"date": datetime.date.today().isoformat(), "device": str(device), "device_name": device_name(device),
-              "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-              "batch_size": args.batch_size, "latency_budget": args.latency_budget, "method": args.method,
-              "trials": args.trials}
-    print(json.dumps(header), flush=True)
+    header = start(args, latency_budget=args.latency_budget, method=args.method, trials=args.trials)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
