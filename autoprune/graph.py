@@ -710,6 +710,8 @@ class _Tracer:
         if isinstance(out, _Tensor) or out is None:
             return out
         self.parts[node] = out
+        if isinstance(out, (list, tuple)) and all(isinstance(t, _Tensor) for t in out):
+            return _Parts(out)  # used whole (torch.cat(leaf(x), 1)), its tensors are read in order
         return None
 
     def leaf_output(self, node: fx.Node, meta):

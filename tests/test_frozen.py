@@ -265,3 +265,37 @@ def test_dmcp_gates_and_latency_chains_see_frozen_leaves_as_single_nodes():
     assert gate_sites(model, space) == [("b1", (1,)), ("b3", (4,))]
     chains = profile.chains(model, space)  # plain torch.fx could not trace the model at all
     assert chains["c1"][0] == "b1" and chains["b1"] is None
+
+
+class _TwoBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: a frozen leaf returning a tuple
+            return self.a(x), self.b(x)
+        return self.b(x), self.a(x)
+
+
+class _CatOfALeaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre, self.post = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 3, 1)
+        self.stem, self.br = nn.Conv2d(3, 8, 3, padding=1), _TwoBranches()
+        self.c, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        x = self.post(self.pre(x))
+        y = torch.cat(self.br(self.stem(x)), 1)  # the leaf's tuple used whole
+        return self.head(self.c(x) + y)
+
+
+def test_a_leaf_s_tuple_used_whole_couples_what_it_meets():
+    model = _CatOfALeaf().eval()
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    groups = {g.name: g for g in space.graph.groups}
+    assert groups["c"].fixed and "c" not in space.names and "pre" in space.names
+    for widths in (space.max_widths(), space.min_widths()):
+        counted, out = _hook_macs(materialise(model, space, widths), (3, 8, 8))
+        assert out.shape == (1, 10, 8, 8) and macs(space, widths) == counted
