@@ -169,7 +169,9 @@ class ExpectedLatency:
     looked up once, here, so a call is a few small matrix products. The expectation is exact
     for every layer whose input is a single group (a plain conv, a depthwise conv, a linear
     layer); a layer whose input concatenates two or more free groups is timed at its expected
-    input width. At one-hot ``probs`` it equals :func:`predict` at those widths.
+    input width. A group that follows another (a chunk part, a shuffle, a tile) takes its
+    width from that group's distribution. At one-hot ``probs`` it equals :func:`predict` at
+    those widths.
     """
 
     def __init__(self, table: LatencyTable, space: SearchSpace):
@@ -177,29 +179,29 @@ class ExpectedLatency:
         self.space = space
         self.overhead_ms = table.overhead_ms
         layers = {layer.name: layer for layer in space.graph.layers}
-        free = {gid: i for i, gid in enumerate(space.free)}
-        full = space.full_widths(space.max_widths())
+        width_of = _group_widths(space)
         # (input group, output group, times at their allowed widths): a free group's index, or None
         # where the width is fixed (a frozen group, a layer whose output follows its input).
         self._terms: list[tuple[int | None, int | None, torch.Tensor]] = []
-        self._mixed: list[tuple[Entry, tuple[int, ...], int, int | None, int | None]] = []
+        self._mixed: list[tuple[Entry, list, int, int | None, tuple]] = []
         for entry in table.entries:
             layer = layers[entry.name]
-            fixed_in = sum(full[g] for g in layer.in_layout if g not in free)
-            free_in = [free[g] for g in layer.in_layout if g in free]
-            j = free.get(layer.out_group) if entry.outs else None
-            cout = full[layer.out_group] if entry.outs else None
-            if len(free_in) > 1:
-                self._mixed.append((entry, tuple(free_in), fixed_in, j, cout))
+            ins = [width_of[g] for g in layer.in_layout]
+            fixed_in = sum(ws[0] for i, ws in ins if i is None)
+            roots = sorted({i for i, _ in ins if i is not None})
+            j, outs = width_of[layer.out_group] if entry.outs else (None, (None,))
+            if len(roots) > 1:
+                self._mixed.append((entry, [(i, torch.tensor(ws, dtype=torch.float64)) for i, ws in ins
+                                            if i is not None], fixed_in, j, outs))
                 continue
-            i = free_in[0] if free_in else None
-            ins = [fixed_in + w for w in space.choices[i]] if i is not None else [fixed_in]
-            outs = space.choices[j] if j is not None else (cout,)
-            if i is not None and i == j:  # input and output are one group: both take the same width
-                ms = [[lookup(entry, a, w)] for a, w in zip(ins, outs)]
+            i = roots[0] if roots else None
+            cins = ([fixed_in + sum(ws[k] for r, ws in ins if r == i) for k in range(len(space.choices[i]))]
+                    if i is not None else [fixed_in])
+            if i is not None and i == j:  # input and output derive from one group: one width for both
+                ms = [[lookup(entry, a, w)] for a, w in zip(cins, outs)]
                 self._terms.append((i, None, torch.tensor(ms, dtype=torch.float64)))
             else:
-                ms = [[lookup(entry, a, b) for b in outs] for a in ins]
+                ms = [[lookup(entry, a, b) for b in outs] for a in cins]
                 self._terms.append((i, j, torch.tensor(ms, dtype=torch.float64)))
         self._on_device: dict[torch.device, list] = {}
 
@@ -216,15 +218,34 @@ class ExpectedLatency:
             pi = probs[i] if i is not None else one
             pj = probs[j] if j is not None else one
             total = total + pi @ ms @ pj
-        for entry, free_in, fixed_in, j, cout in self._mixed:
+        for entry, free_in, fixed_in, j, outs in self._mixed:
             cin = fixed_in
-            for i in free_in:
-                cin = cin + (probs[i] * torch.tensor(self.space.choices[i], dtype=torch.float64, device=device)).sum()
+            for i, ws in free_in:
+                cin = cin + (probs[i] * ws.to(device)).sum()
             if j is None:
-                total = total + lookup(entry, cin, cout)
+                total = total + lookup(entry, cin, outs[0])
             else:
-                total = total + sum(p * lookup(entry, cin, b) for p, b in zip(probs[j], self.space.choices[j]))
+                total = total + sum(p * lookup(entry, cin, b) for p, b in zip(probs[j], outs))
         return total
+
+
+def _group_widths(space: SearchSpace) -> dict[int, tuple[int | None, tuple[int, ...]]]:
+    """For every group, the free group its width derives from (itself, or the parent a chunk part,
+    shuffle or tile follows) and its width at each of that group's allowed widths; ``(None,
+    (width,))`` for a group whose width never changes."""
+    free = {gid: i for i, gid in enumerate(space.free)}
+    top = space.max_widths()
+    fulls = {i: [space.full_widths(tuple(c if n == i else w for n, w in enumerate(top))) for c in choices]
+             for i, choices in enumerate(space.choices)}
+    full = space.full_widths(top)
+    out = {}
+    for g in space.graph.groups:
+        root = g
+        while root.id not in free and root.follows is not None:
+            root = space.graph.groups[root.follows.parent]
+        i = free.get(root.id)
+        out[g.id] = (None, (full[g.id],)) if i is None else (i, tuple(f[g.id] for f in fulls[i]))
+    return out
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,22 @@ class Concat(nn.Module):
         return self.fc(self.c(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
 
 
+class Chunked(nn.Module):
+    """A conv's output cut in halves by ``chunk``: the second half's conv reads a group that
+    follows the first conv's (its width is half of it), and so does the conv after the cat."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        p, q = self.a(x).chunk(2, 1)
+        return self.fc(self.c(torch.cat([p, self.b(q)], 1)).mean((2, 3)))
+
+
 def convex_timer(run, info):
     """Convex in the output width, so the expected time is not the time at the expected widths."""
     if info["what"] == "model":
@@ -137,10 +153,12 @@ def test_expected_latency_is_the_expectation_over_the_width_distributions(tmp_pa
     assert abs(float(at_mean) - brute) > 0.01 * (brute - table.overhead_ms)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "concat"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2", "concat", "chunked"])
 def test_expected_latency_at_certain_widths_is_the_prediction(tmp_path, name):
-    model = Concat() if name == "concat" else create_model(name)
+    model = {"concat": Concat, "chunked": Chunked}.get(name, lambda: create_model(name))()
     space = SearchSpace.from_model(model, (3, 8, 8))
+    if name == "chunked":  # the halves follow the first conv's group
+        assert sum(g.follows is not None for g in space.graph.groups) == 2
     table, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=convex_timer)
     if name == "concat":  # the conv after the concatenation is timed at its expected input width
         assert any(len(set(layer.in_layout) & set(space.free)) == 2 for layer in space.graph.layers)
