@@ -1108,7 +1108,8 @@ def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
-    sections = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()))
+    sections = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+        "split_size_or_sections", node.kwargs.get("split_size"))
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
     bounds = [(a, a + n) for a, n in zip(starts, sizes)]
     if isinstance(sections, int):

@@ -373,8 +373,9 @@ def measure_model(model: nn.Module, input_shape: Sequence[int], *, device="cpu",
 def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: TableConfig | None = None, *,
               step: int | None = None, timer: TimerFn | None = None, progress: bool = False) -> list[tuple[int, float]]:
     """(output width, ms) of one conv or linear layer at every ``step``-th output width from
-    ``step`` to its full width (default: about 64 widths), its input at full width, timed
-    with what follows it in the model and the settings of ``config``. On most devices the
+    ``step`` to its full width (default: about 64 widths; the full width always; for a
+    grouped conv a multiple of its groups), its input at full width, timed with what
+    follows it in the model and the settings of ``config``. On most devices the
     curve is a staircase: widths just past a multiple of the hardware's vector or tile width
     cost as much as the next multiple, which is why the search space rounds widths."""
     config = config or TableConfig()
@@ -389,6 +390,7 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
         raise AutopruneError(f"staircase step must be a positive integer, got {step!r}")
     step = step or max(1, full // 64)
+    step = -(-step // layer.groups) * layer.groups  # a grouped conv keeps its groups: whole steps of them
     device = resolve_device(config.device)
     timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats)
     follow = chains(model, space).get(layer_name) or []
@@ -396,9 +398,9 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     x = torch.randn(config.batch_size, *_layer_input(input_shapes(model, space)[layer_name], layer, cin)[1:])
     dtype = DTYPES[config.resolved_dtype(device)]
     out = []
-    bar = progress_bar(full // step, "staircase", progress)
+    bar = progress_bar(-(-full // step), "staircase", progress)
     try:
-        for cout in range(step, full + 1, step):
+        for cout in sorted({*range(step, full + 1, step), full}):
             module = layer_module(model, layer, follow, cin, cout)
             info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
             out.append((cout, round(time_module(module, x, device, dtype, config.channels_last, timer, info), 6)))

@@ -342,3 +342,10 @@ def test_cli_show_latency_puts_the_measured_ratio_beside_the_macs(tmp_path, caps
         assert macs_ratio == pytest.approx(arch["macs"]["pruned"] / arch["macs"]["base"], abs=1e-3)
     assert main(["show", str(path), "--latency", "--batch-sizes", "0"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_staircase_of_a_grouped_conv_steps_by_whole_groups_and_ends_at_full_width():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3, groups=4), nn.Conv2d(32, 4, 1))
+    space = SearchSpace.from_model(model, (3, 12, 12))
+    rows = profile.staircase(model, space, "1", step=10, timer=FakeTimer())
+    assert [w for w, _ in rows] == [12, 24, 32]  # 10 rounded up to whole groups of 4, and the full width

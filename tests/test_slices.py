@@ -163,7 +163,7 @@ def test_split_by_a_list_of_sizes_keeps_every_part_whole():
             self.head = nn.Conv2d(16, 4, 1)
 
         def forward(self, x):
-            p, q = torch.split(torch.cat([self.a(x), self.b(x)], 1), [8, 8], 1)
+            p, q = torch.split(torch.cat([self.a(x), self.b(x)], 1), dim=1, split_size_or_sections=[8, 8])
             return self.head(torch.cat([self.c(p), self.d(q)], 1))
 
     space = check_pruned(Net(), (3, 8, 8))
