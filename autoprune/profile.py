@@ -44,6 +44,7 @@ from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STATISTICS = {"median": statistics.median, "min": min}  # what a latency keeps of its timed runs
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Hardsigmoid, nn.Sigmoid,
                nn.Tanh, nn.ELU, nn.Mish)
 _ACT_FUNCTIONS = {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU,
@@ -58,7 +59,14 @@ TimerFn = Callable[[Callable[[], object], dict], float]
 class TableConfig:
     """How a table is measured: device (default CUDA when there is one), batch size, dtype
     (default bf16 on CUDA, fp32 on the CPU), channels-last memory format, widths per axis,
-    warm-up and timed runs, the cache folder and whether to measure again."""
+    warm-up and timed runs, the statistic kept of the timed runs, the cache folder and
+    whether to measure again.
+
+    ``statistic`` is ``"median"`` or ``"min"``. On a machine shared with other jobs a run's
+    time is the model's own plus whatever the neighbours took from it; the fastest run is
+    the best estimate of the first, and every time the table, the search and the winner's
+    measurement take is then taken the same way.
+    """
 
     device: str | None = None
     batch_size: int = 1
@@ -67,12 +75,15 @@ class TableConfig:
     grid: int = 6
     warmup: int = 3
     repeats: int = 9
+    statistic: str = "median"
     cache_dir: str | os.PathLike | None = None
     force: bool = False
 
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
             raise DeviceError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
+        if self.statistic not in STATISTICS:
+            raise AutopruneError(f"unknown latency statistic '{self.statistic}'; expected one of {', '.join(STATISTICS)}")
         for name in ("batch_size", "grid", "repeats"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "grid" else 1):
@@ -84,12 +95,17 @@ class TableConfig:
 
 
 class Timer:
-    """Median milliseconds of ``repeats`` timed runs after ``warmup`` runs; each timed run
-    repeats the call until it lasts ``min_ms`` (short CPU calls are otherwise mostly timer
-    noise), and CUDA is synchronised before the clock is read."""
+    """Milliseconds of a call: the median (or the minimum, ``statistic="min"``) of ``repeats``
+    timed runs after ``warmup`` runs; each timed run repeats the call until it lasts ``min_ms``
+    (short CPU calls are otherwise mostly timer noise), and CUDA is synchronised before the
+    clock is read."""
 
-    def __init__(self, device: torch.device, *, warmup: int = 3, repeats: int = 9, min_ms: float = 2.0):
+    def __init__(self, device: torch.device, *, warmup: int = 3, repeats: int = 9, min_ms: float = 2.0,
+                 statistic: str = "median"):
+        if statistic not in STATISTICS:
+            raise AutopruneError(f"unknown latency statistic '{statistic}'; expected one of {', '.join(STATISTICS)}")
         self.device, self.warmup, self.repeats, self.min_ms = device, warmup, repeats, min_ms
+        self.statistic = statistic
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -105,7 +121,7 @@ class Timer:
                 break
             number *= 2
         times = [self._time(run, number) / number for _ in range(self.repeats)]
-        return statistics.median(times) * 1e3
+        return STATISTICS[self.statistic](times) * 1e3
 
     def _time(self, run, number: int) -> float:
         self.sync()
@@ -289,6 +305,7 @@ def table_key(model: nn.Module, space: SearchSpace, config: TableConfig, device:
         "dtype": config.resolved_dtype(device), "batch_size": config.batch_size,
         "input_shape": list(space.graph.input_shape), "channels_last": bool(config.channels_last),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "statistic": config.statistic,
         "layers": hashlib.sha1(json.dumps(layers).encode()).hexdigest()[:16],
     }
 
@@ -310,7 +327,7 @@ def latency_table(model: nn.Module, space: SearchSpace, config: TableConfig | No
         except (OSError, ValueError) as exc:
             reason = one_line(exc)
         log(f"autoprune: warning: latency table {path} is unusable ({reason}); measuring it again")
-    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats)
+    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats, statistic=config.statistic)
     table = measure_table(model, space, config, key, device, timer, progress)
     write_json(table.to_dict(), path)
     return table, path
@@ -392,7 +409,7 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     step = step or max(1, full // 64)
     step = -(-step // layer.groups) * layer.groups  # a grouped conv keeps its groups: whole steps of them
     device = resolve_device(config.device)
-    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats)
+    timer = timer or Timer(device, warmup=config.warmup, repeats=config.repeats, statistic=config.statistic)
     follow = chains(model, space).get(layer_name) or []
     cin = sum(space.graph.groups[g].width for g in layer.in_layout)
     x = torch.randn(config.batch_size, *_layer_input(input_shapes(model, space)[layer_name], layer, cin)[1:])
@@ -415,7 +432,8 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
 def measure_widths(table: LatencyTable, model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
                    timer: TimerFn | None = None) -> float:
     """Measured milliseconds of ``model`` pruned to ``widths``, with the settings ``table``
-    was measured with (device, dtype, batch size, memory format)."""
+    was measured with (device, dtype, batch size, memory format, statistic)."""
     k = table.key
+    timer = timer or Timer(resolve_device(k["device"]), statistic=k.get("statistic", "median"))
     return measure_model(materialise(model, space, widths), space.graph.input_shape, device=k["device"],
                          batch_size=k["batch_size"], dtype=k["dtype"], channels_last=k["channels_last"], timer=timer)

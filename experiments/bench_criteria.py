@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import sys
 import time
@@ -35,8 +34,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_stripe import test_subset  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.api import file_sha1  # noqa: E402
@@ -45,6 +47,7 @@ from autoprune.checkpoint import save_checkpoint  # noqa: E402
 from autoprune.criteria import ScoreCache  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
+from autoprune.files import write_json  # noqa: E402
 from autoprune.importance import KEEP_RULES  # noqa: E402
 from autoprune.models import create_model  # noqa: E402
 from autoprune.optimizers import Context, get_optimizer  # noqa: E402
@@ -64,7 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, default=1024, help="training images (synthetic)")
     p.add_argument("--image-size", type=int, default=16, help="image size (synthetic)")
     p.add_argument("--val-size", type=int, default=256)
-    p.add_argument("--budget", type=float, default=0.4)
+    p.add_argument("--test-limit", type=int, default=None, help="a seeded subset of the test split (real datasets)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default torch's)")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.4], help="MACs budgets, each with its own vectors")
     p.add_argument("--vectors", type=int, default=8, help="width vectors scored by every keep rule")
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--retrain-epochs", type=int, default=2, help="from-scratch epochs of each vector")
@@ -78,11 +83,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def kendall_tau(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    i, j = np.triu_indices(len(a), 1)
-    s = np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])
-    return float(s.sum() / max(len(s), 1))
+def kendall(proxy, truth) -> tuple[float | None, float | None]:
+    """Kendall's τ-b and its p-value; None where either side is constant (τ undefined)."""
+    stat = kendalltau(proxy, truth)
+    return (None, None) if np.isnan(stat.statistic) else (float(stat.statistic), float(stat.pvalue))
+
+
+def truth_split(data) -> str:
+    """The split from-scratch accuracy is read on: test where the dataset has one, so that it
+    is never the validation split the evaluator scores on."""
+    return "test" if data.num_examples("test") else "val"
 
 
 def scratch_accuracy(base, space, widths, data, args) -> float:
@@ -90,7 +100,7 @@ def scratch_accuracy(base, space, widths, data, args) -> float:
     torch.manual_seed(args.seed)
     config = TrainConfig(epochs=args.retrain_epochs, batch_size=args.batch_size, lr=0.05, seed=args.seed)
     train(model, data, config, device=args.device, progress=False)
-    return float(split_accuracy(model, data, "val", device=args.device))
+    return float(split_accuracy(model, data, truth_split(data), device=args.device))
 
 
 def keep_rule_rows(base, space, data, vectors, scratch, cache, args) -> list[dict]:
@@ -103,9 +113,11 @@ def keep_rule_rows(base, space, data, vectors, scratch, cache, args) -> list[dic
         setup = time.perf_counter() - start
         results = [evaluator(w) for w in vectors]
         proxy = [r.score for r in results]
-        rows.append({"rule": rule, "proxy_mean": float(np.mean(proxy)), "tau": kendall_tau(proxy, scratch),
+        tau, pvalue = kendall(proxy, scratch)
+        rows.append({"rule": rule, "proxy_mean": float(np.mean(proxy)), "tau": tau, "p": pvalue, "proxy": proxy,
                      "setup_s": setup, "per_candidate_s": float(np.mean([r.seconds for r in results]))})
-        print(f"  keep {rule}: proxy {rows[-1]['proxy_mean']:.4f} tau {rows[-1]['tau']:+.3f}", flush=True)
+        print(f"  keep {rule}: proxy {rows[-1]['proxy_mean']:.4f} tau {fmt(tau, '+.3f')} (p {fmt(pvalue, '.2f')})",
+              flush=True)
     return rows
 
 
@@ -128,15 +140,33 @@ def producer_rows(base, space, data, max_macs, cache, args) -> list[dict]:
     return rows
 
 
+def fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def load(args):
     if args.dataset == "synthetic":
         return load_data("synthetic", val_size=args.val_size, seed=args.seed, n_train=args.n_train,
                          image_size=args.image_size)
-    return load_data(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed, limit=args.limit)
+    data = load_data(args.dataset, args.data_dir, val_size=args.val_size, seed=args.seed, limit=args.limit)
+    return test_subset(data, args.test_limit, args.seed)
+
+
+def vectors_at(space, max_macs: int, args) -> list:
+    """Uniform's widths, then random vectors repaired to the budget: ``args.vectors`` distinct ones."""
+    rng = np.random.default_rng(args.seed)
+    vectors = [get_optimizer("uniform")(space, max_macs).ask(rng)[0]]
+    while len(vectors) < args.vectors:
+        w = repair(space, space.sample(rng), max_macs, rng=rng)
+        if w not in vectors:
+            vectors.append(w)
+    return vectors
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     torch.manual_seed(args.seed)
     data = load(args)
@@ -149,31 +179,33 @@ def main(argv=None) -> dict:
     ckpt = save_checkpoint(out / "base" / "model.pt", base, model_name=args.model)
     cache = ScoreCache.beside(ckpt, file_sha1(ckpt))
     print(f"base {args.model}: val {base_acc:.4f} in {time.perf_counter() - start:.0f} s", flush=True)
-    max_macs = int(args.budget * cost.base_macs(space))
-    rng = np.random.default_rng(args.seed)
-    vectors = [get_optimizer("uniform")(space, max_macs).ask(rng)[0]]
-    while len(vectors) < args.vectors:
-        w = repair(space, space.sample(rng), max_macs, rng=rng)
-        if w not in vectors:
-            vectors.append(w)
-    scratch = [scratch_accuracy(base, space, w, data, args) for w in vectors]
-    print(f"scratch accuracies of {len(vectors)} vectors: {np.round(scratch, 3).tolist()}", flush=True)
     result = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "host": platform.processor(),
-              "threads": torch.get_num_threads(), "args": vars(args), "base_val": base_acc, "scratch": scratch,
-              "keep_rules": keep_rule_rows(base, space, data, vectors, scratch, cache, args),
-              "producers": producer_rows(base, space, data, max_macs, cache, args)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2))
-    print_tables(result)
+              "threads": torch.get_num_threads(), "args": vars(args), "base_val": base_acc,
+              "truth_split": truth_split(data), "budgets": []}
+    for budget in args.budgets:  # each budget written when done: a time limit keeps what finished
+        start = time.perf_counter()
+        max_macs = int(budget * cost.base_macs(space))
+        vectors = vectors_at(space, max_macs, args)
+        scratch = [scratch_accuracy(base, space, w, data, args) for w in vectors]
+        print(f"budget {budget}: scratch accuracies of {len(vectors)} vectors: {np.round(scratch, 3).tolist()}",
+              flush=True)
+        result["budgets"].append({
+            "budget": budget, "scratch": scratch, "vectors": [list(w) for w in vectors],
+            "keep_rules": keep_rule_rows(base, space, data, vectors, scratch, cache, args),
+            "producers": producer_rows(base, space, data, max_macs, cache, args),
+            "seconds": time.perf_counter() - start})
+        write_json(result, out / "bench.json")
+        print_tables(result["budgets"][-1])
     return result
 
 
 def print_tables(r: dict) -> None:
-    print("\n| keep rule | mean proxy score | Kendall τ vs scratch | scoring the base (s) | per candidate (s) |")
+    print(f"\nbudget {r['budget']}")
+    print("\n| keep rule | mean proxy score | Kendall τ vs scratch (p) | scoring the base (s) | per candidate (s) |")
     print("|---|---|---|---|---|")
     for row in r["keep_rules"]:
-        print(f"| `{row['rule']}` | {row['proxy_mean']:.4f} | {row['tau']:+.3f} | {row['setup_s']:.1f} | "
-              f"{row['per_candidate_s']:.2f} |")
+        print(f"| `{row['rule']}` | {row['proxy_mean']:.4f} | {fmt(row['tau'], '+.3f')} ({fmt(row['p'], '.2f')}) | "
+              f"{row['setup_s']:.1f} | {row['per_candidate_s']:.2f} |")
     print("\n| producer | MACs ratio | proxy score (l1) | from scratch | time to widths (s) |")
     print("|---|---|---|---|---|")
     for row in r["producers"]:

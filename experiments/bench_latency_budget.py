@@ -43,7 +43,7 @@ def bench(name: str, args, tmp: Path) -> dict:
     model = create_model(name).eval()
     space = SearchSpace.from_model(model, (3, size, size), model_name=name)
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype, grid=args.grid,
-                         repeats=args.repeats, cache_dir=args.cache_dir or tmp / "tables")
+                         repeats=args.repeats, statistic=args.statistic, cache_dir=args.cache_dir or tmp / "tables")
     table, _ = latency_table(model, space, config, progress=True)
     full = base_macs(space)
     vectors = {"latency": winner(name, tmp / f"{name}-lat", args, args.seed, budget=None, latency=args.latency_budget,
@@ -55,7 +55,7 @@ def bench(name: str, args, tmp: Path) -> dict:
     vectors["macs"] = winner(name, tmp / f"{name}-macs", args, args.seed + 1, budget=same)
     vectors["uniform-fill"] = winner(name, tmp / f"{name}-uni", args, args.seed, budget=same,
                                      method="uniform-fill")
-    timer = Timer(resolve_device(args.device), warmup=3, repeats=args.repeats)
+    timer = Timer(resolve_device(args.device), warmup=3, repeats=args.repeats, statistic=args.statistic)
     runs = {k: [] for k in ["base", *vectors]}
     for _ in range(args.rounds):
         runs["base"].append(measure_widths(table, model, space, space.max_widths(), timer=timer))
@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--grid", type=int, default=6)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--statistic", default="median", choices=["median", "min"],
+                   help="what is kept of the timed runs (min: steadier on a machine shared with other jobs)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements of every vector")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="table cache (default: a temporary folder)")

@@ -311,3 +311,19 @@ def test_groups_linked_to_another_keep_their_empty_filters(one_thread):
     assert len(kept[stem.id]) == 16 and len(kept[stem.follows.parent]) == 8
     exported = check_exact(model, graph, masks, SHAPE)
     assert exported.stem[0].out_channels == 16 and exported.primary[0].out_channels == 8
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_a_stripe_model_exports_and_runs_the_same(fmt, models, tmp_path, one_thread):
+    """`autoprune export` of a stripe architecture: the exported file reproduces the built
+    stripe model (its shifted 1x1 convs and index_add_) on random inputs."""
+    _, _, layers = models("resnet20")
+    space = SearchSpace.from_model(create_model("resnet20"), SHAPE, model_name="resnet20")
+    arch = make_arch("resnet20", {"num_classes": 10}, space, space.max_widths(), stripes=random_masks(layers, 0.4, 9))
+    path = save_arch(arch, tmp_path / "arch.json")
+    model = randomize(build(arch)).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "model.pt")
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", str(path), "--checkpoint", str(tmp_path / "model.pt"), "--format", fmt,
+                 "--out", str(out), "--batch-size", "2", "--json"]) == 0
+    assert out.stat().st_size > 0

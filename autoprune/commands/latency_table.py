@@ -7,7 +7,7 @@ import json
 
 from autoprune.commands.common import add_model_args, model_and_space, pyplot, save_figure
 from autoprune.latency import predict
-from autoprune.profile import DTYPES, TableConfig, latency_table, set_threads, staircase
+from autoprune.profile import DTYPES, STATISTICS, TableConfig, latency_table, set_threads, staircase
 
 
 def register(sub) -> None:
@@ -34,7 +34,10 @@ def add_table_args(p, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}channels-last", action="store_true", help="time in channels-last memory format")
     p.add_argument(f"--{prefix}grid", type=int, default=6,
                    help="widths timed per axis of a layer; more allowed widths are interpolated (default 6)")
-    p.add_argument(f"--{prefix}repeats", type=int, default=9, help="timed runs per entry; the median is kept")
+    p.add_argument(f"--{prefix}repeats", type=int, default=9, help="timed runs per entry (default 9)")
+    p.add_argument(f"--{prefix}statistic", default="median", choices=list(STATISTICS),
+                   help="what is kept of the timed runs: median (default) or min, the steadier on a machine "
+                        "shared with other jobs")
     p.add_argument(f"--{prefix}threads", type=int, default=None,
                    help="CPU threads to time with (default torch's; 1 gives stable numbers on a busy machine)")
     p.add_argument(f"--{prefix}cache-dir", default=None,
@@ -46,7 +49,7 @@ def run(args) -> int:
     set_threads(args.threads)
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype,
                          channels_last=args.channels_last, grid=args.grid, repeats=args.repeats,
-                         cache_dir=args.cache_dir, force=args.force)
+                         statistic=args.statistic, cache_dir=args.cache_dir, force=args.force)
     if args.staircase:
         return run_staircase(args, model, space, config)
     table, path = latency_table(model, space, config, progress=not (args.json or args.no_progress))

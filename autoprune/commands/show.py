@@ -6,7 +6,7 @@ from autoprune.arch import arch_space, build, load_arch
 from autoprune.commands.common import pyplot, save_figure
 from autoprune.cost import human
 from autoprune.errors import AutopruneError
-from autoprune.profile import DTYPES, Timer, measure_model, set_threads
+from autoprune.profile import DTYPES, STATISTICS, Timer, measure_model, set_threads
 from autoprune.runtime import resolve_device
 
 
@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", default=None, choices=list(DTYPES),
                    help="with --latency: dtype (default bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--threads", type=int, default=None, help="with --latency: CPU threads (default torch's)")
-    p.add_argument("--repeats", type=int, default=9, help="with --latency: timed runs; the median is kept")
+    p.add_argument("--repeats", type=int, default=9, help="with --latency: timed runs (default 9)")
+    p.add_argument("--statistic", default="median", choices=list(STATISTICS),
+                   help="with --latency: what is kept of the timed runs, median (default) or min")
     p.set_defaults(func=run)
 
 
@@ -55,10 +57,10 @@ def report_latency(arch: dict, args) -> None:
     device = resolve_device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     base, pruned = arch_space(arch)[0], build(arch)
-    timer = Timer(device, repeats=args.repeats)
+    timer = Timer(device, repeats=args.repeats, statistic=args.statistic)
     macs_ratio = arch["macs"]["pruned"] / arch["macs"]["base"]
     shape = arch["input_shape"]
-    print(f"latency on {device} ({dtype}), median of {args.repeats}:")
+    print(f"latency on {device} ({dtype}), {args.statistic} of {args.repeats}:")
     print(f"{'batch':>6}  {'base ms':>10}  {'pruned ms':>10}  {'latency':>8}  {'MACs':>6}")
     for b in args.batch_sizes:
         ms = [measure_model(m, shape, device=device, batch_size=b, dtype=dtype, timer=timer) for m in (base, pruned)]
