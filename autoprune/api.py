@@ -46,7 +46,7 @@ from autoprune.files import check_out_dir, write_text
 from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget, predict
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
-from autoprune.profile import TableConfig, latency_table, measure_widths
+from autoprune.profile import TableConfig, latency_table, measure_beside
 from autoprune.runtime import progress_bar, resolve_device
 from autoprune.space import SearchSpace
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, STATUS_FAILED, STATUS_OK, Record, TrialStore, storage_path
@@ -484,9 +484,9 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
 def _latency_record(s: _Search, widths) -> dict:
     """The latency budget, the table's key, and the winner's predicted and measured latency."""
     limit = s.latency
+    pruned, base = measure_beside(limit.table, s.model, s.space, [widths, s.space.max_widths()])
     return {**limit.to_dict(), "predicted_ms": float(predict(limit.table, s.space, widths)),
-            "measured_ms": measure_widths(limit.table, s.model, s.space, widths),
-            "measured_base_ms": measure_widths(limit.table, s.model, s.space, s.space.max_widths())}
+            "measured_ms": pruned, "measured_base_ms": base}
 
 
 def check_counts(minimum: int = 1, **values) -> None:

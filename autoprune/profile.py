@@ -9,12 +9,16 @@ over the allowed ones (conv time is close to bilinear in the two widths, which i
 on its own. The unpruned model is timed end to end; the difference to the sum of its
 layers is the table's constant overhead.
 
-Each time is the median of ``repeats`` runs after ``warmup`` runs, each run long enough to
-time reliably, with CUDA synchronised around it. Tables are cached as JSON files named by a
-digest of their key — device name, torch version, dtype, batch size, input shape, memory
-format, CPU threads and the layers with their grids — so a table measured once is reused by
-every later search on the same device and model; ``force`` measures it again, and a file
-that cannot be read is measured again with a warning.
+Each time is the median (or the minimum) of ``repeats`` runs after ``warmup`` runs, each run
+long enough to time reliably, with CUDA synchronised around it. With ``rounds`` > 1 the whole
+table, model included, is measured that many times over and each entry keeps the same
+statistic of all its runs: on a machine whose speed changes with its neighbours' load for
+seconds at a time, runs spread over minutes see its quiet moments, and the overhead (model
+minus layers) is not the difference of a busy and a quiet moment. Tables are cached as JSON
+files named by a digest of their key — device name, torch version, dtype, batch size, input
+shape, memory format, CPU threads, statistic, rounds and the layers with their grids — so a
+table measured once is reused by every later search on the same device and model; ``force``
+measures it again, and a file that cannot be read is measured again with a warning.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class TableConfig:
     warmup: int = 3
     repeats: int = 9
     statistic: str = "median"
+    rounds: int = 1
     cache_dir: str | os.PathLike | None = None
     force: bool = False
 
@@ -84,7 +89,7 @@ class TableConfig:
             raise DeviceError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
         if self.statistic not in STATISTICS:
             raise AutopruneError(f"unknown latency statistic '{self.statistic}'; expected one of {', '.join(STATISTICS)}")
-        for name in ("batch_size", "grid", "repeats"):
+        for name in ("batch_size", "grid", "repeats", "rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "grid" else 1):
                 raise AutopruneError(f"latency table {name.replace('_', '-')} must be an integer of at least "
@@ -305,7 +310,7 @@ def table_key(model: nn.Module, space: SearchSpace, config: TableConfig, device:
         "dtype": config.resolved_dtype(device), "batch_size": config.batch_size,
         "input_shape": list(space.graph.input_shape), "channels_last": bool(config.channels_last),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "statistic": config.statistic,
+        "statistic": config.statistic, "rounds": config.rounds,
         "layers": hashlib.sha1(json.dumps(layers).encode()).hexdigest()[:16],
     }
 
@@ -335,33 +340,41 @@ def latency_table(model: nn.Module, space: SearchSpace, config: TableConfig | No
 
 def measure_table(model, space, config: TableConfig, key: dict, device: torch.device, timer: TimerFn,
                   progress: bool = False) -> LatencyTable:
-    """Time every layer at its grid and the whole model (see the module docstring)."""
+    """Time every layer at its grid and the whole model, ``config.rounds`` times over (see the
+    module docstring)."""
     follow = chains(model, space)
     shapes = input_shapes(model, space)
     dtype = DTYPES[config.resolved_dtype(device)]
     todo = [(layer, *axes(space, layer, config.grid)) for layer in space.graph.layers
             if follow.get(layer.name, []) is not None]
-    bar = progress_bar(sum(len(i) * max(1, len(o)) for _, i, o in todo) + 1, "latency table", progress)
-    entries = []
+    jobs = [(k, i, j, cin, cout) for k, (_, ins, outs) in enumerate(todo)
+            for i, cin in enumerate(ins) for j, cout in enumerate(outs or (None,))]
+    runs: dict[tuple[int, int, int], list[float]] = {job[:3]: [] for job in jobs}
+    model_runs = []
+    bar = progress_bar(config.rounds * (len(jobs) + 1), "latency table", progress)
     try:
-        for layer, ins, outs in todo:
-            rows = []
-            for cin in ins:
-                row = []
-                for cout in outs or (None,):
-                    module = layer_module(model, layer, follow.get(layer.name, []), cin, cout)
-                    x = torch.randn(config.batch_size, *_layer_input(shapes[layer.name], layer, cin)[1:])
-                    info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
-                    row.append(round(time_module(module, x, device, dtype, config.channels_last, timer, info), 6))
-                    if bar is not None:
-                        bar.update(1)
-                rows.append(tuple(row))
-            entries.append(Entry(layer.name, tuple(ins), tuple(outs), tuple(rows)))
-        model_ms = measure_model(model, space.graph.input_shape, device=device, batch_size=config.batch_size,
-                                 dtype=config.resolved_dtype(device), channels_last=config.channels_last, timer=timer)
+        for _ in range(config.rounds):
+            for k, i, j, cin, cout in jobs:
+                layer = todo[k][0]
+                module = layer_module(model, layer, follow.get(layer.name, []), cin, cout)
+                x = torch.randn(config.batch_size, *_layer_input(shapes[layer.name], layer, cin)[1:])
+                info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
+                runs[k, i, j].append(time_module(module, x, device, dtype, config.channels_last, timer, info))
+                if bar is not None:
+                    bar.update(1)
+            model_runs.append(measure_model(model, space.graph.input_shape, device=device, batch_size=config.batch_size,
+                                            dtype=config.resolved_dtype(device), channels_last=config.channels_last,
+                                            timer=timer))
+            if bar is not None:
+                bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+    keep = STATISTICS[config.statistic]
+    entries = [Entry(layer.name, tuple(ins), tuple(outs),
+                     tuple(tuple(round(keep(runs[k, i, j]), 6) for j in range(len(outs) or 1)) for i in range(len(ins))))
+               for k, (layer, ins, outs) in enumerate(todo)]
+    model_ms = keep(model_runs)
     covered = sum(e.ms[-1][-1] for e in entries)
     return LatencyTable(key, tuple(entries), round(model_ms, 6), round(model_ms - covered, 6))
 
@@ -429,11 +442,18 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     return out
 
 
-def measure_widths(table: LatencyTable, model: nn.Module, space: SearchSpace, widths: Sequence[int], *,
-                   timer: TimerFn | None = None) -> float:
-    """Measured milliseconds of ``model`` pruned to ``widths``, with the settings ``table``
-    was measured with (device, dtype, batch size, memory format, statistic)."""
+def measure_beside(table: LatencyTable, model: nn.Module, space: SearchSpace, vectors: Sequence[Sequence[int]], *,
+                   rounds: int | None = None, timer: TimerFn | None = None) -> list[float]:
+    """Measured milliseconds of ``model`` pruned to each of ``vectors``, timed in turn
+    ``rounds`` times (default: the table's rounds) and keeping the table's statistic of each
+    one's runs: models compared with each other see the same moments of a busy machine."""
     k = table.key
     timer = timer or Timer(resolve_device(k["device"]), statistic=k.get("statistic", "median"))
-    return measure_model(materialise(model, space, widths), space.graph.input_shape, device=k["device"],
-                         batch_size=k["batch_size"], dtype=k["dtype"], channels_last=k["channels_last"], timer=timer)
+    keep = STATISTICS[k.get("statistic", "median")]
+    models = [materialise(model, space, w) for w in vectors]
+    runs: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds or k.get("rounds", 1)):
+        for m, r in zip(models, runs):
+            r.append(measure_model(m, space.graph.input_shape, device=k["device"], batch_size=k["batch_size"],
+                                   dtype=k["dtype"], channels_last=k["channels_last"], timer=timer))
+    return [keep(r) for r in runs]

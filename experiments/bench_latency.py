@@ -27,7 +27,7 @@ import torch
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import TableConfig, Timer, device_name, latency_table, measure_widths, set_threads
+from autoprune.profile import TableConfig, Timer, device_name, latency_table, measure_beside, set_threads
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -37,7 +37,7 @@ def bench(name: str, args, cache_dir: str) -> dict:
     model = create_model(name).eval()
     space = SearchSpace.from_model(model, (3, size, size), model_name=name)
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype, grid=args.grid,
-                         repeats=args.repeats, statistic=args.statistic, cache_dir=cache_dir)
+                         repeats=args.repeats, statistic=args.statistic, rounds=args.table_rounds, cache_dir=cache_dir)
     t0 = time.perf_counter()
     table, _ = latency_table(model, space, config, progress=True)
     table_s = time.perf_counter() - t0
@@ -47,10 +47,9 @@ def bench(name: str, args, cache_dir: str) -> dict:
     for _ in range(args.vectors):
         widths = space.sample(rng)
         pred = float(predict(table, space, widths))
-        meas = measure_widths(table, model, space, widths, timer=timer)
-        # the base timed right beside the vector: the ratio is what a --latency-budget 0.5 compares,
+        # the base timed beside the vector: the ratio is what a --latency-budget 0.5 compares,
         # and it does not move with the machine's load between the table's measurement and now
-        base = measure_widths(table, model, space, space.max_widths(), timer=timer)
+        meas, base = measure_beside(table, model, space, [widths, space.max_widths()], rounds=args.rounds, timer=timer)
         ratio_error = abs(pred / table.model_ms - meas / base) / (meas / base)
         rows.append({"widths": list(widths), "predicted_ms": pred, "measured_ms": meas, "base_now_ms": base,
                      "error": abs(pred - meas) / meas, "ratio_error": ratio_error})
@@ -89,6 +88,8 @@ def main() -> None:
     p.add_argument("--statistic", default="median", choices=["median", "min"],
                    help="what is kept of the timed runs (min: steadier on a machine shared with other jobs)")
     p.add_argument("--vectors", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=1, help="interleaved measurements of each vector and the base")
+    p.add_argument("--table-rounds", type=int, default=1, help="times the latency table is measured over")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="table cache (default: a temporary folder)")
     p.add_argument("--out", default=None, help="JSON file for every predicted/measured pair")

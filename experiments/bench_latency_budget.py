@@ -15,7 +15,6 @@ widths each constraint admits, not which one is most accurate, so no training is
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import TableConfig, Timer, latency_table, measure_widths
+from autoprune.profile import TableConfig, Timer, latency_table, measure_beside
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -43,7 +42,8 @@ def bench(name: str, args, tmp: Path) -> dict:
     model = create_model(name).eval()
     space = SearchSpace.from_model(model, (3, size, size), model_name=name)
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype, grid=args.grid,
-                         repeats=args.repeats, statistic=args.statistic, cache_dir=args.cache_dir or tmp / "tables")
+                         repeats=args.repeats, statistic=args.statistic, rounds=args.table_rounds,
+                         cache_dir=args.cache_dir or tmp / "tables")
     table, _ = latency_table(model, space, config, progress=True)
     full = base_macs(space)
     vectors = {"latency": winner(name, tmp / f"{name}-lat", args, args.seed, budget=None, latency=args.latency_budget,
@@ -56,15 +56,14 @@ def bench(name: str, args, tmp: Path) -> dict:
     vectors["uniform-fill"] = winner(name, tmp / f"{name}-uni", args, args.seed, budget=same,
                                      method="uniform-fill")
     timer = Timer(resolve_device(args.device), warmup=3, repeats=args.repeats, statistic=args.statistic)
-    runs = {k: [] for k in ["base", *vectors]}
-    for _ in range(args.rounds):
-        runs["base"].append(measure_widths(table, model, space, space.max_widths(), timer=timer))
-        for k, w in vectors.items():
-            runs[k].append(measure_widths(table, model, space, w, timer=timer))
-    base_ms = statistics.median(runs["base"])
+    names = ["base", *vectors]
+    measured = measure_beside(table, model, space, [space.max_widths(), *vectors.values()], rounds=args.rounds,
+                              timer=timer)
+    ms_of = dict(zip(names, measured))
+    base_ms = ms_of["base"]
     rows = []
     for k, w in vectors.items():
-        ms = statistics.median(runs[k])
+        ms = ms_of[k]
         rows.append({"search": k, "widths": w, "macs_ratio": macs(space, w) / full,
                      "predicted_ms": float(predict(table, space, w)), "measured_ms": ms,
                      "latency_ratio": ms / base_ms, "within": ms / base_ms <= args.latency_budget})
@@ -90,6 +89,7 @@ def main() -> None:
     p.add_argument("--statistic", default="median", choices=["median", "min"],
                    help="what is kept of the timed runs (min: steadier on a machine shared with other jobs)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measurements of every vector")
+    p.add_argument("--table-rounds", type=int, default=1, help="times the latency table is measured over")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="table cache (default: a temporary folder)")
     p.add_argument("--out", default=None, help="JSON file for every row")

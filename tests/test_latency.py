@@ -2,6 +2,7 @@
 the cache key and corrupt files, the latency limit in repair, the optimizers and the driver,
 and a tiny real measurement for the plumbing."""
 
+import dataclasses
 import itertools
 import json
 
@@ -188,7 +189,7 @@ def test_cache_is_reused_and_force_measures_again(model, space, tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"batch_size": 8}, {"dtype": "bf16"}, {"channels_last": True}, {"grid": 3},
-                                    {"statistic": "min"}])
+                                    {"statistic": "min"}, {"rounds": 2}])
 def test_other_settings_are_another_table(model, space, change):
     cpu = torch.device("cpu")
     assert table_key(model, space, TableConfig(**change), cpu) != table_key(model, space, TableConfig(), cpu)
@@ -371,3 +372,38 @@ def test_an_unknown_statistic_is_one_clear_error():
         TableConfig(statistic="mean")
     with pytest.raises(AutopruneError, match="statistic"):
         profile.Timer(torch.device("cpu"), statistic="p90")
+
+
+class NoisyTimer(FakeTimer):
+    """The fake timer's times, doubled on every other call: a machine busy half the time."""
+
+    def __call__(self, run, info):
+        ms = super().__call__(run, info)
+        return 2 * ms if self.calls % 2 else ms
+
+
+def test_rounds_keep_the_fastest_of_every_entry_and_of_the_model(model, space, tmp_path):
+    """Two rounds with the min statistic: every entry and the model were once timed at their
+    true time (the fake timer's), so the table equals the one a quiet machine gives."""
+    quiet, _ = latency_table(model, space, TableConfig(device="cpu", grid=2, cache_dir=tmp_path / "q"), timer=FakeTimer())
+    noisy = NoisyTimer()
+    busy, _ = latency_table(model, space, TableConfig(device="cpu", grid=2, statistic="min", rounds=2,
+                                                      cache_dir=tmp_path / "b"), timer=noisy)
+    assert busy.entries == quiet.entries and busy.model_ms == quiet.model_ms and busy.overhead_ms == quiet.overhead_ms
+    once, _ = latency_table(model, space, TableConfig(device="cpu", grid=2, statistic="min", cache_dir=tmp_path / "o"),
+                            timer=NoisyTimer())
+    assert once.entries != quiet.entries  # one round sees the busy half of the calls
+    assert noisy.calls == 2 * sum(len(e.ms) * len(e.ms[0]) for e in quiet.entries) + 2
+
+
+def test_models_measured_beside_each_other_keep_the_table_statistic(model, space, table):
+    widths = [space.max_widths(), space.min_widths()]
+    seen = []
+
+    def timer(run, info):
+        seen.append(info["what"])
+        return 5.0 + len(seen)  # later runs slower: the first round is the fastest
+
+    got = profile.measure_beside(dataclasses.replace(table, key={**table.key, "statistic": "min"}), model, space,
+                                 widths, rounds=3, timer=timer)
+    assert got == [6.0, 7.0] and seen == ["model"] * 6

@@ -38,6 +38,9 @@ def add_table_args(p, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}statistic", default="median", choices=list(STATISTICS),
                    help="what is kept of the timed runs: median (default) or min, the steadier on a machine "
                         "shared with other jobs")
+    p.add_argument(f"--{prefix}rounds", type=int, default=1,
+                   help="measure the whole table this many times over, keeping the statistic of all runs of an "
+                        "entry (default 1; 3 with min rides out a busy machine's slow seconds)")
     p.add_argument(f"--{prefix}threads", type=int, default=None,
                    help="CPU threads to time with (default torch's; 1 gives stable numbers on a busy machine)")
     p.add_argument(f"--{prefix}cache-dir", default=None,
@@ -49,7 +52,7 @@ def run(args) -> int:
     set_threads(args.threads)
     config = TableConfig(device=args.device, batch_size=args.batch_size, dtype=args.dtype,
                          channels_last=args.channels_last, grid=args.grid, repeats=args.repeats,
-                         statistic=args.statistic, cache_dir=args.cache_dir, force=args.force)
+                         statistic=args.statistic, rounds=args.rounds, cache_dir=args.cache_dir, force=args.force)
     if args.staircase:
         return run_staircase(args, model, space, config)
     table, path = latency_table(model, space, config, progress=not (args.json or args.no_progress))

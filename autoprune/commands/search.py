@@ -78,7 +78,7 @@ def run(args) -> int:
     set_threads(args.latency_threads)
     table = TableConfig(device=args.device, batch_size=args.latency_batch_size, dtype=args.latency_dtype,
                         channels_last=args.latency_channels_last, grid=args.latency_grid,
-                        repeats=args.latency_repeats, statistic=args.latency_statistic,
+                        repeats=args.latency_repeats, statistic=args.latency_statistic, rounds=args.latency_rounds,
                         cache_dir=args.latency_cache_dir)
     result = search(
         args.model, args.budget, args.method,
