@@ -2,9 +2,12 @@
 
 A :class:`LatencyTable` holds, for every traced layer (a conv or linear layer together with
 the BatchNorm and activation that run right after it), its measured time at a grid of
-(input width, output width) pairs, plus the measured latency of the whole unpruned model.
-What the table does not cover (residual adds, pooling, the Python between layers) is one
-measured constant: the whole model's time minus the sum of its layers at full width.
+(input width, output width) pairs, plus the measured latency of the whole unpruned model and of the smallest one the space holds.
+What the layers' isolated times miss (residual adds, pooling, the Python between layers, and
+on a CPU costs that grow with the model, such as memory traffic between layers) is an
+affine calibration through those two measured points: a model's time is
+``overhead_ms + scale × (sum of its layers' times)``. On a GPU ``scale`` comes out near 1
+and ``overhead_ms`` is the launch cost no pruning removes.
 
 :func:`predict` is the latency sibling of :func:`autoprune.cost.macs`: a pure function of
 (table, space, widths), with no forward pass. Widths between grid points are interpolated
@@ -68,13 +71,15 @@ class LatencyTable:
 
     ``key`` says what was measured (device name, torch version, dtype, batch size, input
     size, memory format, the layers and their grids); ``model_ms`` is the measured latency
-    of the unpruned model, ``overhead_ms`` the part of it no entry covers.
+    of the unpruned model; a model's predicted time is ``overhead_ms + scale`` × the sum
+    of its entries.
     """
 
     key: dict
     entries: tuple[Entry, ...]
     model_ms: float
     overhead_ms: float
+    scale: float = 1.0
 
     @property
     def id(self) -> str:
@@ -83,24 +88,24 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "key": self.key, "model_ms": self.model_ms, "overhead_ms": self.overhead_ms,
-                "entries": [e.to_dict() for e in self.entries]}
+                "scale": self.scale, "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod
     def from_dict(cls, d) -> "LatencyTable":
         """ValueError (with the reason) unless ``d`` is a well-formed table."""
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+        if not isinstance(d, dict) or d.get("schema") not in (SCHEMA, "autoprune.latency/1"):
             raise ValueError(f"not a latency table (schema {SCHEMA})")
         try:
             entries = tuple(Entry.from_dict(e) for e in d["entries"])
-            table = cls(dict(d["key"]), entries, float(d["model_ms"]), float(d["overhead_ms"]))
+            table = cls(dict(d["key"]), entries, float(d["model_ms"]), float(d["overhead_ms"]), float(d.get("scale", 1.0)))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed latency table ({type(exc).__name__}: {exc})") from None
-        if not (math.isfinite(table.model_ms) and math.isfinite(table.overhead_ms)):
+        if not all(math.isfinite(v) for v in (table.model_ms, table.overhead_ms, table.scale)) or table.scale <= 0:
             raise ValueError("malformed latency table (non-finite model time)")
         return table
 
 
-SCHEMA = "autoprune.latency/1"
+SCHEMA = "autoprune.latency/2"  # /1: no scale (1)
 
 
 def key_digest(key: dict) -> str:
@@ -146,10 +151,10 @@ def check_table(table: LatencyTable, space: SearchSpace) -> None:
 
 def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
     """Predicted latency in milliseconds of the model pruned to ``widths`` (the table's batch
-    size, dtype and device): the interpolated time of every entry plus the overhead."""
+    size, dtype and device): the overhead plus ``scale`` × the interpolated time of every entry."""
     full = space.full_widths(widths)
     layers = {layer.name: layer for layer in space.graph.layers}
-    total = table.overhead_ms
+    total = 0.0
     for entry in table.entries:
         layer = layers[entry.name]
         cin = 0
@@ -157,7 +162,7 @@ def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
             cin = cin + full[g]
         cout = full[layer.out_group] if entry.outs else None
         total = total + lookup(entry, cin, cout)
-    return total
+    return table.overhead_ms + table.scale * total
 
 
 class ExpectedLatency:
@@ -177,7 +182,7 @@ class ExpectedLatency:
     def __init__(self, table: LatencyTable, space: SearchSpace):
         check_table(table, space)
         self.space = space
-        self.overhead_ms = table.overhead_ms
+        self.overhead_ms, self.scale = table.overhead_ms, table.scale
         layers = {layer.name: layer for layer in space.graph.layers}
         width_of = _group_widths(space)
         # (input group, output group, times at their allowed widths): a free group's index, or None
@@ -211,7 +216,7 @@ class ExpectedLatency:
             raise SpaceError(f"expected latency needs {len(self.space)} probability vectors, got {len(probs)}")
         device = probs[0].device if probs else torch.device("cpu")
         one = torch.ones(1, dtype=torch.float64, device=device)
-        total = torch.tensor(self.overhead_ms, dtype=torch.float64, device=device)
+        total = torch.zeros((), dtype=torch.float64, device=device)
         if device not in self._on_device:
             self._on_device[device] = [(i, j, ms.to(device)) for i, j, ms in self._terms]
         for i, j, ms in self._on_device[device]:
@@ -226,7 +231,7 @@ class ExpectedLatency:
                 total = total + lookup(entry, cin, outs[0])
             else:
                 total = total + sum(p * lookup(entry, cin, b) for p, b in zip(probs[j], outs))
-        return total
+        return self.overhead_ms + self.scale * total
 
 
 def _group_widths(space: SearchSpace) -> dict[int, tuple[int | None, tuple[int, ...]]]:

@@ -6,8 +6,9 @@ input of the shape it sees in the model, at a grid of (input width, output width
 every allowed pair when a group has at most ``grid`` widths, else ``grid`` widths spread
 over the allowed ones (conv time is close to bilinear in the two widths, which is what
 :func:`autoprune.latency.lookup` interpolates). A norm that follows no timed layer is timed
-on its own. The unpruned model is timed end to end; the difference to the sum of its
-layers is the table's constant overhead.
+on its own. The unpruned model and the smallest one the space holds are timed end to end;
+the line through those two points against the sums of their layers' times is the table's
+calibration (``overhead_ms`` and ``scale``, see :mod:`autoprune.latency`).
 
 Each time is the median (or the minimum) of ``repeats`` runs after ``warmup`` runs, each run
 long enough to time reliably, with CUDA synchronised around it. With ``rounds`` > 1 the whole
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from autoprune.errors import AutopruneError, DeviceError, one_line
 from autoprune.files import write_json
 from autoprune.graph import Layer, fx_graph_module
-from autoprune.latency import Entry, LatencyTable, key_digest
+from autoprune.latency import Entry, LatencyTable, key_digest, predict
 from autoprune.runtime import log, progress_bar, resolve_device
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -350,7 +351,8 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
     jobs = [(k, i, j, cin, cout) for k, (_, ins, outs) in enumerate(todo)
             for i, cin in enumerate(ins) for j, cout in enumerate(outs or (None,))]
     runs: dict[tuple[int, int, int], list[float]] = {job[:3]: [] for job in jobs}
-    model_runs = []
+    ends = (space.max_widths(), space.min_widths())  # the model timed end to end, unpruned and smallest
+    model_runs: list[list[float]] = []
     bar = progress_bar(config.rounds * (len(jobs) + 1), "latency table", progress)
     try:
         for _ in range(config.rounds):
@@ -362,21 +364,42 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
                 runs[k, i, j].append(time_module(module, x, device, dtype, config.channels_last, timer, info))
                 if bar is not None:
                     bar.update(1)
-            model_runs.append(measure_model(model, space.graph.input_shape, device=device, batch_size=config.batch_size,
-                                            dtype=config.resolved_dtype(device), channels_last=config.channels_last,
-                                            timer=timer))
+            model_runs.append([_time_widths(model, space, w, config, device, timer) for w in ends])
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
     keep = STATISTICS[config.statistic]
-    entries = [Entry(layer.name, tuple(ins), tuple(outs),
-                     tuple(tuple(round(keep(runs[k, i, j]), 6) for j in range(len(outs) or 1)) for i in range(len(ins))))
-               for k, (layer, ins, outs) in enumerate(todo)]
-    model_ms = keep(model_runs)
-    covered = sum(e.ms[-1][-1] for e in entries)
-    return LatencyTable(key, tuple(entries), round(model_ms, 6), round(model_ms - covered, 6))
+    entries = tuple(Entry(layer.name, tuple(ins), tuple(outs),
+                          tuple(tuple(round(keep(runs[k, i, j]), 6) for j in range(len(outs) or 1))
+                                for i in range(len(ins))))
+                    for k, (layer, ins, outs) in enumerate(todo))
+    full_ms, small_ms = (keep([r[e] for r in model_runs]) for e in range(2))
+    overhead, scale = calibrate(LatencyTable(key, entries, full_ms, 0.0), space, full_ms, small_ms)
+    return LatencyTable(key, entries, round(full_ms, 6), round(overhead, 6), round(scale, 6))
+
+
+def calibrate(table: LatencyTable, space: SearchSpace, full_ms: float, small_ms: float) -> tuple[float, float]:
+    """(overhead, scale) of the line through the measured times of the unpruned model and the
+    smallest one the space holds, against the sums of their layers' entries (``table`` with
+    overhead 0 and scale 1). Where the two sums coincide (nothing to prune) or the line would
+    fall with the layers' time (timing noise), the scale is 1 and the overhead what the full
+    model's layers miss."""
+    layers_full = predict(table, space, space.max_widths())
+    layers_small = predict(table, space, space.min_widths())
+    if layers_full - layers_small > 1e-9 and full_ms > small_ms:
+        scale = (full_ms - small_ms) / (layers_full - layers_small)
+        return full_ms - scale * layers_full, scale
+    return full_ms - layers_full, 1.0
+
+
+def _time_widths(model, space: SearchSpace, widths, config: TableConfig, device: torch.device, timer: TimerFn) -> float:
+    """Milliseconds of ``model`` pruned to ``widths``, end to end, with ``config``'s settings."""
+    pruned = materialise(model, space, widths) if tuple(widths) != tuple(space.max_widths()) else copy.deepcopy(model)
+    x = torch.randn(config.batch_size, *space.graph.input_shape)
+    info = {"what": "model", "widths": tuple(widths)}
+    return time_module(pruned, x, device, DTYPES[config.resolved_dtype(device)], config.channels_last, timer, info)
 
 
 def time_module(module: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,

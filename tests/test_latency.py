@@ -375,11 +375,20 @@ def test_an_unknown_statistic_is_one_clear_error():
 
 
 class NoisyTimer(FakeTimer):
-    """The fake timer's times, doubled on every other call: a machine busy half the time."""
+    """The fake timer's times, doubled the first time each thing is timed: a machine busy
+    during the first round."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
 
     def __call__(self, run, info):
         ms = super().__call__(run, info)
-        return 2 * ms if self.calls % 2 else ms
+        what = (info["what"], getattr(info.get("layer"), "name", None), info.get("cin"), info.get("cout"),
+                info.get("widths"))
+        first = what not in self.seen
+        self.seen.add(what)
+        return 2 * ms if first else ms
 
 
 def test_rounds_keep_the_fastest_of_every_entry_and_of_the_model(model, space, tmp_path):
@@ -393,7 +402,7 @@ def test_rounds_keep_the_fastest_of_every_entry_and_of_the_model(model, space, t
     once, _ = latency_table(model, space, TableConfig(device="cpu", grid=2, statistic="min", cache_dir=tmp_path / "o"),
                             timer=NoisyTimer())
     assert once.entries != quiet.entries  # one round sees the busy half of the calls
-    assert noisy.calls == 2 * sum(len(e.ms) * len(e.ms[0]) for e in quiet.entries) + 2
+    assert noisy.calls == 2 * sum(len(e.ms) * len(e.ms[0]) for e in quiet.entries) + 4  # and two models a round
 
 
 def test_models_measured_beside_each_other_keep_the_table_statistic(model, space, table):
@@ -407,3 +416,35 @@ def test_models_measured_beside_each_other_keep_the_table_statistic(model, space
     got = profile.measure_beside(dataclasses.replace(table, key={**table.key, "statistic": "min"}), model, space,
                                  widths, rounds=3, timer=timer)
     assert got == [6.0, 7.0] and seen == ["model"] * 6
+
+
+def test_the_calibration_is_the_line_through_the_full_and_the_smallest_model(model, space, table, tmp_path):
+    """A device where a model takes 2 ms plus 1.5 x its layers' isolated times (memory traffic
+    between layers, say): the table's overhead and scale recover the line, and every width
+    vector is predicted exactly, not only the two measured ends."""
+    layers_of = {w: exact(table, space, list(w)) - table.overhead_ms
+                 for w in (tuple(space.max_widths()), tuple(space.min_widths()))}
+
+    class Calibrated(FakeTimer):
+        def __call__(self, run, info):
+            if info["what"] == "model":
+                return 2.0 + 1.5 * layers_of[info["widths"]]
+            return super().__call__(run, info)
+
+    got, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=Calibrated())
+    assert got.scale == pytest.approx(1.5) and got.overhead_ms == pytest.approx(2.0, abs=1e-5)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        w = space.sample(rng)
+        assert predict(got, space, w) == pytest.approx(2.0 + 1.5 * (exact(table, space, w) - table.overhead_ms), rel=1e-6)
+    probs = [torch.eye(len(c), dtype=torch.float64)[0] for c in space.choices]
+    assert float(ExpectedLatency(got, space)(probs)) == pytest.approx(predict(got, space, space.min_widths()), rel=1e-9)
+    assert LatencyTable.from_dict(json.loads(json.dumps(got.to_dict()))) == got
+
+
+def test_a_table_of_the_first_schema_reads_with_scale_one(table):
+    old = {k: v for k, v in table.to_dict().items() if k != "scale"}
+    old["schema"] = "autoprune.latency/1"
+    assert LatencyTable.from_dict(old).scale == 1.0
+    with pytest.raises(ValueError):
+        LatencyTable.from_dict({**table.to_dict(), "scale": -1.0})

@@ -59,7 +59,7 @@ def run(args) -> int:
     k = table.key
     row = {"model": args.model, "table": table.id, "file": str(path), "device": k["device"],
            "device_name": k["device_name"], "dtype": k["dtype"], "batch_size": k["batch_size"],
-           "model_ms": table.model_ms, "overhead_ms": table.overhead_ms,
+           "model_ms": table.model_ms, "overhead_ms": table.overhead_ms, "scale": table.scale,
            "predicted_full_ms": predict(table, space, space.max_widths()),
            "predicted_min_ms": predict(table, space, space.min_widths()),
            "layers": len(table.entries), "measurements": sum(len(e.ms) * len(e.ms[0]) for e in table.entries)}
@@ -69,7 +69,8 @@ def run(args) -> int:
     print(f"table       {table.id} ({path})")
     print(f"device      {k['device']} ({k['device_name']}), {k['dtype']}, batch {k['batch_size']}"
           + (", channels-last" if k["channels_last"] else ""))
-    print(f"model       {args.model}: {table.model_ms:.3f} ms measured, {table.overhead_ms:.3f} ms not in the layers")
+    print(f"model       {args.model}: {table.model_ms:.3f} ms measured; a model takes {table.overhead_ms:.3f} ms + "
+          f"{table.scale:.3f} x its layers' times")
     print(f"smallest    {row['predicted_min_ms']:.3f} ms predicted "
           f"({row['predicted_min_ms'] / table.model_ms:.3f} of the full model)")
     print(f"entries     {row['layers']} layers, {row['measurements']} timings")
