@@ -1,11 +1,12 @@
 """The classic pruning criteria on one table: keep rules in the evaluator, and width producers.
 
-For one trained base and one budget:
+For one trained base and each budget (its own width vectors):
 
 (a) every keep rule (``l1``, ``bn_gamma``, ``random``, ``hrank``, ``activation``, ``apoz``,
     ``reconstruct``) scores the same width vectors with the evaluator (BN re-estimation and a
-    short fine-tune from the inherited weights): mean proxy score, Kendall τ against the
-    vectors' accuracy when trained from scratch, the time to score the base once and the time
+    short fine-tune from the inherited weights): mean proxy score, Kendall τ-b (and p) against
+    the vectors' accuracy when trained from scratch (on the test split where there is one,
+    never the validation split the evaluator scores on), the time to score the base once and the time
     per candidate;
 (b) every one-shot producer (``uniform``, ``slimming``, ``l1-global``, ``hrank``,
     ``activation``, ``ssl``) proposes its widths at the budget, which are scored by the
@@ -14,13 +15,13 @@ For one trained base and one budget:
 Full run (one GPU), as the criteria benchmark asks:
 
     python experiments/bench_criteria.py --model vgg16 --dataset cifar10 --data-dir DIR \
-        --pretrain-epochs 30 --budget 0.4 --vectors 12 --retrain-epochs 25
+        --pretrain-epochs 30 --budgets 0.4 0.1 --vectors 12 --retrain-epochs 25
 
 On a GPU, the same comparison for the proof run's VGG16 base (reusing its from-scratch retrains)
 is part 3 of experiments/proof.py (``--part 3``).
 
 The defaults are a scaled-down CPU run (resnet20 on 16x16 synthetic images) that takes a few
-minutes on two cores. Writes OUT/bench.json and prints markdown tables.
+minutes on two cores. Writes OUT/bench.json after every budget and prints markdown tables.
 """
 
 from __future__ import annotations
