@@ -101,7 +101,7 @@ class LatencyTable:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed latency table ({type(exc).__name__}: {exc})") from None
         if not all(math.isfinite(v) for v in (table.model_ms, table.overhead_ms, table.scale)) or table.scale <= 0:
-            raise ValueError("malformed latency table (non-finite model time)")
+            raise ValueError("malformed latency table (a time that is not finite, or a scale that is not positive)")
         return table
 
 

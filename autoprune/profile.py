@@ -60,6 +60,12 @@ _ACT_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU}
 TimerFn = Callable[[Callable[[], object], dict], float]
 
 
+def check_statistic(statistic: str) -> None:
+    """AutopruneError unless ``statistic`` names one of :data:`STATISTICS`."""
+    if statistic not in STATISTICS:
+        raise AutopruneError(f"unknown latency statistic '{statistic}'; expected one of {', '.join(STATISTICS)}")
+
+
 @dataclass(frozen=True)
 class TableConfig:
     """How a table is measured: device (default CUDA when there is one), batch size, dtype
@@ -88,8 +94,7 @@ class TableConfig:
     def __post_init__(self):
         if self.dtype is not None and self.dtype not in DTYPES:
             raise DeviceError(f"unknown dtype '{self.dtype}'; expected one of {', '.join(DTYPES)}")
-        if self.statistic not in STATISTICS:
-            raise AutopruneError(f"unknown latency statistic '{self.statistic}'; expected one of {', '.join(STATISTICS)}")
+        check_statistic(self.statistic)
         for name in ("batch_size", "grid", "repeats", "rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "grid" else 1):
@@ -108,8 +113,7 @@ class Timer:
 
     def __init__(self, device: torch.device, *, warmup: int = 3, repeats: int = 9, min_ms: float = 2.0,
                  statistic: str = "median"):
-        if statistic not in STATISTICS:
-            raise AutopruneError(f"unknown latency statistic '{statistic}'; expected one of {', '.join(STATISTICS)}")
+        check_statistic(statistic)
         self.device, self.warmup, self.repeats, self.min_ms = device, warmup, repeats, min_ms
         self.statistic = statistic
 
