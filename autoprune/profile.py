@@ -400,10 +400,10 @@ def calibrate(table: LatencyTable, space: SearchSpace, full_ms: float, small_ms:
 
 def _time_widths(model, space: SearchSpace, widths, config: TableConfig, device: torch.device, timer: TimerFn) -> float:
     """Milliseconds of ``model`` pruned to ``widths``, end to end, with ``config``'s settings."""
-    pruned = materialise(model, space, widths) if tuple(widths) != tuple(space.max_widths()) else copy.deepcopy(model)
-    x = torch.randn(config.batch_size, *space.graph.input_shape)
-    info = {"what": "model", "widths": tuple(widths)}
-    return time_module(pruned, x, device, DTYPES[config.resolved_dtype(device)], config.channels_last, timer, info)
+    pruned = materialise(model, space, widths) if tuple(widths) != tuple(space.max_widths()) else model
+    return measure_model(pruned, space.graph.input_shape, device=device, batch_size=config.batch_size,
+                         dtype=config.resolved_dtype(device), channels_last=config.channels_last, timer=timer,
+                         info={"what": "model", "widths": tuple(widths)})
 
 
 def time_module(module: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
@@ -419,12 +419,14 @@ def time_module(module: nn.Module, x: torch.Tensor, device: torch.device, dtype:
 
 
 def measure_model(model: nn.Module, input_shape: Sequence[int], *, device="cpu", batch_size: int = 1,
-                  dtype: str = "fp32", channels_last: bool = False, timer: TimerFn | None = None) -> float:
-    """Measured milliseconds of one forward pass of ``model`` (a copy; inference mode)."""
+                  dtype: str = "fp32", channels_last: bool = False, timer: TimerFn | None = None,
+                  info: dict | None = None) -> float:
+    """Measured milliseconds of one forward pass of ``model`` (a copy; inference mode);
+    ``info`` is what the timer is told (default ``{"what": "model"}``)."""
     device = resolve_device(device)
     timer = timer or Timer(device)
     x = torch.randn(batch_size, *input_shape)
-    return time_module(copy.deepcopy(model), x, device, DTYPES[dtype], channels_last, timer, {"what": "model"})
+    return time_module(copy.deepcopy(model), x, device, DTYPES[dtype], channels_last, timer, info or {"what": "model"})
 
 
 def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: TableConfig | None = None, *,
