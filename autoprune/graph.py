@@ -6,12 +6,14 @@ pooling, every branch that meets it at a residual add, the input and output of a
 conv). Concatenation (DenseNet) is kept as a *layout*: the ordered list of groups that make up
 a tensor's channels, so that a consumer slices its input with the right offsets.
 
-Ops that cut or reorder channels at run time keep working on the pruned model because the
-forward code recomputes their sizes: ``chunk`` cuts a group into parts that :class:`Follow`
-their parent (the parent is pruned alike in every part), and a channel shuffle (a view that
-splits the channels, a transpose, a view back) couples the parts it interleaves and
-repeats their channels. Slices at constant offsets (``x[:, :k]``, ``split``) keep every
-channel before the offset at full width, since the code's constants do not change.
+Ops that cut channels at run time keep working on the pruned model because the forward code
+recomputes their sizes: ``chunk`` cuts a group into parts that :class:`Follow` their parent
+(the parent is pruned alike in every part). Slices at constant offsets (``x[:, :k]``,
+``split``) keep every channel before the offset at full width, since the code's constants do
+not change. A channel shuffle (a view that splits the channels, a transpose, a view back)
+leaves every group its own width: the tensor records the position of each channel, a later
+cut takes a ``range`` of each group it reaches, and surgery rewrites those nodes of the forward
+(:class:`Rewrite`) into gathers and splits of the kept channels.
 
 Tracing uses :mod:`torch.fx`; one shape propagation gives every layer's spatial size, which
 is all the cost model needs. Each fx node is handled by a *rule* looked up by module type,
@@ -31,6 +33,7 @@ silently wrong model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import operator
@@ -47,8 +50,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from autoprune.errors import TraceError, one_line
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "Follow", "FrozenLeaf", "Layer", "follow_indices", "follow_widths",
-    "fx_graph_module", "passthrough", "register_rule", "spatial_reduce", "trace", "unregister_rule",
+    "ChannelGraph", "ChannelGroup", "Follow", "FrozenLeaf", "Layer", "Rewrite", "follow_indices", "follow_widths",
+    "fx_graph_module", "passthrough", "range_kept", "register_rule", "spatial_reduce", "trace", "unregister_rule",
 ]
 
 # How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
@@ -62,10 +65,12 @@ class Follow:
     """How a group's channels derive from another group's, its ``parent``.
 
     ``part``: run ``index`` of ``count`` equal runs of the parent (a ``chunk``); the parent is
-    cut into blocks so that every run keeps as many channels. ``repeat``: every parent
-    channel ``count`` times in a row (a channel shuffle of ``count`` parts coupled alike).
-    ``tile``: ``count`` copies of the parent one after the other (a single group added to a
-    concatenation of copies of one group, as in GhostNet).
+    cut into blocks so that every run keeps as many channels. ``tile``: ``count`` copies of
+    the parent one after the other (a single group added to a concatenation of copies of one
+    group, as in GhostNet). ``range``: the parent's channels ``index`` to ``count`` (exclusive),
+    cut out of a reordered tensor (see :class:`Rewrite`); the parent keeps ``w * x // n`` of its
+    first ``x`` channels at width ``w`` of ``n`` (:func:`range_kept`), so every range keeps a
+    number of channels that its parent's width decides.
     """
 
     kind: str
@@ -84,7 +89,9 @@ class ChannelGroup:
     conv is cut into ``blocks`` equal runs of channels, one per conv group; it is pruned by
     the same number of channels in every block, so the conv keeps its ``groups``. A group
     that ``follows`` another is not searchable either: its width and kept channels are its
-    parent's, as :func:`follow_widths` and :func:`follow_indices` derive them.
+    parent's, as :func:`follow_widths` and :func:`follow_indices` derive them. A group that
+    ranges follow is ``cuts`` into segments at their ends; each segment keeps the number of
+    channels :func:`range_kept` gives it.
     """
 
     id: int
@@ -95,6 +102,7 @@ class ChannelGroup:
     producers: tuple[str, ...]
     blocks: int = 1
     follows: Follow | None = None
+    cuts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,8 @@ class Layer:
     linear layer after a flatten, every input channel spans ``spatial`` features.
     ``out_positions`` is the number of output positions (H×W for a 2-d conv), ``kernel`` the
     kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.
+    ``in_perm``, after a channel shuffle, gives the input position of each channel of
+    ``in_layout`` (None: in layout order).
     """
 
     name: str
@@ -121,6 +131,25 @@ class Layer:
     out_positions: int = 1
     bias: bool = False
     affine: bool = False
+    in_perm: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """An fx node whose channel arithmetic surgery replaces, because it no longer holds on the
+    pruned model: a channel shuffle (``kind`` ``gather``: output position ``j`` is input
+    position ``arg[j]``) or a cut at constant positions (``split``: the half-open ``arg``
+    bounds). ``source`` names the node of the input tensor, whose channels are ``layout`` in
+    the positions ``perm`` (None: in layout order). The pruned model keeps every tensor's
+    kept channels in their original order; :func:`autoprune.surgery.slice_channels` turns each
+    rewrite into an index gather or a split of the kept counts."""
+
+    node: str
+    kind: str
+    source: str
+    layout: tuple[int, ...]
+    perm: tuple[int, ...] | None
+    arg: tuple
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,7 @@ class ChannelGraph:
     other_params: int
     other_macs: int = 0
     frozen: tuple[FrozenLeaf, ...] = ()
+    rewrites: tuple[Rewrite, ...] = ()
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
@@ -194,11 +224,22 @@ def follow_widths(graph: ChannelGraph, full: list) -> list:
     another from its parent's; returns ``full``. Widths may be differentiable scalars."""
     for g in _follow_order(graph):
         f, w = g.follows, full[g.follows.parent]
-        if f.kind in ("repeat", "tile"):
+        if f.kind == "tile":
             full[g.id] = w * f.count
+        elif f.kind == "range":
+            n = graph.groups[f.parent].width
+            full[g.id] = w * (f.count - f.index) / n if isinstance(w, torch.Tensor) else (
+                range_kept(int(w), n, f.count) - range_kept(int(w), n, f.index))
         else:
             full[g.id] = w / f.count if isinstance(w, torch.Tensor) else int(w) // f.count
     return full
+
+
+def range_kept(width: int, full: int, x: int) -> int:
+    """How many of a group's first ``x`` channels (of ``full``) it keeps at ``width``, when a
+    range of it follows the group: ``width * x // full``, so a segment's count depends on
+    its ends alone and segments add up."""
+    return width * x // full
 
 
 def follow_indices(graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -206,14 +247,15 @@ def follow_indices(graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> dict[i
     follows another from its parent's; returns ``kept``."""
     for g in _follow_order(graph):
         f, k = g.follows, kept[g.follows.parent]
-        if f.kind == "repeat":
-            kept[g.id] = (k[:, None] * f.count + torch.arange(f.count)).flatten()
-        elif f.kind == "tile":
+        if f.kind == "tile":
             kept[g.id] = (torch.arange(f.count)[:, None] * graph.groups[f.parent].width + k).flatten()
+            continue
+        if f.kind == "range":
+            lo, hi = f.index, f.count
         else:
             run = graph.groups[f.parent].width // f.count
-            lo = f.index * run
-            kept[g.id] = k[(k >= lo) & (k < lo + run)] - lo
+            lo, hi = f.index * run, (f.index + 1) * run
+        kept[g.id] = k[(k >= lo) & (k < hi)] - lo
     return kept
 
 
@@ -221,6 +263,8 @@ def _parent_blocks(f: Follow, blocks: int) -> int:
     """The blocks a parent needs so that its follower keeps as many channels in each of its ``blocks``."""
     if f.kind == "part":
         return f.count * blocks
+    if f.kind == "range":
+        return 1  # a range and its parent must both be whole (settle_follows checks it)
     if f.kind == "tile" and f.count % blocks == 0:
         return 1  # every block of the follower is whole copies of the parent
     return blocks
@@ -427,13 +471,18 @@ class _Tensor:
     after a flatten how many features each channel spans, and which dimension holds the
     channels (1, or the last one after a channels-last permute). While a view splits the
     channels into ``split`` runs over dimensions 1 and 2 (a channel shuffle), ``dim`` is -1
-    and ``swapped`` says whether those two dimensions have been transposed."""
+    and ``swapped`` says whether those two dimensions have been transposed; ``origin`` names
+    the node whose channels the view splits. After a shuffle, ``perm`` gives the position of
+    each channel of the layout (None: in layout order); only the handlers in
+    :data:`_KEEP_PERM` see such a tensor, any other gets it with its groups fixed."""
 
     layout: list[int]
     spatial: int = 1
     dim: int = 1
     split: int = 0
     swapped: bool = False
+    perm: tuple[int, ...] | None = None
+    origin: str | None = None
 
 
 class _Parts(list):
@@ -461,6 +510,7 @@ class _Tracer:
         self.hint: list[str | None] = []  # the name of a group with no layer of its own
         self.layers: list[Layer] = []
         self.seen_modules: dict[str, bool] = {}
+        self.rewrites: list[Rewrite] = []
         self.pos = 0
 
     # -- union-find over group ids ---------------------------------------------------------
@@ -536,6 +586,8 @@ class _Tracer:
                 changed |= blocks != self.blocks[p]
                 self.blocks[p] = blocks
                 stuck = self.fixed[g] or self.fixed[p] or self.width[p] % blocks != 0 or self.in_cycle(g)
+                # A range's count is its root parent's choice: no blocks on either side.
+                stuck |= f.kind == "range" and (self.blocks[g] > 1 or self.blocks[p] > 1 or self.follows[p] is not None)
                 if stuck and not (self.fixed[g] and self.fixed[p]):
                     self.fixed[g] = self.fixed[p] = changed = True
         for g in kids:
@@ -570,6 +622,8 @@ class _Tracer:
 
     def merge_layouts(self, tensors: list[_Tensor], node: fx.Node) -> _Tensor:
         """Element-wise op of several channel tensors: their channels are the same channels."""
+        if len({t.perm for t in tensors}) > 1:
+            tensors = [_plain(self, node, t) for t in tensors]
         first = tensors[0]
         for t in tensors[1:]:
             a = [self.width[self.find(g)] for g in first.layout]
@@ -587,7 +641,7 @@ class _Tracer:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines tensors with channels in "
                                  "different places (flattened, or permuted)")
         self.scale_parameters(node, first)
-        return _Tensor(list(first.layout), first.spatial, first.dim)
+        return _Tensor(list(first.layout), first.spatial, first.dim, perm=first.perm)
 
     def tile(self, one: list[int], many: list[int]) -> bool:
         """Channels concatenated differently meet. A single group against copies of one
@@ -618,7 +672,7 @@ class _Tracer:
             if size != width * x.spatial or width == 1 or x.spatial != 1 or shape is None:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines channels with parameter "
                                  f"'{target}' of {size} values; only one value per channel is supported")
-            self.layers.append(Layer(target, "scale", tuple(x.layout)))
+            self.layers.append(Layer(target, "scale", tuple(x.layout), in_perm=x.perm))
 
     def check_channels(self, node: fx.Node, x: _Tensor, expected: int) -> None:
         got = sum(self.width[self.find(g)] for g in x.layout) * x.spatial
@@ -807,12 +861,18 @@ class _Tracer:
         handler = _module_rule(type(module))
         if handler is None:
             raise TraceError(f"module '{name}' ({kind}) is not supported by the channel tracer; {_HOW_TO_ADD}")
-        return handler(self, node, module, inputs)
+        return self.call(handler, node, module, inputs)
+
+    def call(self, handler: _Handler, node: fx.Node, target, inputs: list[_Tensor]):
+        """Run a rule; one that does not follow reordered channels gets them with their groups fixed."""
+        if handler not in _KEEP_PERM:
+            inputs = [_plain(self, node, t) for t in inputs]
+        return handler(self, node, target, inputs)
 
     def visit_function(self, node: fx.Node, inputs: list[_Tensor]) -> _Tensor | None:
         handler = _rule("function", node.target)
         if handler is not None:
-            return handler(self, node, node.target, inputs)
+            return self.call(handler, node, node.target, inputs)
         if _shape(node) is None and not isinstance(node.meta.get("tensor_meta"), (list, tuple)):
             return None  # e.g. x.size(1) * 2: a number, not a channel tensor
         raise _unsupported_function(node)
@@ -822,7 +882,7 @@ class _Tracer:
         if handler is None:
             raise TraceError(f"node '{node.name}' ({_where(node)}): method .{node.target}() on a channel tensor "
                              f"is not supported; {_HOW_TO_ADD}")
-        return handler(self, node, node.target, inputs)
+        return self.call(handler, node, node.target, inputs)
 
     # -- canonical result ------------------------------------------------------------------
     def finish(self) -> ChannelGraph:
@@ -830,6 +890,7 @@ class _Tracer:
         roots = sorted({self.find(g) for g in range(len(self.parent))}, key=lambda g: self.first_seen[g])
         # Keep only groups some layer depends on (the input group always counts), and their parents.
         used = {self.find(g) for layer in self.layers for g in layer.in_layout}
+        used |= {self.find(g) for r in self.rewrites for g in r.layout}
         used |= {self.find(layer.out_group) for layer in self.layers if layer.out_group is not None}
         used = self.with_parents(used)
         roots = [r for r in roots if r in used]
@@ -837,11 +898,11 @@ class _Tracer:
         groups = self.final_groups(roots, new_id)
         remap = lambda g: new_id[self.find(g)]  # noqa: E731
         layers = tuple(
-            Layer(l.name, l.kind, tuple(remap(g) for g in l.in_layout),
-                  None if l.out_group is None else remap(l.out_group), l.depthwise, l.groups, l.spatial,
-                  l.kernel, l.out_positions, l.bias, l.affine)
+            dataclasses.replace(l, in_layout=tuple(remap(g) for g in l.in_layout),
+                                out_group=None if l.out_group is None else remap(l.out_group))
             for l in self.layers
         )
+        rewrites = tuple(dataclasses.replace(r, layout=tuple(remap(g) for g in r.layout)) for r in self.rewrites)
         covered = set()
         for layer in layers:
             if layer.kind == "scale":
@@ -851,7 +912,8 @@ class _Tracer:
         other = sum(p.numel() for p in self.model.parameters() if id(p) not in covered)
         frozen = tuple(FrozenLeaf(path, type(self.modules[path]).__name__, self.leaves[path], macs)
                        for path, macs in self.leaf_macs.items())
-        return ChannelGraph(tuple(groups), layers, self.input_shape, other, sum(f.macs for f in frozen), frozen)
+        return ChannelGraph(tuple(groups), layers, self.input_shape, other, sum(f.macs for f in frozen), frozen,
+                            rewrites)
 
     def final_groups(self, roots: list[int], new_id: dict[int, int]) -> list[ChannelGroup]:
         """One ChannelGroup per union-find root, named after its first producer."""
@@ -863,6 +925,11 @@ class _Tracer:
                 members[r] += self.members[g]
                 producers[r] += self.producers[g]
         order = {**self.leaf_rank, **{layer.name: i for i, layer in enumerate(self.layers)}}
+        cuts: dict[int, set[int]] = {}
+        for r in roots:
+            f = self.follows[r]
+            if f is not None and f.kind == "range" and not self.fixed[r]:
+                cuts.setdefault(self.find(f.parent), set()).update((f.index, f.count))
         groups = []
         for r in roots:
             mem = tuple(sorted(set(members[r]), key=order.get))
@@ -872,14 +939,14 @@ class _Tracer:
             # Blocks from grouped convs of different group counts may not tile the width.
             fixed = self.fixed[r] or (not prod and f is None) or self.width[r] % self.blocks[r] != 0
             f = None if f is None or fixed else Follow(f.kind, new_id[self.find(f.parent)], f.index, f.count)
-            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r], f))
+            inner = tuple(sorted(cuts.get(r, set()) - {0, self.width[r]})) if not fixed else ()
+            groups.append(ChannelGroup(new_id[r], name, self.width[r], fixed, mem, prod, self.blocks[r], f, inner))
         # Group names must be unique; two groups can only share a name if neither has producers.
         seen: dict[str, int] = {}
         for i, g in enumerate(groups):
             if g.name in seen:
                 seen[g.name] += 1
-                groups[i] = ChannelGroup(g.id, f"{g.name}#{seen[g.name]}", g.width, g.fixed, g.members, g.producers,
-                                         g.blocks, g.follows)
+                groups[i] = dataclasses.replace(g, name=f"{g.name}#{seen[g.name]}")
             else:
                 seen[g.name] = 0
         return groups
@@ -899,15 +966,16 @@ def _conv(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
     if m.groups == 1:
         out = tracer.produce(node, m.out_channels)
         tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, kernel, out_positions,
-                                   bias))
+                                   bias, in_perm=x.perm))
         return _Tensor([out])
     if m.groups == m.in_channels == m.out_channels:
         # Depthwise: each output channel is its input channel filtered; they prune together.
         for g in x.layout:
             tracer.members[tracer.find(g)].append(node.target)
         tracer.layers.append(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions,
-                                   bias))
+                                   bias, in_perm=x.perm))
         return x
+    x = _plain(tracer, node, x)
     if len(x.layout) == 1:
         # Grouped: conv group j reads input block j and writes output block j. Pruning every
         # block of each side by the same amount keeps `groups` and the pairing of blocks.
@@ -944,7 +1012,7 @@ def _norm(tracer: _Tracer, node: fx.Node, m: nn.Module, inputs: list[_Tensor]) -
         raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened or permuted tensor; "
                          "only per-channel norms are supported")
     tracer.check_channels(node, x, m.num_features)
-    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
+    tracer.layers.append(Layer(node.target, "norm", tuple(x.layout), affine=m.affine, in_perm=x.perm))
     for g in x.layout:
         tracer.members[tracer.find(g)].append(node.target)
     return x
@@ -988,7 +1056,8 @@ def _permute(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _
         if dims != [0, 2, 1, *range(3, ndim)]:
             raise TraceError(f"node '{node.name}' ({_where(node)}) permutes channels split by a view; only "
                              "swapping the two halves (a channel shuffle) is supported")
-        return _Tensor(x.layout, 1, -1, x.split, not x.swapped)
+        return dataclasses.replace(x, swapped=not x.swapped)
+    x = _plain(tracer, node, x)
     if x.spatial != 1 or dims[0] != 0:
         raise TraceError(f"node '{node.name}' ({_where(node)}) permutes a flattened tensor or its batch")
     return _Tensor(x.layout, 1, dims.index(x.dim))
@@ -1031,13 +1100,20 @@ def _concat(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _T
     n_tensors = sum(len(a.meta["tensor_meta"]) if _shape(a) is None else 1 for a in _tuple_args(node.args[0]))
     if n_tensors != len(inputs):
         raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates constants with channel tensors")
-    return _Tensor([g for t in inputs for g in t.layout])
+    layout = [g for t in inputs for g in t.layout]
+    if all(t.perm is None for t in inputs):
+        return _Tensor(layout)
+    perm, offset = [], 0
+    for t in inputs:
+        perm += [offset + p for p in _positions(tracer, t)]
+        offset += len(t.perm) if t.perm is not None else sum(tracer.width[tracer.find(g)] for g in t.layout)
+    return _Tensor(layout, perm=tuple(perm))
 
 
 def _getitem(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor | _Parts | None:
     src, idx = node.args[0], node.args[1]
     if _shape(src) is not None:
-        return _index(tracer, node, inputs[0], idx)
+        return _index(tracer, node, _plain(tracer, node, inputs[0]), idx)
     # An element of a tuple: of parts (chunk, split), or of a size, which carries no channels.
     meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
     if isinstance(meta, (list, tuple)) and len(inputs) == len(meta) and isinstance(idx, (int, slice)):
@@ -1089,6 +1165,8 @@ def _chunk(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
+    if x.perm is not None:
+        return _Parts(_cut_reordered(tracer, node, x, _bounds(sizes)))
     runs = _equal_runs(tracer, node, x.layout, len(sizes)) if len(set(sizes)) == 1 else None
     if runs is not None:
         layouts = runs
@@ -1108,6 +1186,8 @@ def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
+    if x.perm is not None:
+        return _Parts(_cut_reordered(tracer, node, x, _bounds(sizes)))
     sections = node.args[1] if len(node.args) > 1 else node.kwargs.get(
         "split_size_or_sections", node.kwargs.get("split_size"))
     starts = [sum(sizes[:j]) for j in range(len(sizes))]
@@ -1121,6 +1201,12 @@ def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     return _Parts(_Tensor(layout, 1, x.dim) for layout in _slice_at(tracer, node, x.layout, bounds))
 
 
+def _bounds(sizes: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive parts of ``sizes`` channels."""
+    starts = [sum(sizes[:j]) for j in range(len(sizes))]
+    return [(a, a + n) for a, n in zip(starts, sizes)]
+
+
 def _channel_parts(node: fx.Node, x: _Tensor) -> tuple[_Tensor, list[int] | None]:
     """The channel widths of the parts a chunk or split returns; None when it cuts another
     dimension, so that every part carries all of ``x``'s channels."""
@@ -1131,6 +1217,8 @@ def _channel_parts(node: fx.Node, x: _Tensor) -> tuple[_Tensor, list[int] | None
                          "a view has split")
     if dim != x.dim:
         return x, None
+    if x.perm is not None and x.spatial != 1:
+        raise TraceError(f"node '{node.name}' ({_where(node)}) cuts a flattened shuffled tensor")
     return x, [m.shape[dim] for m in node.meta["tensor_meta"]]
 
 
@@ -1203,18 +1291,18 @@ def _view(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Ten
     x = inputs[0]
     src, dst = _shape(_first_tensor_arg(node)), _shape(node)
     if src is None or dst is None:
-        return _flatten(tracer, node, target, inputs)
+        return _flatten(tracer, node, target, [_plain(tracer, node, x)])
     if x.split:
         if len(dst) != len(src) - 1 or dst[:2] != (src[0], src[1] * src[2]) or dst[2:] != src[3:]:
             raise TraceError(f"node '{node.name}' ({_where(node)}) reshapes channels split by a view "
                              f"{src} -> {dst}; only joining them back is supported")
-        return _Tensor(_shuffle(tracer, node, x.layout, x.split) if x.swapped else x.layout)
+        return _shuffle(tracer, node, x) if x.swapped else _Tensor(x.layout, perm=x.perm)
     if x.dim == 1 and x.spatial == 1 and len(src) >= 3:
         if len(dst) == len(src) + 1 and dst[0] == src[0] and dst[1] * dst[2] == src[1] and dst[3:] == src[2:]:
-            return _Tensor(x.layout, 1, -1, dst[1])
+            return _Tensor(x.layout, 1, -1, dst[1], perm=x.perm, origin=_first_tensor_arg(node).name)
         if len(dst) >= 3 and dst[:2] == src[:2] and math.prod(dst[2:]) == math.prod(src[2:]):
             return x  # the spatial dimensions reshaped, the channels untouched
-    return _flatten(tracer, node, target, inputs)
+    return _flatten(tracer, node, target, [_plain(tracer, node, x)])
 
 
 def _transpose(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Tensor:
@@ -1225,24 +1313,80 @@ def _transpose(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) ->
         if (a, b) != (1, 2):
             raise TraceError(f"node '{node.name}' ({_where(node)}) transposes channels split by a view; only "
                              "swapping the two halves (a channel shuffle) is supported")
-        return _Tensor(x.layout, 1, -1, x.split, not x.swapped)
+        return dataclasses.replace(x, swapped=not x.swapped)
+    x = _plain(tracer, node, x)
     if x.spatial != 1 or a == 0:
         raise TraceError(f"node '{node.name}' ({_where(node)}) transposes a flattened tensor or its batch")
     return _Tensor(x.layout, 1, b if x.dim == a else a if x.dim == b else x.dim)
 
 
-def _shuffle(tracer: _Tracer, node: fx.Node, layout: list[int], g: int) -> list[int]:
-    """The layout after a channel shuffle of ``g`` runs: output channel ``i * g + j`` is
-    channel ``i`` of run ``j``. With the runs coupled (:func:`_equal_runs`) each keeps the
-    same channels, and the output is each of the run's groups repeated ``g`` times in a row;
-    otherwise every group keeps its width."""
-    if g == 1:
-        return layout
-    runs = _equal_runs(tracer, node, layout, g)
-    if runs is None:
-        return _frozen(tracer, node, layout, [sum(tracer.width[tracer.find(p)] for p in layout)])[0]
-    return [tracer.new_group(g * tracer.width[tracer.find(p)], follows=Follow("repeat", p, 0, g), hint=node.name)
-            for p in runs[0]]
+def _shuffle(tracer: _Tracer, node: fx.Node, x: _Tensor) -> _Tensor:
+    """A channel shuffle of ``x.split`` runs: output channel ``i * g + k`` is channel ``i`` of
+    run ``k``. Every group keeps its own width and choice of channels; the tensor records
+    where each channel went (``perm``), and surgery gathers the kept channels in that order."""
+    g = x.split
+    run = len(_positions(tracer, x)) // g
+    src = tuple((j % g) * run + j // g for j in range(g * run))
+    dst = [0] * len(src)
+    for j, q in enumerate(src):
+        dst[q] = j
+    tracer.rewrites.append(Rewrite(node.name, "gather", x.origin, tuple(x.layout), x.perm, src))
+    return _Tensor(x.layout, perm=tuple(dst[q] for q in _positions(tracer, x)))
+
+
+def _positions(tracer: _Tracer, x: _Tensor) -> tuple[int, ...]:
+    """The position of each channel of ``x``'s layout in the tensor."""
+    return x.perm if x.perm is not None else tuple(range(sum(tracer.width[tracer.find(g)] for g in x.layout)))
+
+
+def _plain(tracer: _Tracer, node: fx.Node, x: _Tensor) -> _Tensor:
+    """``x`` for an op that does not follow reordered channels: after a shuffle, every group
+    of it keeps its width (the pruned tensor is then the original one) and the tensor is one
+    new fixed group."""
+    if x.perm is None:
+        return x
+    (layout,) = _frozen(tracer, node, x.layout, [len(x.perm)])
+    return _Tensor(layout, x.spatial, x.dim)
+
+
+def _cut_reordered(tracer: _Tracer, node: fx.Node, x: _Tensor, bounds: list[tuple[int, int]]) -> list[_Tensor]:
+    """Constant cuts [start, stop) of a shuffled tensor. Each group's channels inside a cut
+    are a run of it, which becomes a group that follows it as a ``range``; surgery splits the
+    pruned tensor at the kept counts. Where a run is not whole (or its group cannot be
+    ranged), every group keeps its width."""
+    pos = x.perm
+    entries = _entries(tracer, x.layout)
+    parts = []
+    for a, b in bounds:
+        layout, perm = [], []
+        for g, s, e in entries:
+            inside = [i for i in range(e - s) if a <= pos[s + i] < b]
+            if not inside:
+                continue
+            lo, hi = inside[0], inside[-1] + 1
+            sub = _range_of(tracer, node, g, lo, hi) if hi - lo == len(inside) else None
+            if sub is None:
+                return [_Tensor(layout) for layout in _frozen(tracer, node, x.layout, [b - a for a, b in bounds])]
+            layout.append(sub)
+            perm += [pos[s + i] - a for i in inside]
+        parts.append(_Tensor(layout, perm=None if perm == sorted(perm) else tuple(perm)))
+    source = _first_tensor_arg(node).name
+    tracer.rewrites.append(Rewrite(node.name, "split", source, tuple(x.layout), pos, tuple(bounds)))
+    return parts
+
+
+def _range_of(tracer: _Tracer, node: fx.Node, g: int, lo: int, hi: int) -> int | None:
+    """A group for channels ``lo`` to ``hi`` of group ``g``: ``g`` itself when whole, else a
+    ``range`` of its root (of the group ``g`` ranges over, if it is a range itself); None when
+    ``g`` follows another group some other way."""
+    r = tracer.find(g)
+    if lo == 0 and hi == tracer.width[r]:
+        return g
+    f = tracer.follows[r]
+    if f is not None and f.kind != "range":
+        return None
+    parent, offset = (r, 0) if f is None else (f.parent, f.index)
+    return tracer.new_group(hi - lo, follows=Follow("range", parent, offset + lo, offset + hi), hint=node.name)
 
 
 def _no_channels(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> None:
@@ -1313,6 +1457,13 @@ _BUILTIN_RULES: dict[str, dict[Any, _Handler]] = {
                  "type_as", "clamp", "clamp_", "neg"),
     },
 }
+
+# The rules that follow a shuffled tensor's channel positions (`_Tensor.perm`); any other
+# rule, a user's included, gets the tensor with its groups fixed (see `_plain`).
+_KEEP_PERM = frozenset({
+    _conv, _norm, _same_channels, _prelu, passthrough, spatial_reduce, _elementwise, _concat, _view, _transpose,
+    _permute, _chunk, _split, _getitem, _no_channels,
+})
 
 # Modules of packages the tracer does not import (torchvision.ops, timm), matched by class name
 # anywhere in the module's MRO, after any rule keyed by class.

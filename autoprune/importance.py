@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import AutopruneError
-from autoprune.graph import ChannelGraph, follow_indices
+from autoprune.graph import ChannelGraph, follow_indices, range_kept
 
 # The rules scored from sampled training data rather than from the weights alone.
 DATA_RULES = ("hrank", "activation", "apoz", "reconstruct")
@@ -85,6 +85,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, rule: str | Scores = "
                 contributors[layer.out_group] += 1
             elif rule == "bn_gamma" and layer.kind == "norm" and m.weight is not None:
                 gamma = m.weight.detach().double().abs().cpu()
+                if layer.in_perm is not None:
+                    gamma = gamma[list(layer.in_perm)]  # in layout order
                 offset = 0
                 for gid in layer.in_layout:
                     n = graph.groups[gid].width
@@ -106,9 +108,23 @@ def keep_indices(model: nn.Module, graph: ChannelGraph, full_widths: list[int], 
         k = int(full_widths[g.id])
         if k >= g.width:
             out[g.id] = torch.arange(g.width)
+        elif g.cuts:
+            out[g.id] = _top_in_segments(scores[g.id], k, g.cuts)
         else:
             out[g.id] = _top(scores[g.id], k, g.blocks)
     return follow_indices(graph, out)
+
+
+def _top_in_segments(scores: torch.Tensor, k: int, cuts: tuple[int, ...]) -> torch.Tensor:
+    """Sorted indices of the best channels of each segment between ``cuts``, as many in each
+    as :func:`~autoprune.graph.range_kept` gives it at width ``k``."""
+    n = len(scores)
+    ends = [0, *cuts, n]
+    out = []
+    for a, b in zip(ends, ends[1:]):
+        take = range_kept(k, n, b) - range_kept(k, n, a)
+        out.append(a + torch.sort(-scores[a:b], stable=True).indices[:take])
+    return torch.sort(torch.cat(out)).values
 
 
 def _top(scores: torch.Tensor, k: int, blocks: int) -> torch.Tensor:
@@ -160,7 +176,11 @@ def pool_layer_scores(graph: ChannelGraph, per_layer: dict[str, torch.Tensor],
     """
     scores = {g.id: torch.zeros(g.width, dtype=torch.float64) for g in graph.groups}
     counts = {g.id: 0 for g in graph.groups}
+    # A layer's input after a shuffle holds its layout's channels at the positions in_perm gives.
+    perms = {layer.name: layer.in_perm for layer in graph.layers if layer.in_perm is not None}
     for name, values in per_layer.items():
+        if name in perms and tuple(layouts[name]) == graph.layers[_layer_index(graph, name)].in_layout:
+            values = values[list(perms[name])]
         offset = 0
         for gid in layouts[name]:
             n = graph.groups[gid].width
@@ -169,6 +189,10 @@ def pool_layer_scores(graph: ChannelGraph, per_layer: dict[str, torch.Tensor],
             counts[gid] += 1
             offset += n
     return {gid: s / max(counts[gid], 1) for gid, s in scores.items()}
+
+
+def _layer_index(graph: ChannelGraph, name: str) -> int:
+    return next(i for i, layer in enumerate(graph.layers) if layer.name == name)
 
 
 def channel_gram(moment: torch.Tensor, weight: torch.Tensor, span: int) -> torch.Tensor:

@@ -15,21 +15,25 @@ import copy
 from typing import Sequence
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
-from autoprune.graph import ChannelGraph
+from autoprune.graph import ChannelGraph, fx_graph_module
 from autoprune.importance import Scores, keep_indices, refit_weights
 from autoprune.space import SearchSpace
 
 
 def layout_indices(graph: ChannelGraph, layout: Sequence[int], keep: dict[int, torch.Tensor],
-                   spatial: int = 1) -> torch.Tensor:
-    """Indices into a tensor whose channels are the concatenation of ``layout``'s groups."""
+                   spatial: int = 1, perm: Sequence[int] | None = None) -> torch.Tensor:
+    """Indices into a tensor whose channels are the concatenation of ``layout``'s groups, or,
+    with ``perm``, those channels at the positions ``perm`` gives them (in position order)."""
     parts, offset = [], 0
     for gid in layout:
         parts.append(keep[gid] + offset)
         offset += graph.groups[gid].width
     idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    if perm is not None:
+        idx = torch.sort(torch.tensor(perm, dtype=torch.long)[idx]).values
     if spatial > 1:  # a flattened channel spans `spatial` consecutive features
         idx = (idx[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
     return idx
@@ -126,7 +130,7 @@ def refit_consumers(pruned: nn.Module, model: nn.Module, graph: ChannelGraph, ke
             continue
         original = model.get_submodule(layer.name).weight
         span = layer.spatial if layer.kind == "linear" else original[0, 0].numel()
-        in_cols = layout_indices(graph, layer.in_layout, kept, span)
+        in_cols = layout_indices(graph, layer.in_layout, kept, span, layer.in_perm)
         if len(in_cols) == original[0].numel():
             continue  # nothing dropped from the input: the original weights are the least-squares fit
         out_idx = kept[layer.out_group] if layer.out_group is not None else torch.arange(original.shape[0])
@@ -144,14 +148,41 @@ def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.
     pruned = _copy_sharing_layers(model, graph)
     for layer in graph.layers:
         spatial = layer.spatial if layer.kind == "linear" else 1
-        in_idx = layout_indices(graph, layer.in_layout, kept, spatial)
+        in_idx = layout_indices(graph, layer.in_layout, kept, spatial, layer.in_perm)
         if layer.kind == "scale":
             _slice_scale(pruned, layer.name, in_idx)
             continue
         m = pruned.get_submodule(layer.name)
         out_idx = kept[layer.out_group] if layer.out_group is not None else None
         _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
-    return pruned
+    return _rewritten(pruned, graph, kept) if graph.rewrites else pruned
+
+
+def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> fx.GraphModule:
+    """``pruned`` as an fx GraphModule whose channel shuffles and cuts of shuffled tensors
+    (``graph.rewrites``) act on the kept channels: a shuffle gathers them in the order the
+    original puts them, a cut splits at the kept counts. The gather indices are buffers, so
+    a state dict carries them with the weights they belong to."""
+    gm = fx_graph_module(pruned, graph)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for i, r in enumerate(graph.rewrites):
+        node, source = nodes[r.node], nodes[r.source]
+        keep = torch.zeros(len(r.perm) if r.perm is not None else sum(graph.groups[g].width for g in r.layout),
+                           dtype=torch.bool)
+        keep[layout_indices(graph, r.layout, kept, 1, r.perm)] = True
+        with gm.graph.inserting_before(node):
+            if r.kind == "gather":
+                src = torch.tensor(r.arg, dtype=torch.long)
+                name = f"autoprune_gather_{i}"
+                gm.register_buffer(name, (torch.cumsum(keep, 0) - 1)[src[keep[src]]])
+                new = gm.graph.call_function(torch.index_select, (source, 1, gm.graph.get_attr(name)))
+            else:
+                new = gm.graph.call_function(torch.split, (source, [int(keep[a:b].sum()) for a, b in r.arg], 1))
+        node.replace_all_uses_with(new)
+        nodes[r.node] = new  # a later rewrite may read this one's output
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm.train(pruned.training)
 
 
 def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
@@ -210,6 +241,8 @@ def zero_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.T
             m = out.get_submodule(layer.name)
             if layer.kind == "norm" or layer.depthwise:
                 mask = torch.cat([dropped[g] for g in layer.in_layout])
+                if layer.in_perm is not None:  # in position order
+                    mask = torch.zeros_like(mask).index_put_((torch.tensor(layer.in_perm),), mask)
             elif layer.out_group is not None:
                 mask = dropped[layer.out_group]
             else:

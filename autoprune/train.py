@@ -226,9 +226,9 @@ def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: flo
     return loss, logits
 
 
-def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int, list[tuple[torch.Tensor, int]]]:
-    """For each group id in ``gids``, the (parameter, first row) pieces whose rows
-    ``first … first + width`` belong to its channels: its producers' filters and biases, the
+def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For each group id in ``gids``, the (parameter, rows) pieces whose ``rows`` (indices,
+    one per channel in order) belong to its channels: its producers' filters and biases, the
     affine parameters of its norms and the filters of its depthwise convs (the structured
     groups of SSL, Wen et al. 2016: everything a channel's removal removes on the output side)."""
     wanted = set(gids)
@@ -237,26 +237,29 @@ def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int,
         m = model.get_submodule(layer.name)
         params = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
         if layer.out_group is not None and layer.out_group in wanted:
-            out[layer.out_group] += [(p, 0) for p in params]
+            rows = torch.arange(graph.groups[layer.out_group].width, device=params[0].device)
+            out[layer.out_group] += [(p, rows) for p in params]
         elif layer.kind == "norm" or layer.depthwise:
+            positions = torch.arange(params[0].shape[0]) if layer.in_perm is None else torch.tensor(layer.in_perm)
             offset = 0
             for gid in layer.in_layout:
+                width = graph.groups[gid].width
                 if gid in wanted:
-                    out[gid] += [(p, offset) for p in params]
-                offset += graph.groups[gid].width
+                    out[gid] += [(p, positions[offset:offset + width].to(p.device)) for p in params]
+                offset += width
     return out
 
 
-def channel_norms(pieces: list[tuple[torch.Tensor, int]], width: int) -> torch.Tensor:
+def channel_norms(pieces: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> torch.Tensor:
     """The L2 norm of each channel's parameters over ``pieces`` (see :func:`channel_parameters`)."""
     total = torch.zeros(width, dtype=torch.float64)
-    for p, first in pieces:
-        total += p.detach()[first:first + width].double().reshape(width, -1).square().sum(1).cpu()
+    for p, rows in pieces:
+        total += p.detach()[rows].double().reshape(width, -1).square().sum(1).cpu()
     return total.sqrt()
 
 
 @torch.no_grad()
-def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, int]]], widths: dict[int, int],
+def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]], widths: dict[int, int],
                      amount: float) -> None:
     """The proximal step of ``amount · Σ_channels ‖θ_channel‖₂`` (group lasso): every channel's
     parameters shrink by ``amount`` in norm, and a channel whose norm is below it becomes
@@ -264,9 +267,8 @@ def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, int]]], widths: 
     for gid, pieces in groups.items():
         norms = channel_norms(pieces, widths[gid])
         scale = torch.clamp(1 - amount / norms.clamp_min(1e-30), min=0)
-        for p, first in pieces:
-            rows = p[first:first + widths[gid]]
-            rows.mul_(scale.to(p.device, p.dtype).reshape(-1, *([1] * (rows.dim() - 1))))
+        for p, rows in pieces:
+            p[rows] = p[rows] * scale.to(p.device, p.dtype).reshape(-1, *([1] * (p.dim() - 1)))
 
 
 # --------------------------------------------------------------------------------------------

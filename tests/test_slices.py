@@ -4,6 +4,7 @@ Ends with a small YOLO-style detector (C2f blocks, SPPF, an upsampling neck, thr
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -13,11 +14,15 @@ from test_cost import hook_macs_and_thop
 from test_families import check_pruned
 
 from autoprune.cost import macs
+from autoprune.export import export_model
 from autoprune.graph import trace
+from autoprune.importance import channel_scores
 from autoprune.models import create_model
+from autoprune.optimizers.dmcp import Gates
 from autoprune.profile import axes
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
+from autoprune.train import channel_parameters
 
 
 def _conv(cin, cout, k=1, s=1, groups=1):
@@ -228,18 +233,46 @@ class _ShuffleBlock(nn.Module):
         return _shuffle(out, 2)
 
 
-def test_channel_shuffle_couples_the_runs_it_interleaves():
-    model = nn.Sequential(_conv(3, 16, 3), _ShuffleBlock(16, True), _ShuffleBlock(16, False),
-                          nn.Conv2d(16, 4, 1))
-    space = check_pruned(model, (3, 16, 16))
+def _shuffle_net():
+    return nn.Sequential(_conv(3, 16, 3), _ShuffleBlock(16, True), _ShuffleBlock(16, False), _ShuffleBlock(16, False),
+                         nn.Conv2d(16, 4, 1))
+
+
+def test_channel_shuffle_keeps_each_branch_its_own_width():
+    space = check_pruned(_shuffle_net(), (3, 16, 16))
     by = _by_name(space)
-    left = by["1.left.1.0"]  # both branches of the downsampling block: one group, pruned alike
-    assert not left.fixed and "1.right.2.0" in left.producers and left.blocks == 2
-    assert by["2.right.2.0"].follows.kind == "part"  # the pass-through half of the next block
-    assert any(g.follows is not None and g.follows.kind == "repeat" for g in space.graph.groups)
+    left, right = by["1.left.1.0"], by["1.right.2.0"]
+    # Not coupled: each branch of the downsampling block is searched on its own, and the next
+    # block's chunk cuts each in two at the shuffled positions.
+    assert left.id in space.free and right.id in space.free and left.follows is None
+    # The shuffle interleaves them: the next chunk takes half of each, the one after a quarter.
+    assert left.cuts == right.cuts == (2, 4)
+    ranges = [g for g in space.graph.groups if g.follows is not None and g.follows.kind == "range"]
+    assert {g.follows.parent for g in ranges} >= {left.id, right.id}
+    assert [r.kind for r in space.graph.rewrites] == ["gather", "split", "gather", "split", "gather"]
 
 
-def test_channel_shuffle_of_one_group_freezes_it():
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_channel_shuffle_is_exact_at_any_widths(seed):
+    """Odd widths included: surgery gathers the kept channels where the shuffle puts them."""
+    model = _shuffle_net()
+    space = SearchSpace.from_model(model, (3, 16, 16), min_ratio=0.1, step=0.05, round_to=1)
+    widths = space.sample(np.random.default_rng(seed))
+    check_pruned(model, (3, 16, 16), widths, space=space)
+
+
+def test_channel_shuffle_state_dict_loads_into_the_fresh_architecture():
+    model = randomize(_shuffle_net()).eval()
+    space = SearchSpace.from_model(model, (3, 16, 16), min_ratio=0.1, step=0.05, round_to=1)
+    widths = space.sample(np.random.default_rng(3))
+    pruned = materialise(model, space, widths).eval()
+    fresh = materialise(model, space, widths, fresh=True).eval()
+    fresh.load_state_dict(pruned.state_dict())  # the gather indices travel with the weights
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(x), pruned(x))
+
+
+def test_channel_shuffle_of_one_group_keeps_it_searchable():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -249,13 +282,27 @@ def test_channel_shuffle_of_one_group_freezes_it():
             return self.c(_shuffle(self.b(self.a(x)), 4))
 
     space = check_pruned(Net(), (3, 8, 8))
+    assert space.names == ("a.0", "b.0")
+
+
+def test_an_op_without_a_rule_for_shuffled_channels_fixes_them():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = _conv(3, 8), _conv(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            y = _shuffle(self.b(self.a(x)), 2)
+            return self.c(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))  # a flatten keeps no positions
+
+    space = check_pruned(Net(), (3, 8, 8))
     assert space.names == ("a.0",) and _by_name(space)["b.0"].fixed
 
 
 def test_torchvision_shufflenet_v2(one_thread):
     space = check_pruned(create_model("tv:shufflenet_v2_x1_0"), (3, 32, 32))
-    assert len(space) >= 16
-    assert macs(space, space.uniform(0.5)) <= 0.5 * macs(space, space.max_widths())
+    assert len(space) >= 30  # every branch, the shuffled trunks included
+    assert macs(space, space.uniform(0.5)) <= 0.35 * macs(space, space.max_widths())
 
 
 def test_timm_ghostnet(one_thread):
@@ -338,3 +385,48 @@ def test_latency_grid_spans_a_follower_s_range():
     assert space.graph.groups[layer.out_group].follows is not None
     _, outs = axes(space, layer, grid=4)
     assert len(outs) == 4 and outs[-1] == 8 and outs[0] < 8
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
+def test_shuffled_model_exports(tmp_path, fmt):
+    """The rewritten forward (gathers and splits of constant sizes) exports and is verified."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    model = randomize(_shuffle_net()).eval()
+    space = SearchSpace.from_model(model, (3, 16, 16), min_ratio=0.1, step=0.05, round_to=1)
+    pruned = materialise(model, space, space.sample(np.random.default_rng(4))).eval()
+    diff = export_model(pruned, fmt, tmp_path / f"m.{fmt}", (3, 16, 16))
+    assert diff <= 1e-4 and (tmp_path / f"m.{fmt}").stat().st_size > 0
+
+
+class _ShuffleThenNorm(nn.Module):
+    """Two producers interleaved by a shuffle, then a depthwise conv and a norm over the shuffled
+    channels (as in ShuffleNetV2's downsampling branch): a's channel i sits at position 2i."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _conv(3, 8), _conv(3, 8)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.bn(self.dw(_shuffle(torch.cat((self.a(x), self.b(x)), 1), 2))))
+
+
+def test_per_channel_parameters_after_a_shuffle_are_read_at_their_positions():
+    model = randomize(_ShuffleThenNorm()).eval()
+    space = check_pruned(model, (3, 8, 8))
+    a, b = _by_name(space)["a.0"].id, _by_name(space)["b.0"].id
+    with torch.no_grad():
+        model.a[1].weight.fill_(1.0)
+        model.bn.weight.copy_(torch.arange(16.0))
+    # bn_gamma: a's own norm (1) and the shuffled norm at a's positions 0, 2, 4, ... averaged.
+    scores = channel_scores(model, space.graph, "bn_gamma")[a]
+    torch.testing.assert_close(scores, (1 + 2 * torch.arange(8, dtype=torch.float64)) / 2)
+    rows = [r for p, r in channel_parameters(model, space.graph, [a])[a] if p is model.bn.weight]
+    assert [r.tolist() for r in rows] == [list(range(0, 16, 2))]
+    gates = Gates(model, space)
+    gates.set({a: torch.full((8,), 2.0), b: torch.full((8,), 3.0)})
+    assert gates._vectors["bn"].tolist() == [2.0, 3.0] * 8
+    gates.remove()

@@ -282,12 +282,23 @@ class Gates:
             self._vectors = None
             return
         groups = self.space.graph.groups
+        perms = {layer.name: layer.in_perm for layer in self.space.graph.layers}
         some = next(iter(scales.values()))
+
+        def factors(g: int) -> torch.Tensor:
+            f = groups[g].follows
+            if g in scales:
+                return scales[g]
+            if f is not None and f.kind == "range" and f.parent in scales:
+                return scales[f.parent][f.index:f.count]  # the channels of its parent it carries
+            return torch.ones(groups[g].width, device=some.device, dtype=some.dtype)
+
         vectors = {}
         for name, layout in self.sites:
-            parts = [scales[g] if g in scales else torch.ones(groups[g].width, device=some.device, dtype=some.dtype)
-                     for g in layout]
-            vectors[name] = torch.cat(parts) if len(parts) > 1 else parts[0]
+            v = torch.cat([factors(g) for g in layout])
+            if perms.get(name) is not None:  # a norm after a shuffle: channels in position order
+                v = torch.empty_like(v).index_put_((torch.tensor(perms[name], device=v.device),), v)
+            vectors[name] = v
         self._vectors = vectors
 
     def remove(self) -> None:
