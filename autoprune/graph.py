@@ -138,11 +138,12 @@ class Layer:
 class Rewrite:
     """An fx node whose channel arithmetic surgery replaces, because it no longer holds on the
     pruned model: a channel shuffle (``kind`` ``gather``: output position ``j`` is input
-    position ``arg[j]``) or a cut at constant positions (``split``: the half-open ``arg``
-    bounds). ``source`` names the node of the input tensor, whose channels are ``layout`` in
-    the positions ``perm`` (None: in layout order). The pruned model keeps every tensor's
-    kept channels in their original order; :func:`autoprune.surgery.slice_channels` turns each
-    rewrite into an index gather or a split of the kept counts."""
+    position ``arg[j]``) or cuts at constant positions (the half-open ``arg`` bounds;
+    ``split`` for chunk and split, ``narrow`` for a slice). ``source`` names the node of the
+    input tensor, whose channels are ``layout`` in the positions ``perm`` (None: in layout
+    order). The pruned model keeps every tensor's kept channels in their original order;
+    :func:`autoprune.surgery.slice_channels` turns each rewrite into an index gather, or a
+    split or narrow at the kept counts."""
 
     node: str
     kind: str
@@ -634,7 +635,9 @@ class _Tracer:
             elif len(t.layout) == 1 and sum(b) == 1 or len(first.layout) == 1 and sum(a) == 1:
                 continue  # broadcast of a single channel
             elif sum(a) == sum(b):
-                self.tile(first.layout, t.layout) or self.tile(t.layout, first.layout)
+                copies = any(len(x) > 1 and len({self.find(g) for g in x}) == 1 for x in (first.layout, t.layout))
+                if copies or not self.align(first.layout, t.layout, node):
+                    self.tile(first.layout, t.layout) or self.tile(t.layout, first.layout)
             else:
                 raise TraceError(f"node '{node.name}' ({_where(node)}) combines {sum(a)} and {sum(b)} channels")
             if t.spatial != first.spatial or t.dim != first.dim or t.split != first.split:
@@ -642,6 +645,23 @@ class _Tracer:
                                  "different places (flattened, or permuted)")
         self.scale_parameters(node, first)
         return _Tensor(list(first.layout), first.spatial, first.dim, perm=first.perm)
+
+    def align(self, a: list[int], b: list[int], node: fx.Node) -> bool:
+        """The same channels concatenated differently (a residual over MixNet's split conv):
+        each side cut at the other's boundaries into ranges, coupled piece by piece. False,
+        coupling nothing, where a group to cut follows another some other way."""
+        ea, eb = _entries(self, a), _entries(self, b)
+        if any(self.follows[self.find(g)] is not None and self.follows[self.find(g)].kind != "range"
+               for g, _, _ in ea + eb):
+            return False
+        cuts = sorted({s for _, s, _ in ea + eb} | {e for _, _, e in ea + eb})
+        pieces = []
+        for entries in (ea, eb):
+            pieces.append([_range_of(self, node, g, lo - s, hi - s) for g, s, e in entries
+                           for lo, hi in zip(cuts, cuts[1:]) if s <= lo and hi <= e])
+        for x, y in zip(*pieces):
+            self.union(x, y, node)
+        return True
 
     def tile(self, one: list[int], many: list[int]) -> bool:
         """Channels concatenated differently meet. A single group against copies of one
@@ -1102,7 +1122,7 @@ def _concat(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _T
         raise TraceError(f"node '{node.name}' ({_where(node)}) concatenates constants with channel tensors")
     layout = [g for t in inputs for g in t.layout]
     if all(t.perm is None for t in inputs):
-        return _Tensor(layout)
+        return _Tensor(_join_ranges(tracer, node, layout))
     perm, offset = [], 0
     for t in inputs:
         perm += [offset + p for p in _positions(tracer, t)]
@@ -1153,6 +1173,10 @@ def _index(tracer: _Tracer, node: fx.Node, x: _Tensor, idx) -> _Tensor:
         raise TraceError(f"node '{node.name}' ({_where(node)}) slices the features of a flattened tensor")
     start, stop, step = channel.start, channel.stop, channel.step
     if step in (None, 1) and all(b is None or type(b) is int and b >= 0 for b in (start, stop)):
+        if x.dim == 1 and all(e == slice(None) for e in entries if e is not channel):
+            total = len(_positions(tracer, x))
+            (part,) = _cut_reordered(tracer, node, x, [(min(start or 0, total), min(total, stop or total))], "narrow")
+            return part
         (layout,) = _slice_at(tracer, node, x.layout, [(start or 0, stop)])
         return _Tensor(layout, 1, x.dim)
     # Bounds computed at run time, from the end, or with a step: the channels keep their count.
@@ -1174,6 +1198,8 @@ def _chunk(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
         n = len(sizes)
         layouts = [[tracer.new_group(sizes[0], follows=Follow("part", x.layout[0], j, n), hint=f"{node.name}.{j}")]
                    for j in range(n)]
+    elif x.dim == 1:
+        return _Parts(_cut_reordered(tracer, node, x, _bounds(sizes)))
     else:
         layouts = _frozen(tracer, node, x.layout, sizes)
     return _Parts(_Tensor(layout, 1, x.dim) for layout in layouts)
@@ -1186,7 +1212,7 @@ def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
-    if x.perm is not None:
+    if x.perm is not None or x.dim == 1:
         return _Parts(_cut_reordered(tracer, node, x, _bounds(sizes)))
     sections = node.args[1] if len(node.args) > 1 else node.kwargs.get(
         "split_size_or_sections", node.kwargs.get("split_size"))
@@ -1349,12 +1375,16 @@ def _plain(tracer: _Tracer, node: fx.Node, x: _Tensor) -> _Tensor:
     return _Tensor(layout, x.spatial, x.dim)
 
 
-def _cut_reordered(tracer: _Tracer, node: fx.Node, x: _Tensor, bounds: list[tuple[int, int]]) -> list[_Tensor]:
-    """Constant cuts [start, stop) of a shuffled tensor. Each group's channels inside a cut
-    are a run of it, which becomes a group that follows it as a ``range``; surgery splits the
-    pruned tensor at the kept counts. Where a run is not whole (or its group cannot be
-    ranged), every group keeps its width."""
-    pos = x.perm
+def _cut_reordered(tracer: _Tracer, node: fx.Node, x: _Tensor, bounds: list[tuple[int, int]],
+                   kind: str = "split") -> list[_Tensor]:
+    """Cuts [start, stop) at constant positions of ``x`` (shuffled or not) that the forward code
+    would get wrong on the pruned tensor. Each group's channels inside a cut are a run of it,
+    which becomes a group that follows it as a ``range``; surgery cuts the pruned tensor at the
+    kept counts (``kind``: ``split`` for chunk and split, ``narrow`` for a slice). Where a run
+    is not whole (or its group cannot be ranged), every group keeps its width."""
+    pos = _positions(tracer, x)
+    if bounds == [(0, len(pos))]:
+        return [x]
     entries = _entries(tracer, x.layout)
     parts = []
     for a, b in bounds:
@@ -1371,8 +1401,27 @@ def _cut_reordered(tracer: _Tracer, node: fx.Node, x: _Tensor, bounds: list[tupl
             perm += [pos[s + i] - a for i in inside]
         parts.append(_Tensor(layout, perm=None if perm == sorted(perm) else tuple(perm)))
     source = _first_tensor_arg(node).name
-    tracer.rewrites.append(Rewrite(node.name, "split", source, tuple(x.layout), pos, tuple(bounds)))
+    tracer.rewrites.append(Rewrite(node.name, kind, source, tuple(x.layout), x.perm, tuple(bounds)))
     return parts
+
+
+def _join_ranges(tracer: _Tracer, node: fx.Node, layout: list[int]) -> list[int]:
+    """``layout`` with adjacent ranges of one group joined (the parts of a split concatenated
+    again, as MixNet's mixed convs do): the group itself where they cover it."""
+    out: list[int] = []
+    for g in layout:
+        f = tracer.follows[tracer.find(g)]
+        prev = tracer.follows[tracer.find(out[-1])] if out else None
+        if (f is not None and prev is not None and f.kind == prev.kind == "range"
+                and tracer.find(f.parent) == tracer.find(prev.parent) and prev.count == f.index):
+            joined = _range_of(tracer, node, tracer.find(f.parent), prev.index, f.count)
+            if joined is None:  # the parent follows another group some other way
+                out.append(g)
+            else:
+                out[-1] = joined
+        else:
+            out.append(g)
+    return out
 
 
 def _range_of(tracer: _Tracer, node: fx.Node, g: int, lo: int, hi: int) -> int | None:

@@ -160,8 +160,8 @@ def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.
 
 def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> fx.GraphModule:
     """``pruned`` as an fx GraphModule whose channel shuffles and cuts of shuffled tensors
-    (``graph.rewrites``) act on the kept channels: a shuffle gathers them in the order the
-    original puts them, a cut splits at the kept counts. The gather indices are buffers, so
+    and constant cuts (``graph.rewrites``) act on the kept channels: a shuffle gathers them in
+    the order the original puts them, a cut splits or narrows at the kept counts. The gather indices are buffers, so
     a state dict carries them with the weights they belong to."""
     gm = fx_graph_module(pruned, graph)
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -176,8 +176,11 @@ def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Ten
                 name = f"autoprune_gather_{i}"
                 gm.register_buffer(name, (torch.cumsum(keep, 0) - 1)[src[keep[src]]])
                 new = gm.graph.call_function(torch.index_select, (source, 1, gm.graph.get_attr(name)))
-            else:
+            elif r.kind == "split":
                 new = gm.graph.call_function(torch.split, (source, [int(keep[a:b].sum()) for a, b in r.arg], 1))
+            else:
+                ((a, b),) = r.arg
+                new = gm.graph.call_function(torch.narrow, (source, 1, int(keep[:a].sum()), int(keep[a:b].sum())))
         node.replace_all_uses_with(new)
         nodes[r.node] = new  # a later rewrite may read this one's output
     gm.graph.eliminate_dead_code()

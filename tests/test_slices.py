@@ -80,7 +80,7 @@ def test_ghost_slice_inside_a_group_freezes_it():
 
 
 class _Tail(nn.Module):
-    """Slices at constant offsets: what comes before an offset keeps its width."""
+    """Slices at constant offsets, of the channels and of the spatial dimensions."""
 
     def __init__(self):
         super().__init__()
@@ -93,10 +93,11 @@ class _Tail(nn.Module):
         return self.c(y[:, 8:])[:, :, 2:6, 2:6] + self.d(y[..., 2:6, :][:, :, :, 2:6])  # spatial slices keep channels
 
 
-def test_slice_from_a_group_boundary_to_the_end_keeps_the_tail_searchable():
+def test_slice_at_a_constant_offset_keeps_every_group_searchable():
     space = check_pruned(_Tail(), (3, 8, 8))
-    by = _by_name(space)
-    assert by["a.0"].fixed and space.names == ("b.0",)
+    assert space.names == ("a.0", "b.0")
+    # y[:, 8:] starts after a's kept channels in the pruned model: surgery narrows at that count
+    assert [(r.kind, r.arg) for r in space.graph.rewrites] == [("narrow", ((8, 24),))]
 
 
 # -- chunk and split: CSP / C2f ------------------------------------------------------------
@@ -148,17 +149,21 @@ def test_c2f_chunk_prunes_both_halves_alike():
 
 
 @pytest.mark.parametrize("cut", ["split", "torch.split"])
-def test_c2f_split_at_constant_offsets_keeps_cv1_whole(cut):
+def test_c2f_split_at_constant_offsets_cuts_cv1_into_ranges(cut):
     model = nn.Sequential(_conv(3, 16, 3), _C2f(16, 16, cut=cut), nn.Conv2d(16, 4, 1))
     space = check_pruned(model, (3, 8, 8))
     by = _by_name(space)
-    # the cut falls inside cv1's group: cv1 and both halves keep their widths
-    assert by["1.cv1.0"].fixed and by["1.m.0.cv2.0"].fixed and "1.m.0.cv1.0" in space.names
+    # the cut falls inside cv1's group: each half is a range of it, and the bottlenecks' residual
+    # group follows the second half
+    cv1, tail = by["1.cv1.0"], by["1.m.0.cv2.0"]
+    assert cv1.id in space.free and cv1.cuts == (8,)
+    assert (tail.follows.kind, tail.follows.parent, tail.follows.index, tail.follows.count) == ("range", cv1.id, 8, 16)
+    check_pruned(model, (3, 8, 8), space.sample(np.random.default_rng(0)), space=space)
 
 
-def test_split_by_a_list_of_sizes_keeps_every_part_whole():
+def test_split_by_a_list_of_sizes_splits_at_the_kept_counts():
     """MixNet's mixed conv: ``torch.split(x, [a, b])`` on a concatenation; the sizes must add up to
-    the width, so not even the last part may shrink."""
+    the width, so surgery passes the kept counts in their place."""
 
     class Net(nn.Module):
         def __init__(self):
@@ -172,8 +177,39 @@ def test_split_by_a_list_of_sizes_keeps_every_part_whole():
             return self.head(torch.cat([self.c(p), self.d(q)], 1))
 
     space = check_pruned(Net(), (3, 8, 8))
+    assert space.names == ("a.0", "b.0", "c.0", "d.0")
+
+
+class _MixedResidual(nn.Module):
+    """MixNet's block: a group split by a list of sizes, a depthwise conv per part, the parts
+    concatenated again, then a pointwise conv made of two convs whose concatenated outputs are
+    added to the block's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv(3, 12, 3)
+        self.dw3, self.dw5 = _conv(4, 4, 3, groups=4), _conv(8, 8, 5, groups=8)
+        self.pw_a, self.pw_b = nn.Conv2d(12, 5, 1), nn.Conv2d(12, 7, 1)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        p, q = torch.split(x, [4, 8], 1)
+        y = torch.cat([self.dw3(p), self.dw5(q)], 1)
+        return self.head(x + torch.cat([self.pw_a(y), self.pw_b(y)], 1))
+
+
+def test_residual_over_a_split_conv_couples_it_range_by_range():
+    model = _MixedResidual()
+    space = check_pruned(model, (3, 8, 8))
     by = _by_name(space)
-    assert by["a.0"].fixed and by["b.0"].fixed and {"c.0", "d.0"} <= set(space.names)
+    stem = by["stem.0"]
+    # the split's parts join back into the stem's group; the residual cuts it where pw_a ends
+    assert stem.id in space.free and stem.cuts == (4, 5)
+    assert [(by[n].follows.kind, by[n].follows.index, by[n].follows.count) for n in ("pw_a", "pw_b")] == [
+        ("range", 0, 5), ("range", 5, 12)]
+    for seed in range(3):
+        check_pruned(model, (3, 8, 8), space.sample(np.random.default_rng(seed)), space=space)
 
 
 def test_chunk_of_a_concatenation_couples_its_halves():
@@ -365,7 +401,9 @@ def test_yolo_style_detector_traces_prunes_and_keeps_its_outputs(one_thread):
     space = SearchSpace.from_model(model, shape)
     assert len(space) >= 10  # the strided convs, the C2f halves, the bottlenecks' inner convs, the necks
     by = _by_name(space)
-    assert not by["s1.1.cv1.0"].fixed and by["s2.1.cv1.0"].fixed  # chunk vs split at constant offsets
+    # chunk: both halves pruned alike; split at constant offsets: each half a range
+    assert by["s1.1.cv1.0"].blocks == 2 and by["s2.1.cv1.0"].cuts == (16,)
+    assert by["s1.1.cv1.0"].id in space.free and by["s2.1.cv1.0"].id in space.free
     for widths in (space.max_widths(), space.uniform(0.5)):
         pruned = materialise(copy.deepcopy(model).to("meta"), space, widths, keep="first")
         with torch.no_grad():
