@@ -8,12 +8,12 @@ a tensor's channels, so that a consumer slices its input with the right offsets.
 
 Ops that cut channels at run time keep working on the pruned model because the forward code
 recomputes their sizes: ``chunk`` cuts a group into parts that :class:`Follow` their parent
-(the parent is pruned alike in every part). Slices at constant offsets (``x[:, :k]``,
-``split``) keep every channel before the offset at full width, since the code's constants do
-not change. A channel shuffle (a view that splits the channels, a transpose, a view back)
-leaves every group its own width: the tensor records the position of each channel, a later
-cut takes a ``range`` of each group it reaches, and surgery rewrites those nodes of the forward
-(:class:`Rewrite`) into gathers and splits of the kept channels.
+(the parent is pruned alike in every part). A cut at constant positions (``x[:, a:b]``,
+``split`` by sizes) takes a ``range`` of each group it reaches, and a channel shuffle (a view
+that splits the channels, a transpose, a view back) leaves every group its own width while
+the tensor records the position of each channel; surgery rewrites those nodes of the forward
+(:class:`Rewrite`) into gathers and splits of the kept channels, since the code's constants
+and arithmetic no longer hold on the pruned model.
 
 Tracing uses :mod:`torch.fx`; one shape propagation gives every layer's spatial size, which
 is all the cost model needs. Each fx node is handled by a *rule* looked up by module type,
@@ -577,6 +577,8 @@ class _Tracer:
             if self.follows[r] is None and r not in produced:
                 self.fixed[r] = True  # as final_groups decides, but early enough to reach followers
         kids = [r for r in roots if self.follows[r] is not None]
+        for g in kids:
+            self.follows[g] = self.range_root(g)
         changed = True
         while changed:
             changed = False
@@ -594,6 +596,17 @@ class _Tracer:
         for g in kids:
             if self.fixed[g]:
                 self.follows[g] = None
+
+    def range_root(self, g: int) -> Follow:
+        """``g``'s follow rule, a range of a range re-expressed as a range of the group at the
+        end of the chain (the counts agree: both are the root's, at the same positions)."""
+        f = self.follows[g]
+        for _ in range(len(self.parent)):
+            p = self.follows[self.find(f.parent)] if f.kind == "range" else None
+            if p is None or p.kind != "range" or self.find(p.parent) == self.find(g):
+                return f
+            f = Follow("range", p.parent, p.index + f.index, p.index + f.count)
+        return f
 
     def in_cycle(self, g: int) -> bool:
         p = g

@@ -212,6 +212,32 @@ def test_residual_over_a_split_conv_couples_it_range_by_range():
         check_pruned(model, (3, 8, 8), space.sample(np.random.default_rng(seed)), space=space)
 
 
+class _MixedTwice(nn.Module):
+    """A pointwise conv made of two convs, its output split again across their boundary, then
+    added to the block's input: b's ranges become ranges of the stem's group."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv(3, 12, 3)
+        self.pw_a, self.pw_b = nn.Conv2d(12, 5, 1), nn.Conv2d(12, 7, 1)
+        self.dw_p, self.dw_q = _conv(6, 6, 3, groups=6), _conv(6, 6, 5, groups=6)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        p, q = torch.cat([self.pw_a(x), self.pw_b(x)], 1).split([6, 6], 1)
+        return self.head(x + torch.cat([self.dw_p(p), self.dw_q(q)], 1))
+
+
+def test_ranges_of_a_group_that_follows_a_range_resolve_to_the_root():
+    model = _MixedTwice()
+    space = check_pruned(model, (3, 8, 8))
+    stem = _by_name(space)["stem.0"]
+    assert stem.id in space.free and stem.cuts == (5, 6) and len(space) == 1
+    for seed in range(3):
+        check_pruned(model, (3, 8, 8), space.sample(np.random.default_rng(seed)), space=space)
+
+
 def test_chunk_of_a_concatenation_couples_its_halves():
     class Net(nn.Module):
         def __init__(self):
