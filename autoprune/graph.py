@@ -646,7 +646,9 @@ class _Tracer:
                 for x, y in zip(first.layout, t.layout):
                     self.union(x, y, node)
             elif len(t.layout) == 1 and sum(b) == 1 or len(first.layout) == 1 and sum(a) == 1:
-                continue  # broadcast of a single channel
+                # Broadcast of a single channel: it must stay (a range of one channel would not).
+                self.fixed[self.find(t.layout[0] if sum(b) == 1 else first.layout[0])] = True
+                continue
             elif sum(a) == sum(b):
                 copies = any(len(x) > 1 and len({self.find(g) for g in x}) == 1 for x in (first.layout, t.layout))
                 if copies or not self.align(first.layout, t.layout, node):
@@ -728,7 +730,25 @@ class _Tracer:
                 values[node] = self.step(node, values)
             except TraceError as exc:
                 raise self.leaf_for(node, exc) from None
+        if self.rewrites and not self.same_in_both_modes(gm):
+            # Surgery re-traces the pruned model, which would keep one mode's forward only.
+            for r in self.rewrites:
+                for g in r.layout:
+                    self.fixed[self.find(g)] = True
         return self.finish()
+
+    def same_in_both_modes(self, gm: fx.GraphModule) -> bool:
+        """Whether fx traces the model's forward alike in train and in eval mode (``F.dropout(x,
+        training=self.training)`` or ``if self.training:`` make the two differ)."""
+        was = self.model.training
+        try:
+            self.model.train(not was)
+            other = _FxTracer(self.leaves).trace(self.model)
+        except Exception:  # noqa: BLE001 — fx raises many kinds; untraceable in the other mode is "not alike"
+            return False
+        finally:
+            self.model.train(was)
+        return other.python_code("self").src == gm.graph.python_code("self").src
 
     def leaf_for(self, node: fx.Node, exc: TraceError) -> Exception:
         """What to raise when the rules fail at ``node``: a request to freeze the innermost
@@ -935,7 +955,9 @@ class _Tracer:
                                 out_group=None if l.out_group is None else remap(l.out_group))
             for l in self.layers
         )
-        rewrites = tuple(dataclasses.replace(r, layout=tuple(remap(g) for g in r.layout)) for r in self.rewrites)
+        # A rewrite over groups that all keep their width changes nothing: the forward stays as it is.
+        rewrites = tuple(dataclasses.replace(r, layout=tuple(remap(g) for g in r.layout)) for r in self.rewrites
+                         if not all(groups[remap(g)].fixed for g in r.layout))
         covered = set()
         for layer in layers:
             if layer.kind == "scale":
@@ -1396,8 +1418,8 @@ def _cut_reordered(tracer: _Tracer, node: fx.Node, x: _Tensor, bounds: list[tupl
     kept counts (``kind``: ``split`` for chunk and split, ``narrow`` for a slice). Where a run
     is not whole (or its group cannot be ranged), every group keeps its width."""
     pos = _positions(tracer, x)
-    if bounds == [(0, len(pos))]:
-        return [x]
+    if bounds == [(0, len(pos))] and kind == "narrow":
+        return [x]  # the whole tensor: nothing to cut
     entries = _entries(tracer, x.layout)
     parts = []
     for a, b in bounds:

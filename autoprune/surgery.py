@@ -33,7 +33,7 @@ def layout_indices(graph: ChannelGraph, layout: Sequence[int], keep: dict[int, t
         offset += graph.groups[gid].width
     idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     if perm is not None:
-        idx = torch.sort(torch.tensor(perm, dtype=torch.long)[idx]).values
+        idx = torch.sort(torch.as_tensor(perm, dtype=torch.long, device=idx.device)[idx]).values
     if spatial > 1:  # a flattened channel spans `spatial` consecutive features
         idx = (idx[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
     return idx
@@ -165,16 +165,18 @@ def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Ten
     a state dict carries them with the weights they belong to."""
     gm = fx_graph_module(pruned, graph)
     nodes = {n.name: n for n in gm.graph.nodes}
+    device = next(pruned.parameters()).device
+    replaced = []
     for i, r in enumerate(graph.rewrites):
         node, source = nodes[r.node], nodes[r.source]
         keep = torch.zeros(len(r.perm) if r.perm is not None else sum(graph.groups[g].width for g in r.layout),
                            dtype=torch.bool)
-        keep[layout_indices(graph, r.layout, kept, 1, r.perm)] = True
+        keep[layout_indices(graph, r.layout, {g: k.cpu() for g, k in kept.items()}, 1, r.perm)] = True
         with gm.graph.inserting_before(node):
             if r.kind == "gather":
                 src = torch.tensor(r.arg, dtype=torch.long)
                 name = f"autoprune_gather_{i}"
-                gm.register_buffer(name, (torch.cumsum(keep, 0) - 1)[src[keep[src]]])
+                gm.register_buffer(name, (torch.cumsum(keep, 0) - 1)[src[keep[src]]].to(device))
                 new = gm.graph.call_function(torch.index_select, (source, 1, gm.graph.get_attr(name)))
             elif r.kind == "split":
                 new = gm.graph.call_function(torch.split, (source, [int(keep[a:b].sum()) for a, b in r.arg], 1))
@@ -183,7 +185,8 @@ def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Ten
                 new = gm.graph.call_function(torch.narrow, (source, 1, int(keep[:a].sum()), int(keep[a:b].sum())))
         node.replace_all_uses_with(new)
         nodes[r.node] = new  # a later rewrite may read this one's output
-    gm.graph.eliminate_dead_code()
+        replaced.append(node)
+    _erase_unused(gm.graph, replaced)
     gm.recompile()
     return gm.train(pruned.training)
 
@@ -212,6 +215,28 @@ def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, 
             if hasattr(m, "reset_running_stats"):
                 m.reset_running_stats()
     return pruned
+
+
+# Ops that compute nothing but the channel arithmetic a rewrite replaced; only these are erased.
+_ARITHMETIC = {"view", "reshape", "transpose", "permute", "contiguous", "size", "chunk", "split", "flatten",
+               "getitem", "floordiv", "mul", "add", "sub"}
+
+
+def _erase_unused(graph: fx.Graph, nodes: list[fx.Node]) -> None:
+    """Erase ``nodes`` and, upwards, the arithmetic (views, sizes) only they used; never a
+    node that may act in place, as a global dead-code pass would (``x.relu_()``)."""
+    todo, erased = list(nodes), set()
+    while todo:
+        node = todo.pop()
+        if node in erased or node.users or node.op not in ("call_function", "call_method"):
+            continue
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if node not in nodes and name not in _ARITHMETIC:
+            continue
+        inputs = list(node.all_input_nodes)
+        graph.erase_node(node)
+        erased.add(node)
+        todo += inputs
 
 
 def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",

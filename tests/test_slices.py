@@ -472,10 +472,11 @@ class _ShuffleThenNorm(nn.Module):
         self.a, self.b = _conv(3, 8), _conv(3, 8)
         self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
         self.bn = nn.BatchNorm2d(16)
-        self.head = nn.Conv2d(16, 4, 1)
+        self.mid = nn.Conv2d(16, 6, 1)  # no norm after it: DMCP gates its output, unpermuted
+        self.head = nn.Conv2d(6, 4, 1)
 
     def forward(self, x):
-        return self.head(self.bn(self.dw(_shuffle(torch.cat((self.a(x), self.b(x)), 1), 2))))
+        return self.head(self.mid(self.bn(self.dw(_shuffle(torch.cat((self.a(x), self.b(x)), 1), 2)))))
 
 
 def test_per_channel_parameters_after_a_shuffle_are_read_at_their_positions():
@@ -490,7 +491,58 @@ def test_per_channel_parameters_after_a_shuffle_are_read_at_their_positions():
     torch.testing.assert_close(scores, (1 + 2 * torch.arange(8, dtype=torch.float64)) / 2)
     rows = [r for p, r in channel_parameters(model, space.graph, [a])[a] if p is model.bn.weight]
     assert [r.tolist() for r in rows] == [list(range(0, 16, 2))]
+    mid = _by_name(space)["mid"].id
     gates = Gates(model, space)
-    gates.set({a: torch.full((8,), 2.0), b: torch.full((8,), 3.0)})
+    gates.set({a: torch.full((8,), 2.0), b: torch.full((8,), 3.0), mid: torch.arange(6.0)})
     assert gates._vectors["bn"].tolist() == [2.0, 3.0] * 8
+    assert gates._vectors["mid"].tolist() == list(range(6))
     gates.remove()
+
+
+def test_a_rewritten_forward_keeps_in_place_ops():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(5, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            y.relu_()  # its result unused: only its effect on y counts
+            p, q = torch.split(y, [3, 5], 1)
+            return self.c(p) + self.d(q)
+
+    space = check_pruned(Net(), (3, 8, 8))
+    assert space.names == ("a",) and [r.kind for r in space.graph.rewrites] == ["split"]
+
+
+def test_a_single_channel_slice_broadcast_keeps_its_group():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = _conv(3, 8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.c(y * torch.sigmoid(y[:, :1]))  # the first channel gates all of them
+
+    g = trace(Net(), (3, 8, 8))
+    assert all(x.fixed for x in g.groups)
+
+
+def test_a_forward_that_depends_on_the_mode_is_not_rewritten():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s, self.a, self.b = _conv(3, 6), _conv(6, 8), _conv(6, 8)
+            self.head = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            x = self.s(x)
+            y = _shuffle(torch.cat((self.a(x), self.b(x)), 1), 2)
+            return self.head(F.dropout(y, 0.5, training=self.training))  # fx keeps one mode's branch
+
+    model = Net()
+    space = check_pruned(model, (3, 8, 8))
+    assert space.graph.rewrites == () and space.names == ("s.0",)
+    pruned = materialise(model, space, space.uniform(0.5)).train()
+    assert not isinstance(pruned, torch.fx.GraphModule) and pruned.training

@@ -282,7 +282,8 @@ class Gates:
             self._vectors = None
             return
         groups = self.space.graph.groups
-        perms = {layer.name: layer.in_perm for layer in self.space.graph.layers}
+        # A norm site gates its input layout; a producer site its output group, never permuted.
+        perms = {layer.name: layer.in_perm for layer in self.space.graph.layers if layer.kind == "norm"}
         some = next(iter(scales.values()))
 
         def factors(g: int) -> torch.Tensor:
