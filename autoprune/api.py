@@ -118,8 +118,8 @@ class SearchResult:
             "seconds": round(self.seconds, 2),
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
-            "latency": ({k: a["search"]["latency"][k] for k in ("max_ms", "predicted_ms", "measured_ms",
-                                                               "measured_base_ms")}
+            "latency": ({k: a["search"]["latency"].get(k) for k in ("max_ms", "predicted_ms", "measured_ms",
+                                                                   "measured_base_ms", "within")}
                         if a.get("search", {}).get("latency") else None),
             "arch": str(self.out / "arch.json") if self.out else None,
             "frozen": list(a.get("frozen", [])),
@@ -132,7 +132,8 @@ class SearchResult:
                          f"budget {s['budget']}, {100 * (s['utilisation'] or 0):.1f} % used)"),
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
                 *([("latency", "{predicted_ms:.3f} ms predicted, {measured_ms:.3f} ms measured (base "
-                               "{measured_base_ms:.3f} ms, budget {max_ms:.3f} ms)".format(**s["latency"]))]
+                               "{measured_base_ms:.3f} ms, budget {max_ms:.3f} ms)".format(**s["latency"])
+                    + ("" if s["latency"]["within"] is not False else "; measured OVER the budget on this device"))]
                   if s["latency"] else []),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
@@ -482,11 +483,15 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
 
 
 def _latency_record(s: _Search, widths) -> dict:
-    """The latency budget, the table's key, and the winner's predicted and measured latency."""
+    """The latency budget, the table's key, and the winner's predicted and measured latency;
+    ``within``: whether the measurement holds the budget too (a ratio budget against the base
+    measured beside the winner, not the table's)."""
     limit = s.latency
     pruned, base = measure_beside(limit.table, s.model, s.space, [widths, s.space.max_widths()])
+    measured_max = limit.budget.max_ms(base) if limit.budget is not None else limit.max_ms
     return {**limit.to_dict(), "predicted_ms": float(predict(limit.table, s.space, widths)),
-            "measured_ms": pruned, "measured_base_ms": base}
+            "measured_ms": pruned, "measured_base_ms": base, "measured_max_ms": measured_max,
+            "within": bool(pruned <= measured_max)}
 
 
 def check_counts(minimum: int = 1, **values) -> None:

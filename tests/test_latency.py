@@ -265,6 +265,17 @@ def test_no_candidate_over_the_latency_budget_is_ever_scored(table, space, tmp_p
         assert result.arch["macs"]["pruned"] <= budget * result.arch["macs"]["base"]
 
 
+@pytest.mark.parametrize("measured, within", [(0.45, True), (0.55, False)])
+def test_the_winner_measured_over_its_latency_budget_is_called_so(table, tmp_path, monkeypatch, measured, within):
+    # The table predicts every candidate within 0.5; the device, measured beside the base, may not agree.
+    monkeypatch.setattr(autoprune.api, "measure_beside", lambda *a, **k: [measured * 20.0, 20.0])
+    result = autoprune.search("resnet20", None, "random", latency=0.5, latency_table=table,
+                              objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=3), out=tmp_path)
+    record = result.arch["search"]["latency"]
+    assert record["measured_max_ms"] == 10.0 and record["within"] is within
+    assert ("OVER the budget" in str(result)) is not within
+
+
 def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):
     @register_optimizer
     class Rogue(Optimizer):
