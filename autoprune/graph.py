@@ -1180,7 +1180,8 @@ def _getitem(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _
 
 def _index(tracer: _Tracer, node: fx.Node, x: _Tensor, idx) -> _Tensor:
     """``x[idx]`` with basic indexing: a slice on the channel dimension cuts the channels
-    (see :func:`_slice_at`); slices on other dimensions keep them."""
+    (see :func:`_cut_reordered`, or :func:`_slice_at` where other dimensions are sliced too);
+    slices on other dimensions keep them."""
     ndim = len(_shape(node.args[0]))
     entries = list(idx) if isinstance(idx, tuple) else [idx]
     if x.dim < 0 or any(not isinstance(e, (int, slice)) and e is not None and e is not Ellipsis for e in entries):

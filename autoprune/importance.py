@@ -177,10 +177,10 @@ def pool_layer_scores(graph: ChannelGraph, per_layer: dict[str, torch.Tensor],
     scores = {g.id: torch.zeros(g.width, dtype=torch.float64) for g in graph.groups}
     counts = {g.id: 0 for g in graph.groups}
     # A layer's input after a shuffle holds its layout's channels at the positions in_perm gives.
-    perms = {layer.name: layer.in_perm for layer in graph.layers if layer.in_perm is not None}
+    permuted = {layer.name: layer for layer in graph.layers if layer.in_perm is not None}
     for name, values in per_layer.items():
-        if name in perms and tuple(layouts[name]) == graph.layers[_layer_index(graph, name)].in_layout:
-            values = values[list(perms[name])]
+        if name in permuted and tuple(layouts[name]) == permuted[name].in_layout:
+            values = values[list(permuted[name].in_perm)]
         offset = 0
         for gid in layouts[name]:
             n = graph.groups[gid].width
@@ -189,10 +189,6 @@ def pool_layer_scores(graph: ChannelGraph, per_layer: dict[str, torch.Tensor],
             counts[gid] += 1
             offset += n
     return {gid: s / max(counts[gid], 1) for gid, s in scores.items()}
-
-
-def _layer_index(graph: ChannelGraph, name: str) -> int:
-    return next(i for i, layer in enumerate(graph.layers) if layer.name == name)
 
 
 def channel_gram(moment: torch.Tensor, weight: torch.Tensor, span: int) -> torch.Tensor:
