@@ -51,7 +51,7 @@ from autoprune.errors import TraceError, one_line
 
 __all__ = [
     "ChannelGraph", "ChannelGroup", "Follow", "FrozenLeaf", "Layer", "Rewrite", "follow_indices", "follow_widths",
-    "fx_graph_module", "passthrough", "range_kept", "register_rule", "spatial_reduce", "trace", "unregister_rule",
+    "fx_graph_module", "in_positions", "passthrough", "range_kept", "register_rule", "spatial_reduce", "trace", "unregister_rule",
 ]
 
 # How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
@@ -234,6 +234,12 @@ def follow_widths(graph: ChannelGraph, full: list) -> list:
         else:
             full[g.id] = w / f.count if isinstance(w, torch.Tensor) else int(w) // f.count
     return full
+
+
+def in_positions(values: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
+    """Per-channel ``values`` in layout order put in the positions ``perm`` gives (a layer's
+    ``in_perm``): the order of the tensor's channels."""
+    return torch.empty_like(values).index_put_((torch.as_tensor(perm, device=values.device),), values)
 
 
 def range_kept(width: int, full: int, x: int) -> int:
@@ -1158,10 +1164,9 @@ def _concat(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _T
     layout = [g for t in inputs for g in t.layout]
     if all(t.perm is None for t in inputs):
         return _Tensor(_join_ranges(tracer, node, layout))
-    perm, offset = [], 0
+    perm: list[int] = []
     for t in inputs:
-        perm += [offset + p for p in _positions(tracer, t)]
-        offset += len(t.perm) if t.perm is not None else sum(tracer.width[tracer.find(g)] for g in t.layout)
+        perm += [len(perm) + p for p in _positions(tracer, t)]
     return _Tensor(layout, perm=tuple(perm))
 
 
@@ -1242,20 +1247,20 @@ def _chunk(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Pa
 
 
 def _split(tracer: _Tracer, node: fx.Node, target, inputs: list[_Tensor]) -> _Parts:
-    """``torch.split``: parts at constant offsets; with an int size the last part takes what
-    is left, so it may shrink; with a list of sizes, which must add up to the width, nothing
-    may."""
+    """``torch.split``: parts at constant offsets. On channels in dimension 1 each part is a
+    range of the groups it cuts (:func:`_cut_reordered`). Channels last: with an int size the
+    last part takes what is left, so it may shrink; with a list of sizes, which must add up to
+    the width, nothing may."""
     x, sizes = _channel_parts(node, inputs[0])
     if sizes is None:
         return _Parts([x] * len(node.meta["tensor_meta"]))
+    bounds = _bounds(sizes)
     if x.perm is not None or x.dim == 1:
-        return _Parts(_cut_reordered(tracer, node, x, _bounds(sizes)))
+        return _Parts(_cut_reordered(tracer, node, x, bounds))
     sections = node.args[1] if len(node.args) > 1 else node.kwargs.get(
         "split_size_or_sections", node.kwargs.get("split_size"))
-    starts = [sum(sizes[:j]) for j in range(len(sizes))]
-    bounds = [(a, a + n) for a, n in zip(starts, sizes)]
     if isinstance(sections, int):
-        bounds[-1] = (starts[-1], None)
+        bounds[-1] = (bounds[-1][0], None)
     else:
         # A list of sizes must add up to the width: no group of the tensor may shrink.
         for g in x.layout:

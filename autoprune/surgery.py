@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from autoprune.graph import ChannelGraph, fx_graph_module
+from autoprune.graph import ChannelGraph, fx_graph_module, in_positions
 from autoprune.importance import Scores, keep_indices, refit_weights
 from autoprune.space import SearchSpace
 
@@ -159,10 +159,10 @@ def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.
 
 
 def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> fx.GraphModule:
-    """``pruned`` as an fx GraphModule whose channel shuffles and cuts of shuffled tensors
-    and constant cuts (``graph.rewrites``) act on the kept channels: a shuffle gathers them in
-    the order the original puts them, a cut splits or narrows at the kept counts. The gather indices are buffers, so
-    a state dict carries them with the weights they belong to."""
+    """``pruned`` as an fx GraphModule whose channel shuffles and constant cuts
+    (``graph.rewrites``) act on the kept channels: a shuffle gathers them in the order the
+    original puts them, a cut splits or narrows at the kept counts. The gather indices are
+    buffers, so a state dict carries them with the weights they belong to."""
     gm = fx_graph_module(pruned, graph)
     nodes = {n.name: n for n in gm.graph.nodes}
     device = next(pruned.parameters()).device
@@ -269,8 +269,8 @@ def zero_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.T
             m = out.get_submodule(layer.name)
             if layer.kind == "norm" or layer.depthwise:
                 mask = torch.cat([dropped[g] for g in layer.in_layout])
-                if layer.in_perm is not None:  # in position order
-                    mask = torch.zeros_like(mask).index_put_((torch.tensor(layer.in_perm),), mask)
+                if layer.in_perm is not None:
+                    mask = in_positions(mask, layer.in_perm)
             elif layer.out_group is not None:
                 mask = dropped[layer.out_group]
             else:

@@ -60,7 +60,7 @@ from autoprune.budget import check_reachable, repair
 from autoprune.errors import CheckpointError, SearchError, one_line
 from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
-from autoprune.graph import fx_graph_module
+from autoprune.graph import fx_graph_module, in_positions
 from autoprune.latency import ExpectedLatency, LatencyLimit
 from autoprune.optimizers._base import Optimizer, register_optimizer
 from autoprune.runtime import autocast, progress_bar
@@ -298,7 +298,7 @@ class Gates:
         for name, layout in self.sites:
             v = torch.cat([factors(g) for g in layout])
             if perms.get(name) is not None:  # a norm after a shuffle: channels in position order
-                v = torch.empty_like(v).index_put_((torch.tensor(perms[name], device=v.device),), v)
+                v = in_positions(v, perms[name])
             vectors[name] = v
         self._vectors = vectors
 
