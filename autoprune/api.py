@@ -39,14 +39,14 @@ from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpo
 from autoprune.criteria import ScoreCache
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
-from autoprune.driver import run_search
+from autoprune.driver import best_record, hold_latency, run_search
 from autoprune.errors import CheckpointError, DataError, SearchError, one_line
 from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObjective
 from autoprune.files import check_out_dir, write_text
-from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget, predict
+from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
-from autoprune.profile import TableConfig, latency_table, measure_beside
+from autoprune.profile import TableConfig, latency_table
 from autoprune.runtime import progress_bar, resolve_device
 from autoprune.space import SearchSpace
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, STATUS_FAILED, STATUS_OK, Record, TrialStore, storage_path
@@ -119,7 +119,7 @@ class SearchResult:
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
             "latency": ({k: a["search"]["latency"].get(k) for k in ("max_ms", "predicted_ms", "measured_ms",
-                                                                   "measured_base_ms", "within")}
+                                                                   "measured_base_ms", "within", "held_max_ms")}
                         if a.get("search", {}).get("latency") else None),
             "arch": str(self.out / "arch.json") if self.out else None,
             "frozen": list(a.get("frozen", [])),
@@ -133,7 +133,7 @@ class SearchResult:
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
                 *([("latency", "{predicted_ms:.3f} ms predicted, {measured_ms:.3f} ms measured (base "
                                "{measured_base_ms:.3f} ms, budget {max_ms:.3f} ms)".format(**s["latency"])
-                    + ("" if s["latency"]["within"] is not False else "; measured OVER the budget on this device"))]
+                    + _held(s["latency"]))]
                   if s["latency"] else []),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
@@ -209,7 +209,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     """
     start = time.perf_counter()
     study = study or StudyConfig()
-    optimizer_cls, device, out = _settings(method, objective, device, out, method_options or {},
+    optimizer_cls, device, out = _settings(method, objective, device, out, method_options or {}, latency,
                                            input_size=input_size, num_classes=num_classes, in_channels=in_channels,
                                            pretrain_epochs=pretrain_epochs)
     needs_base = objective is None or optimizer_cls.needs_base
@@ -229,8 +229,13 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     context = Context(base=s.model if needs_base else None, data=s.data, device=device, out_dir=out / method,
                       progress=progress, cache=_score_cache(s))
     records, scored_here = _run(optimizer, score_fn, store, study.trials, seed, context, progress, method)
-    return _write(s, optimizer, records, objective, score_fn, time.perf_counter() - start,
-                  {"scored_here": scored_here, "storage": url, "study": name, "reclaimed": list(store.reclaimed)})
+    best, held = best_record(records), None
+    if s.latency is not None:  # the winner measured on the device; tightened where it runs over
+        best, held = hold_latency(optimizer, score_fn, store, s.model, s.latency.budget)
+        scored_here, records = scored_here + len(store.records()) - len(records), store.records()
+    return _write(s, records, best, held, objective, score_fn, time.perf_counter() - start,
+                  {"scored_here": scored_here, "storage": url, "study": name, "reclaimed": list(store.reclaimed)},
+                  optimizer.report())
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,10 +243,13 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
 # --------------------------------------------------------------------------------------------
 
 
-def _settings(method, objective, device, out, method_options: dict, **counts):
+def _settings(method, objective, device, out, method_options: dict, latency, **counts):
     """Every setting that can be checked before anything is loaded: (optimizer class, device, OUT)."""
     check_counts(**counts)
     optimizer_cls = get_optimizer(method)  # unknown method: fail before any data is loaded
+    if latency is not None and optimizer_cls.granularity == "stripe":
+        raise SearchError(f"method '{method}' prunes stripes, which the latency table does not price; "
+                          "use a width method (autoprune methods) with --latency-budget")
     if not (objective is None or objective == "synthetic" or callable(objective)):
         raise SearchError(f"unknown objective {objective!r}; expected None, 'synthetic' or a callable")
     _check_method_options(optimizer_cls, method, method_options)
@@ -441,21 +449,18 @@ def _run(optimizer: Optimizer, score_fn, store, trials, seed, context, progress,
     return records, len(scored)
 
 
-def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, score_fn, seconds: float,
-           info: dict) -> SearchResult:
-    """The winner as ``OUT/arch.json`` and every scored candidate as ``OUT/trials.csv``."""
+def _write(s: _Search, records: list[Record], best: Record, held: list[dict] | None, objective, score_fn,
+           seconds: float, info: dict, report: dict) -> SearchResult:
+    """The winner as ``OUT/arch.json`` and every scored candidate as ``OUT/trials.csv``; ``held``:
+    the latency hold's measurements (:func:`~autoprune.driver.hold_latency`)."""
     scored = [r for r in records if r.status in (STATUS_OK, STATUS_FAILED)]
     ok = [r for r in scored if r.status == STATUS_OK]
-    if not ok:
-        reason = scored[-1].reason if scored else "no candidate was scored"
-        raise SearchError(f"no candidate could be scored ({len(scored)} failed; last: {reason})")
-    best = max(ok, key=lambda r: (r.score, -r.trial_id))
     record = {"study": info["study"], "candidates": len(ok), "failed": len(scored) - len(ok),
               "objective": getattr(objective, "__name__", "callable") if callable(objective)
               else _objective_kind(objective),
               "evaluator": ({"device": str(s.device), **asdict(s.evaluation)} if s.evaluation is not None
                             else {"kind": type(score_fn).__name__}),
-              "seconds": round(seconds, 2), **optimizer.report()}
+              "seconds": round(seconds, 2), **report}
     if s.data is not None:
         m = s.data.meta
         record["dataset"] = {"dataset": str(m.get("name")), "split_seed": m.get("seed"),
@@ -465,8 +470,9 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
         if s.base.get("epochs") is not None:
             record["base_epochs"] = int(s.base["epochs"])
     base_macs = cost.base_macs(s.space)
-    if s.latency is not None:
-        record["latency"] = _latency_record(s, best.widths)
+    if held:
+        record["latency"] = {**s.latency.to_dict(), **held[-1], "max_ms": s.latency.max_ms,
+                             "held_max_ms": held[-1]["max_ms"], "hold": held}
     arch = make_arch(s.model_name, s.kwargs, s.space, best.widths,
                      budget={**s.budget.to_dict(), "max_macs": s.max_macs, "ratio": s.max_macs / base_macs},
                      method=s.method, seed=s.seed, score=float(best.score), extra={"search": record})
@@ -482,16 +488,12 @@ def _write(s: _Search, optimizer: Optimizer, records: list[Record], objective, s
 # --------------------------------------------------------------------------------------------
 
 
-def _latency_record(s: _Search, widths) -> dict:
-    """The latency budget, the table's key, and the winner's predicted and measured latency;
-    ``within``: whether the measurement holds the budget too (a ratio budget against the base
-    measured beside the winner, not the table's)."""
-    limit = s.latency
-    pruned, base = measure_beside(limit.table, s.model, s.space, [widths, s.space.max_widths()])
-    measured_max = limit.budget.max_ms(base) if limit.budget is not None else limit.max_ms
-    return {**limit.to_dict(), "predicted_ms": float(predict(limit.table, s.space, widths)),
-            "measured_ms": pruned, "measured_base_ms": base, "measured_max_ms": measured_max,
-            "within": bool(pruned <= measured_max)}
+def _held(latency: dict) -> str:
+    """What the summary adds to the latency line: a tightened limit, a budget the device broke."""
+    text = ""
+    if (latency.get("held_max_ms") or latency["max_ms"]) < latency["max_ms"]:
+        text = f"; the table predicted the winner too fast here: limit tightened to {latency['held_max_ms']:.3f} ms"
+    return text + ("; measured OVER the budget on this device" if latency["within"] is False else "")
 
 
 def check_counts(minimum: int = 1, **values) -> None:

@@ -9,20 +9,28 @@ Failed candidates (out of memory, a non-finite loss) count toward ``trials`` onl
 that scored them: a rerun leaves the failures it finds in the study out of the count and out
 of the optimizer's replay, so it may propose and score those candidates again. The failed
 records stay in the study (and in ``trials.csv``) as the history of what happened.
+
+With a latency budget the driver's last step is :func:`hold_latency`: the winner is measured
+on the device beside the base, and where it runs over the budget the predicted limit tightens
+by what the measurement showed and the winner, repaired to it, is scored as one more candidate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
 import numpy as np
+import torch.nn as nn
 
 from autoprune import cost
-from autoprune.errors import SearchError
+from autoprune.budget import repair
+from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalResult
-from autoprune.latency import predict
+from autoprune.latency import LatencyBudget, predict
 from autoprune.optimizers import Context, Optimizer
+from autoprune.profile import measure_beside
 from autoprune.study import FULL, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
 
 # Consecutive proposals that were already scored before the driver gives up: the optimizer
@@ -30,6 +38,10 @@ from autoprune.study import FULL, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, 
 MAX_REPEATS = 50
 # How long a one-shot method waits for its candidate while another worker scores it.
 WAIT_S = 3600.0
+# How often the latency hold tightens the predicted limit after the winner measured over the
+# budget, and how far below the measured excess it aims (timing noise near the boundary).
+HOLD_TRIES = 3
+HOLD_MARGIN = 0.97
 
 
 def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,
@@ -127,7 +139,7 @@ class _Loop:
         self.delay = min(2.0, self.delay * 2)
         self.store.release_abandoned()
 
-    def score(self, widths, role, score_fn, trials: int) -> Record | None:
+    def score(self, widths, role, score_fn, trials: int | None) -> Record | None:
         """Claim ``widths``, score it and record the result; None when another worker has it
         or the study filled up meanwhile."""
         space = self.optimizer.space
@@ -163,3 +175,61 @@ class _Loop:
             self.best = max(self.best, result.score)
         return Record(trial_id=trial_id, number=-1, widths=widths, role=role, status=result.status,
                       score=result.score, seconds=seconds, reason=result.reason)
+
+
+def best_record(records: list[Record], space=None, limit=None) -> Record:
+    """The best scored candidate (ties: the earlier trial); with a latency ``limit`` (and its
+    ``space``) the best of those it allows, where any is. SearchError when none was scored."""
+    ok = [r for r in records if r.status == STATUS_OK]
+    if not ok:
+        scored = [r for r in records if r.finished]
+        reason = scored[-1].reason if scored else "no candidate was scored"
+        raise SearchError(f"no candidate could be scored ({len(scored)} failed; last: {reason})")
+    if limit is not None:
+        ok = [r for r in ok if limit.allows(space, r.widths)] or ok
+    return max(ok, key=lambda r: (r.score, -r.trial_id))
+
+
+def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore,
+                 model: nn.Module, budget: LatencyBudget | None, *, tries: int = HOLD_TRIES) -> tuple[Record, list[dict]]:
+    """The winner of a search with a latency limit, measured to hold the budget on this device.
+
+    The best candidate is materialised and timed beside the base (:func:`measure_beside`, the
+    table's statistic and rounds); a ratio ``budget`` is checked against that base, a time
+    against itself. Where it runs over, the predicted limit becomes the winner's prediction
+    scaled by budget / measured (and :data:`HOLD_MARGIN`): the table's error on this winner,
+    learned from the measurement. The winner, repaired onto the tightened limit, is scored as
+    one more candidate (role ``hold``) and the best candidate the tightened limit allows is
+    measured in turn, at most ``tries`` times. Returns (winner, one dict per measurement); the
+    last dict's ``within`` says whether the winner held. ``optimizer.latency`` ends tightened.
+    """
+    space, given = optimizer.space, optimizer.latency.max_ms
+    best, steps = best_record(store.records(), space, optimizer.latency), []
+    while True:
+        step = _measure_held(optimizer, model, budget.max_ms if budget is not None else lambda base: given, best.widths)
+        steps.append(step)
+        if step["within"] or len(steps) > tries:
+            return best, steps
+        tighter = step["predicted_ms"] * step["measured_max_ms"] / step["measured_ms"] * HOLD_MARGIN
+        try:
+            optimizer.limit_latency(dataclasses.replace(optimizer.latency, max_ms=tighter))
+            widths = repair(space, best.widths, optimizer.max_macs, latency=optimizer.latency)
+        except BudgetError:  # not even the smallest network is predicted under the tightened limit
+            return best, steps
+        records = store.records()
+        if not any(r.finished and r.key == widths_key(widths) for r in records):
+            record = _Loop(optimizer, store, 0, Context(), None, WAIT_S).score(widths, "hold", score, trials=None)
+            if record is None or record.status != STATUS_OK:
+                return best, steps
+            records = store.records()
+        best = best_record(records, space, optimizer.latency)
+
+
+def _measure_held(optimizer: Optimizer, model: nn.Module, allowed_ms: Callable[[float], float], widths) -> dict:
+    """One measurement of the hold: ``widths`` and the base, timed beside each other; the
+    budget in milliseconds is ``allowed_ms(measured base)``."""
+    limit, space = optimizer.latency, optimizer.space
+    pruned, base = measure_beside(limit.table, model, space, [widths, space.max_widths()])
+    allowed = allowed_ms(base)
+    return {"max_ms": limit.max_ms, "predicted_ms": float(predict(limit.table, space, widths)), "measured_ms": pruned,
+            "measured_base_ms": base, "measured_max_ms": allowed, "within": bool(pruned <= allowed)}

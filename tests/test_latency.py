@@ -267,13 +267,45 @@ def test_no_candidate_over_the_latency_budget_is_ever_scored(table, space, tmp_p
 
 @pytest.mark.parametrize("measured, within", [(0.45, True), (0.55, False)])
 def test_the_winner_measured_over_its_latency_budget_is_called_so(table, tmp_path, monkeypatch, measured, within):
-    # The table predicts every candidate within 0.5; the device, measured beside the base, may not agree.
-    monkeypatch.setattr(autoprune.api, "measure_beside", lambda *a, **k: [measured * 20.0, 20.0])
+    # The table predicts every candidate within 0.5; the device, measured beside the base, may not agree:
+    # here every pruned model measures the same ratio, so no tightening can bring one under the budget.
+    monkeypatch.setattr(autoprune.driver, "measure_beside", lambda *a, **k: [measured * 20.0, 20.0])
     result = autoprune.search("resnet20", None, "random", latency=0.5, latency_table=table,
                               objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=3), out=tmp_path)
     record = result.arch["search"]["latency"]
     assert record["measured_max_ms"] == 10.0 and record["within"] is within
+    assert len(record["hold"]) == (1 if within else 1 + autoprune.driver.HOLD_TRIES)
     assert ("OVER the budget" in str(result)) is not within
+
+
+def slower_device(factor):
+    """measure_beside on a device where every pruned model runs ``factor`` × its prediction and
+    the base runs as the table measured it."""
+    def measure(table, model, space, vectors, **kw):
+        return [table.model_ms if tuple(w) == tuple(space.max_widths()) else factor * predict(table, space, w)
+                for w in vectors]
+    return measure
+
+
+@pytest.mark.parametrize("latency", [0.6, f"{0.6 * MODEL_MS}ms"])
+@pytest.mark.parametrize("method", ["random", "uniform"])
+def test_the_latency_hold_tightens_the_limit_until_the_winner_measures_within(table, space, tmp_path, monkeypatch,
+                                                                              latency, method):
+    # The table predicts pruned models 10 % too fast: the first winner runs over 0.6 of the base; the hold
+    # learns the error from that measurement, scores the winner repaired to a tighter limit, and keeps it.
+    monkeypatch.setattr(autoprune.driver, "measure_beside", slower_device(1.1))
+    result = autoprune.search("resnet20", None, method, latency=latency, latency_table=table,
+                              objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=4), out=tmp_path)
+    record = result.arch["search"]["latency"]
+    first, last = record["hold"][0], record["hold"][-1]
+    assert first["within"] is False and first["measured_ms"] > 0.6 * MODEL_MS
+    assert last["within"] is True and record["within"] is True and last["measured_ms"] <= 0.6 * MODEL_MS
+    assert record["max_ms"] == pytest.approx(0.6 * MODEL_MS) and record["held_max_ms"] < 0.6 * MODEL_MS / 1.1
+    assert predict(table, space, result.widths) == pytest.approx(record["predicted_ms"])
+    assert record["predicted_ms"] <= record["held_max_ms"]
+    holds = [t for t in result.trials if t["role"] == "hold"]
+    assert holds and holds[-1]["widths"] == " ".join(map(str, result.widths))
+    assert "limit tightened" in str(result) and "OVER" not in str(result)
 
 
 def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):
@@ -307,6 +339,7 @@ def test_cli_latency_table_measures_once_then_reads_the_cache(tmp_path, capsys):
     (["latency-table", "--model", "resnet20", "--device", "cpu", "--batch-size", "0"], "batch-size"),
     (["search", "--model", "resnet20", "--objective", "synthetic"], "--latency-budget"),
     (["search", "--model", "resnet20", "--latency-budget", "fast", "--objective", "synthetic"], "latency budget"),
+    (["search", "--model", "resnet20", "--method", "stripe", "--latency-budget", "0.5"], "does not price"),
 ])
 def test_cli_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)] if argv[0] == "search" else argv) == 2
