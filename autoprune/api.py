@@ -39,7 +39,7 @@ from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpo
 from autoprune.criteria import ScoreCache
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
-from autoprune.driver import best_record, hold_latency, run_search
+from autoprune.driver import Held, best_record, hold_latency, run_search
 from autoprune.errors import CheckpointError, DataError, SearchError, one_line
 from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObjective
 from autoprune.files import check_out_dir, write_text
@@ -231,8 +231,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     records, scored_here = _run(optimizer, score_fn, store, study.trials, seed, context, progress, method)
     best, held = best_record(records), None
     if s.latency is not None:  # the winner measured on the device; tightened where it runs over
-        best, held = hold_latency(optimizer, score_fn, store, s.model, s.latency.budget)
-        scored_here, records = scored_here + len(store.records()) - len(records), store.records()
+        held = hold_latency(optimizer, score_fn, store, s.model, s.latency.budget)
+        best, scored_here, records = held.best, scored_here + held.scored, store.records()
     return _write(s, records, best, held, objective, score_fn, time.perf_counter() - start,
                   {"scored_here": scored_here, "storage": url, "study": name, "reclaimed": list(store.reclaimed)},
                   optimizer.report())
@@ -449,7 +449,7 @@ def _run(optimizer: Optimizer, score_fn, store, trials, seed, context, progress,
     return records, len(scored)
 
 
-def _write(s: _Search, records: list[Record], best: Record, held: list[dict] | None, objective, score_fn,
+def _write(s: _Search, records: list[Record], best: Record, held: Held | None, objective, score_fn,
            seconds: float, info: dict, report: dict) -> SearchResult:
     """The winner as ``OUT/arch.json`` and every scored candidate as ``OUT/trials.csv``; ``held``:
     the latency hold's measurements (:func:`~autoprune.driver.hold_latency`)."""
@@ -470,9 +470,9 @@ def _write(s: _Search, records: list[Record], best: Record, held: list[dict] | N
         if s.base.get("epochs") is not None:
             record["base_epochs"] = int(s.base["epochs"])
     base_macs = cost.base_macs(s.space)
-    if held:
-        record["latency"] = {**s.latency.to_dict(), **held[-1], "max_ms": s.latency.max_ms,
-                             "held_max_ms": held[-1]["max_ms"], "hold": held}
+    if held is not None:
+        record["latency"] = {**s.latency.to_dict(), **held.steps[-1], "max_ms": s.latency.max_ms,
+                             "held_max_ms": held.steps[-1]["max_ms"], "hold": held.steps}
     arch = make_arch(s.model_name, s.kwargs, s.space, best.widths,
                      budget={**s.budget.to_dict(), "max_macs": s.max_macs, "ratio": s.max_macs / base_macs},
                      method=s.method, seed=s.seed, score=float(best.score), extra={"search": record})

@@ -18,6 +18,7 @@ by what the measurement showed and the winner, repaired to it, is scored as one 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Callable
 
@@ -25,13 +26,22 @@ import numpy as np
 import torch.nn as nn
 
 from autoprune import cost
-from autoprune.budget import repair
 from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalResult
 from autoprune.latency import LatencyBudget, predict
 from autoprune.optimizers import Context, Optimizer
-from autoprune.profile import measure_beside
-from autoprune.study import FULL, STATUS_FAILED, STATUS_INTERRUPTED, STATUS_OK, STATUS_RUNNING, Record, TrialStore, widths_key
+from autoprune.profile import STATISTICS, measure_rounds
+from autoprune.study import (
+    FULL,
+    HOLD_ROLE,
+    STATUS_FAILED,
+    STATUS_INTERRUPTED,
+    STATUS_OK,
+    STATUS_RUNNING,
+    Record,
+    TrialStore,
+    widths_key,
+)
 
 # Consecutive proposals that were already scored before the driver gives up: the optimizer
 # keeps re-proposing known vectors, i.e. it has converged or the space is exhausted.
@@ -39,9 +49,11 @@ MAX_REPEATS = 50
 # How long a one-shot method waits for its candidate while another worker scores it.
 WAIT_S = 3600.0
 # How often the latency hold tightens the predicted limit after the winner measured over the
-# budget, and how far below the measured excess it aims (timing noise near the boundary).
+# budget, how far below the measured excess it aims (timing noise near the boundary), and the
+# fewest rounds of its measurements (the median of the winner-to-base ratios of the rounds).
 HOLD_TRIES = 3
 HOLD_MARGIN = 0.97
+HOLD_ROUNDS = 5
 
 
 def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,
@@ -116,7 +128,7 @@ class _Loop:
                 if r.score is not None:
                     self.best = max(self.best, r.score)
         running = {r.key: r for r in records if r.status == STATUS_RUNNING}
-        active = [r for r in records if r.finished or r.status == STATUS_RUNNING]
+        active = [r for r in records if (r.finished or r.status == STATUS_RUNNING) and r.role != HOLD_ROLE]
         if self.progress is not None:
             self.progress.n = len(active)
             self.progress.set_postfix(best=f"{self.best:.4f}" if self.best > float("-inf") else "-")
@@ -190,46 +202,88 @@ def best_record(records: list[Record], space=None, limit=None) -> Record:
     return max(ok, key=lambda r: (r.score, -r.trial_id))
 
 
+@dataclasses.dataclass
+class Held:
+    """What the latency hold ends with: the winner, one dict per measurement (the last one's
+    ``within`` says whether the winner holds the budget), and how many candidates it scored."""
+
+    best: Record
+    steps: list[dict]
+    scored: int = 0
+
+
 def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore,
-                 model: nn.Module, budget: LatencyBudget | None, *, tries: int = HOLD_TRIES) -> tuple[Record, list[dict]]:
+                 model: nn.Module, budget: LatencyBudget | None, *, tries: int = HOLD_TRIES,
+                 rounds: int = HOLD_ROUNDS) -> Held:
     """The winner of a search with a latency limit, measured to hold the budget on this device.
 
-    The best candidate is materialised and timed beside the base (:func:`measure_beside`, the
-    table's statistic and rounds); a ratio ``budget`` is checked against that base, a time
-    against itself. Where it runs over, the predicted limit becomes the winner's prediction
-    scaled by budget / measured (and :data:`HOLD_MARGIN`): the table's error on this winner,
-    learned from the measurement. The winner, repaired onto the tightened limit, is scored as
-    one more candidate (role ``hold``) and the best candidate the tightened limit allows is
-    measured in turn, at most ``tries`` times. Returns (winner, one dict per measurement); the
-    last dict's ``within`` says whether the winner held. ``optimizer.latency`` ends tightened.
+    The best candidate the limit allows is materialised and timed beside the base, at least
+    ``rounds`` rounds of the table's statistic (:func:`measure_rounds`); a ratio ``budget`` is
+    checked with the median over rounds of winner / base (each pair timed back to back), a
+    time with the winner's own time. Where it runs over, the predicted limit becomes the
+    winner's prediction divided by the excess (and times :data:`HOLD_MARGIN`): the table's error
+    on this winner, learned from the measurement. The optimizer names the candidate for the
+    tighter limit (:meth:`Optimizer.hold`: the winner repaired onto it, or a one-shot method's
+    own rule), which is scored as one more candidate (role ``hold``, not counted toward the
+    trials), and the best candidate the tighter limit allows is measured in turn, at most
+    ``tries`` times. A rerun starts from the tightest limit an earlier hold reached (the least
+    predicted latency of its candidates). ``optimizer.latency`` ends tightened.
     """
-    space, given = optimizer.space, optimizer.latency.max_ms
-    best, steps = best_record(store.records(), space, optimizer.latency), []
+    space, table = optimizer.space, optimizer.latency.table
+    budget = budget or LatencyBudget(optimizer.latency.max_ms, "ms", f"{optimizer.latency.max_ms}ms")
+    earlier = [predict(table, space, r.widths) for r in store.records() if r.role == HOLD_ROLE and r.status == STATUS_OK]
+    if earlier and min(earlier) < optimizer.latency.max_ms:
+        optimizer.limit_latency(dataclasses.replace(optimizer.latency, max_ms=float(min(earlier))))
+    loop = _Loop(optimizer, store, optimizer.seed, Context(), None, WAIT_S)
+    held = Held(_allowed_best(store.records(), optimizer) or best_record(store.records()), [])
     while True:
-        step = _measure_held(optimizer, model, budget.max_ms if budget is not None else lambda base: given, best.widths)
-        steps.append(step)
-        if step["within"] or len(steps) > tries:
-            return best, steps
-        tighter = step["predicted_ms"] * step["measured_max_ms"] / step["measured_ms"] * HOLD_MARGIN
+        step = _measure_held(optimizer, model, budget, held.best.widths, rounds)
+        held.steps.append(step)
+        if step["within"] or len(held.steps) > tries:
+            return held
         try:
-            optimizer.limit_latency(dataclasses.replace(optimizer.latency, max_ms=tighter))
-            widths = repair(space, best.widths, optimizer.max_macs, latency=optimizer.latency)
-        except BudgetError:  # not even the smallest network is predicted under the tightened limit
-            return best, steps
-        records = store.records()
-        if not any(r.finished and r.key == widths_key(widths) for r in records):
-            record = _Loop(optimizer, store, 0, Context(), None, WAIT_S).score(widths, "hold", score, trials=None)
-            if record is None or record.status != STATUS_OK:
-                return best, steps
-            records = store.records()
-        best = best_record(records, space, optimizer.latency)
+            optimizer.limit_latency(dataclasses.replace(optimizer.latency,
+                                                        max_ms=step["predicted_ms"] / step["excess"] * HOLD_MARGIN))
+            widths = optimizer.hold(held.best.widths, np.random.default_rng([optimizer.seed, len(held.steps)]))
+        except BudgetError:  # not even the smallest network is predicted under the tighter limit
+            return held
+        held.scored += _score_hold(loop, widths, score)
+        best = _allowed_best(store.records(), optimizer)
+        if best is None:  # the hold's candidate failed and no other one meets the tighter limit
+            return held
+        held.best = best
 
 
-def _measure_held(optimizer: Optimizer, model: nn.Module, allowed_ms: Callable[[float], float], widths) -> dict:
-    """One measurement of the hold: ``widths`` and the base, timed beside each other; the
-    budget in milliseconds is ``allowed_ms(measured base)``."""
+def _allowed_best(records: list[Record], optimizer: Optimizer) -> Record | None:
+    """The best scored candidate the optimizer's latency limit allows; None if it allows none."""
+    ok = [r for r in records if r.status == STATUS_OK and optimizer.latency.allows(optimizer.space, r.widths)]
+    return max(ok, key=lambda r: (r.score, -r.trial_id)) if ok else None
+
+
+def _score_hold(loop: _Loop, widths, score) -> int:
+    """Score the hold's candidate unless the study has it; where another worker is scoring it,
+    wait for its result. How many candidates this process scored (0 or 1)."""
+    key = widths_key(widths)
+    if any(r.finished and r.key == key for r in loop.store.records()):
+        return 0
+    if loop.score(widths, HOLD_ROLE, score, trials=None) is not None:
+        return 1
+    while True:
+        running = {r.key: r for r in loop.store.records() if r.status == STATUS_RUNNING}
+        if key not in running:
+            return 0
+        loop.wait_for(running)
+
+
+def _measure_held(optimizer: Optimizer, model: nn.Module, budget: LatencyBudget, widths, rounds: int) -> dict:
+    """One measurement of the hold: ``widths`` and the base timed back to back, round by round."""
     limit, space = optimizer.latency, optimizer.space
-    pruned, base = measure_beside(limit.table, model, space, [widths, space.max_widths()])
-    allowed = allowed_ms(base)
+    statistic = STATISTICS[limit.table.key.get("statistic", "median")]
+    runs = measure_rounds(limit.table, model, space, [widths, space.max_widths()],
+                          rounds=max(rounds, limit.table.key.get("rounds", 1)))
+    pruned, base = statistic(runs[0]), statistic(runs[1])
+    ratio = statistics.median(p / b for p, b in zip(*runs))
+    excess = ratio / budget.value if budget.kind == "ratio" else pruned / budget.value
     return {"max_ms": limit.max_ms, "predicted_ms": float(predict(limit.table, space, widths)), "measured_ms": pruned,
-            "measured_base_ms": base, "measured_max_ms": allowed, "within": bool(pruned <= allowed)}
+            "measured_base_ms": base, "measured_ratio": ratio, "measured_max_ms": budget.max_ms(base),
+            "excess": excess, "within": bool(excess <= 1.0)}

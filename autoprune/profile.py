@@ -476,13 +476,21 @@ def measure_beside(table: LatencyTable, model: nn.Module, space: SearchSpace, ve
     """Measured milliseconds of ``model`` pruned to each of ``vectors``, timed in turn
     ``rounds`` times (default: the table's rounds) and keeping the table's statistic of each
     one's runs: models compared with each other see the same moments of a busy machine."""
+    keep = STATISTICS[table.key.get("statistic", "median")]
+    return [keep(r) for r in measure_rounds(table, model, space, vectors, rounds=rounds, timer=timer)]
+
+
+def measure_rounds(table: LatencyTable, model: nn.Module, space: SearchSpace, vectors: Sequence[Sequence[int]], *,
+                   rounds: int | None = None, timer: TimerFn | None = None) -> list[list[float]]:
+    """Every run of :func:`measure_beside`: one list per vector, one time per round, the
+    vectors of a round timed one right after another (so that the ratio of two vectors within
+    a round compares them at the same speed of the machine)."""
     k = table.key
     timer = timer or Timer(resolve_device(k["device"]), statistic=k.get("statistic", "median"))
-    keep = STATISTICS[k.get("statistic", "median")]
     models = [materialise(model, space, w) for w in vectors]
     runs: list[list[float]] = [[] for _ in models]
     for _ in range(rounds or k.get("rounds", 1)):
         for m, r in zip(models, runs):
             r.append(measure_model(m, space.graph.input_shape, device=k["device"], batch_size=k["batch_size"],
                                    dtype=k["dtype"], channels_last=k["channels_last"], timer=timer))
-    return [keep(r) for r in runs]
+    return runs

@@ -43,6 +43,9 @@ from autoprune.errors import SearchError, one_line
 
 STATUS_OK, STATUS_FAILED, STATUS_RUNNING = "ok", "failed", "running"
 STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
+# The role of a candidate the latency hold adds after the search (see autoprune.driver): it
+# does not count toward a study's trials.
+HOLD_ROLE = "hold"
 # Settings that make scores comparable: a study made with other values is refused, so that
 # a rerun into the same folder never mixes incomparable scores. Keys absent from an older
 # study are not checked.
@@ -253,7 +256,8 @@ class TrialStore:
     def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset(),
               limit: int | None = None, space=None) -> int | None:
         """Create a RUNNING trial for ``widths``: its number; None if another worker has the
-        candidate; :data:`FULL` if the study already holds ``limit`` candidates.
+        candidate; :data:`FULL` if the study already holds ``limit`` candidates (the latency
+        hold's, role :data:`HOLD_ROLE`, do not count).
 
         Count, duplicate check and creation happen under :class:`ClaimLock`, so that workers
         never exceed ``limit`` together. A failed earlier trial of the same candidate does not
@@ -265,7 +269,7 @@ class TrialStore:
         with self.lock.held():
             if self.lock.kind is not None or limit is not None:
                 live = [r for r in self.records() if r.trial_id not in retry and (r.finished or r.status == STATUS_RUNNING)]
-                if limit is not None and len(live) >= limit:
+                if limit is not None and sum(1 for r in live if r.role != HOLD_ROLE) >= limit:
                     return FULL
                 if any(r.key == key for r in live):
                     return None

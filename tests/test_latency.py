@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import autoprune
 from autoprune import profile
-from autoprune.budget import repair, within
+from autoprune.budget import repair, uniform_at_budget, within
 from autoprune.cli import main
 from autoprune.errors import AutopruneError, BudgetError, SearchError
 from autoprune.latency import ExpectedLatency, LatencyLimit, LatencyTable, lookup, parse_latency_budget, predict
@@ -269,7 +269,8 @@ def test_no_candidate_over_the_latency_budget_is_ever_scored(table, space, tmp_p
 def test_the_winner_measured_over_its_latency_budget_is_called_so(table, tmp_path, monkeypatch, measured, within):
     # The table predicts every candidate within 0.5; the device, measured beside the base, may not agree:
     # here every pruned model measures the same ratio, so no tightening can bring one under the budget.
-    monkeypatch.setattr(autoprune.driver, "measure_beside", lambda *a, **k: [measured * 20.0, 20.0])
+    monkeypatch.setattr(autoprune.driver, "measure_rounds", lambda *a, rounds, **k: [[measured * 20.0] * rounds,
+                                                                                     [20.0] * rounds])
     result = autoprune.search("resnet20", None, "random", latency=0.5, latency_table=table,
                               objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=3), out=tmp_path)
     record = result.arch["search"]["latency"]
@@ -278,34 +279,70 @@ def test_the_winner_measured_over_its_latency_budget_is_called_so(table, tmp_pat
     assert ("OVER the budget" in str(result)) is not within
 
 
-def slower_device(factor):
-    """measure_beside on a device where every pruned model runs ``factor`` × its prediction and
-    the base runs as the table measured it."""
-    def measure(table, model, space, vectors, **kw):
-        return [table.model_ms if tuple(w) == tuple(space.max_widths()) else factor * predict(table, space, w)
-                for w in vectors]
+def slower_device(factor, drift=(1.0, 1.3, 0.8, 1.0, 1.6)):
+    """measure_rounds on a device where every pruned model runs ``factor`` × its prediction
+    relative to the base, and the whole machine's speed drifts from round to round."""
+    def measure(table, model, space, vectors, *, rounds, **kw):
+        return [[d * (table.model_ms if tuple(w) == tuple(space.max_widths()) else factor * predict(table, space, w))
+                 for d in (drift * rounds)[:rounds]] for w in vectors]
     return measure
 
 
+def held_search(table, out, method="random", latency=0.6, trials=4, objective=lambda w: float(sum(w))):
+    return autoprune.search("resnet20", None, method, latency=latency, latency_table=table, objective=objective,
+                            study=autoprune.StudyConfig(trials=trials), out=out)
+
+
 @pytest.mark.parametrize("latency", [0.6, f"{0.6 * MODEL_MS}ms"])
-@pytest.mark.parametrize("method", ["random", "uniform"])
+@pytest.mark.parametrize("method", ["random", "uniform", "uniform-fill"])
 def test_the_latency_hold_tightens_the_limit_until_the_winner_measures_within(table, space, tmp_path, monkeypatch,
                                                                               latency, method):
     # The table predicts pruned models 10 % too fast: the first winner runs over 0.6 of the base; the hold
-    # learns the error from that measurement, scores the winner repaired to a tighter limit, and keeps it.
-    monkeypatch.setattr(autoprune.driver, "measure_beside", slower_device(1.1))
-    result = autoprune.search("resnet20", None, method, latency=latency, latency_table=table,
-                              objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=4), out=tmp_path)
+    # learns the error from that measurement, scores a candidate for a tighter limit, and keeps it.
+    monkeypatch.setattr(autoprune.driver, "measure_rounds", slower_device(1.1))
+    result = held_search(table, tmp_path, method, latency)
     record = result.arch["search"]["latency"]
     first, last = record["hold"][0], record["hold"][-1]
-    assert first["within"] is False and first["measured_ms"] > 0.6 * MODEL_MS
-    assert last["within"] is True and record["within"] is True and last["measured_ms"] <= 0.6 * MODEL_MS
+    assert first["within"] is False and first["measured_ratio"] == pytest.approx(1.1 * first["predicted_ms"] / MODEL_MS)
+    assert first["predicted_ms"] <= 0.6 * MODEL_MS < 1.1 * first["predicted_ms"]
+    assert last["within"] is True and record["within"] is True and last["measured_ratio"] <= 0.6
     assert record["max_ms"] == pytest.approx(0.6 * MODEL_MS) and record["held_max_ms"] < 0.6 * MODEL_MS / 1.1
     assert predict(table, space, result.widths) == pytest.approx(record["predicted_ms"])
     assert record["predicted_ms"] <= record["held_max_ms"]
     holds = [t for t in result.trials if t["role"] == "hold"]
     assert holds and holds[-1]["widths"] == " ".join(map(str, result.widths))
     assert "limit tightened" in str(result) and "OVER" not in str(result)
+    if method == "uniform":  # a baseline's rule still names its result: one multiplier, under the tighter limit
+        tighter = LatencyLimit(table, record["held_max_ms"])
+        assert tuple(result.widths) == uniform_at_budget(space, autoprune.macs(space, space.max_widths()), tighter)
+
+
+def test_a_rerun_starts_from_the_limit_its_hold_reached(table, tmp_path, monkeypatch):
+    monkeypatch.setattr(autoprune.driver, "measure_rounds", slower_device(1.1))
+    first = held_search(table, tmp_path)
+    again = held_search(table, tmp_path)  # the same study, finished: nothing new to score, the same winner
+    assert again.widths == first.widths and len(again.trials) == len(first.trials)
+    assert len(again.arch["search"]["latency"]["hold"]) == 1 and again.arch["search"]["latency"]["within"] is True
+    more = held_search(table, tmp_path, trials=6)  # the hold's candidates do not count toward the trials
+    assert sum(t["role"] != "hold" for t in more.trials) == 6
+
+
+def test_a_failed_hold_candidate_leaves_the_measured_winner(table, tmp_path, monkeypatch):
+    monkeypatch.setattr(autoprune.driver, "measure_rounds", slower_device(1.1))
+    scored = []
+
+    def objective(widths):
+        scored.append(widths)
+        if len(scored) > 4:  # every candidate after the search's own four
+            raise RuntimeError("CUDA out of memory")
+        return float(sum(widths))
+
+    result = held_search(table, tmp_path, objective=objective)
+    record = result.arch["search"]["latency"]
+    assert [t["status"] for t in result.trials if t["role"] == "hold"] == ["failed"]
+    assert len(record["hold"]) == 1 and record["within"] is False and "OVER the budget" in str(result)
+    assert record["predicted_ms"] == pytest.approx(predict(table, autoprune.SearchSpace.from_model(
+        create_model("resnet20"), (3, 32, 32)), result.widths))
 
 
 def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):

@@ -156,6 +156,13 @@ class Optimizer:
     def repair(self, widths: Sequence[int], rng: np.random.Generator, hold: Sequence[int] = ()) -> Widths:
         return repair(self.space, widths, self.max_macs, rng=rng, hold=hold, latency=self.latency)
 
+    def hold(self, widths: Sequence[int], rng: np.random.Generator) -> Widths:
+        """The candidate once the winner ``widths`` measured over the latency budget and
+        ``self.latency`` was tightened (see :func:`autoprune.driver.hold_latency`): ``widths``
+        repaired onto the tighter limit. A method whose result is a rule (one multiplier, a
+        global threshold) gives its rule's vector under the tighter limit instead."""
+        return self.repair(widths, rng)
+
     def fits(self, widths: Sequence[int]) -> bool:
         """True when ``widths`` meets every constraint of the search (MACs, and latency if set)."""
         return within(self.space, widths, self.max_macs, self.latency)

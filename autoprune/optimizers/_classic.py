@@ -75,6 +75,9 @@ class GlobalThreshold(Optimizer):
             return None
         return self.propose_once(self.widths_at_budget(rng), self.name, pending)
 
+    def hold(self, widths, rng):
+        return self.widths_at_budget(rng)
+
 
 @register_optimizer
 class SlimmingOptimizer(GlobalThreshold):

@@ -22,6 +22,9 @@ class UniformOptimizer(Optimizer):
     def propose(self, rng, pending):
         return self.propose_once(self.uniform_feasible(), "uniform", pending)
 
+    def hold(self, widths, rng):
+        return self.uniform_feasible()
+
 
 @register_optimizer
 class UniformFillOptimizer(Optimizer):
@@ -39,8 +42,10 @@ class UniformFillOptimizer(Optimizer):
     one_shot = True
 
     def propose(self, rng, pending):
-        return self.propose_once(fill_budget(self.space, self.uniform_feasible(), self.max_macs, self.latency),
-                                 "uniform-fill", pending)
+        return self.propose_once(self.hold((), rng), "uniform-fill", pending)
+
+    def hold(self, widths, rng):
+        return fill_budget(self.space, self.uniform_feasible(), self.max_macs, self.latency)
 
 
 def fill_budget(space, widths, max_macs: int, latency=None) -> tuple[int, ...]:
