@@ -53,7 +53,7 @@ WAIT_S = 3600.0
 # fewest rounds of its measurements (the median of the winner-to-base ratios of the rounds).
 HOLD_TRIES = 3
 HOLD_MARGIN = 0.97
-HOLD_ROUNDS = 5
+HOLD_ROUNDS = 7
 
 
 def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore, *,

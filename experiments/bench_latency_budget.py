@@ -7,8 +7,10 @@ For each model: measure its latency table on this device, search with ``--latenc
 alone (the table's prediction is the constraint, and the search's hold times its winner and
 tightens the limit where the winner runs over; the hold's measurements are printed), then search again with a MACs budget equal
 to the latency winner's MACs ratio and no latency budget, and add the uniform-fill vector at
-that MACs ratio. Every winner is materialised and measured end to end (median of repeats,
-the three interleaved so that a drift of the machine hits them alike), relative to the base.
+that MACs ratio. Every winner is materialised and measured end to end, in ``--rounds`` rounds
+that time the base and the three winners back to back; a winner's latency ratio is the median
+over rounds of its time over the base's in the same round (a drift of the machine between
+rounds cancels).
 The searches score candidates with the cheap synthetic objective: the question is which
 widths each constraint admits, not which one is most accurate, so no training is needed.
 """
@@ -16,6 +18,7 @@ widths each constraint admits, not which one is most accurate, so no training is
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import TableConfig, Timer, latency_table, measure_beside
+from autoprune.profile import STATISTICS, TableConfig, Timer, latency_table, measure_rounds
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -59,16 +62,17 @@ def bench(name: str, args, tmp: Path) -> dict:
                                           method="uniform-fill").widths)
     timer = Timer(resolve_device(args.device), warmup=3, repeats=args.repeats, statistic=args.statistic)
     names = ["base", *vectors]
-    measured = measure_beside(table, model, space, [space.max_widths(), *vectors.values()], rounds=args.rounds,
-                              timer=timer)
-    ms_of = dict(zip(names, measured))
-    base_ms = ms_of["base"]
+    runs = dict(zip(names, measure_rounds(table, model, space, [space.max_widths(), *vectors.values()],
+                                          rounds=args.rounds, timer=timer)))
+    keep = STATISTICS[args.statistic]
+    base_ms = keep(runs["base"])
     rows = []
     for k, w in vectors.items():
-        ms = ms_of[k]
+        # The ratio as the search's hold judges it: the median over rounds of vector / base timed back to back.
+        ratio = statistics.median(v / b for v, b in zip(runs[k], runs["base"]))
         rows.append({"search": k, "widths": w, "macs_ratio": macs(space, w) / full,
-                     "predicted_ms": float(predict(table, space, w)), "measured_ms": ms,
-                     "latency_ratio": ms / base_ms, "within": ms / base_ms <= args.latency_budget})
+                     "predicted_ms": float(predict(table, space, w)), "measured_ms": keep(runs[k]),
+                     "latency_ratio": ratio, "within": ratio <= args.latency_budget})
     for r in rows:
         print(f"{name:<12} {r['search']:<13} MACs {r['macs_ratio']:.3f}  predicted {r['predicted_ms']:8.3f} ms  "
               f"measured {r['measured_ms']:8.3f} ms  latency ratio {r['latency_ratio']:.3f}  "
