@@ -119,7 +119,8 @@ class SearchResult:
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
             "latency": ({k: a["search"]["latency"].get(k) for k in ("max_ms", "predicted_ms", "measured_ms",
-                                                                   "measured_base_ms", "within", "held_max_ms")}
+                                                                   "measured_base_ms", "measured_ratio", "within",
+                                                                   "held_max_ms")}
                         if a.get("search", {}).get("latency") else None),
             "arch": str(self.out / "arch.json") if self.out else None,
             "frozen": list(a.get("frozen", [])),
@@ -131,10 +132,7 @@ class SearchResult:
                 ("MACs", f"{cost.human(s['macs'])} ({s['macs_ratio']:.3f} of {cost.human(s['macs_base'])}, "
                          f"budget {s['budget']}, {100 * (s['utilisation'] or 0):.1f} % used)"),
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
-                *([("latency", "{predicted_ms:.3f} ms predicted, {measured_ms:.3f} ms measured (base "
-                               "{measured_base_ms:.3f} ms, budget {max_ms:.3f} ms)".format(**s["latency"])
-                    + _held(s["latency"]))]
-                  if s["latency"] else []),
+                *([("latency", _latency_line(s["latency"]))] if s["latency"] else []),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
                                + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
@@ -488,11 +486,13 @@ def _write(s: _Search, records: list[Record], best: Record, held: Held | None, o
 # --------------------------------------------------------------------------------------------
 
 
-def _held(latency: dict) -> str:
-    """What the summary adds to the latency line: a tightened limit, a budget the device broke."""
-    text = ""
+def _latency_line(latency: dict) -> str:
+    """The summary's latency line: predicted and measured, a tightened limit, a broken budget."""
+    ratio = latency.get("measured_ratio") or latency["measured_ms"] / latency["measured_base_ms"]
+    text = (f"{latency['predicted_ms']:.3f} ms predicted, {latency['measured_ms']:.3f} ms measured, {ratio:.3f} of "
+            f"the base's {latency['measured_base_ms']:.3f} ms (budget {latency['max_ms']:.3f} ms predicted)")
     if (latency.get("held_max_ms") or latency["max_ms"]) < latency["max_ms"]:
-        text = f"; the table predicted the winner too fast here: limit tightened to {latency['held_max_ms']:.3f} ms"
+        text += f"; the table predicted the winner too fast here: limit tightened to {latency['held_max_ms']:.3f} ms"
     return text + ("; measured OVER the budget on this device" if latency["within"] is False else "")
 
 
