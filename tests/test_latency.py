@@ -345,6 +345,36 @@ def test_a_failed_hold_candidate_leaves_the_measured_winner(table, tmp_path, mon
         create_model("resnet20"), (3, 32, 32)), result.widths))
 
 
+def test_the_hold_waits_for_another_worker_scoring_its_candidate(table, space, tmp_path, monkeypatch):
+    import threading
+
+    from autoprune.driver import HOLD_MARGIN, hold_latency
+    from autoprune.evaluator import EvalResult
+    from autoprune.latency import LatencyBudget
+    from autoprune.optimizers import get_optimizer
+    from autoprune.study import STATUS_OK, TrialStore
+
+    monkeypatch.setattr(autoprune.driver, "measure_rounds", slower_device(1.1))
+    max_macs = autoprune.macs(space, space.max_widths())
+    optimizer = get_optimizer("uniform")(space, max_macs)
+    optimizer.limit_latency(LatencyLimit(table, 0.6 * MODEL_MS))
+    winner = optimizer.uniform_feasible()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    store, other = TrialStore(url, "s", meta={}), TrialStore(url, "s", meta={})
+    store.finish(store.claim(winner, "uniform", macs=0, params=0), 1.0, STATUS_OK)
+    # the vector the hold will name: the uniform one under the limit tightened by the measured excess
+    excess = 1.1 * predict(table, space, winner) / MODEL_MS / 0.6
+    tighter = LatencyLimit(table, predict(table, space, winner) / excess * HOLD_MARGIN)
+    candidate = uniform_at_budget(space, max_macs, tighter)
+    tid = other.claim(candidate, "hold", macs=0, params=0)  # another worker's hold is scoring it
+    threading.Timer(0.5, lambda: other.finish(tid, 0.9, STATUS_OK)).start()
+    scored = []
+    held = hold_latency(optimizer, lambda w: scored.append(w) or EvalResult(0.5, STATUS_OK), store, create_model("resnet20"),
+                        LatencyBudget(0.6, "ratio", "0.6"))
+    assert scored == [] and held.scored == 0  # nothing scored twice
+    assert held.best.widths == candidate and held.best.score == 0.9 and held.steps[-1]["within"] is True
+
+
 def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):
     @register_optimizer
     class Rogue(Optimizer):
