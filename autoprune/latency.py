@@ -2,12 +2,14 @@
 
 A :class:`LatencyTable` holds, for every traced layer (a conv or linear layer together with
 the BatchNorm and activation that run right after it), its measured time at a grid of
-(input width, output width) pairs, plus the measured latency of the whole unpruned model and of the smallest one the space holds.
-What the layers' isolated times miss (residual adds, pooling, the Python between layers, and
-on a CPU costs that grow with the model, such as memory traffic between layers) is an
-affine calibration through those two measured points: a model's time is
-``overhead_ms + scale × (sum of its layers' times)``. On a GPU ``scale`` comes out near 1
-and ``overhead_ms`` is the launch cost no pruning removes.
+(input width, output width) pairs, plus the measured latency of the whole unpruned model, of
+the smallest one the space holds and of one in between. What the layers' isolated times miss
+(residual adds, pooling, the Python between layers, and on a CPU costs that grow with the
+model, such as memory traffic between layers) is a calibration through those measured points:
+a model's time is piecewise linear in the sum of its layers' times, through the ``knots``
+(sum, measured time) of the three models. ``overhead_ms`` and ``scale`` are the straight line
+through the two ends (``overhead_ms + scale × sum``, what a table without knots predicts). On
+a GPU ``scale`` comes out near 1 and ``overhead_ms`` is the launch cost no pruning removes.
 
 :func:`predict` is the latency sibling of :func:`autoprune.cost.macs`: a pure function of
 (table, space, widths), with no forward pass. Widths between grid points are interpolated
@@ -71,8 +73,9 @@ class LatencyTable:
 
     ``key`` says what was measured (device name, torch version, dtype, batch size, input
     size, memory format, the layers and their grids); ``model_ms`` is the measured latency
-    of the unpruned model; a model's predicted time is ``overhead_ms + scale`` × the sum
-    of its entries.
+    of the unpruned model; a model's predicted time is :meth:`calibrated` of the sum of its
+    entries: piecewise linear through ``knots`` (sum, measured time; by sum), or with fewer
+    than two knots ``overhead_ms + scale`` × the sum.
     """
 
     key: dict
@@ -80,6 +83,17 @@ class LatencyTable:
     model_ms: float
     overhead_ms: float
     scale: float = 1.0
+    knots: tuple[tuple[float, float], ...] = ()
+
+    def calibrated(self, layers_ms):
+        """A model's time from the sum of its layers' times (a float or a differentiable
+        scalar); past the first or the last knot, along the end segment."""
+        if len(self.knots) < 2:
+            return self.overhead_ms + self.scale * layers_ms
+        x = float(layers_ms.detach()) if isinstance(layers_ms, torch.Tensor) else float(layers_ms)
+        k = next((i for i in range(1, len(self.knots) - 1) if x <= self.knots[i][0]), len(self.knots) - 1)
+        (x0, y0), (x1, y1) = self.knots[k - 1], self.knots[k]
+        return y0 + (y1 - y0) / (x1 - x0) * (layers_ms - x0)
 
     @property
     def id(self) -> str:
@@ -88,24 +102,29 @@ class LatencyTable:
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "key": self.key, "model_ms": self.model_ms, "overhead_ms": self.overhead_ms,
-                "scale": self.scale, "entries": [e.to_dict() for e in self.entries]}
+                "scale": self.scale, "knots": [list(k) for k in self.knots], "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod
     def from_dict(cls, d) -> "LatencyTable":
         """ValueError (with the reason) unless ``d`` is a well-formed table."""
-        if not isinstance(d, dict) or d.get("schema") not in (SCHEMA, "autoprune.latency/1"):
+        if not isinstance(d, dict) or d.get("schema") not in (SCHEMA, "autoprune.latency/2", "autoprune.latency/1"):
             raise ValueError(f"not a latency table (schema {SCHEMA})")
         try:
             entries = tuple(Entry.from_dict(e) for e in d["entries"])
-            table = cls(dict(d["key"]), entries, float(d["model_ms"]), float(d["overhead_ms"]), float(d.get("scale", 1.0)))
-        except (KeyError, TypeError) as exc:
+            knots = tuple((float(x), float(y)) for x, y in d.get("knots", ()))
+            table = cls(dict(d["key"]), entries, float(d["model_ms"]), float(d["overhead_ms"]), float(d.get("scale", 1.0)),
+                        knots)
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed latency table ({type(exc).__name__}: {exc})") from None
-        if not all(math.isfinite(v) for v in (table.model_ms, table.overhead_ms, table.scale)) or table.scale <= 0:
+        values = (table.model_ms, table.overhead_ms, table.scale, *(v for k in knots for v in k))
+        if not all(math.isfinite(v) for v in values) or table.scale <= 0:
             raise ValueError("malformed latency table (a time that is not finite, or a scale that is not positive)")
+        if any(b[0] <= a[0] or b[1] < a[1] for a, b in zip(knots, knots[1:])):
+            raise ValueError("malformed latency table (its knots must rise with the layers' time)")
         return table
 
 
-SCHEMA = "autoprune.latency/2"  # /1: no scale (1)
+SCHEMA = "autoprune.latency/3"  # /2: no knots (the line through the two ends); /1: no scale (1)
 
 
 def key_digest(key: dict) -> str:
@@ -151,7 +170,7 @@ def check_table(table: LatencyTable, space: SearchSpace) -> None:
 
 def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
     """Predicted latency in milliseconds of the model pruned to ``widths`` (the table's batch
-    size, dtype and device): the overhead plus ``scale`` × the interpolated time of every entry."""
+    size, dtype and device): the table's calibration of the sum of every entry's interpolated time."""
     full = space.full_widths(widths)
     layers = {layer.name: layer for layer in space.graph.layers}
     total = 0.0
@@ -162,7 +181,7 @@ def predict(table: LatencyTable, space: SearchSpace, widths: Sequence):
             cin = cin + full[g]
         cout = full[layer.out_group] if entry.outs else None
         total = total + lookup(entry, cin, cout)
-    return table.overhead_ms + table.scale * total
+    return table.calibrated(total)
 
 
 class ExpectedLatency:
@@ -175,14 +194,14 @@ class ExpectedLatency:
     for every layer whose input is a single group (a plain conv, a depthwise conv, a linear
     layer); a layer whose input concatenates two or more free groups is timed at its expected
     input width. A group that follows another (a chunk part, a shuffle, a tile) takes its
-    width from that group's distribution. At one-hot ``probs`` it equals :func:`predict` at
-    those widths.
+    width from that group's distribution. The calibration is applied to the expected sum of
+    the layers' times (exact for a straight line; for a table with knots, the calibration at
+    the expectation). At one-hot ``probs`` it equals :func:`predict` at those widths.
     """
 
     def __init__(self, table: LatencyTable, space: SearchSpace):
         check_table(table, space)
-        self.space = space
-        self.overhead_ms, self.scale = table.overhead_ms, table.scale
+        self.space, self.table = space, table
         layers = {layer.name: layer for layer in space.graph.layers}
         width_of = _group_widths(space)
         # (input group, output group, times at their allowed widths): a free group's index, or None
@@ -231,7 +250,7 @@ class ExpectedLatency:
                 total = total + lookup(entry, cin, outs[0])
             else:
                 total = total + sum(p * lookup(entry, cin, b) for p, b in zip(probs[j], outs))
-        return self.overhead_ms + self.scale * total
+        return self.table.calibrated(total)
 
 
 def _group_widths(space: SearchSpace) -> dict[int, tuple[int | None, tuple[int, ...]]]:

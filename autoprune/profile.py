@@ -6,9 +6,10 @@ input of the shape it sees in the model, at a grid of (input width, output width
 every allowed pair when a group has at most ``grid`` widths, else ``grid`` widths spread
 over the allowed ones (conv time is close to bilinear in the two widths, which is what
 :func:`autoprune.latency.lookup` interpolates). A norm that follows no timed layer is timed
-on its own. The unpruned model and the smallest one the space holds are timed end to end;
-the line through those two points against the sums of their layers' times is the table's
-calibration (``overhead_ms`` and ``scale``, see :mod:`autoprune.latency`).
+on its own. The unpruned model, the smallest one the space holds and the uniform one halfway
+between them in MACs are timed end to end; against the sums of their layers' times they are
+the table's calibration (``knots``, and the line through the two ends, ``overhead_ms`` and
+``scale``; see :mod:`autoprune.latency`).
 
 Each time is the median (or the minimum) of ``repeats`` runs after ``warmup`` runs, each run
 long enough to time reliably, with CUDA synchronised around it. With ``rounds`` > 1 the whole
@@ -40,6 +41,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from autoprune import cost
 from autoprune.errors import AutopruneError, DeviceError, one_line
 from autoprune.files import write_json
 from autoprune.graph import Layer, fx_graph_module
@@ -315,7 +317,7 @@ def table_key(model: nn.Module, space: SearchSpace, config: TableConfig, device:
         "dtype": config.resolved_dtype(device), "batch_size": config.batch_size,
         "input_shape": list(space.graph.input_shape), "channels_last": bool(config.channels_last),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "statistic": config.statistic, "rounds": config.rounds,
+        "statistic": config.statistic, "rounds": config.rounds, "calibration": "full, smallest, middle",
         "layers": hashlib.sha1(json.dumps(layers).encode()).hexdigest()[:16],
     }
 
@@ -355,7 +357,7 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
     jobs = [(k, i, j, cin, cout) for k, (_, ins, outs) in enumerate(todo)
             for i, cin in enumerate(ins) for j, cout in enumerate(outs or (None,))]
     runs: dict[tuple[int, int, int], list[float]] = {job[:3]: [] for job in jobs}
-    ends = (space.max_widths(), space.min_widths())  # the model timed end to end, unpruned and smallest
+    ends = (space.max_widths(), space.min_widths(), middle(space))  # the models timed end to end
     model_runs: list[list[float]] = []
     bar = progress_bar(config.rounds * (len(jobs) + 1), "latency table", progress)
     try:
@@ -379,23 +381,44 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
                           tuple(tuple(round(keep(runs[k, i, j]), 6) for j in range(len(outs) or 1))
                                 for i in range(len(ins))))
                     for k, (layer, ins, outs) in enumerate(todo))
-    full_ms, small_ms = (keep([r[e] for r in model_runs]) for e in range(2))
-    overhead, scale = calibrate(LatencyTable(key, entries, full_ms, 0.0), space, full_ms, small_ms)
-    return LatencyTable(key, entries, round(full_ms, 6), round(overhead, 6), round(scale, 6))
+    full_ms, small_ms, middle_ms = (keep([r[e] for r in model_runs]) for e in range(3))
+    overhead, scale, knots = calibrate(LatencyTable(key, entries, full_ms, 0.0), space,
+                                       [(ends[0], full_ms), (ends[1], small_ms), (ends[2], middle_ms)])
+    return LatencyTable(key, entries, round(full_ms, 6), round(overhead, 6), round(scale, 6), knots)
 
 
-def calibrate(table: LatencyTable, space: SearchSpace, full_ms: float, small_ms: float) -> tuple[float, float]:
-    """(overhead, scale) of the line through the measured times of the unpruned model and the
-    smallest one the space holds, against the sums of their layers' entries (``table`` with
-    overhead 0 and scale 1). Where the two sums coincide (nothing to prune) or the line would
-    fall with the layers' time (timing noise), the scale is 1 and the overhead what the full
-    model's layers miss."""
-    layers_full = predict(table, space, space.max_widths())
-    layers_small = predict(table, space, space.min_widths())
-    if layers_full - layers_small > 1e-9 and full_ms > small_ms:
-        scale = (full_ms - small_ms) / (layers_full - layers_small)
-        return full_ms - scale * layers_full, scale
-    return full_ms - layers_full, 1.0
+def middle(space: SearchSpace) -> tuple[int, ...]:
+    """The uniform width vector halfway in MACs between the smallest and the unpruned model."""
+    half = (cost.macs(space, space.min_widths()) + cost.macs(space, space.max_widths())) / 2
+    lo, hi = 0.0, 1.0
+    for _ in range(30):  # the MACs of space.uniform(r) grow with r
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost.macs(space, space.uniform(max(mid, 1e-6))) < half else (lo, mid)
+    return space.uniform(max(hi, 1e-6))
+
+
+def calibrate(table: LatencyTable, space: SearchSpace, measured) -> tuple[float, float, tuple]:
+    """(overhead, scale, knots) from the measured times of the unpruned model, the smallest one
+    the space holds and any others, ``measured = [(widths, ms), ...]`` with the unpruned first
+    and the smallest second, against the sums of their layers' entries (``table`` with overhead
+    0 and scale 1). Overhead and scale are the line through the two ends; the knots are every
+    model's (sum, ms), kept only where they rise with the sum (a point out of line with its
+    neighbours, timing noise, is dropped; with fewer than three left, the line alone). Where
+    the two ends' sums coincide (nothing to prune) or the line would fall with the layers' time
+    (noise), the scale is 1 and the overhead what the full model's layers miss, and no knots."""
+    points = [(float(predict(table, space, w)), float(ms)) for w, ms in measured]
+    (layers_full, full_ms), (layers_small, small_ms) = points[:2]
+    if not (layers_full - layers_small > 1e-9 and full_ms > small_ms):
+        return full_ms - layers_full, 1.0, ()
+    scale = (full_ms - small_ms) / (layers_full - layers_small)
+    inner = sorted(p for p in points[2:] if layers_small + 1e-6 < p[0] < layers_full - 1e-6 and small_ms < p[1] < full_ms)
+    knots = [(layers_small, small_ms)]
+    for x, y in inner:
+        if x > knots[-1][0] + 1e-6 and y >= knots[-1][1]:
+            knots.append((x, y))
+    knots.append((layers_full, full_ms))
+    knots = tuple((round(x, 6), round(y, 6)) for x, y in knots) if len(knots) > 2 else ()
+    return full_ms - scale * layers_full, scale, knots
 
 
 def _time_widths(model, space: SearchSpace, widths, config: TableConfig, device: torch.device, timer: TimerFn) -> float:

@@ -513,7 +513,7 @@ def test_rounds_keep_the_fastest_of_every_entry_and_of_the_model(model, space, t
     once, _ = latency_table(model, space, TableConfig(device="cpu", grid=2, statistic="min", cache_dir=tmp_path / "o"),
                             timer=NoisyTimer())
     assert once.entries != quiet.entries  # one round sees the busy half of the calls
-    assert noisy.calls == 2 * sum(len(e.ms) * len(e.ms[0]) for e in quiet.entries) + 4  # and two models a round
+    assert noisy.calls == 2 * sum(len(e.ms) * len(e.ms[0]) for e in quiet.entries) + 6  # and three models a round
 
 
 def test_models_measured_beside_each_other_keep_the_table_statistic(model, space, table):
@@ -529,33 +529,80 @@ def test_models_measured_beside_each_other_keep_the_table_statistic(model, space
     assert got == [6.0, 7.0] and seen == ["model"] * 6
 
 
+class Device(FakeTimer):
+    """A device where a whole model takes ``curve(sum of its layers' isolated times)``."""
+
+    def __init__(self, table, space, curve):
+        super().__init__()
+        self.layers = lambda w: exact(table, space, list(w)) - table.overhead_ms
+        self.curve = curve
+
+    def __call__(self, run, info):
+        if info["what"] == "model":
+            return self.curve(self.layers(info["widths"]))
+        return super().__call__(run, info)
+
+
 def test_the_calibration_is_the_line_through_the_full_and_the_smallest_model(model, space, table, tmp_path):
     """A device where a model takes 2 ms plus 1.5 x its layers' isolated times (memory traffic
     between layers, say): the table's overhead and scale recover the line, and every width
-    vector is predicted exactly, not only the two measured ends."""
-    layers_of = {w: exact(table, space, list(w)) - table.overhead_ms
-                 for w in (tuple(space.max_widths()), tuple(space.min_widths()))}
-
-    class Calibrated(FakeTimer):
-        def __call__(self, run, info):
-            if info["what"] == "model":
-                return 2.0 + 1.5 * layers_of[info["widths"]]
-            return super().__call__(run, info)
-
-    got, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=Calibrated())
+    vector is predicted exactly, not only the measured ones."""
+    device = Device(table, space, lambda layers: 2.0 + 1.5 * layers)
+    got, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=device)
     assert got.scale == pytest.approx(1.5) and got.overhead_ms == pytest.approx(2.0, abs=1e-5)
     rng = np.random.default_rng(3)
     for _ in range(5):
         w = space.sample(rng)
-        assert predict(got, space, w) == pytest.approx(2.0 + 1.5 * (exact(table, space, w) - table.overhead_ms), rel=1e-6)
+        assert predict(got, space, w) == pytest.approx(2.0 + 1.5 * device.layers(w), rel=1e-5)
     probs = [torch.eye(len(c), dtype=torch.float64)[0] for c in space.choices]
     assert float(ExpectedLatency(got, space)(probs)) == pytest.approx(predict(got, space, space.min_widths()), rel=1e-9)
     assert LatencyTable.from_dict(json.loads(json.dumps(got.to_dict()))) == got
 
 
+def test_the_middle_model_bends_the_calibration(model, space, table, tmp_path):
+    """A device where mid-sized models take longer than the line through the two ends says (on
+    a CPU: activations that fall out of cache): the middle model's knot follows the bend, and
+    every vector is predicted on the two segments through it."""
+    small, full, mid = (exact(table, space, list(w)) - table.overhead_ms
+                        for w in (space.min_widths(), space.max_widths(), profile.middle(space)))
+    bend = lambda x: 0.4 * min(x - small, (full - x) * (mid - small) / (full - mid))  # noqa: E731
+    device = Device(table, space, lambda layers: 2.0 + 1.5 * layers + bend(layers))
+    got, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=device)
+    assert [x for x, _ in got.knots] == pytest.approx([small, mid, full], rel=1e-5)
+    rng = np.random.default_rng(4)
+    for _ in range(8):
+        w = space.sample(rng)
+        assert predict(got, space, w) == pytest.approx(device.curve(device.layers(w)), rel=1e-4)
+    straight = dataclasses.replace(got, knots=())
+    m = profile.middle(space)
+    assert predict(straight, space, m) < predict(got, space, m) == pytest.approx(device.curve(mid), rel=1e-5)
+    probs = [torch.eye(len(c), dtype=torch.float64)[len(c) // 2] for c in space.choices]
+    at = tuple(c[len(c) // 2] for c in space.choices)
+    assert float(ExpectedLatency(got, space)(probs)) == pytest.approx(predict(got, space, at), rel=1e-9)
+    assert LatencyTable.from_dict(json.loads(json.dumps(got.to_dict()))) == got
+
+
+def test_a_middle_model_out_of_line_is_left_out(model, space, table, tmp_path):
+    """Timing noise that puts the middle model below the smallest one gives no knots: the line."""
+    small = exact(table, space, list(space.min_widths())) - table.overhead_ms
+    device = Device(table, space, lambda layers: 2.0 + 1.5 * layers)
+    middle = tuple(profile.middle(space))
+    timer = lambda run, info: (1.0 if info["what"] == "model" and info["widths"] == middle  # noqa: E731
+                               else device(run, info))
+    got, _ = latency_table(model, space, TableConfig(device="cpu", grid=3, cache_dir=tmp_path), timer=timer)
+    assert got.knots == () and got.scale == pytest.approx(1.5)
+    assert predict(got, space, space.min_widths()) == pytest.approx(2.0 + 1.5 * small, rel=1e-5)
+
+
 def test_a_table_of_the_first_schema_reads_with_scale_one(table):
-    old = {k: v for k, v in table.to_dict().items() if k != "scale"}
+    old = {k: v for k, v in table.to_dict().items() if k not in ("scale", "knots")}
     old["schema"] = "autoprune.latency/1"
-    assert LatencyTable.from_dict(old).scale == 1.0
+    assert LatencyTable.from_dict(old).scale == 1.0 and LatencyTable.from_dict(old).knots == ()
     with pytest.raises(ValueError):
         LatencyTable.from_dict({**table.to_dict(), "scale": -1.0})
+
+
+@pytest.mark.parametrize("knots", [[[1.0, 2.0], [1.0, 3.0]], [[1.0, 3.0], [2.0, 2.0]], [[1.0, "x"]], [[1.0, float("inf")]]])
+def test_knots_that_do_not_rise_are_refused(table, knots):
+    with pytest.raises(ValueError, match="malformed latency table"):
+        LatencyTable.from_dict({**table.to_dict(), "knots": knots})

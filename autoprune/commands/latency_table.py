@@ -60,6 +60,7 @@ def run(args) -> int:
     row = {"model": args.model, "table": table.id, "file": str(path), "device": k["device"],
            "device_name": k["device_name"], "dtype": k["dtype"], "batch_size": k["batch_size"],
            "model_ms": table.model_ms, "overhead_ms": table.overhead_ms, "scale": table.scale,
+           "knots": [list(kn) for kn in table.knots],
            "predicted_full_ms": predict(table, space, space.max_widths()),
            "predicted_min_ms": predict(table, space, space.min_widths()),
            "layers": len(table.entries), "measurements": sum(len(e.ms) * len(e.ms[0]) for e in table.entries)}
@@ -70,7 +71,8 @@ def run(args) -> int:
     print(f"device      {k['device']} ({k['device_name']}), {k['dtype']}, batch {k['batch_size']}"
           + (", channels-last" if k["channels_last"] else ""))
     print(f"model       {args.model}: {table.model_ms:.3f} ms measured; a model takes {table.overhead_ms:.3f} ms + "
-          f"{table.scale:.3f} x its layers' times")
+          f"{table.scale:.3f} x its layers' times"
+          + (f", bent through a middle model ({len(table.knots)} knots)" if len(table.knots) > 2 else ""))
     print(f"smallest    {row['predicted_min_ms']:.3f} ms predicted "
           f"({row['predicted_min_ms'] / table.model_ms:.3f} of the full model)")
     print(f"entries     {row['layers']} layers, {row['measurements']} timings")
