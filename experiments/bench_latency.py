@@ -59,7 +59,9 @@ def bench(name: str, args, cache_dir: str) -> dict:
                      "measured_ratio": ratio, "error": abs(pred - meas) / meas, "ratio_error": ratio_error})
     errors = sorted(r["error"] for r in rows)
     ratio_errors = sorted(r["ratio_error"] for r in rows)
-    out = {"model": name, "base_ms": table.model_ms, "overhead_ms": table.overhead_ms, "scale": table.scale, "table": table.id,
+    out = {"model": name, "base_ms": table.model_ms, "overhead_ms": table.overhead_ms,
+           "scale": table.scale, "knots": [list(k) for k in table.knots],
+           "table": table.id,
            "table_seconds": round(table_s, 1), "median_error": statistics.median(errors),
            "p90_error": errors[int(0.9 * (len(errors) - 1))], "max_error": errors[-1],
            "median_ratio_error": statistics.median(ratio_errors), "vectors": rows}
