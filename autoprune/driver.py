@@ -12,7 +12,7 @@ records stay in the study (and in ``trials.csv``) as the history of what happene
 
 With a latency budget the driver's last step is :func:`hold_latency`: the winner is measured
 on the device beside the base, and where it runs over the budget the predicted limit tightens
-by what the measurement showed and the winner, repaired to it, is scored as one more candidate.
+by what the measurement showed and a candidate for the tighter limit is scored as one more.
 """
 
 from __future__ import annotations
@@ -189,16 +189,13 @@ class _Loop:
                       score=result.score, seconds=seconds, reason=result.reason)
 
 
-def best_record(records: list[Record], space=None, limit=None) -> Record:
-    """The best scored candidate (ties: the earlier trial); with a latency ``limit`` (and its
-    ``space``) the best of those it allows, where any is. SearchError when none was scored."""
+def best_record(records: list[Record]) -> Record:
+    """The best scored candidate (ties: the earlier trial); SearchError when none was scored."""
     ok = [r for r in records if r.status == STATUS_OK]
     if not ok:
         scored = [r for r in records if r.finished]
         reason = scored[-1].reason if scored else "no candidate was scored"
         raise SearchError(f"no candidate could be scored ({len(scored)} failed; last: {reason})")
-    if limit is not None:
-        ok = [r for r in ok if limit.allows(space, r.widths)] or ok
     return max(ok, key=lambda r: (r.score, -r.trial_id))
 
 
@@ -257,7 +254,7 @@ def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalRe
 def _allowed_best(records: list[Record], optimizer: Optimizer) -> Record | None:
     """The best scored candidate the optimizer's latency limit allows; None if it allows none."""
     ok = [r for r in records if r.status == STATUS_OK and optimizer.latency.allows(optimizer.space, r.widths)]
-    return max(ok, key=lambda r: (r.score, -r.trial_id)) if ok else None
+    return best_record(ok) if ok else None
 
 
 def _score_hold(loop: _Loop, widths, score) -> int:
