@@ -18,7 +18,6 @@ by what the measurement showed and a candidate for the tighter limit is scored a
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
 from typing import Callable
 
@@ -30,7 +29,7 @@ from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalResult
 from autoprune.latency import LatencyBudget, predict
 from autoprune.optimizers import Context, Optimizer
-from autoprune.profile import STATISTICS, measure_rounds
+from autoprune.profile import STATISTICS, measure_rounds, paired_ratio
 from autoprune.study import (
     FULL,
     HOLD_ROLE,
@@ -279,7 +278,7 @@ def _measure_held(optimizer: Optimizer, model: nn.Module, budget: LatencyBudget,
     runs = measure_rounds(limit.table, model, space, [widths, space.max_widths()],
                           rounds=max(rounds, limit.table.key.get("rounds", 1)))
     pruned, base = statistic(runs[0]), statistic(runs[1])
-    ratio = statistics.median(p / b for p, b in zip(*runs))
+    ratio = paired_ratio(*runs)
     excess = ratio / budget.value if budget.kind == "ratio" else pruned / budget.value
     return {"max_ms": limit.max_ms, "predicted_ms": float(predict(limit.table, space, widths)), "measured_ms": pruned,
             "measured_base_ms": base, "measured_ratio": ratio, "measured_max_ms": budget.max_ms(base),

@@ -7,7 +7,7 @@ every allowed pair when a group has at most ``grid`` widths, else ``grid`` width
 over the allowed ones (conv time is close to bilinear in the two widths, which is what
 :func:`autoprune.latency.lookup` interpolates). A norm that follows no timed layer is timed
 on its own. The unpruned model, the smallest one the space holds and the uniform one halfway
-between them in MACs are timed end to end; against the sums of their layers' times they are
+between them in MACs (the widest within the half-way MACs) are timed end to end; against the sums of their layers' times they are
 the table's calibration (``knots``, and the line through the two ends, ``overhead_ms`` and
 ``scale``; see :mod:`autoprune.latency`).
 
@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune import cost
+from autoprune.budget import uniform_at_budget
 from autoprune.errors import AutopruneError, DeviceError, one_line
 from autoprune.files import write_json
 from autoprune.graph import Layer, fx_graph_module
@@ -388,13 +389,9 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
 
 
 def middle(space: SearchSpace) -> tuple[int, ...]:
-    """The uniform width vector halfway in MACs between the smallest and the unpruned model."""
-    half = (cost.macs(space, space.min_widths()) + cost.macs(space, space.max_widths())) / 2
-    lo, hi = 0.0, 1.0
-    for _ in range(30):  # the MACs of space.uniform(r) grow with r
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cost.macs(space, space.uniform(max(mid, 1e-6))) < half else (lo, mid)
-    return space.uniform(max(hi, 1e-6))
+    """The widest uniform width vector within the MACs half-way between the smallest and the
+    unpruned model's."""
+    return uniform_at_budget(space, (cost.macs(space, space.min_widths()) + cost.macs(space, space.max_widths())) // 2)
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, measured) -> tuple[float, float, tuple]:
@@ -501,6 +498,12 @@ def measure_beside(table: LatencyTable, model: nn.Module, space: SearchSpace, ve
     one's runs: models compared with each other see the same moments of a busy machine."""
     keep = STATISTICS[table.key.get("statistic", "median")]
     return [keep(r) for r in measure_rounds(table, model, space, vectors, rounds=rounds, timer=timer)]
+
+
+def paired_ratio(runs: Sequence[float], base_runs: Sequence[float]) -> float:
+    """A model's latency as a ratio of the base's, from :func:`measure_rounds`: the median over
+    rounds of the two times taken back to back (a drift of the machine between rounds cancels)."""
+    return statistics.median(v / b for v, b in zip(runs, base_runs))
 
 
 def measure_rounds(table: LatencyTable, model: nn.Module, space: SearchSpace, vectors: Sequence[Sequence[int]], *,

@@ -28,7 +28,16 @@ import torch
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import STATISTICS, TableConfig, Timer, device_name, latency_table, measure_rounds, set_threads
+from autoprune.profile import (
+    STATISTICS,
+    TableConfig,
+    Timer,
+    device_name,
+    latency_table,
+    measure_rounds,
+    paired_ratio,
+    set_threads,
+)
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -53,7 +62,7 @@ def bench(name: str, args, cache_dir: str) -> dict:
         # (the median over rounds of vector / base, the two timed back to back, as the search's hold judges it)
         runs = measure_rounds(table, model, space, [widths, space.max_widths()], rounds=args.rounds, timer=timer)
         meas, base = (STATISTICS[args.statistic](r) for r in runs)
-        ratio = statistics.median(v / b for v, b in zip(*runs))
+        ratio = paired_ratio(*runs)
         ratio_error = abs(pred / table.model_ms - ratio) / ratio
         rows.append({"widths": list(widths), "predicted_ms": pred, "measured_ms": meas, "base_now_ms": base,
                      "measured_ratio": ratio, "error": abs(pred - meas) / meas, "ratio_error": ratio_error})

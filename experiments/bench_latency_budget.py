@@ -18,7 +18,6 @@ widths each constraint admits, not which one is most accurate, so no training is
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
 from autoprune.latency import predict
 from autoprune.models import create_model, default_input_size
-from autoprune.profile import STATISTICS, TableConfig, Timer, latency_table, measure_rounds
+from autoprune.profile import STATISTICS, TableConfig, Timer, latency_table, measure_rounds, paired_ratio
 from autoprune.runtime import resolve_device
 from autoprune.space import SearchSpace
 
@@ -69,7 +68,7 @@ def bench(name: str, args, tmp: Path) -> dict:
     rows = []
     for k, w in vectors.items():
         # The ratio as the search's hold judges it: the median over rounds of vector / base timed back to back.
-        ratio = statistics.median(v / b for v, b in zip(runs[k], runs["base"]))
+        ratio = paired_ratio(runs[k], runs["base"])
         rows.append({"search": k, "widths": w, "macs_ratio": macs(space, w) / full,
                      "predicted_ms": float(predict(table, space, w)), "measured_ms": keep(runs[k]),
                      "latency_ratio": ratio, "within": ratio <= args.latency_budget})

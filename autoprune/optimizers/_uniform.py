@@ -42,9 +42,13 @@ class UniformFillOptimizer(Optimizer):
     one_shot = True
 
     def propose(self, rng, pending):
-        return self.propose_once(self.hold((), rng), "uniform-fill", pending)
+        return self.propose_once(self.filled(), "uniform-fill", pending)
 
     def hold(self, widths, rng):
+        return self.filled()
+
+    def filled(self):
+        """The uniform vector grown until nothing more fits (the MACs and the latency limit)."""
         return fill_budget(self.space, self.uniform_feasible(), self.max_macs, self.latency)
 
 
