@@ -18,6 +18,12 @@ class TraceError(AutopruneError):
     """A model construct the channel tracer cannot follow."""
 
 
+class RuleError(AutopruneError, TypeError):
+    """A tracer rule that cannot be registered (a target that is not a module class, a function
+    or a tensor-method name; a handler that is not callable) or removed. A TypeError too, as
+    register_rule raised before it had its own type."""
+
+
 class SpaceError(AutopruneError):
     """A search-space setting or override file that is invalid."""
 

@@ -150,7 +150,7 @@ def test_frozen_leaves_are_bounded(monkeypatch):
         def forward(self, x):
             return self.c(self.b(self.a(x)))
 
-    monkeypatch.setattr(autoprune.graph, "MAX_FROZEN_LEAVES", 1)
+    monkeypatch.setattr(autoprune.graph.tracer, "MAX_FROZEN_LEAVES", 1)
     with pytest.raises(TraceError, match="more than 1 submodules of Twice cannot be traced; the last: 'b'"):
         trace(Twice(), SHAPE)
 

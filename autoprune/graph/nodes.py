@@ -1,0 +1,90 @@
+"""Small helpers on torch.fx nodes that rules share: the shapes one shape propagation recorded,
+the tensor arguments of a node, where a node sits in the model (for error messages)."""
+
+from __future__ import annotations
+
+import math
+
+import torch.fx as fx
+
+from autoprune.errors import TraceError
+
+# Appended to every error about an op without a rule.
+HOW_TO_ADD = "add a rule with autoprune.graph.register_rule"
+
+
+def shape_of(node) -> tuple[int, ...] | None:
+    """The output shape of ``node`` (with the batch dimension); None for anything but a tensor."""
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    found = getattr(meta, "shape", None)
+    return tuple(found) if found is not None else None
+
+
+def tuple_args(arg) -> list[fx.Node]:
+    """Nodes in ``arg`` that hold a tensor or a tuple of tensors."""
+    if isinstance(arg, fx.Node):
+        meta = arg.meta.get("tensor_meta")
+        return [arg] if shape_of(arg) is not None or isinstance(meta, (list, tuple)) and meta else []
+    if isinstance(arg, (list, tuple)):
+        return [n for a in arg for n in tuple_args(a)]
+    return []
+
+
+def tensor_args(arg) -> list[fx.Node]:
+    """Nodes in ``arg`` (nested in lists and tuples too) that hold a tensor."""
+    if isinstance(arg, fx.Node):
+        return [arg] if shape_of(arg) is not None else []
+    if isinstance(arg, (list, tuple)):
+        return [n for a in arg for n in tensor_args(a)]
+    return []
+
+
+def first_tensor_arg(node: fx.Node) -> fx.Node | None:
+    """The first argument of ``node`` that holds a tensor; None where none does."""
+    found = tensor_args(node.args)
+    return found[0] if found else None
+
+
+def parameter_behind(arg) -> tuple[str, int] | None:
+    """(target, size) of a parameter with more than one value that ``arg`` reads, directly
+    or through reshapes; None for anything else."""
+    while isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target in ("reshape", "view"):
+        arg = arg.args[0]
+    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+        return None
+    found = shape_of(arg)
+    size = math.prod(found) if found is not None else 1
+    return (arg.target, size) if size > 1 else None
+
+
+def is_namedtuple_class(target) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def same_kind(seq, items: list):
+    """``items`` in a sequence of the type of ``seq``: list, tuple or namedtuple."""
+    if is_namedtuple_class(type(seq)):
+        return type(seq)(*items)
+    return list(items) if isinstance(seq, list) else tuple(items)
+
+
+def fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def where(node: fx.Node) -> str:
+    """``in module 'path' (Class)`` for a node inside a submodule, else ``at top level``."""
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path, cls = list(stack.values())[-1]
+        cls_name = getattr(cls, "__name__", str(cls))
+        return f"in module '{path}' ({cls_name})"
+    return "at top level"
+
+
+def unsupported_function(node: fx.Node) -> TraceError:
+    """The error for a function with no rule applied to a channel tensor."""
+    return TraceError(f"node '{node.name}' ({where(node)}): function {fn_name(node.target)} on a channel "
+                      f"tensor is not supported; {HOW_TO_ADD}")

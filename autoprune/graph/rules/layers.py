@@ -1,0 +1,148 @@
+"""Rules for layers with parameters that depend on the channels: convs, linear layers, norms,
+and per-channel parameters that scale a tensor (``scale``). Each records a
+:class:`~autoprune.graph.Layer` that surgery slices and the cost model counts."""
+
+from __future__ import annotations
+
+import math
+
+import torch.fx as fx
+import torch.nn as nn
+
+from autoprune.errors import TraceError
+from autoprune.graph.nodes import parameter_behind, shape_of, where
+from autoprune.graph.result import Layer
+from autoprune.graph.rewrites import plain
+from autoprune.graph.table import GroupTable
+from autoprune.graph.tensor import ChannelTensor
+
+
+def check_channels(table: GroupTable, node: fx.Node, x: ChannelTensor, expected: int) -> None:
+    """TraceError unless ``x`` has the ``expected`` channels (features, after a flatten)."""
+    got = sum(table.widths(x.layout)) * x.spatial
+    if got != expected:
+        raise TraceError(f"module '{node.target}' expects {expected} channels but the tracer sees {got}")
+
+
+def conv(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """A plain conv makes a new group; a depthwise conv keeps its input's; a grouped conv
+    splits both sides into blocks, one per conv group."""
+    x = inputs[0]
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' convolves a flattened or permuted tensor")
+    check_channels(table, node, x, m.in_channels)
+    out_positions = math.prod(shape_of(node)[2:])
+    kernel = math.prod(m.kernel_size)
+    bias = m.bias is not None
+    if m.groups == 1:
+        out = table.produce(node, m.out_channels)
+        table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, kernel, out_positions,
+                              bias, in_perm=x.perm))
+        return ChannelTensor([out])
+    if m.groups == m.in_channels == m.out_channels:
+        # Depthwise: each output channel is its input channel filtered; they prune together.
+        for g in x.layout:
+            table.add_member(g, node.target)
+        table.add_layer(Layer(node.target, "conv", tuple(x.layout), None, True, 1, 1, kernel, out_positions,
+                              bias, in_perm=x.perm))
+        return x
+    x = plain(table, node, x)
+    if len(x.layout) == 1:
+        # Grouped: conv group j reads input block j and writes output block j. Pruning every
+        # block of each side by the same amount keeps `groups` and the pairing of blocks.
+        table.split_into_blocks(x.layout[0], m.groups)
+        out = table.produce(node, m.out_channels)
+        table.split_into_blocks(out, m.groups)
+    else:
+        # A grouped conv over a concatenation: blocks would cut across the parts; freeze.
+        table.fix(*x.layout)
+        out = table.produce(node, m.out_channels, fixed=True)
+    table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
+                          out_positions, bias))
+    return ChannelTensor([out])
+
+
+def linear(table: GroupTable, node: fx.Node, m: nn.Linear, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """A linear layer on [N, features] (features spanning ``spatial`` positions per channel after
+    a flatten) or on channels last, once per position; its output is a new group."""
+    x = inputs[0]
+    in_shape = shape_of(node.args[0])
+    if in_shape is None or x.dim != len(in_shape) - 1:
+        raise TraceError(f"module '{node.target}' (Linear) is applied to a {len(in_shape or ())}-d tensor whose "
+                         "last dimension is not the channels; only [N, features] or channels-last inputs are supported")
+    check_channels(table, node, x, m.in_features)
+    out = table.produce(node, m.out_features)
+    # Channels last (ConvNeXt's MLP): the layer runs once per position.
+    table.add_layer(Layer(node.target, "linear", tuple(x.layout), out, False, 1, x.spatial, 1,
+                          math.prod(in_shape[1:-1]), m.bias is not None))
+    return ChannelTensor([out], dim=x.dim)
+
+
+def norm(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """A per-channel norm (BatchNorm): a member of every group of its input."""
+    x = inputs[0]
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened or permuted tensor; "
+                         "only per-channel norms are supported")
+    check_channels(table, node, x, m.num_features)
+    table.add_layer(Layer(node.target, "norm", tuple(x.layout), affine=m.affine, in_perm=x.perm))
+    for g in x.layout:
+        table.add_member(g, node.target)
+    return x
+
+
+def group_norm(table: GroupTable, node: fx.Node, m: nn.GroupNorm, inputs: list[ChannelTensor]) -> ChannelTensor:
+    x = inputs[0]
+    if x.spatial != 1 or len(x.layout) != 1:
+        raise TraceError(f"module '{node.target}' (GroupNorm) normalises a flattened or concatenated tensor; "
+                         "only a single channel group is supported")
+    check_channels(table, node, x, m.num_channels)
+    # Each norm group's statistics are over one block: pruning every block alike keeps num_groups.
+    table.split_into_blocks(x.layout[0], m.num_groups)
+    table.add_layer(Layer(node.target, "norm", tuple(x.layout), affine=m.affine))
+    table.add_member(x.layout[0], node.target)
+    return x
+
+
+def layer_norm(table: GroupTable, node: fx.Node, m: nn.LayerNorm, inputs: list[ChannelTensor]) -> ChannelTensor:
+    x = inputs[0]
+    ndim = len(shape_of(node) or ())
+    # A LayerNorm over the channels: channels last (nn.LayerNorm after a permute, or on
+    # [N, features]), or a subclass that permutes inside (LayerNorm2d of torchvision and timm).
+    over_channels = x.dim == ndim - 1 or (type(m) is not nn.LayerNorm and x.dim == 1)
+    if len(m.normalized_shape) != 1 or x.spatial != 1 or not over_channels:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises over {tuple(m.normalized_shape)}, "
+                         "not over the channels alone")
+    check_channels(table, node, x, m.normalized_shape[0])
+    table.add_layer(Layer(node.target, "norm", tuple(x.layout), affine=m.elementwise_affine))
+    for g in x.layout:
+        table.add_member(g, node.target)
+    return x
+
+
+def scale_parameters(table: GroupTable, node: fx.Node, x: ChannelTensor) -> None:
+    """A parameter with one value per channel that scales or shifts ``x`` (ConvNeXt's
+    layer scale) is a layer of its own: surgery slices it with the channels."""
+    width = sum(table.widths(x.layout))
+    for arg in node.args:
+        param = parameter_behind(arg)
+        if param is None:
+            continue
+        target, size = param
+        if size != width * x.spatial or width == 1 or x.spatial != 1 or shape_of(node) is None:
+            raise TraceError(f"node '{node.name}' ({where(node)}) combines channels with parameter "
+                             f"'{target}' of {size} values; only one value per channel is supported")
+        table.add_layer(Layer(target, "scale", tuple(x.layout), in_perm=x.perm))
+
+
+MODULES = {
+    **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
+    nn.Linear: linear,
+    **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), norm),
+    nn.GroupNorm: group_norm,
+    nn.LayerNorm: layer_norm,
+}
+FUNCTIONS: dict = {}
+METHODS: dict = {}
+# Rules that follow a shuffled tensor's channel positions (see ChannelTensor.perm).
+KEEP_ORDER = frozenset({conv, norm})

@@ -1,0 +1,244 @@
+"""The walk: one pass over the fx graph that hands every node to a rule.
+
+:func:`trace` runs a :class:`Tracer` over the shaped fx graph of the model
+(:mod:`~autoprune.graph.fxtrace`). The tracer keeps what each node's value carries (a
+:class:`~autoprune.graph.ChannelTensor`, containers of them, or nothing), looks up the rule
+for each call (:mod:`~autoprune.graph.registry`) and runs it on a
+:class:`~autoprune.graph.GroupTable`; it knows no op itself. Where a rule fails inside a
+submodule, that submodule is frozen and the trace starts again; the finished table becomes a
+:class:`~autoprune.graph.ChannelGraph` (:mod:`~autoprune.graph.assemble`).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from autoprune.errors import TraceError, one_line
+from autoprune.graph.assemble import assemble
+from autoprune.graph.fxtrace import NeedsLeaf, same_in_both_modes, shaped_graph_module
+from autoprune.graph.nodes import HOW_TO_ADD, is_namedtuple_class, same_kind, shape_of, unsupported_function, where
+from autoprune.graph.registry import keeps_order, module_rule, rule_for
+from autoprune.graph.result import ChannelGraph
+from autoprune.graph.rewrites import plain
+from autoprune.graph.table import GroupTable, Handler
+from autoprune.graph.tensor import ChannelTensor, Parts
+
+# How many submodules one trace may freeze; each costs a fresh fx trace and forward pass.
+MAX_FROZEN_LEAVES = 64
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
+    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension).
+
+    A submodule that cannot be traced is frozen (see :class:`~autoprune.graph.FrozenLeaf`) and
+    the trace starts again, up to :data:`MAX_FROZEN_LEAVES` times. TraceError if the model's
+    own ``forward`` cannot be traced, or if nothing is left to search.
+    """
+    leaves: dict[str, str] = {}
+    while True:
+        try:
+            graph = Tracer(model, input_shape, leaves).run()
+        except NeedsLeaf as need:
+            if len(leaves) >= MAX_FROZEN_LEAVES:
+                raise TraceError(f"more than {MAX_FROZEN_LEAVES} submodules of {type(model).__name__} cannot be "
+                                 f"traced; the last: '{need.path}': {need.reason}") from None
+            leaves[need.path] = need.reason
+            continue
+        if graph.frozen and all(g.fixed for g in graph.groups):
+            why = "; ".join(f"'{f.path}' ({f.kind}): {f.reason}" for f in graph.frozen)
+            raise TraceError(f"nothing in {type(model).__name__} can be searched: every channel group is fixed "
+                             f"by the submodules that cannot be traced: {why}")
+        return graph
+
+
+def flat_values(args, values: dict) -> list[ChannelTensor]:
+    """The channel tensors ``args`` carry, in order (the tensors of parts one by one)."""
+    out: list[ChannelTensor] = []
+    for a in args:
+        if isinstance(a, fx.Node):
+            v = values.get(a)
+            if isinstance(v, Parts):
+                out += v
+            elif v is not None:
+                out.append(v)
+        elif isinstance(a, (list, tuple)):
+            out += flat_values(a, values)
+        elif isinstance(a, dict):
+            out += flat_values(tuple(a.values()), values)
+    return out
+
+
+class Tracer:
+    """One pass over the fx graph of ``model`` with the submodules at the paths of ``leaves``
+    frozen (path -> why); :meth:`run` returns the ChannelGraph or raises NeedsLeaf."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], leaves: dict[str, str] | None = None):
+        self.model = model
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.leaves = dict(leaves or {})  # path -> why it is frozen
+        self.leaf_rank: dict[str, float] = {}  # where each leaf sits among the layers, for ordering names
+        self.parts: dict[fx.Node, Any] = {}  # tuples, namedtuples and dicts of channel tensors
+        self.seen_modules: dict[str, bool] = {}
+        self.table = GroupTable()
+
+    def run(self) -> ChannelGraph:
+        gm, leaf_macs = shaped_graph_module(self.model, self.input_shape, self.leaves)
+        self.modules = dict(gm.named_modules())
+        values: dict[fx.Node, ChannelTensor | None] = {}
+        for node in gm.graph.nodes:
+            self.table.position += 1
+            if node.op == "output":
+                for t in self.channel_tensors(node.args, values):
+                    self.table.fix(*t.layout)
+                continue
+            try:
+                values[node] = self.step(node, values)
+            except TraceError as exc:
+                raise self.leaf_for(node, exc) from None
+        if self.table.rewrites and not same_in_both_modes(self.model, gm, self.leaves):
+            # Surgery re-traces the pruned model, which would keep one mode's forward only.
+            for r in self.table.rewrites:
+                self.table.fix(*r.layout)
+        return assemble(self.table, self.model, self.input_shape, self.modules, self.leaves, leaf_macs,
+                        self.leaf_rank)
+
+    def leaf_for(self, node: fx.Node, exc: TraceError) -> Exception:
+        """What to raise when the rules fail at ``node``: a request to freeze the innermost
+        submodule around it that is not frozen yet, or ``exc`` itself at top level."""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path, _ in reversed(list(stack.values())):
+            if path and path not in self.leaves:
+                return NeedsLeaf(path, one_line(exc))
+        return exc
+
+    def step(self, node: fx.Node, values: dict) -> ChannelTensor | None:
+        """Frozen leaves and containers of channel tensors, then the rules (:meth:`visit`)."""
+        if node.op == "call_module" and node.target in self.leaves:
+            return self.visit_frozen(node, values)
+        if node.op == "call_function":
+            if is_namedtuple_class(node.target):
+                # A model's namedtuple output (GoogLeNet's and Inception's in training mode).
+                args = [self.resolve(a, values) for a in node.args]
+                kwargs = {k: self.resolve(v, values) for k, v in node.kwargs.items()}
+                self.parts[node] = node.target(*args, **kwargs)
+                return None
+            src = node.args[0] if node.args else None
+            if (node.target in (operator.getitem, getattr) and isinstance(src, fx.Node) and src in self.parts
+                    and len(node.args) == 2 and not isinstance(node.args[1], fx.Node)):
+                try:
+                    part = node.target(self.parts[src], node.args[1])
+                except (AttributeError, LookupError, TypeError):  # not an element: no channels
+                    return None
+                if isinstance(part, ChannelTensor) or part is None:
+                    return part
+                self.parts[node] = part
+                return None
+        return self.visit(node, values)
+
+    def resolve(self, arg, values: dict):
+        """``arg`` with every node replaced by what it carries (a ChannelTensor, a container, None)."""
+        if isinstance(arg, fx.Node):
+            return self.parts[arg] if arg in self.parts else values.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return same_kind(arg, [self.resolve(a, values) for a in arg])
+        if isinstance(arg, dict):
+            return {k: self.resolve(v, values) for k, v in arg.items()}
+        return None
+
+    def channel_tensors(self, args, values: dict) -> list[ChannelTensor]:
+        """Every channel tensor in ``args``, inside containers too."""
+        out: list[ChannelTensor] = []
+        stack = [self.resolve(args, values)]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, ChannelTensor):
+                out.append(x)
+            elif isinstance(x, dict):
+                stack += x.values()
+            elif isinstance(x, (list, tuple)):
+                stack += x
+        return out
+
+    def visit_frozen(self, node: fx.Node, values: dict) -> ChannelTensor | None:
+        """A frozen leaf: its input channels are fixed; each tensor it returns is a new fixed group."""
+        for t in self.channel_tensors((node.args, node.kwargs), values):
+            self.table.fix(*t.layout)
+        self.leaf_rank.setdefault(node.target, self.table.layer_count - 0.5)
+        out = self.leaf_output(node, node.meta.get("tensor_meta"))
+        if isinstance(out, ChannelTensor) or out is None:
+            return out
+        self.parts[node] = out
+        if isinstance(out, (list, tuple)) and all(isinstance(t, ChannelTensor) for t in out):
+            return Parts(out)  # used whole (torch.cat(leaf(x), 1)), its tensors are read in order
+        return None
+
+    def leaf_output(self, node: fx.Node, meta):
+        if isinstance(meta, TensorMetadata):
+            shape = tuple(meta.shape)
+            return ChannelTensor([self.table.produce(node, shape[1], fixed=True)]) if len(shape) >= 2 else None
+        if isinstance(meta, dict):
+            return {k: self.leaf_output(node, v) for k, v in meta.items()}
+        if isinstance(meta, (list, tuple)):
+            return same_kind(meta, [self.leaf_output(node, v) for v in meta])
+        return None
+
+    def visit(self, node: fx.Node, values: dict) -> ChannelTensor | None:
+        """A node by its op: the network input, a constant, or a call, handed to its rule."""
+        if node.op == "placeholder":
+            shape = shape_of(node)
+            if shape is None or len(shape) < 2:
+                return None
+            return ChannelTensor([self.table.new_group(shape[1], fixed=True)])
+        if node.op == "get_attr":
+            return None  # constants: an op mixing them with channel tensors is caught below
+        inputs = flat_values(node.args, values) + flat_values(tuple(node.kwargs.values()), values)
+        if node.op == "call_module":
+            return self.visit_module(node, self.modules[node.target], inputs)
+        if not inputs:
+            return None
+        if node.op == "call_function":
+            handler = rule_for("function", node.target)
+            if handler is not None:
+                return self.call(handler, node, node.target, inputs)
+            if shape_of(node) is None and not isinstance(node.meta.get("tensor_meta"), (list, tuple)):
+                return None  # e.g. x.size(1) * 2: a number, not a channel tensor
+            raise unsupported_function(node)
+        if node.op == "call_method":
+            handler = rule_for("method", node.target)
+            if handler is None:
+                raise TraceError(f"node '{node.name}' ({where(node)}): method .{node.target}() on a channel tensor "
+                                 f"is not supported; {HOW_TO_ADD}")
+            return self.call(handler, node, node.target, inputs)
+        raise TraceError(f"node '{node.name}' ({where(node)}): unsupported op {node.op}")
+
+    def visit_module(self, node: fx.Node, module: nn.Module, inputs: list[ChannelTensor]) -> ChannelTensor | None:
+        name, kind = node.target, type(module).__name__
+        has_params = any(True for _ in module.parameters(recurse=False))
+        if not inputs:
+            if has_params:
+                raise TraceError(f"module '{name}' ({kind}) takes no channel input")
+            return None
+        if len(inputs) != 1:
+            raise TraceError(f"module '{name}' ({kind}) takes {len(inputs)} channel tensors; "
+                             "only single-input modules are supported")
+        if has_params:
+            # A layer applied twice would need its cost counted twice but sliced once.
+            if name in self.seen_modules:
+                raise TraceError(f"module '{name}' ({kind}) is called more than once; "
+                                 "layers with parameters must be used once per forward")
+            self.seen_modules[name] = True
+        handler = module_rule(type(module))
+        if handler is None:
+            raise TraceError(f"module '{name}' ({kind}) is not supported by the channel tracer; {HOW_TO_ADD}")
+        return self.call(handler, node, module, inputs)
+
+    def call(self, handler: Handler, node: fx.Node, target, inputs: list[ChannelTensor]):
+        """Run a rule; one that does not follow reordered channels gets them with their groups fixed."""
+        if not keeps_order(handler):
+            inputs = [plain(self.table, node, t) for t in inputs]
+        return handler(self.table, node, target, inputs)
