@@ -44,7 +44,17 @@ class GroupRecord:
 
 class GroupTable:
     """Channel groups as a union-find, grown by the rules, plus the layers and rewrites they
-    record. The walk advances :attr:`position` once per fx node."""
+    record. The walk advances :attr:`position` once per fx node.
+
+    >>> table = GroupTable()
+    >>> conv, skip = table.new_group(16), table.new_group(16)
+    >>> table.union(conv, skip, node=None)  # a residual add: the same channels
+    >>> table.find(skip) == table.find(conv), table.width(skip)
+    (True, 16)
+    >>> table.fix(skip)  # e.g. the network's output
+    >>> table.is_fixed(conv)
+    True
+    """
 
     def __init__(self) -> None:
         self._records: list[GroupRecord] = []
