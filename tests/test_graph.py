@@ -262,9 +262,9 @@ def test_register_rule_as_a_decorator_for_a_method():
     calls = []
 
     @register_rule("erf")
-    def erf(tracer, node, target, inputs):
+    def erf(table, node, target, inputs):
         calls.append((node.name, target, len(inputs)))
-        return passthrough(tracer, node, target, inputs)
+        return passthrough(table, node, target, inputs)
 
     class Net(nn.Module):
         def __init__(self):
@@ -286,7 +286,7 @@ def test_register_rule_as_a_decorator_for_a_method():
 
 
 def test_a_rule_replaces_a_builtin_one_until_unregistered():
-    def refuse(tracer, node, target, inputs):
+    def refuse(table, node, target, inputs):
         raise TraceError(f"refused {node.target}")
 
     register_rule(nn.BatchNorm2d, refuse)
