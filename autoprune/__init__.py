@@ -7,6 +7,7 @@ from autoprune.dataspec import DataSpec
 from autoprune.errors import AutopruneError
 from autoprune.evaluator import EvalConfig
 from autoprune.graph import register_rule, trace
+from autoprune.keep import KeepRule, get_keep_rule, register_keep_rule
 from autoprune.models import create_model, list_models, register_model
 from autoprune.optimizers import Optimizer, list_methods, register_optimizer
 from autoprune.space import SearchSpace
@@ -17,6 +18,7 @@ __all__ = [
     "AutopruneError",
     "DataSpec",
     "EvalConfig",
+    "KeepRule",
     "Optimizer",
     "SearchResult",
     "SearchSpace",
@@ -24,6 +26,7 @@ __all__ = [
     "__version__",
     "build",
     "create_model",
+    "get_keep_rule",
     "list_methods",
     "list_models",
     "load_arch",
@@ -31,6 +34,7 @@ __all__ = [
     "make_arch",
     "materialise",
     "params",
+    "register_keep_rule",
     "register_model",
     "register_optimizer",
     "register_rule",

@@ -36,13 +36,13 @@ from autoprune import cost
 from autoprune.arch import make_arch, save_arch
 from autoprune.budget import Budget, check_reachable, parse_budget
 from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
-from autoprune.criteria import ScoreCache
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
 from autoprune.driver import Held, best_record, hold_latency, run_search
 from autoprune.errors import CheckpointError, DataError, SearchError, one_line
 from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObjective
 from autoprune.files import check_out_dir, write_text
+from autoprune.keep import ScoreCache
 from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget
 from autoprune.models import create_model, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
@@ -421,7 +421,7 @@ def _open_study(s: _Search, study: StudyConfig, objective) -> tuple[TrialStore, 
     if s.evaluation is not None:
         c = s.evaluation
         meta.update(fine_tune_steps=c.fine_tune_steps, bn_batches=c.bn_batches, eval_batch_size=c.batch_size,
-                    lr=c.lr, keep=c.keep)
+                    lr=c.lr, keep=c.keep.name)
     if s.data is not None:
         m = s.data.meta
         meta.update(dataset=str(m.get("name")), split_seed=m.get("seed"), val_size=m.get("val_size"),
@@ -456,7 +456,7 @@ def _write(s: _Search, records: list[Record], best: Record, held: Held | None, o
     record = {"study": info["study"], "candidates": len(ok), "failed": len(scored) - len(ok),
               "objective": getattr(objective, "__name__", "callable") if callable(objective)
               else _objective_kind(objective),
-              "evaluator": ({"device": str(s.device), **asdict(s.evaluation)} if s.evaluation is not None
+              "evaluator": ({"device": str(s.device), **s.evaluation.to_dict()} if s.evaluation is not None
                             else {"kind": type(score_fn).__name__}),
               "seconds": round(seconds, 2), **report}
     if s.data is not None:

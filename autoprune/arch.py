@@ -32,6 +32,7 @@ import torch.nn as nn
 from autoprune.cost import macs, params
 from autoprune.errors import ArchError, AutopruneError
 from autoprune.files import write_json
+from autoprune.keep import First
 from autoprune.models import create_model
 from autoprune.space import SearchSpace, SpaceConfig
 from autoprune.stripe import decode_masks, encode_masks, export_stripes, stripe_layers, stripe_macs, stripe_params
@@ -204,6 +205,6 @@ def build(arch: dict, model: nn.Module | None = None) -> nn.Module:
     model, space = arch_space(arch, model)
     if "stripes" in arch:
         if given:
-            model = materialise(model, space, arch["widths"], keep="first", fresh=True)
+            model = materialise(model, space, arch["widths"], fresh=True)
         return export_stripes(model, space.graph, arch_stripes(arch, model, space), fresh=given)
-    return materialise(model, space, arch["widths"], keep="first", fresh=given)
+    return materialise(model, space, arch["widths"], keep=First(), fresh=given)

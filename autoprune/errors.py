@@ -52,6 +52,10 @@ class DeviceError(AutopruneError):
     """A requested device that this machine does not have."""
 
 
+class KeepRuleError(AutopruneError):
+    """A keep rule that is not registered, or a data-driven one used without its data."""
+
+
 class SearchError(AutopruneError):
     """A search setting that is invalid (unknown method, unreachable storage, ...)."""
 

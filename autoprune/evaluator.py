@@ -4,10 +4,10 @@ The proxy steps live here too: :func:`recalibrate_bn` (re-estimate BatchNorm sta
 after surgery) and :func:`fine_tune` (a few SGD steps), which DMCP's derivation reuses.
 
 :class:`Evaluator` builds the thinner model with weights inherited from the trained base
-(filter L1 norms pick the channels), re-estimates BatchNorm statistics on training batches
-(adaptive BN, EagleEye: without it inherited models score near chance), fine-tunes a few
-steps, and measures accuracy on the *validation* split — the test split is for final
-reporting only.
+(the keep rule picks the channels; filter L1 norms by default), re-estimates BatchNorm
+statistics on training batches (adaptive BN, EagleEye: without it inherited models score
+near chance), fine-tunes a few steps, and measures accuracy on the *validation* split — the
+test split is for final reporting only.
 
 :class:`SyntheticObjective` is a cheap deterministic stand-in with a known non-uniform
 optimum, for testing optimizers and the search machinery without training anything.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -27,9 +27,8 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune import cost
-from autoprune.criteria import ScoreCache, data_scores
 from autoprune.errors import SearchError, TrainingError, one_line
-from autoprune.importance import DATA_RULES, KEEP_RULES
+from autoprune.keep import KeepRule, ScoreCache, get_keep_rule
 from autoprune.runtime import autocast
 from autoprune.surgery import materialise
 from autoprune.train import param_groups, prepare_model, sgd_step, split_accuracy
@@ -48,7 +47,9 @@ class EvalResult:
 @dataclass(frozen=True)
 class EvalConfig:
     """How much work one candidate gets: BatchNorm re-estimation batches, fine-tune steps,
-    their batch size and learning rate, and which channels a pruned layer inherits.
+    their batch size and learning rate, and which channels a pruned layer inherits: ``keep``,
+    a keep rule's name or a :class:`~autoprune.keep.KeepRule`, held as the rule (resolved
+    here, once; KeepRuleError naming the known rules for an unknown name).
 
     ``None`` takes the device's default: on CUDA the measured ones (40 BN batches, 100 steps
     at batch 512 ranked VGG16 widths with Kendall τ 0.6-0.8 against full training), on the
@@ -59,7 +60,7 @@ class EvalConfig:
     fine_tune_steps: int | None = None
     batch_size: int | None = None
     lr: float = 0.01
-    keep: str = "l1"
+    keep: str | KeepRule = "l1"
     seed: int = 0
 
     GPU_DEFAULTS: ClassVar[dict] = {"bn_batches": 40, "fine_tune_steps": 100, "batch_size": 512}
@@ -75,8 +76,11 @@ class EvalConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (math.isfinite(self.lr)
                                                                                        and self.lr > 0):
             raise SearchError(f"lr must be a positive number, got {self.lr!r}")
-        if self.keep not in KEEP_RULES:
-            raise SearchError(f"unknown keep rule '{self.keep}'; expected one of {', '.join(KEEP_RULES)}")
+        object.__setattr__(self, "keep", get_keep_rule(self.keep))
+
+    def to_dict(self) -> dict:
+        """The settings as JSON, the keep rule by its name."""
+        return {**asdict(self), "keep": self.keep.name}
 
     def resolved(self, device) -> "EvalConfig":
         """This config with every unset field taken from ``device``'s defaults."""
@@ -93,9 +97,9 @@ class Evaluator:
 
     Called once per candidate by the search driver. Any failure (non-finite loss, out of
     memory, a RuntimeError from an odd shape) is returned as a failed result with its reason;
-    the search goes on. A data-driven keep rule (``hrank``, ``activation``, ``apoz``,
-    ``reconstruct``) is scored once, here, on a seeded sample of ``data`` (read from / written
-    to ``cache`` when given, see :mod:`autoprune.criteria`).
+    the search goes on. The keep rule is fitted to the base once, here: a data-driven rule
+    (``hrank``, ``activation``, ``apoz``, ``reconstruct``) measures a seeded sample of
+    ``data`` (read from / written to ``cache`` when given, see :mod:`autoprune.keep`).
     """
 
     def __init__(self, base_model: torch.nn.Module, space, data, *, config: EvalConfig | None = None,
@@ -105,10 +109,8 @@ class Evaluator:
         self.data = data
         self.device = torch.device(device)
         self.config = (config or EvalConfig()).resolved(device)
-        self.keep = self.config.keep
-        if self.keep in DATA_RULES:
-            self.keep = data_scores(base_model, space.graph, data, self.keep, seed=self.config.seed,
-                                    device=self.device, cache=cache)
+        self.keep = self.config.keep.fit(base_model, space.graph, data, seed=self.config.seed, device=self.device,
+                                         cache=cache)
 
     def __call__(self, widths: Sequence[int]) -> EvalResult:
         widths = tuple(int(w) for w in widths)

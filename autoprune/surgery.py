@@ -3,10 +3,11 @@
 :func:`materialise` copies the model and replaces the weights of every traced Conv, Linear
 and BatchNorm layer by the slices that the kept channels select, so the copy runs the same
 forward code with fewer channels. Coupled layers slice the same indices because they share
-a group; a concatenation is sliced with each part's offset. With the ``reconstruct`` rule's
-:class:`~autoprune.importance.Scores`, every consuming layer whose input lost channels gets
-its kept weights refitted by least squares, so that it reproduces the original layer's output
-on the sampled features; widths, shapes and MACs are those of any other rule.
+a group; a concatenation is sliced with each part's offset. Which channels survive is the
+keep rule's choice (:mod:`autoprune.keep`), and the rule may then adjust the sliced copy:
+``reconstruct`` refits every consuming layer whose input lost channels by least squares, so
+that it reproduces the original layer's output on the sampled features; widths, shapes and
+MACs are those of any other rule.
 """
 
 from __future__ import annotations
@@ -19,24 +20,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from autoprune.graph import ChannelGraph, fx_graph_module, in_positions
-from autoprune.importance import Scores, keep_indices, refit_weights
+from autoprune.keep import L1, First, KeepRule, layout_indices
 from autoprune.space import SearchSpace
 
-
-def layout_indices(graph: ChannelGraph, layout: Sequence[int], keep: dict[int, torch.Tensor],
-                   spatial: int = 1, perm: Sequence[int] | None = None) -> torch.Tensor:
-    """Indices into a tensor whose channels are the concatenation of ``layout``'s groups, or,
-    with ``perm``, those channels at the positions ``perm`` gives them (in position order)."""
-    parts, offset = [], 0
-    for gid in layout:
-        parts.append(keep[gid] + offset)
-        offset += graph.groups[gid].width
-    idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-    if perm is not None:
-        idx = torch.sort(torch.as_tensor(perm, dtype=torch.long, device=idx.device)[idx]).values
-    if spatial > 1:  # a flattened channel spans `spatial` consecutive features
-        idx = (idx[:, None] * spatial + torch.arange(spatial)[None, :]).flatten()
-    return idx
+# The default keep rule, and the one a fresh rebuild keeps (rules that need no fit are stateless).
+_L1, _FIRST = L1(), First()
 
 
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
@@ -121,25 +109,6 @@ def _copy_sharing_layers(model: nn.Module, graph: ChannelGraph) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def refit_consumers(pruned: nn.Module, model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor],
-                    moments: dict[str, torch.Tensor]) -> None:
-    """Refit, by least squares on the sampled inputs, the weights of every conv / linear layer
-    of ``pruned`` that lost input channels and whose input moment was sampled."""
-    for layer in graph.layers:
-        if layer.name not in moments or layer.kind == "norm" or layer.depthwise:
-            continue
-        original = model.get_submodule(layer.name).weight
-        span = layer.spatial if layer.kind == "linear" else original[0, 0].numel()
-        in_cols = layout_indices(graph, layer.in_layout, kept, span, layer.in_perm)
-        if len(in_cols) == original[0].numel():
-            continue  # nothing dropped from the input: the original weights are the least-squares fit
-        out_idx = kept[layer.out_group] if layer.out_group is not None else torch.arange(original.shape[0])
-        m = pruned.get_submodule(layer.name)
-        w = refit_weights(moments[layer.name], original, in_cols, out_idx)
-        with torch.no_grad():
-            m.weight.copy_(w.reshape(m.weight.shape).to(m.weight.dtype))
-
-
 def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> nn.Module:
     """A copy of ``model`` that keeps, in every group id, the channels ``kept[id]`` (sorted
     indices): every traced layer sliced to them; ``model`` is untouched. The core of
@@ -191,23 +160,23 @@ def _rewritten(pruned: nn.Module, graph: ChannelGraph, kept: dict[int, torch.Ten
     return gm.train(pruned.training)
 
 
-def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
+def materialise(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: KeepRule = _L1,
                 seed: int = 0, fresh: bool = False) -> nn.Module:
     """A pruned copy of ``model`` with the free groups at ``widths``; ``model`` is untouched.
 
-    ``keep`` picks the surviving channels: a rule name, or the :class:`Scores` of a
-    data-driven rule (see :mod:`autoprune.importance`); ``reconstruct``'s scores also refit
-    the consumers' kept weights (:func:`refit_consumers`). With
-    ``fresh=True`` every parameter is re-initialised by its module's ``reset_parameters``
-    (the architecture, freshly initialised, for training from scratch).
+    ``keep`` is the :class:`~autoprune.keep.KeepRule` that picks the surviving channels
+    (``get_keep_rule(name)`` builds one; a data-driven rule fitted to ``model``), and then
+    adjusts the copy (``reconstruct`` refits the consumers' kept weights). With
+    ``fresh=True`` the first channels are kept and every parameter is re-initialised by its
+    module's ``reset_parameters`` (the architecture, freshly initialised, for training from
+    scratch).
     """
     widths = space.validate(widths)
     graph = space.graph
-    full = space.full_widths(widths)
-    kept = keep_indices(model, graph, full, "first" if fresh else keep, seed)
+    rule = _FIRST if fresh else keep
+    kept = rule.keep_indices(model, graph, space.full_widths(widths), seed=seed)
     pruned = slice_channels(model, graph, kept)
-    if isinstance(keep, Scores) and keep.moments and not fresh:
-        refit_consumers(pruned, model, graph, kept, keep.moments)
+    rule.refit(pruned, model, graph, kept)
     if fresh:
         for m in pruned.modules():
             if hasattr(m, "reset_parameters") and m is not pruned:
@@ -239,17 +208,18 @@ def _erase_unused(graph: fx.Graph, nodes: list[fx.Node]) -> None:
         todo += inputs
 
 
-def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: str | Scores = "l1",
+def zero_dropped(model: nn.Module, space: SearchSpace, widths: Sequence[int], *, keep: KeepRule = _L1,
                  seed: int = 0) -> nn.Module:
     """A copy of ``model`` at full width whose dropped channels output zero.
 
     Producers' filters and biases and the norms' affine parameters of dropped channels are
-    zeroed; in eval mode the result computes what :func:`materialise` computes. Used to
-    check surgery and to compare pruned and unpruned models channel for channel.
+    zeroed; in eval mode the result computes what :func:`materialise` computes before the
+    rule's refit. Used to check surgery and to compare pruned and unpruned models channel
+    for channel.
     """
     widths = space.validate(widths)
     graph = space.graph
-    kept = keep_indices(model, graph, space.full_widths(widths), keep, seed)
+    kept = keep.keep_indices(model, graph, space.full_widths(widths), seed=seed)
     return zero_channels(model, graph, kept)
 
 

@@ -19,6 +19,7 @@ import thop
 import torch
 
 from autoprune.cost import macs
+from autoprune.keep import First
 from autoprune.models import create_model, default_input_size
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -39,7 +40,7 @@ def bench(name: str, analytic_reps: int, thop_reps: int, seed: int = 0) -> dict:
     x = torch.zeros(1, 3, size, size)
     for w, a in zip(vectors[:thop_reps], analytic):
         t0 = time.perf_counter()
-        pruned = materialise(model, space, w, keep="first").eval()
+        pruned = materialise(model, space, w, keep=First()).eval()
         with torch.no_grad():
             ops, _ = thop.profile(pruned, inputs=(x,), verbose=False)
         times.append(time.perf_counter() - t0)

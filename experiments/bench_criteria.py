@@ -45,17 +45,18 @@ from autoprune import cost  # noqa: E402
 from autoprune.api import file_sha1  # noqa: E402
 from autoprune.budget import repair  # noqa: E402
 from autoprune.checkpoint import save_checkpoint  # noqa: E402
-from autoprune.criteria import ScoreCache  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
 from autoprune.files import write_json  # noqa: E402
-from autoprune.importance import KEEP_RULES  # noqa: E402
+from autoprune.keep import ScoreCache  # noqa: E402
 from autoprune.models import create_model  # noqa: E402
 from autoprune.optimizers import Context, get_optimizer  # noqa: E402
 from autoprune.space import SearchSpace  # noqa: E402
 from autoprune.surgery import materialise  # noqa: E402
 from autoprune.train import TrainConfig, split_accuracy, train  # noqa: E402
 
+# The keep rules compared (``first``, what a rebuild from scratch keeps, is no criterion).
+KEEP_RULES = ("l1", "bn_gamma", "random", "hrank", "activation", "apoz", "reconstruct")
 PRODUCERS = ("uniform", "slimming", "l1-global", "hrank", "activation", "ssl")
 
 
@@ -97,7 +98,7 @@ def truth_split(data) -> str:
 
 
 def scratch_accuracy(base, space, widths, data, args) -> float:
-    model = materialise(base, space, widths, keep="first", fresh=True)
+    model = materialise(base, space, widths, fresh=True)
     torch.manual_seed(args.seed)
     config = TrainConfig(epochs=args.retrain_epochs, batch_size=args.batch_size, lr=0.05, seed=args.seed)
     train(model, data, config, device=args.device, progress=False)

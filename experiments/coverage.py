@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.cost import macs
+from autoprune.keep import First
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -110,7 +111,7 @@ def one(name: str, size: int, train: bool = False) -> dict:
         full, half = space.max_widths(), space.uniform(0.5)
         meta = copy.deepcopy(model).to("meta")
         row["exact_full"] = hook_macs(meta, shape) == macs(space, full)
-        pruned = materialise(meta, space, half, keep="first")
+        pruned = materialise(meta, space, half, keep=First())
         row["exact_pruned"] = hook_macs(pruned, shape) == macs(space, half)
         x = torch.randn(1, *shape)
         with torch.no_grad():  # eval: the pruned model's BatchNorm uses its running statistics

@@ -678,7 +678,7 @@ def stage_search(p: Proof) -> dict:
 
 def _eval_settings(p: Proof) -> dict:
 
-    return asdict(EvalConfig.for_device(p.device, **p.s["eval"]))
+    return EvalConfig.for_device(p.device, **p.s["eval"]).to_dict()
 
 
 def storage_url(folder: Path) -> str:

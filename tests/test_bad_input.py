@@ -16,6 +16,7 @@ import autoprune
 from autoprune.cli import main
 from autoprune.errors import (
     ArchError,
+    KeepRuleError,
     OutputError,
     SearchError,
     TrainingError,
@@ -44,6 +45,8 @@ CLI_CASES = [  # (id, command line, text the one error line must contain)
     ("pretrain-weights-blow-up", f"pretrain --model resnet20 {FAST} --lr 1e30 --out {{tmp}}/o", "non-finite"),
     ("pretrain-weight-decay-negative", f"pretrain --model resnet20 {FAST} --weight-decay -1 --out {{tmp}}/o",
      "weight decay"),
+    ("search-unknown-keep-rule", f"{SEARCH} --keep l2 --out {{tmp}}/o",
+     "unknown keep rule 'l2'; expected one of l1, bn_gamma, random, first, hrank, activation, apoz, reconstruct"),
     ("search-input-too-small", f"{SEARCH.replace('resnet20', 'vgg11')} --input-size 4 --out {{tmp}}/o",
      "forward pass of"),
     ("garbage-tar-gz", f"pretrain --model resnet20 {FAST.replace('synthetic', '{tmp}/garbage.tar.gz')} --out {{tmp}}/o",
@@ -127,6 +130,7 @@ API_CASES = [  # (id, call(tmp, space), expected error type, text of its message
     ("unknown-method-option", lambda tmp, s: autoprune.search("resnet20", 0.5, "abc", objective="synthetic",
                                                               method_options={"bogus": 1}, out=tmp / "o"),
      SearchError, "bogus"),
+    ("unknown-keep-rule", lambda tmp, s: autoprune.EvalConfig(keep="l2"), KeepRuleError, "expected one of l1,"),
     ("out-is-a-file", lambda tmp, s: autoprune.search("resnet20", 0.5, "random", objective="synthetic",
                                                       out=tmp / "file"), OutputError, "is a file"),
     ("build-negative-classes", lambda tmp, s: autoprune.build(json.loads((tmp / "classes.json").read_text())),

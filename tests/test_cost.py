@@ -10,6 +10,7 @@ import torch.nn as nn
 from conftest import REGISTRY, input_shape, random_widths
 
 from autoprune.cost import human, macs, params, parse_count
+from autoprune.keep import First
 from autoprune.surgery import materialise
 
 N_RANDOM = 20
@@ -52,7 +53,7 @@ def test_analytic_macs_equal_hook_count_and_thop(name, model_cache):
         model = copy.deepcopy(model).to("meta")
     vectors = [space.min_widths(), space.max_widths()] + random_widths(space, N_RANDOM, seed=1)
     for widths in vectors:
-        pruned = materialise(model, space, widths, keep="first").eval()
+        pruned = materialise(model, space, widths, keep=First()).eval()
         with torch.no_grad():
             counted, thop_ops = hook_macs_and_thop(pruned, input_shape(name))
         analytic = macs(space, widths)

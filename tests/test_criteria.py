@@ -1,6 +1,7 @@
-"""The data-driven keep rules (HRank, activation, APoZ, reconstruction) and SSL's group lasso:
-each rule's defining property on a tiny model, every rule through surgery on the models with
-residual and depthwise groups, and the score cache."""
+"""The keep rules: the registry that resolves a name once, the data-driven rules (HRank,
+activation, APoZ, reconstruction) — each rule's defining property on a tiny model, every rule
+through surgery on the models with residual and depthwise groups, and the score cache — and
+SSL's group lasso."""
 
 import copy
 
@@ -10,11 +11,24 @@ import torch
 import torch.nn as nn
 from conftest import randomize
 
-from autoprune import cost, criteria
-from autoprune.criteria import ScoreCache, data_scores
+from autoprune import cost
 from autoprune.data import load_data
-from autoprune.errors import AutopruneError
-from autoprune.importance import DATA_RULES, KEEP_RULES, channel_scores, keep_indices, map_statistics
+from autoprune.errors import KeepRuleError
+from autoprune.evaluator import EvalConfig
+from autoprune.keep import (
+    L1,
+    Activation,
+    APoZ,
+    HRank,
+    KeepRule,
+    Reconstruct,
+    ScoreCache,
+    get_keep_rule,
+    list_keep_rules,
+    register_keep_rule,
+    sample_batches,
+    unregister_keep_rule,
+)
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -45,13 +59,52 @@ def group_of(space, layer_name):
     return layer.out_group
 
 
-def test_data_rules_are_keep_rules_and_need_their_scores(resnet20):
+DATA_RULES = [HRank, Activation, APoZ, Reconstruct]
+
+
+def test_a_name_is_resolved_once_into_its_rule_and_a_rule_passes_through():
+    assert list_keep_rules() == ["l1", "bn_gamma", "random", "first", "hrank", "activation", "apoz", "reconstruct"]
+    assert [get_keep_rule(name).needs_data for name in list_keep_rules()] == [False] * 4 + [True] * 4
+    rule = HRank(images=16)
+    assert get_keep_rule(rule) is rule and isinstance(get_keep_rule("l1"), L1)
+    assert EvalConfig(keep="apoz").keep == APoZ() and EvalConfig(keep=rule).keep is rule
+    assert EvalConfig(keep="apoz").to_dict()["keep"] == "apoz"
+    with pytest.raises(KeepRuleError, match="unknown keep rule 'l2'; expected one of l1, bn_gamma, random"):
+        get_keep_rule("l2")
+    with pytest.raises(KeepRuleError, match="unknown keep rule 'l2'"):
+        EvalConfig(keep="l2")
+
+
+def test_a_user_rule_registers_by_name(resnet20):
     model, space = resnet20
-    assert set(DATA_RULES) <= set(KEEP_RULES)
-    with pytest.raises(AutopruneError, match="data_scores"):
-        channel_scores(model, space.graph, "hrank")
-    with pytest.raises(AutopruneError, match="training data"):
-        data_scores(model, space.graph, None, "hrank")
+
+    class Last(KeepRule):
+        name = "test-last"
+
+        def scores(self, model, graph, *, seed=0):
+            return {g.id: torch.arange(g.width, dtype=torch.float64) for g in graph.groups}
+
+    register_keep_rule(Last)
+    try:
+        assert "test-last" in list_keep_rules()
+        widths = space.uniform(0.5)
+        pruned = materialise(model, space, widths, keep=EvalConfig(keep="test-last").keep)
+        gid = group_of(space, "conv1")
+        k = space.full_widths(widths)[gid]
+        torch.testing.assert_close(pruned.conv1.weight, model.conv1.weight[-k:])
+        with pytest.raises(KeepRuleError, match="already registered"):
+            register_keep_rule(type("Last", (KeepRule,), {"name": "test-last"}))
+    finally:
+        unregister_keep_rule("test-last")
+    assert "test-last" not in list_keep_rules()
+
+
+def test_data_rules_need_data_and_a_fit(resnet20):
+    model, space = resnet20
+    with pytest.raises(KeepRuleError, match="fit it to the base first"):
+        HRank().scores(model, space.graph)
+    with pytest.raises(KeepRuleError, match="training data, and none was given"):
+        HRank().fit(model, space.graph, None)
 
 
 def test_hrank_ranks_rank_one_maps_below_full_rank_ones():
@@ -59,7 +112,7 @@ def test_hrank_ranks_rank_one_maps_below_full_rank_ones():
     u, v = torch.randn(8, 6, 1, generator=gen), torch.randn(8, 1, 6, generator=gen)
     rank_one = 5 * u @ v  # larger in magnitude, but each map is an outer product
     full = torch.randn(8, 6, 6, generator=gen)
-    scores = map_statistics("hrank", torch.stack([rank_one, full], dim=1)) / 8
+    scores = HRank().map_statistics(torch.stack([rank_one, full], dim=1)) / 8
     assert scores[0] < 1.01 and scores[1] > 5.9
     assert scores[0] < scores[1]
 
@@ -78,15 +131,15 @@ def silence(model, space, conv_name, channel):
     return model, gid
 
 
-@pytest.mark.parametrize("rule", ["hrank", "activation", "apoz"])
+@pytest.mark.parametrize("rule", [HRank, Activation, APoZ])
 def test_a_channel_forced_to_zero_is_pruned_first(rule, resnet20, data16):
     model, space = resnet20
     silenced, gid = silence(model, space, "layer1.0.conv1", 5)
-    scores = data_scores(silenced, space.graph, data16, rule, images=32)
-    assert int(torch.argmin(scores.by_group[gid])) == 5
+    fitted = rule(images=32).fit(silenced, space.graph, data16)
+    assert int(torch.argmin(fitted.scores(silenced, space.graph)[gid])) == 5
     full = list(space.graph.groups[g].width for g in range(len(space.graph.groups)))
     full[gid] -= 1
-    kept = keep_indices(silenced, space.graph, full, scores)
+    kept = fitted.keep_indices(silenced, space.graph, full)
     assert 5 not in kept[gid].tolist()
 
 
@@ -105,12 +158,12 @@ def test_reconstruct_reproduces_the_consumer_output_better_than_l1(resnet20, dat
     gid = group_of(space, "layer1.0.conv1")
     widths = list(space.max_widths())
     widths[space.free.index(gid)] = space.choices[space.free.index(gid)][1]  # prune only this group
-    scores = data_scores(model, space.graph, data16, "reconstruct", images=128)
-    assert "layer1.0.conv2" in scores.moments
-    xs = list(criteria.sample_batches(data16, seed=0, images=128, batch_size=64))
+    fitted = Reconstruct(images=128).fit(model, space.graph, data16)
+    assert "layer1.0.conv2" in fitted.sampled.moments
+    xs = list(sample_batches(data16, seed=0, images=128, batch_size=64))
     reference = outputs_of(model, "layer1.0.conv2", xs)
     errors = {}
-    for name, keep in (("l1", "l1"), ("reconstruct", scores)):
+    for name, keep in (("l1", L1()), ("reconstruct", fitted)):
         pruned = materialise(model, space, widths, keep=keep).eval()
         assert cost.macs(space, widths) == cost.macs(space, widths)  # same widths, same MACs
         errors[name] = (outputs_of(pruned, "layer1.0.conv2", xs) - reference).square().mean().item()
@@ -145,13 +198,14 @@ def test_every_rule_through_surgery_keeps_the_analytic_macs(name, size):
     rng = np.random.default_rng(0)
     widths = space.sample(rng)
     for rule in DATA_RULES:
-        scores = data_scores(model, space.graph, data, rule, images=16, batch_size=16)
-        assert set(scores.by_group) == {g.id for g in space.graph.groups}
-        scored = [gid for gid in space.free if scores.by_group[gid].std() > 0]
-        assert len(scored) == len(space.free), (rule, "a free group got no scores")
-        pruned = materialise(model, space, widths, keep=scores).eval()
-        assert hook_macs(pruned, data.input_shape) == cost.macs(space, widths), rule
-        x = next(iter(criteria.sample_batches(data, seed=0, images=2, batch_size=2)))
+        fitted = rule(images=16, batch_size=16).fit(model, space.graph, data)
+        scores = fitted.scores(model, space.graph)
+        assert set(scores) == {g.id for g in space.graph.groups}
+        scored = [gid for gid in space.free if scores[gid].std() > 0]
+        assert len(scored) == len(space.free), (rule.name, "a free group got no scores")
+        pruned = materialise(model, space, widths, keep=fitted).eval()
+        assert hook_macs(pruned, data.input_shape) == cost.macs(space, widths), rule.name
+        x = next(iter(sample_batches(data, seed=0, images=2, batch_size=2)))
         with torch.no_grad():
             assert torch.isfinite(pruned(x)).all()
 
@@ -159,19 +213,19 @@ def test_every_rule_through_surgery_keeps_the_analytic_macs(name, size):
 def test_scores_are_cached_beside_the_checkpoint(resnet20, data16, tmp_path, monkeypatch):
     model, space = resnet20
     cache = ScoreCache.beside(tmp_path / "model.pt", "abc123")
-    first = data_scores(model, space.graph, data16, "apoz", images=32, cache=cache)
+    first = APoZ(images=32).fit(model, space.graph, data16, cache=cache).scores(model, space.graph)
     assert cache.file("apoz", 0, 32).is_file()
     assert cache.file("apoz", 0, 32).parent == tmp_path / "model.pt.scores"
 
     def boom(*a, **k):
         raise AssertionError("recomputed despite the cache")
 
-    monkeypatch.setattr(criteria, "sample_map_statistics", boom)
-    again = data_scores(model, space.graph, data16, "apoz", images=32, cache=cache)
-    for gid in first.by_group:
-        torch.testing.assert_close(again.by_group[gid], first.by_group[gid])
+    monkeypatch.setattr(APoZ, "sample", boom)
+    again = APoZ(images=32).fit(model, space.graph, data16, cache=cache).scores(model, space.graph)
+    for gid in first:
+        torch.testing.assert_close(again[gid], first[gid])
     with pytest.raises(AssertionError, match="recomputed"):  # another key is another file
-        data_scores(model, space.graph, data16, "apoz", images=32, cache=ScoreCache(cache.folder, "other"))
+        APoZ(images=32).fit(model, space.graph, data16, cache=ScoreCache(cache.folder, "other"))
 
 
 def test_group_lasso_drives_the_penalised_group_to_zero(data16):

@@ -9,6 +9,7 @@ from conftest import random_widths
 from autoprune import cost
 from autoprune.data import load_data
 from autoprune.errors import CheckpointError
+from autoprune.keep import First
 from autoprune.latency import ExpectedLatency, LatencyLimit, predict
 from autoprune.models import create_model
 from autoprune.optimizers import dmcp
@@ -77,7 +78,7 @@ def test_gated_model_equals_zero_dropped_reference(spaces, name):
     try:
         for widths in random_widths(space, 2, seed=3) + [space.min_widths()]:
             with torch.no_grad():
-                ref = zero_dropped(model, space, widths, keep="first").eval()(x)
+                ref = zero_dropped(model, space, widths, keep=First()).eval()(x)
                 gates.set(chain.masks(widths))  # the 0/1 masks of the sandwich steps
                 masked = model(x)
                 chain.alpha.copy_(chain.alpha_for(widths))  # P ∈ {0, 1}: the expected-network path
@@ -89,7 +90,7 @@ def test_gated_model_equals_zero_dropped_reference(spaces, name):
     finally:
         gates.remove()
     with torch.no_grad():  # hooks removed: the model is the full model again
-        assert torch.equal(model(x), zero_dropped(model, space, space.max_widths(), keep="first")(x))
+        assert torch.equal(model(x), zero_dropped(model, space, space.max_widths(), keep=First())(x))
 
 
 def test_depthwise_group_is_gated_after_its_norms_only(spaces):

@@ -11,6 +11,7 @@ from conftest import randomize
 from test_cost import hook_macs_and_thop
 
 from autoprune.cost import macs, params
+from autoprune.keep import First
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
@@ -80,7 +81,7 @@ def test_resnext_and_regnet_prune_inside_groups(name):
     assert any(g.blocks > 1 for g in space.groups)
     half = space.uniform(0.5)
     assert macs(space, half) <= 0.35 * macs(space, space.max_widths())
-    pruned = materialise(copy.deepcopy(model).to("meta"), space, half, keep="first")
+    pruned = materialise(copy.deepcopy(model).to("meta"), space, half, keep=First())
     with torch.no_grad():
         counted, _ = hook_macs_and_thop(pruned, (3, 64, 64))
     assert counted == macs(space, half)

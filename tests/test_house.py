@@ -28,11 +28,11 @@ REPO = ROOT.parent
 FLOORS = [
     ("autoprune.version", "autoprune.errors", "autoprune.files", "autoprune.runtime"),
     ("autoprune.graph", "autoprune.models"),
-    ("autoprune.space", "autoprune.cost", "autoprune.importance", "autoprune.budget", "autoprune.latency"),
+    ("autoprune.space", "autoprune.cost", "autoprune.keep", "autoprune.budget", "autoprune.latency"),
     ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
     ("autoprune.data", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
      "autoprune.export"),
-    ("autoprune.criteria", "autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
+    ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
     ("autoprune.api",),
     ("autoprune.commands", "autoprune.cli"),
 ]

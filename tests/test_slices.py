@@ -16,7 +16,7 @@ from test_families import check_pruned
 from autoprune.cost import macs
 from autoprune.export import export_model
 from autoprune.graph import trace
-from autoprune.importance import channel_scores
+from autoprune.keep import BnGamma, First
 from autoprune.models import create_model
 from autoprune.optimizers.dmcp import Gates
 from autoprune.profile import axes
@@ -431,7 +431,7 @@ def test_yolo_style_detector_traces_prunes_and_keeps_its_outputs(one_thread):
     assert by["s1.1.cv1.0"].blocks == 2 and by["s2.1.cv1.0"].cuts == (16,)
     assert by["s1.1.cv1.0"].id in space.free and by["s2.1.cv1.0"].id in space.free
     for widths in (space.max_widths(), space.uniform(0.5)):
-        pruned = materialise(copy.deepcopy(model).to("meta"), space, widths, keep="first")
+        pruned = materialise(copy.deepcopy(model).to("meta"), space, widths, keep=First())
         with torch.no_grad():
             counted, _ = hook_macs_and_thop(pruned, shape)
         assert counted == macs(space, widths)
@@ -487,7 +487,7 @@ def test_per_channel_parameters_after_a_shuffle_are_read_at_their_positions():
         model.a[1].weight.fill_(1.0)
         model.bn.weight.copy_(torch.arange(16.0))
     # bn_gamma: a's own norm (1) and the shuffled norm at a's positions 0, 2, 4, ... averaged.
-    scores = channel_scores(model, space.graph, "bn_gamma")[a]
+    scores = BnGamma().scores(model, space.graph)[a]
     torch.testing.assert_close(scores, (1 + 2 * torch.arange(8, dtype=torch.float64)) / 2)
     rows = [r for p, r in channel_parameters(model, space.graph, [a])[a] if p is model.bn.weight]
     assert [r.tolist() for r in rows] == [list(range(0, 16, 2))]

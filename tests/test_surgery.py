@@ -6,12 +6,11 @@ import torch
 import torch.nn as nn
 from conftest import REGISTRY, random_widths, randomize
 
-from autoprune.criteria import data_scores
 from autoprune.data import load_data
-from autoprune.importance import DATA_RULES, RULES, Scores, keep_indices
+from autoprune.keep import L1, BnGamma, First, Random, get_keep_rule, list_keep_rules
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
-from autoprune.surgery import materialise, zero_dropped
+from autoprune.surgery import materialise, slice_channels, zero_channels, zero_dropped
 
 
 def _small_shape(name):
@@ -70,25 +69,30 @@ def test_original_model_is_untouched(small_models):
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("rule", RULES)
-def test_importance_rules_keep_consistent_channels(rule, small_models):
+@pytest.mark.parametrize("name", list_keep_rules())
+def test_keep_rules_keep_consistent_channels(name, small_models):
     model, space = small_models("resnet20")
     widths = space.uniform(0.5)
     full = space.full_widths(widths)
-    if rule in DATA_RULES:
+    rule = get_keep_rule(name)
+    if rule.needs_data:
         data = load_data("synthetic", val_size=16, n_train=32, image_size=32)
-        # The selection only: reconstruct's refit changes weights that zero_dropped keeps.
-        rule = Scores(rule, data_scores(model, space.graph, data, rule, images=16).by_group)
-    kept = keep_indices(model, space.graph, full, rule, seed=1)
+        rule = type(rule)(images=16).fit(model, space.graph, data)
+    kept = rule.keep_indices(model, space.graph, full, seed=1)
     for g in space.graph.groups:
         idx = kept[g.id]
         assert len(idx) == full[g.id]
         assert torch.equal(idx, torch.sort(idx).values) and len(set(idx.tolist())) == len(idx)
-    pruned = materialise(model, space, widths, keep=rule, seed=1).eval()
-    ref = zero_dropped(model, space, widths, keep=rule, seed=1).eval()
     x = torch.randn(2, 3, 32, 32)
+    # The selection: reconstruct's refit then changes weights that zero_dropped keeps.
     with torch.no_grad():
-        torch.testing.assert_close(pruned(x), ref(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(slice_channels(model, space.graph, kept).eval()(x),
+                                   zero_channels(model, space.graph, kept).eval()(x), atol=1e-4, rtol=1e-4)
+    if name != "reconstruct":
+        pruned = materialise(model, space, widths, keep=rule, seed=1).eval()
+        ref = zero_dropped(model, space, widths, keep=rule, seed=1).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), ref(x), atol=1e-4, rtol=1e-4)
 
 
 def test_l1_keeps_the_largest_filters():
@@ -97,22 +101,20 @@ def test_l1_keeps_the_largest_filters():
         for i in range(8):
             model[0].weight[i] = float(i % 4 + 1) * (1 if i < 4 else 2)
     space = SearchSpace.from_model(model, (3, 4, 4), round_to=1)
-    kept = keep_indices(model, space.graph, space.full_widths([4]), "l1")
+    kept = L1().keep_indices(model, space.graph, space.full_widths([4]))
     assert kept[space.free[0]].tolist() == [5, 6, 7, 3] or kept[space.free[0]].tolist() == [3, 5, 6, 7]
-    random_a = keep_indices(model, space.graph, space.full_widths([4]), "random", seed=0)
-    random_b = keep_indices(model, space.graph, space.full_widths([4]), "random", seed=0)
+    random_a = Random().keep_indices(model, space.graph, space.full_widths([4]), seed=0)
+    random_b = Random().keep_indices(model, space.graph, space.full_widths([4]), seed=0)
     assert torch.equal(random_a[space.free[0]], random_b[space.free[0]])
 
 
 def test_scores_compare_across_groups():
     """A residual group's score is a mean over its producers, not a sum: in a global
     ranking it must not outrank single convs just for having more layers."""
-    from autoprune.importance import channel_scores
-
     model = randomize(create_model("resnet20"))
     space = SearchSpace.from_model(model, (3, 32, 32))
-    for rule in ("l1", "bn_gamma"):
-        scores = channel_scores(model, space.graph, rule)
+    for rule in (L1(), BnGamma()):
+        scores = rule.scores(model, space.graph)
         stage = scores[space.graph.groups[space.free[0]].id]  # conv1: stem + three block outputs
         inner = scores[space.free[1]]
         assert stage.mean() < 2 * inner.mean(), rule
@@ -122,7 +124,7 @@ def test_fresh_rebuild_reinitialises():
     model = randomize(create_model("resnet20"))
     space = SearchSpace.from_model(model, (3, 32, 32))
     fresh = materialise(model, space, space.uniform(0.5), fresh=True)
-    inherited = materialise(model, space, space.uniform(0.5), keep="first")
+    inherited = materialise(model, space, space.uniform(0.5), keep=First())
     assert fresh.conv1.weight.shape == inherited.conv1.weight.shape
     assert not torch.equal(fresh.conv1.weight, inherited.conv1.weight)
     assert torch.all(fresh.bn1.running_var == 1)

@@ -10,7 +10,7 @@ from autoprune.commands.latency_table import add_table_args
 from autoprune.dataspec import DataSpec
 from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalConfig
-from autoprune.importance import KEEP_RULES
+from autoprune.keep import list_keep_rules
 from autoprune.optimizers import list_methods
 from autoprune.profile import TableConfig, set_threads
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT
@@ -53,7 +53,9 @@ def register(sub) -> None:
                    help="batches to re-estimate BatchNorm (GPU 40, CPU 8)")
     p.add_argument("--eval-batch-size", type=int, default=None,
                    help="batch size of BN re-estimation and fine-tuning")
-    p.add_argument("--keep", default="l1", choices=KEEP_RULES, help="which channels a pruned layer inherits")
+    # Checked by the library (one message for the API and the CLI), like the counts.
+    p.add_argument("--keep", default="l1", metavar="RULE",
+                   help=f"keep rule: which channels a pruned layer inherits ({', '.join(list_keep_rules())}; default l1)")
     p.add_argument("--objective", default=None, choices=["synthetic"],
                    help="score with a cheap synthetic objective instead of training (for testing the machinery)")
     p.add_argument("--stripe-penalty", type=float, default=None,

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from autoprune.budget import check_reachable, repair, uniform_at_budget, within
-from autoprune.criteria import ScoreCache
 from autoprune.errors import SearchError
+from autoprune.keep import ScoreCache
 from autoprune.latency import LatencyLimit
 
 Widths = tuple[int, ...]
@@ -28,7 +28,7 @@ Widths = tuple[int, ...]
 class Context:
     """What the search hands :meth:`Optimizer.prepare`: the trained base, the data, where to
     put files of its own (a checkpoint to resume from), whether to show progress, and where
-    the base's data-driven channel scores are cached (:mod:`autoprune.criteria`).
+    the base's data-driven keep rules keep what they measured (:mod:`autoprune.keep`).
 
     ``base`` is None unless the optimizer declares ``needs_base``; ``data`` is None unless
     it declares ``needs_data``.

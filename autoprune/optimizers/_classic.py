@@ -11,29 +11,31 @@
 
 All lower the threshold as far as the budget allows: the global ranking decides *where*
 channels go, the budget decides *how many*. Widths are snapped down to the space's grid and
-the leftover budget is filled by the usual growing step. The scores come from
-:mod:`autoprune.importance` and, for the data-driven rules, :mod:`autoprune.criteria` (the
-same rules surgery uses to pick the surviving channels, cached beside the base checkpoint).
+the leftover budget is filled by the usual growing step. The scores are a keep rule's
+(:mod:`autoprune.keep`): the same rules surgery uses to pick the surviving channels, a
+data-driven one measured once and cached beside the base checkpoint.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 
 from autoprune import cost
 from autoprune.budget import floor_index
-from autoprune.criteria import data_scores
 from autoprune.errors import SearchError
-from autoprune.importance import DATA_RULES, channel_scores
+from autoprune.keep import L1, Activation, BnGamma, HRank, KeepRule
 from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
 class GlobalThreshold(Optimizer):
-    """Base of the one-shot producers that rank every channel of the base by ``rule``."""
+    """Base of the one-shot producers that rank every channel of the base by the keep rule
+    ``keep`` (a rule scored on training images needs the data: ``needs_data``)."""
 
     needs_base = True
     one_shot = True
-    rule = ""
+    keep: ClassVar[KeepRule]
 
     def __init__(self, space, max_macs, *, seed=0):
         super().__init__(space, max_macs, seed=seed)
@@ -42,11 +44,10 @@ class GlobalThreshold(Optimizer):
     def prepare(self, context):
         if context.base is None:
             raise SearchError(f"method '{self.name}' ranks the base model's channels and needs its weights (a base checkpoint)")
-        if self.rule in DATA_RULES:
-            self.scores = data_scores(context.base, self.space.graph, context.data, self.rule, seed=self.seed,
-                                      device=context.device, cache=context.cache).by_group
-        else:
-            self.scores = channel_scores(context.base, self.space.graph, self.rule)
+        graph = self.space.graph
+        keep = self.keep.fit(context.base, graph, context.data, seed=self.seed, device=context.device,
+                             cache=context.cache)
+        self.scores = keep.scores(context.base, graph)
 
     def widths_at_budget(self, rng) -> tuple[int, ...]:
         scores = self.scores
@@ -83,14 +84,14 @@ class GlobalThreshold(Optimizer):
 class SlimmingOptimizer(GlobalThreshold):
     name = "slimming"
     summary = "global threshold on the magnitude of BatchNorm γ (network slimming, Liu et al., 2017)"
-    rule = "bn_gamma"
+    keep = BnGamma()
 
 
 @register_optimizer
 class L1GlobalOptimizer(GlobalThreshold):
     name = "l1-global"
     summary = "global ranking of normalised filter L1 norms"
-    rule = "l1"
+    keep = L1()
 
 
 @register_optimizer
@@ -98,7 +99,7 @@ class HRankOptimizer(GlobalThreshold):
     name = "hrank"
     summary = "global ranking of feature-map rank on training images (HRank, Lin et al., 2020)"
     needs_data = True
-    rule = "hrank"
+    keep = HRank()
 
 
 @register_optimizer
@@ -106,4 +107,4 @@ class ActivationOptimizer(GlobalThreshold):
     name = "activation"
     summary = "global ranking of mean post-activation on training images (DropNet, Min et al., 2020)"
     needs_data = True
-    rule = "activation"
+    keep = Activation()
