@@ -1,8 +1,8 @@
-"""experiments/proof.py end to end at its smoke settings: complete in three parts, resumable
-after a kill and from a results file written before part 3 existed, and stopping cleanly within
---budget-minutes."""
+"""experiments/proof.py (its stages in experiments/proofstages) end to end at its smoke settings:
+complete in three parts, resumable after a kill and from a results file written before part 3
+existed, and stopping cleanly within --budget-minutes."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -42,15 +42,16 @@ def _stages(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def proof_module():
-    """experiments/proof.py imported in this process (its sys.path additions undone at once)."""
+    """The proof's settings, stage table and results check (experiments/proofstages), imported in
+    this process with experiments/ on sys.path as the command puts it (undone at once)."""
     saved = list(sys.path)
     try:
-        spec = importlib.util.spec_from_file_location("proof_under_test", PROOF)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.path[:0] = [str(ROOT / "experiments")]
+        config = importlib.import_module("proofstages.config")
+        main = importlib.import_module("proofstages.main")
     finally:
         sys.path[:] = saved
-    return module
+    return SimpleNamespace(**vars(config), STAGES=main.STAGES, open_results=main.open_results)
 
 
 @pytest.fixture(scope="module")
