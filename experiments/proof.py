@@ -43,8 +43,24 @@ part 3 (needs parts 1 and 2; the classic pruning criteria)
 
 Finally OUT/proof.md: markdown tables with the aims beside the measured values.
 
+``--config v2`` is the next proof, where searched widths should win if anywhere: MobileNetV2
+and ResNet-56 at budgets 0.3, 0.1 and 0.05 (where reachable: MobileNetV2's smallest network is
+0.074 of its MACs) and VGG16 at 0.1 for continuity. Per model and budget: abc and tpe with 160
+candidates each, scored by 4 processes sharing the study; uniform, uniform-fill, l1-global,
+slimming, dmcp and hrank beside them; every winner from scratch with seeds 0, 1, 2 (mean ± std,
+and a paired t-test per seed against uniform-fill); a tau test over 24 vectors (the winners,
+early-heavy, late-heavy and bottlenecked allocations, random draws to fill), each from scratch
+with seeds 0 and 1, tau against the seed mean with a bootstrap interval, and tau between the
+two seeds as the ceiling. Stages STAGE/MODEL/BUDGET[/sSEED] (proofstages/cells.py), in 29 parts
+sized to under 10 minutes each on one H200 (estimated, not yet measured; --budget-minutes 9
+keeps a sitting within its limit either way):
+
+    python experiments/proof.py --config v2 --out runs/proof-v2 --data-dir D --part 1 --budget-minutes 9
+    ...                                                                     --part 29
+    python experiments/proof.py --config v2 --out runs/proof-v2-smoke --smoke    # CPU, under a minute
+
 The code is the package experiments/proofstages/: one module per stage, the settings as data in
-its config module; this file is the command.
+its config module (the v2 settings and parts beside the first proof's); this file is the command.
 
 Time on one H200, measured (BENCHMARKS.md): throughput 33 s, base 21 s, search ~2 min
 (16 searches and the concurrency runs), sweep 28 s, tau ~2 min (12 runs of 25 epochs, 3 at a

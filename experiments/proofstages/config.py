@@ -72,3 +72,68 @@ PART3_SMOKE = {
 
 AIMS = {"fast_img_s": 60000, "base_acc": 0.88, "cand_per_min": 50, "cand_per_min_fast": 100, "tau": 0.5,
         "winner_pp": 0.5}
+
+# The second proof (--config v2): where searched widths should beat a uniform multiplier, if
+# anywhere: compact models at low budgets, with enough candidates, every winner retrained with
+# three seeds and compared per seed with uniform-fill, and a tau test over vectors that differ
+# on purpose (lopsided allocations) instead of random draws alone. Settings are stored under
+# "settings" like the first proof's, so that neither config resumes a results file of the other.
+V2_FULL = {
+    "config": "v2",
+    # MobileNetV2's smallest network is at 0.074 of its MACs (min_ratio 0.1): its 0.05 is
+    # recorded as unreachable, with the smallest reachable ratio.
+    "models": {"mobilenetv2": ["0.3", "0.1", "0.05"], "resnet56": ["0.3", "0.1", "0.05"], "vgg16": ["0.1"]},
+    "data": FULL["data"], "test_limit": None, "threads": None,
+    "train": FULL["train"],
+    "eval": FULL["eval"], "search_cudnn_benchmark": False,
+    "searched": ["abc", "tpe"], "candidates": 160, "scorers": 4,  # scorer processes per searched study
+    "one_shot": ["uniform", "uniform-fill", "l1-global", "slimming", "dmcp", "hrank"],
+    "dmcp": FULL["dmcp"],
+    "seeds": [0, 1, 2], "reference": "uniform-fill",
+    # Per model and budget: every winner, then the lopsided allocations (a profile over the groups
+    # in network order, scaled onto the budget), then random equal-MACs draws up to `vectors`.
+    "tau": {"vectors": 24, "seeds": [0, 1], "bootstrap": 2000,
+            "lopsided": {"early-heavy": [2.0, 4.0], "late-heavy": [2.0, 4.0], "bottleneck": [0.5, 0.25]}},
+}
+
+V2_SMOKE = {
+    **V2_FULL,
+    "models": {"resnet20": ["0.3"]},
+    "data": {"name": "synthetic", "val_size": 64, "limit": None,
+             "options": {"image_size": 16, "n_train": 256, "n_test": 64}},
+    "threads": 1,
+    "train": {"epochs": 1, "batch_size": 64, "lr": 0.05, "max_steps": 2},
+    "eval": SMOKE["eval"],
+    # One searched method: each spawns a scorer process, seconds of start-up on a CPU; tpe and the
+    # rest of the one-shot methods run the same code (and the first proof's smoke runs them all).
+    "searched": ["abc"], "candidates": 2, "scorers": 2,
+    "one_shot": ["uniform", "uniform-fill"],
+    "dmcp": SMOKE["dmcp"],
+    "tau": {"vectors": 5, "seeds": [0, 1], "bootstrap": 200, "lopsided": {"early-heavy": [2.0]}},
+}
+
+
+def v2_parts(settings: dict) -> dict:
+    """--part of a v2 run: the stages each part runs, named STAGE/MODEL[/BUDGET[/sSEED]]. First the
+    bases, then a search part per model and budget (the searches, then the tau vectors' proxy
+    scores), then a retrain part per model and budget (every seed), then a tau part per model,
+    budget and tau seed; each is sized to stay under 10 minutes on one H200 (estimated, not yet
+    measured: --budget-minutes guards it)."""
+    models = settings["models"]
+    cells = [(m, b) for m, budgets in models.items() for b in budgets]
+    parts = [[f"base/{m}" for m in models]]
+    parts += [[f"search/{m}/{b}", f"proxy/{m}/{b}"] for m, b in cells]
+    parts += [[f"retrain/{m}/{b}/s{s}" for s in settings["seeds"]] for m, b in cells]
+    parts += [[f"tau/{m}/{b}/s{s}"] for m, b in cells for s in settings["tau"]["seeds"]]
+    out = {i + 1: tuple(part) for i, part in enumerate(parts)}
+    return {None: tuple(name for part in parts for name in part), **out}
+
+
+def v2_needs(name: str) -> list[str]:
+    """The stages a v2 stage reads: a search its model's base, proxy and retrain their search, a
+    tau seed the proxy vectors and that seed's retrains (whose vectors it does not train again)."""
+    kind, model, *rest = name.split("/")
+    cell = "/".join([model, *rest[:1]])
+    if kind == "tau":
+        return [f"proxy/{cell}", f"retrain/{cell}/{rest[-1]}"]
+    return {"base": [], "search": [f"base/{model}"], "proxy": [f"search/{cell}"], "retrain": [f"search/{cell}"]}[kind]

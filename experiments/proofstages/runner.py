@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import statistics
 import time
@@ -24,23 +25,36 @@ from .config import PART3_FULL, PART3_SMOKE, SEARCHED
 
 
 class Proof:
+    """One invocation: its options, settings, results file and clock, the data, and the model's
+    base and search space. A config of several models (v2) works through one view per model,
+    ``at(model)``, that shares everything but the model."""
+
     def __init__(self, args, settings: dict, results: Results, clock: Clock, part3: dict | None = None):
         self.args, self.s, self.r, self.clock = args, settings, results, clock
         self.s3 = part3 if part3 is not None else PART3_SMOKE if args.smoke else PART3_FULL
         self.out = Path(args.out)
         self.device = torch.device(args.device)
         self.spec = data_spec(settings, args.data_dir)
-        self._data = None
+        self._shared = {"data": None}  # one load of the data for every view of the run
         self._space = None
+        self.model_key = None  # the model of a view (at()): its stages are named STAGE/MODEL/...
+
+    def at(self, model: str) -> Proof:
+        """The view of this run for ``model``: its base in OUT/MODEL/base, its own search space."""
+        view = copy.copy(self)
+        view.s = {**self.s, "model": model}
+        view.model_key, view._space = model, None
+        return view
 
     # -- lazily built shared objects --------------------------------------------------------
     @property
     def data(self):
-        if self._data is None:
+        if self._shared["data"] is None:
             t = time.perf_counter()
-            self._data = load(self.spec, self.device)
-            log(f"data '{self.spec['name']}' loaded in {time.perf_counter() - t:.1f} s: {self._data.meta['sizes']}")
-        return self._data
+            self._shared["data"] = load(self.spec, self.device)
+            log(f"data '{self.spec['name']}' loaded in {time.perf_counter() - t:.1f} s: "
+                f"{self._shared['data'].meta['sizes']}")
+        return self._shared["data"]
 
     @property
     def kwargs(self) -> dict:
@@ -48,7 +62,7 @@ class Proof:
 
     @property
     def base_path(self) -> Path:
-        return self.out / "base" / "model.pt"
+        return (self.out if self.model_key is None else self.out / self.model_key) / "base" / "model.pt"
 
     def base_model(self):
         model = create_model(self.s["model"], **self.kwargs)
@@ -58,7 +72,6 @@ class Proof:
     @property
     def space(self):
         if self._space is None:
-
             self._space = SearchSpace.from_model(create_model(self.s["model"], **self.kwargs),
                                                  tuple(self.data.input_shape), model_name=self.s["model"])
         return self._space
@@ -72,7 +85,7 @@ class Proof:
     # -- cost estimates (seconds), from settings and the speeds measured so far -------------
     def train_rate(self) -> float:
         """Training img/s of the base model: measured in ``base`` or ``throughput``, else a guess."""
-        base = self.r.stage("base")
+        base = self.r.stage("base" if self.model_key is None else f"base/{self.model_key}")
         if base and base.get("img_per_s"):
             return base["img_per_s"]
         tp = self.r.stage("throughput")
@@ -91,9 +104,9 @@ class Proof:
 
     def candidate_estimate(self) -> float:
         """Seconds per candidate: measured in earlier search units, else from the training rate."""
-        done = (self.r.data["partial"].get("search") or {}) | {
-            f"{r['budget']}/{r['method']}": r for r in ((self.r.stage("search") or {}).get("rows") or [])}
-        rates = [u["search_s"] / u["candidates"] for u in done.values()
+        done = [u for st in _named(self.r.data["partial"], "search") for u in self.r.data["partial"][st].values()]
+        done += [r for st in _named(self.r.data["stages"], "search") for r in self.r.stage(st).get("rows") or []]
+        rates = [u["search_s"] / u["candidates"] for u in done
                  if u.get("candidates") and u.get("method") in SEARCHED and u.get("search_s")]
         if rates:
             return statistics.median(rates)
@@ -105,9 +118,10 @@ class Proof:
     def unit_estimate(self, stage: str) -> float:
         """Seconds per retrain unit: median of finished ones (any retrain stage), else from the rate."""
         done = []
-        for st in ("retrain", "tau"):
-            done += [u["seconds"] for u in (self.r.data["partial"].get(st) or {}).values() if "seconds" in u]
-            done += [u["seconds"] for u in ((self.r.stage(st) or {}).get("units") or {}).values() if "seconds" in u]
+        for st in _named(self.r.data["partial"], "retrain", "tau"):
+            done += [u["seconds"] for u in self.r.data["partial"][st].values() if "seconds" in u]
+        for st in _named(self.r.data["stages"], "retrain", "tau"):
+            done += [u["seconds"] for u in (self.r.stage(st).get("units") or {}).values() if "seconds" in u]
         return statistics.median(done) if done else self.train_estimate(speedup=2.0)
 
     # -- the retrain runner, sequential or a spawn pool --------------------------------------
@@ -155,6 +169,11 @@ class Proof:
         wall = time.perf_counter() - start
         return {"units": done, "workers": workers, "wall_s": round(wall, 1),
                 "unit_s_sum": round(sum(done[k]["seconds"] for k, _ in todo), 1) if todo else None}
+
+
+def _named(table: dict, *stages: str) -> list[str]:
+    """The keys of ``table`` that are one of ``stages`` or a per-model stage of one (``search/vgg16/0.1``)."""
+    return [k for k in table if k in stages or k.split("/")[0] in stages and "/" in k]
 
 
 _WORKER = {}

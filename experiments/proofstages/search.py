@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import shutil
 import statistics
@@ -35,14 +36,17 @@ def _search_kwargs(p: Proof, budget: str, method: str, *, trials: int | None = N
     return kw
 
 
-def search_unit(p: Proof, stage: str, key: str, budget: str, method: str, folder: str, **extra) -> dict:
+def search_unit(p: Proof, stage: str, key: str, budget: str, method: str, folder: str, helpers: int = 0,
+                **extra) -> dict:
     """One ``autoprune.api.search`` on the base into ``OUT/folder``: its row, saved as unit ``key``
-    of ``stage`` (read back when saved already). A failing method's row holds ``error``."""
+    of ``stage`` (read back when saved already). A failing method's row holds ``error``. With
+    ``helpers``, that many more scorer processes score the same study (its journal file) meanwhile;
+    the row's cand/min then counts every process's candidates."""
     row = p.r.unit(stage, key)
     if row is not None:
         return row
     n = p.s["candidates"] if method in SEARCHED else 1
-    est = n * p.candidate_estimate() + 3
+    est = n * p.candidate_estimate() / (1 + 0.7 * helpers) + 3
     if method == "dmcp":
         est += p.s["dmcp"]["steps"] * 5 * p.s["dmcp"]["batch_size"] / p.train_rate()
     if method == "ssl":  # (bisections + 1) short sparsity trainings of a copy of the base
@@ -55,10 +59,11 @@ def search_unit(p: Proof, stage: str, key: str, budget: str, method: str, folder
     # costs a fraction of SQLite's synchronous commits (~1.5 s per search call).
     kw = _search_kwargs(p, budget, method, out=p.out / folder, storage=storage_url(p.out / folder),
                         study=Path(folder).name, **extra)
+    before = _complete(p.out / folder, Path(folder).name) if helpers else 0
     sync(p.device)
     start = time.perf_counter()
     try:
-        with UtilSampler(p.device) as util:
+        with UtilSampler(p.device) as util, scorers(p, kw, helpers) as failed:
             res = search(data=p.data, **kw)
             sync(p.device)
     except Exception as exc:  # noqa: BLE001 — one broken method must not stop the proof
@@ -74,6 +79,9 @@ def search_unit(p: Proof, stage: str, key: str, budget: str, method: str, folder
            "candidates": s["candidates"], "failed": s["failed"], "scored_here": res.info["scored_here"],
            "search_s": round(wall, 2), "cand_per_min": round(res.info["scored_here"] / wall * 60, 2),
            "gpu_util": util.mean, "arch": str(Path(folder) / "arch.json")}
+    if helpers:
+        row.update(scorers=helpers + 1, scorers_failed=len(failed),
+                   cand_per_min=round((s["candidates"] - before) / wall * 60, 2))
     p.r.save_unit(stage, key, row)
     log(f"{stage} {key}: val {row['val']:.4f}, MACs {row['macs_ratio']:.3f}, "
         f"{row['candidates']} candidates, {row['cand_per_min']} /min")
@@ -107,9 +115,42 @@ def storage_url(folder: Path) -> str:
     return f"journal:{folder / 'study.journal'}"
 
 
-def _search_worker(kw: dict, barrier, spec: dict, threads, cudnn_benchmark: bool):
-    """One scorer process of the concurrency measurement: set up, wait for the others, search."""
+@contextlib.contextmanager
+def scorers(p: Proof, kw: dict, n: int):
+    """``n`` more processes scoring the study of ``kw`` while the ``with`` block searches it; yields
+    the list of those that failed, filled once they have ended (a failed one leaves its share to
+    the others: the study still gets every candidate)."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_search_worker, args=({**kw, "out": Path(kw["out"]) / f"scorer{i}", "progress": False},
+                                                      None, p.spec, p.s["threads"], p.s["search_cudnn_benchmark"]))
+             for i in range(n)]
+    failed = []
+    for proc in procs:
+        proc.start()
+    try:
+        yield failed
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    failed += [proc.exitcode for proc in procs if proc.exitcode != 0]
+    if failed:
+        log(f"{len(failed)} of {n} helper scorer processes failed (exit codes {failed})")
 
+
+def _complete(folder: Path, study: str) -> int:
+    """Candidates already complete in the study of a search folder (0 when there is none yet)."""
+    if not (folder / "study.journal").is_file():
+        return 0
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage_url(folder))).trials
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def _search_worker(kw: dict, barrier, spec: dict, threads, cudnn_benchmark: bool):
+    """One scorer process beside others: set up, wait for the others (``barrier``, the concurrency
+    measurement; None: start at once), search."""
     try:
         if threads:
             torch.set_num_threads(threads)
@@ -119,9 +160,11 @@ def _search_worker(kw: dict, barrier, spec: dict, threads, cudnn_benchmark: bool
             torch.zeros(1, device=device)  # the CUDA context, before the clock starts
             torch.backends.cudnn.benchmark = cudnn_benchmark
     except BaseException:
-        barrier.abort()  # the parent and the other workers stop waiting at once
+        if barrier is not None:
+            barrier.abort()  # the parent and the other workers stop waiting at once
         raise
-    barrier.wait()
+    if barrier is not None:
+        barrier.wait()
     search(data=data, **kw)
 
 
