@@ -1,8 +1,8 @@
-"""experiments/proof.py end to end at its smoke settings: complete in three parts, resumable
-after a kill and from a results file written before part 3 existed, and stopping cleanly within
---budget-minutes."""
+"""experiments/proof.py (its stages in experiments/proofstages) end to end at its smoke settings:
+complete in three parts, resumable after a kill and from a results file written before part 3
+existed, and stopping cleanly within --budget-minutes."""
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -15,6 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 from scipy.stats import kendalltau
+
+from autoprune import cost
+from autoprune.models import create_model
+from autoprune.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
 PROOF = ROOT / "experiments" / "proof.py"
@@ -42,15 +46,16 @@ def _stages(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def proof_module():
-    """experiments/proof.py imported in this process (its sys.path additions undone at once)."""
+    """The proof's settings, stage table and results check (experiments/proofstages), imported in
+    this process with experiments/ on sys.path as the command puts it (undone at once)."""
     saved = list(sys.path)
     try:
-        spec = importlib.util.spec_from_file_location("proof_under_test", PROOF)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.path[:0] = [str(ROOT / "experiments")]
+        config = importlib.import_module("proofstages.config")
+        main = importlib.import_module("proofstages.main")
     finally:
         sys.path[:] = saved
-    return module
+    return SimpleNamespace(**vars(config), STAGES=main.STAGES, open_results=main.open_results, main=main.main)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +233,132 @@ def test_parts_need_the_earlier_parts_and_matching_settings(proof_module, tmp_pa
     assert stamped.data["settings_part3"] == part3
     assert pm.open_results(_args(None), tmp_path, settings, changed, []) is None
     assert "other settings" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# --config v2 at its smoke scale: one tiny model and budget, 1 epoch, a few hundred images.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def v2_run(tmp_path_factory):
+    """``--config v2 --smoke`` run to the end, then run again (which must only read it back)."""
+    out = tmp_path_factory.mktemp("proof-v2")
+    cmd = _cmd(out, "--config", "v2")
+    first = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return SimpleNamespace(out=out, first=first, again=again, results=json.loads((out / "results.json").read_text()))
+
+
+def test_v2_smoke_runs_every_stage_of_every_cell(v2_run, proof_module):
+    assert v2_run.first.returncode == 0, v2_run.first.stderr[-3000:]
+    r = v2_run.results
+    s, st = r["settings"], r["stages"]
+    assert s["config"] == "v2" and s == {**proof_module.V2_SMOKE, "device": "cpu"}
+    assert list(st) == list(proof_module.v2_parts(s)[None]) and r["partial"] == {}
+    (model, budgets), = s["models"].items()
+    for budget in budgets:
+        cell = f"{model}/{budget}"
+        rows = {x["method"]: x for x in st[f"search/{cell}"]["rows"]}
+        assert set(rows) == set(s["searched"]) | set(s["one_shot"])
+        assert all(0 < x["macs_ratio"] <= float(budget) for x in rows.values())
+        for m in s["searched"]:
+            assert rows[m]["scorers"] == s["scorers"] and rows[m]["candidates"] == s["candidates"]
+            assert rows[m]["scorers_failed"] == 0
+        vectors = st[f"proxy/{cell}"]["vectors"]
+        assert len({tuple(v["widths"]) for v in vectors}) == len(vectors) >= s["tau"]["vectors"]
+        kinds = {v["kind"].split()[0] for v in vectors}
+        assert kinds == {"winner", "early-heavy", "random"}
+        assert all(v["macs_ratio"] <= float(budget) and 0 <= v["proxy"] <= 1 for v in vectors)
+        for seed in s["seeds"]:
+            retrained = st[f"retrain/{cell}/s{seed}"]
+            assert {x["method"] for x in retrained["rows"]} == set(rows)
+            assert all(0 <= x["test"] <= 1 for x in retrained["rows"])
+        for seed in s["tau"]["seeds"]:
+            tau = st[f"tau/{cell}/s{seed}"]
+            assert len(tau["tests"]) == len(vectors)
+            # The winners' runs come from the retrain stage of the same seed, not trained twice.
+            assert not set(tau["units"]) & set(st[f"retrain/{cell}/s{seed}"]["units"])
+
+
+def test_v2_summary_compares_each_seed_with_uniform_fill_and_ranks_the_tau_vectors(v2_run, proof_module):
+    r = v2_run.results
+    cells = importlib.import_module("proofstages.cells")
+    (model, budgets), = r["settings"]["models"].items()
+    c = cells.cell_summary(r, model, budgets[0])
+    ref = next(x for x in c["retrained"] if x["method"] == "uniform-fill")
+    assert ref["vs_reference"] is None and len(ref["tests"]) == len(r["settings"]["seeds"])
+    for x in c["retrained"]:
+        if x["method"] != "uniform-fill":
+            assert x["vs_reference"]["diffs"] == pytest.approx([a - b for a, b in zip(x["tests"], ref["tests"])])
+    stages = r["stages"]
+    vectors = stages[f"proxy/{model}/{budgets[0]}"]["vectors"]
+    runs = [stages[f"tau/{model}/{budgets[0]}/s{seed}"]["tests"] for seed in r["settings"]["tau"]["seeds"]]
+    expected = kendalltau([v["proxy"] for v in vectors], [sum(t) / len(t) for t in zip(*runs)]).statistic
+    if math.isfinite(expected):
+        assert c["tau"]["tau"] == pytest.approx(expected)
+        assert c["tau"]["lo"] <= c["tau"]["tau"] <= c["tau"]["hi"]
+    else:
+        assert c["tau"]["tau"] is None
+    md = (v2_run.out / "proof.md").read_text()
+    assert "config v2" in md and "vs uniform-fill" in md and "Not yet run" not in md
+    for table in [block for block in md.split("\n\n") if block.startswith("| ")]:
+        assert "MACs ratio" in table.splitlines()[0], table.splitlines()[0]
+
+
+def test_v2_rerun_reads_every_stage_back(v2_run):
+    assert v2_run.again.returncode == 0, v2_run.again.stderr[-3000:]
+    assert v2_run.again.stdout.count("done already") == len(v2_run.results["stages"])
+    again = json.loads((v2_run.out / "results.json").read_text())
+    assert again["stages"] == v2_run.results["stages"]
+
+
+def test_v2_parts_need_the_stages_they_read(proof_module, tmp_path, capsys):
+    pm = proof_module
+    parts = pm.v2_parts(pm.V2_FULL)
+    assert parts[1] == ("base/mobilenetv2", "base/resnet56", "base/vgg16")
+    assert sum(len(p) for k, p in parts.items() if k is not None) == len(parts[None]) == len(set(parts[None]))
+    assert pm.v2_needs("tau/vgg16/0.1/s1") == ["proxy/vgg16/0.1", "retrain/vgg16/0.1/s1"]
+    smoke = pm.v2_parts(pm.V2_SMOKE)
+    retrain = next(k for k, p in smoke.items() if k is not None and p[0].startswith("retrain/"))
+    assert pm.open_results(_args(retrain), tmp_path, pm.V2_SMOKE, {}, []) is None
+    assert "needs search/resnet20/0.3" in capsys.readouterr().err
+    assert pm.open_results(_args(1), tmp_path, pm.V2_SMOKE, {}, []) is not None
+    # A v1 results file is not resumed as v2, nor the other way round.
+    assert pm.open_results(_args(1), tmp_path, pm.SMOKE, pm.PART3_SMOKE, []) is None
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_an_unknown_part_is_refused(proof_module, tmp_path, capsys):
+    for config, last in (("v1", 3), ("v2", len(proof_module.v2_parts(proof_module.V2_SMOKE)) - 1)):
+        argv = ["--smoke", "--device", "cpu", "--config", config, "--out", str(tmp_path / "out"), "--part", str(last + 1)]
+        assert proof_module.main(argv) == 2
+        assert f"config {config} has parts 1-{last}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_lopsided_vectors_lean_the_way_they_say_within_the_budget(proof_module):
+    vectors = importlib.import_module("proofstages.vectors")
+    space = SearchSpace.from_model(create_model("resnet20"), (3, 32, 32), model_name="resnet20")
+    base = cost.macs(space, space.max_widths())
+    max_macs = int(0.3 * base)
+    got = dict(vectors.lopsided(space, max_macs, {"early-heavy": [4.0], "late-heavy": [4.0], "bottleneck": [0.25]}))
+    ratio = [[w / m for w, m in zip(got[k], space.max_widths())] for k in ("early-heavy 4", "late-heavy 4")]
+    assert ratio[0][0] > ratio[1][0] and ratio[0][-1] < ratio[1][-1]
+    for w in got.values():
+        assert 0.2 * base < cost.macs(space, w) <= max_macs
+    winners = [("winner uniform", space.uniform(0.5))]
+    drawn = vectors.tau_set(space, max_macs, winners, {"early-heavy": [4.0]}, 6)
+    assert [k for k, _ in drawn[:2]] == ["winner uniform", "early-heavy 4"] and len(drawn) == 6
+    assert all(cost.macs(space, w) <= max_macs for _, w in drawn[2:]) and len({w for _, w in drawn}) == 6
+
+
+def test_tau_interval_and_paired_test(proof_module):
+    stats = importlib.import_module("proofstages.stats")
+    t = stats.tau_ci([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5], resamples=300)
+    assert t["tau"] == pytest.approx(kendalltau([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5]).statistic)
+    assert -1 <= t["lo"] <= t["tau"] <= t["hi"] <= 1 and t["lo"] < t["hi"]
+    assert stats.tau_ci([1, 2], [3, 3], resamples=10)["tau"] is None  # all ties: undefined, no interval
+    d = stats.paired([0.9, 0.8, 0.85], [0.8, 0.8, 0.8])
+    assert d["diffs"] == pytest.approx([0.1, 0.0, 0.05]) and d["wins"] == 2 and 0 < d["p"] < 1
+    assert stats.paired([0.9], [0.8])["p"] is None

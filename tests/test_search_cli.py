@@ -1,6 +1,7 @@
 """``autoprune search`` end to end on synthetic data with a tiny model, and its bad inputs."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -162,3 +163,34 @@ def test_dmcp_with_synthetic_objective_loads_data_and_writes_one_arch(tmp_path, 
                     method_options={"steps": 2, "batch_size": 16, "samples": 1})
     assert result.arch["macs"]["pruned"] <= 0.5 * result.arch["macs"]["base"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("arch.json")) == ["arch.json"]
+
+
+def test_search_help_shows_each_option_once_in_its_group(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")  # usage on as few lines as argparse allows, for reading it back
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    usage, _, body = text.partition("\noptions:\n")
+    groups, seen = {}, []
+    title = "options"
+    for line in body.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            groups[title] = []
+        elif line.startswith("  -") and not line.startswith("   "):
+            option = line.split()[0].rstrip(",")
+            groups.setdefault(title, []).append(option)
+            seen.append(option)
+    titles = ["model", "budget", "latency", "data", "study", "evaluator", "stripe", "output"]
+    assert [t for t in groups if t != "options"] == titles
+    assert len(seen) == len(set(seen)), sorted(o for o in seen if seen.count(o) > 1)
+    in_usage = set(re.findall(r"\[?(--[a-z-]+)", usage))
+    assert in_usage == set(seen) - {"-h"} and len(in_usage) > 40
+    assert groups["options"] == ["-h"], "an option outside every group"
+    where = {o: t for t, options in groups.items() for o in options}
+    assert where["--budget"] == "budget" and where["--latency-budget"] == "latency"
+    assert where["--latency-dtype"] == "latency" and where["--round-to"] == "model"
+    assert {where[o] for o in ("--stripe-penalty", "--stripe-threshold", "--stripe-epochs")} == {"stripe"}
+    assert where["--trials"] == where["--storage"] == "study" and where["--keep"] == "evaluator"
+    assert where["--out"] == where["--json"] == "output" and where["--data-dir"] == "data"

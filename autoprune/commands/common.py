@@ -9,7 +9,8 @@ from autoprune.space import SearchSpace
 
 
 def add_model_args(p) -> None:
-    """--model, --input-size, --num-classes, --in-channels and the search-space options."""
+    """--model, --input-size, --num-classes, --in-channels and the search-space options, added to ``p``:
+    a parser or one of its argument groups."""
     p.add_argument("--model", required=True, help="registry name, tv:NAME, timm:NAME or package.module:callable")
     p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 zoo, 224 tv: and timm:)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 zoo, 1000 tv: and timm:)")

@@ -15,58 +15,85 @@ from autoprune.optimizers import list_methods
 from autoprune.profile import TableConfig, set_threads
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT
 
+# The option groups of `search --help`, in order: (title, what the group's options set).
+GROUPS = (
+    ("model", "the network to prune, its search space, and the trained base candidates inherit from"),
+    ("budget", "the MACs limit every candidate is held to"),
+    ("latency", "a latency limit, held against a latency table measured on --device"),
+    ("data", "the images candidates are fine-tuned and scored on"),
+    ("study", "the optimizer and the Optuna study its candidates are recorded in"),
+    ("evaluator", "how each candidate is scored"),
+    ("stripe", "options of --method stripe"),
+    ("output", "what is written and printed"),
+)
+
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="search per-layer widths under a MACs budget (writes OUT/arch.json)")
-    add_model_args(p)
-    p.add_argument("--budget", default=None,
-                   help="ratio of the base MACs in (0, 1] (0.4, 40%%) or absolute MACs (120M, 1.2G, 3e8)")
-    p.add_argument("--latency-budget", default=None,
-                   help="ratio of the base model's latency measured on --device (0.5, 50%%) or a time (3.2ms); "
-                        "held against the latency table, alone or with --budget")
-    add_table_args(p, "latency-")
-    p.add_argument("--method", default="abc", choices=list_methods(),
-                   help="optimizer (default abc; `autoprune methods` describes each)")
-    p.add_argument("--dataset", default=None,
+    g = {name: p.add_argument_group(name, text) for name, text in GROUPS}
+    add_model_args(g["model"])
+    g["model"].add_argument("--base", default=None,
+                            help="checkpoint of the trained base model (else one is pre-trained into OUT/base)")
+    g["model"].add_argument("--pretrain-epochs", type=int, default=10,
+                            help="epochs to pre-train a base when no --base (default 10)")
+    g["budget"].add_argument("--budget", default=None,
+                             help="ratio of the base MACs in (0, 1] (0.4, 40%%) or absolute MACs (120M, 1.2G, 3e8)")
+    g["latency"].add_argument("--latency-budget", default=None,
+                              help="ratio of the base model's latency measured on --device (0.5, 50%%) or a time "
+                                   "(3.2ms); held against the latency table, alone or with --budget")
+    add_table_args(g["latency"], "latency-")
+    add_data_args(g["data"])
+    add_study_args(g["study"])
+    add_evaluator_args(g["evaluator"])
+    add_stripe_args(g["stripe"])
+    g["output"].add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
+    g["output"].add_argument("--json", action="store_true", help="print the summary as JSON")
+    g["output"].add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def add_data_args(g) -> None:
+    g.add_argument("--dataset", default=None,
                    help="dataset name or ImageFolder path/.tar.gz (default: the --base checkpoint's, else cifar10)")
-    p.add_argument("--data-dir", default=None, help="where the dataset lives")
-    p.add_argument("--limit", type=int, default=None, help="use only this many training images")
-    p.add_argument("--val-size", type=int, default=None,
+    g.add_argument("--data-dir", default=None, help="where the dataset lives")
+    g.add_argument("--limit", type=int, default=None, help="use only this many training images")
+    g.add_argument("--val-size", type=int, default=None,
                    help="validation images held out of the training split (default: the base's split)")
-    p.add_argument("--base", default=None, help="checkpoint of the trained base model (else one is pre-trained into OUT/base)")
-    p.add_argument("--pretrain-epochs", type=int, default=10,
-                   help="epochs to pre-train a base when no --base (default 10)")
+
+
+def add_study_args(g) -> None:
+    g.add_argument("--method", default="abc", choices=list_methods(),
+                   help="optimizer (default abc; `autoprune methods` describes each)")
     # Counts are checked by the library (one message for the API and the CLI), not by argparse.
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+    g.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                    help="candidates to score in the study (default %(default)s; failed ones are retried on a rerun)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (default sqlite:///OUT/study.db)")
-    p.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT, metavar="S",
+    g.add_argument("--storage", default=None, help="Optuna storage URL or journal:PATH (default sqlite:///OUT/study.db)")
+    g.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT, metavar="S",
                    help="re-queue a claim whose worker sent no heartbeat for S seconds (a killed worker or "
                         "a lost host; default %(default)s)")
-    p.add_argument("--study", default=None, help="study name (default MODEL-METHOD-BUDGET-seedS)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--fine-tune-steps", type=int, default=None,
-                   help="SGD steps per candidate (GPU 100, CPU 20)")
-    p.add_argument("--bn-batches", type=int, default=None,
-                   help="batches to re-estimate BatchNorm (GPU 40, CPU 8)")
-    p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="batch size of BN re-estimation and fine-tuning")
+    g.add_argument("--study", default=None, help="study name (default MODEL-METHOD-BUDGET-seedS)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the optimizer, the validation split and the evaluator")
+
+
+def add_evaluator_args(g) -> None:
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--fine-tune-steps", type=int, default=None, help="SGD steps per candidate (GPU 100, CPU 20)")
+    g.add_argument("--bn-batches", type=int, default=None, help="batches to re-estimate BatchNorm (GPU 40, CPU 8)")
+    g.add_argument("--eval-batch-size", type=int, default=None, help="batch size of BN re-estimation and fine-tuning")
     # Checked by the library (one message for the API and the CLI), like the counts.
-    p.add_argument("--keep", default="l1", metavar="RULE",
+    g.add_argument("--keep", default="l1", metavar="RULE",
                    help=f"keep rule: which channels a pruned layer inherits ({', '.join(list_keep_rules())}; default l1)")
-    p.add_argument("--objective", default=None, choices=["synthetic"],
+    g.add_argument("--objective", default=None, choices=["synthetic"],
                    help="score with a cheap synthetic objective instead of training (for testing the machinery)")
-    p.add_argument("--stripe-penalty", type=float, default=None,
-                   help="--method stripe: strength of the L1 penalty on the Filter Skeleton (default 1e-5)")
-    p.add_argument("--stripe-threshold", type=float, default=None,
-                   help="--method stripe: stripes with |FS| at or below it are pruned whatever the budget (default 0.01)")
-    p.add_argument("--stripe-epochs", type=int, default=None,
-                   help="--method stripe: epochs of skeleton training from the base (default 1)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+
+
+def add_stripe_args(g) -> None:
+    g.add_argument("--stripe-penalty", type=float, default=None,
+                   help="strength of the L1 penalty on the Filter Skeleton (default 1e-5)")
+    g.add_argument("--stripe-threshold", type=float, default=None,
+                   help="stripes with |FS| at or below it are pruned whatever the budget (default 0.01)")
+    g.add_argument("--stripe-epochs", type=int, default=None,
+                   help="epochs of skeleton training from the base (default 1)")
 
 
 def run(args) -> int:
