@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only this many training images")
     p.add_argument("--val-size", type=int, default=None,
                    help="validation images held out of the training split (default: the base's split)")
-    p.add_argument("--base", default=None, help="checkpoint of the trained base model (else one is pre-trained into OUT/base)")
+    p.add_argument("--base", default=None,
+                   help="checkpoint of the trained base model (else --pretrained or --weights FILE, else one is "
+                        "pre-trained into OUT/base)")
     p.add_argument("--pretrain-epochs", type=int, default=10,
                    help="epochs to pre-train a base when no --base (default 10)")
     # Counts are checked by the library (one message for the API and the CLI), not by argparse.
@@ -92,6 +94,6 @@ def run(args) -> int:
         input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
         pretrain_epochs=args.pretrain_epochs, objective=args.objective, method_options=stripe or None,
         space_options={k: v for k, v in space_options.items() if v is not None},
-        progress=not (args.json or args.no_progress))
+        progress=not (args.json or args.no_progress), pretrained=args.pretrained, weights=args.weights)
     print(json.dumps(result.summary()) if args.json else result)
     return 0
