@@ -6,6 +6,7 @@ from autoprune.cost import macs, params
 from autoprune.dataspec import DataSpec
 from autoprune.errors import AutopruneError
 from autoprune.evaluator import EvalConfig
+from autoprune.finish import FinetuneResult, finetune
 from autoprune.graph import register_rule, trace
 from autoprune.models import create_model, list_models, register_model
 from autoprune.optimizers import Optimizer, list_methods, register_optimizer
@@ -17,6 +18,7 @@ __all__ = [
     "AutopruneError",
     "DataSpec",
     "EvalConfig",
+    "FinetuneResult",
     "Optimizer",
     "SearchResult",
     "SearchSpace",
@@ -24,6 +26,7 @@ __all__ = [
     "__version__",
     "build",
     "create_model",
+    "finetune",
     "list_methods",
     "list_models",
     "load_arch",
