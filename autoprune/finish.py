@@ -85,8 +85,7 @@ def inherit(arch: dict, base=None, *, pretrained: bool = False, data: Dataset | 
     if "stripes" in arch:
         raise ArchError("finetune takes channel-pruned architectures; a stripe search writes its fine-tuned "
                         "model.pt itself")
-    if (base is None) == (not pretrained):
-        raise CheckpointError("give the base to inherit from: --base FILE or --pretrained (one of them)")
+    _check_base(base, pretrained)
     if pretrained:
         made = create_pretrained(arch["model"]["name"], **arch["model"].get("kwargs", {}))
         if made.note:
@@ -126,6 +125,7 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     arch = load_arch(arch) if not isinstance(arch, dict) else arch
     device = resolve_device(device)
     out = check_out_dir(out, "out") if out is not None else None
+    _check_base(base, pretrained)  # before any data are loaded
     recorded = _recorded_dataset(base)
     loaded = _load(data, recorded, base, seed, device)
     _check_fit(loaded, arch, source)
@@ -145,6 +145,14 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     history = train(model, loaded, config, device=device, out_dir=out, resume=resume, progress=progress, arch=arch,
                     extra=extra, extra_loss=extra_loss)
     return _finish(model, loaded, config, history, out, arch, extra, device)
+
+
+def _check_base(base, pretrained: bool) -> None:
+    """CheckpointError unless exactly one base is given and a given file exists."""
+    if (base is None) == (not pretrained):
+        raise CheckpointError("give the base to inherit from: --base FILE or --pretrained (one of them)")
+    if base is not None and not Path(base).is_file():
+        raise CheckpointError(f"base checkpoint '{base}' not found")
 
 
 def _recorded_dataset(base) -> dict | None:

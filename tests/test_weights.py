@@ -167,3 +167,17 @@ def test_one_base_only(caches, capsys):
     torch.save(create_model("tv:resnet18", num_classes=4).state_dict(), ckpt)
     assert main(["search", *SEARCH, "--pretrained", "--base", str(ckpt), "--out", str(caches / "o")]) == 2
     assert "give one base" in capsys.readouterr().err
+
+
+def test_finetune_inherits_from_pretrained_weights(caches):
+    from autoprune.arch import make_arch
+    from autoprune.finish import inherit
+    from autoprune.space import SearchSpace
+
+    state, _ = _fill_tv_cache(caches)
+    space = SearchSpace.from_model(create_model("tv:resnet18", num_classes=4), (3, 32, 32), model_name="tv:resnet18")
+    arch = make_arch("tv:resnet18", {"num_classes": 4}, space, space.uniform(0.5))
+    pruned, teacher, record = inherit(arch, pretrained=True)
+    assert torch.equal(teacher.conv1.weight, state["conv1.weight"]) and record["kind"] == "pretrained"
+    rows = pruned.conv1.weight.flatten(1)
+    assert all(any(torch.equal(r, s) for s in state["conv1.weight"].flatten(1)) for r in rows)  # inherited rows
