@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune.arch import arch_space, load_arch
-from autoprune.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from autoprune.checkpoint import file_sha1, load_checkpoint, load_weights, save_checkpoint
 from autoprune.criteria import ScoreCache, data_scores
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded
@@ -112,7 +112,8 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
              temperature: float = DEFAULT_TEMPERATURE, distill_weight: float = 1.0, config: TrainConfig | None = None,
              out=None, device=None, resume: bool = True, progress: bool = False, seed: int = 0) -> FinetuneResult:
     """Fine-tune the pruned model of ``arch`` (a dict or an ARCH.json path) from the weights it
-    inherits from ``base`` (or the ``pretrained`` library weights), optionally distilled from
+    inherits from ``base`` (or the ``pretrained`` library weights; neither: the base the
+    search recorded, if its file is unchanged), optionally distilled from
     the base (``distill``, ``temperature``, ``distill_weight``); writes ``OUT/model.pt``,
     ``OUT/checkpoint.pt`` (resumable) and ``OUT/metrics.json`` when ``out`` is given.
 
@@ -125,6 +126,8 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     arch = load_arch(arch) if not isinstance(arch, dict) else arch
     device = resolve_device(device)
     out = check_out_dir(out, "out") if out is not None else None
+    if base is None and not pretrained:
+        base, pretrained = recorded_base(arch, source)
     _check_base(base, pretrained)  # before any data are loaded
     recorded = _recorded_dataset(base)
     loaded = _load(data, recorded, base, seed, device)
@@ -145,6 +148,23 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     history = train(model, loaded, config, device=device, out_dir=out, resume=resume, progress=progress, arch=arch,
                     extra=extra, extra_loss=extra_loss)
     return _finish(model, loaded, config, history, out, arch, extra, device)
+
+
+def recorded_base(arch: dict, source: str) -> tuple[str | None, bool]:
+    """(base file, pretrained) the architecture's search recorded, for a fine-tune given neither:
+    the library's weights for a search from ``--pretrained``, else the recorded file, which must
+    still have the recorded SHA-1. CheckpointError when nothing usable is recorded."""
+    search = arch.get("search") or {}
+    if search.get("base_kind") == "pretrained":
+        return None, True
+    path = search.get("base")
+    if not path or not Path(path).is_file():
+        raise CheckpointError(f"give the base to inherit from: --base FILE or --pretrained ({source} records "
+                              + (f"base '{path}', which is not there)" if path else "no base)"))
+    if search.get("base_sha1") and file_sha1(path) != search["base_sha1"]:
+        raise CheckpointError(f"base '{path}' has changed since {source} was searched (SHA-1 differs); "
+                              "give --base FILE")
+    return path, False
 
 
 def _check_base(base, pretrained: bool) -> None:

@@ -83,7 +83,20 @@ def test_finetune_without_a_base_is_one_line(searched, tmp_path, capsys):
     _, arch_path, _, _ = searched
     assert main(["finetune", str(arch_path), *FAST, "--dataset", "synthetic", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--base FILE or --pretrained" in err
+    assert err.count("\n") == 1 and "--base FILE or --pretrained" in err and "records no base" in err
+
+
+def test_finetune_defaults_to_the_recorded_base_while_it_is_unchanged(searched, tmp_path):
+    from autoprune.checkpoint import file_sha1
+    from autoprune.errors import CheckpointError
+    from autoprune.finish import recorded_base
+
+    _, _, base, _ = searched
+    arch = {"search": {"base": str(base), "base_sha1": file_sha1(base)}}
+    assert recorded_base(arch, "arch") == (str(base), False)
+    assert recorded_base({"search": {"base_kind": "pretrained"}}, "arch") == (None, True)
+    with pytest.raises(CheckpointError, match="has changed"):
+        recorded_base({"search": {"base": str(base), "base_sha1": "0" * 40}}, "arch")
 
 
 def test_distilled_and_plain_fine_tuning_are_seeded_and_differ(searched, tmp_path):

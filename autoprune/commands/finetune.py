@@ -16,7 +16,8 @@ def register(sub) -> None:
                                         "(optionally distilled from the base)")
     p.add_argument("arch", metavar="ARCH.json", help="architecture file written by `autoprune search`")
     p.add_argument("--base", default=None,
-                   help="the base the architecture was searched on: an autoprune checkpoint or any state dict file")
+                   help="the base the architecture was searched on: an autoprune checkpoint or any state dict file "
+                        "(default: the one ARCH.json records, if unchanged)")
     p.add_argument("--pretrained", action="store_true",
                    help="tv: and timm: models: inherit from the library's pretrained weights instead of --base")
     p.add_argument("--distill", action="store_true",
