@@ -504,7 +504,17 @@ def _given_weights(base, pretrained: bool, weights, model) -> bool:
                           "(load them into it before the search)")
     if weights is not None and not Path(weights).is_file():
         raise CheckpointError(f"weights file '{weights}' not found")
+    if weights is not None and _records_its_data(weights):
+        raise SearchError(f"'{weights}' is an autoprune checkpoint that records its training data: give it as the "
+                          "base (--base), so that the validation split keeps out the images it was trained on")
     return bool(pretrained or weights)
+
+
+def _records_its_data(path) -> bool:
+    try:
+        return bool(load_checkpoint(path).get("dataset"))
+    except CheckpointError:  # another tool's file: load_weights reports what is wrong with it
+        return False
 
 
 def _pretrained(name: str, kwargs: dict) -> tuple[nn.Module, dict]:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from autoprune.checkpoint import file_sha1, load_weights, read_state_dict
+from autoprune.checkpoint import file_sha1, load_weights, read_state_dict, save_checkpoint
 from autoprune.cli import main
 from autoprune.dataspec import DataSpec
 from autoprune.errors import CheckpointError, WeightsError, WeightsNotCachedError
@@ -167,6 +167,11 @@ def test_one_base_only(caches, capsys):
     torch.save(create_model("tv:resnet18", num_classes=4).state_dict(), ckpt)
     assert main(["search", *SEARCH, "--pretrained", "--base", str(ckpt), "--out", str(caches / "o")]) == 2
     assert "give one base" in capsys.readouterr().err
+    recorded = caches / "own.pt"
+    save_checkpoint(recorded, create_model("tv:resnet18", num_classes=4), model_name="tv:resnet18",
+                    dataset={"name": "synthetic", "seed": 0, "val_size": 256})
+    assert main(["search", *SEARCH, "--weights", str(recorded), "--out", str(caches / "o")]) == 2
+    assert "give it as the base (--base)" in capsys.readouterr().err
 
 
 def test_finetune_inherits_from_pretrained_weights(caches):
