@@ -6,6 +6,7 @@ from autoprune.cost import macs, params
 from autoprune.dataspec import DataSpec
 from autoprune.errors import AutopruneError
 from autoprune.evaluator import EvalConfig
+from autoprune.finish import FinetuneResult, finetune
 from autoprune.graph import register_rule, trace
 from autoprune.keep import KeepRule, get_keep_rule, register_keep_rule
 from autoprune.models import create_model, list_models, register_model
@@ -18,6 +19,7 @@ __all__ = [
     "AutopruneError",
     "DataSpec",
     "EvalConfig",
+    "FinetuneResult",
     "KeepRule",
     "Optimizer",
     "SearchResult",
@@ -26,6 +28,7 @@ __all__ = [
     "__version__",
     "build",
     "create_model",
+    "finetune",
     "get_keep_rule",
     "list_methods",
     "list_models",

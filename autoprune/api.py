@@ -35,7 +35,7 @@ import torch.nn as nn
 from autoprune import cost
 from autoprune.arch import make_arch, save_arch
 from autoprune.budget import Budget, check_reachable, parse_budget
-from autoprune.checkpoint import check_state_dict, load_checkpoint, save_checkpoint
+from autoprune.checkpoint import check_state_dict, file_sha1, load_checkpoint, load_weights, save_checkpoint
 from autoprune.data import Dataset
 from autoprune.dataspec import DataSpec, check_loaded, kwargs_for_data
 from autoprune.driver import Held, best_record, hold_latency, run_search
@@ -44,13 +44,13 @@ from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObje
 from autoprune.files import check_out_dir, write_text
 from autoprune.keep import ScoreCache
 from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget
-from autoprune.models import create_model, default_input_size, model_kwargs
+from autoprune.models import create_model, create_pretrained, default_input_size, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
 from autoprune.profile import TableConfig, latency_table
-from autoprune.runtime import progress_bar, resolve_device
+from autoprune.runtime import log, progress_bar, resolve_device
 from autoprune.space import SearchSpace
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, STATUS_FAILED, STATUS_OK, Record, TrialStore, storage_path
-from autoprune.train import TrainConfig, train
+from autoprune.train import TrainConfig, split_accuracy, train
 
 DEFAULT_OUT = "runs/search"
 DEFAULT_TRIALS = 50
@@ -118,6 +118,7 @@ class SearchResult:
             "seconds": round(self.seconds, 2),
             "candidates_per_min": round(self.info.get("scored_here", 0) / max(self.seconds, 1e-9) * 60, 2),
             "widths": list(self.widths),
+            "base": a.get("search", {}).get("base"), "base_score": a.get("search", {}).get("base_score"),
             "latency": ({k: a["search"]["latency"].get(k) for k in ("max_ms", "predicted_ms", "measured_ms",
                                                                    "measured_base_ms", "measured_ratio", "within",
                                                                    "held_max_ms")}
@@ -134,6 +135,7 @@ class SearchResult:
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
                 *([("latency", _latency_line(s["latency"]))] if s["latency"] else []),
                 ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
+                *([("base", _base_line(self.arch["search"]))] if s["base"] else []),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
                                + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
                 ("wall time", f"{s['seconds']:.1f} s"),
@@ -173,6 +175,7 @@ class _Search:
     base: dict = field(default_factory=dict)
     evaluation: EvalConfig | None = None
     latency: LatencyLimit | None = None
+    pretrained: dict = field(default_factory=dict)  # the record of pretrained weights the model was built with
 
 
 def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
@@ -181,7 +184,7 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
            study: StudyConfig | None = None, evaluation: EvalConfig | None = None,
            input_size: int | None = None, num_classes: int | None = None, in_channels: int | None = None,
            pretrain_epochs: int = 10, objective: str | Callable | None = None, method_options: dict | None = None,
-           space_options: dict | None = None, progress: bool = False) -> SearchResult:
+           space_options: dict | None = None, progress: bool = False, pretrained: bool = False, weights=None) -> SearchResult:
     """Search per-group widths of ``model`` under ``budget`` and write ``OUT/arch.json``.
 
     ``model``: registry name (``vgg16``, ``tv:resnet18``, ``timm:efficientnet_b0``,
@@ -195,8 +198,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     ``method``: a registered optimizer (``autoprune.optimizers.list_methods()``).
     ``data``: a dataset name or path, a :class:`~autoprune.dataspec.DataSpec`, or loaded data;
     unset settings take what the base checkpoint records (see :mod:`autoprune.dataspec`).
-    ``base``: checkpoint of the trained base model; without it a base is pre-trained for
-    ``pretrain_epochs`` and kept in ``OUT/base/`` so that a rerun reuses it.
+    ``base``: checkpoint of the trained base model, or ``pretrained`` (a tv:/timm: library's weights) or ``weights``
+    (any state dict file); without one a base is pre-trained for ``pretrain_epochs`` into ``OUT/base/``, reused by a rerun.
     ``study``: trials, storage and study name (:class:`StudyConfig`); a study made with other
     settings (budget, evaluator, data split, base weights...) is refused.
     ``evaluation``: how candidates are scored (:class:`~autoprune.evaluator.EvalConfig`).
@@ -211,14 +214,14 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
                                            input_size=input_size, num_classes=num_classes, in_channels=in_channels,
                                            pretrain_epochs=pretrain_epochs)
     needs_base = objective is None or optimizer_cls.needs_base
-    ckpt, base_path = _open_base(base, out, needs_base)
-    needs_data = objective is None or optimizer_cls.needs_data or (needs_base and ckpt is None)  # pre-training
+    ckpt, base_path = _open_base(base, out, not _given_weights(base, pretrained, weights, model) and needs_base)
+    needs_data = objective is None or optimizer_cls.needs_data or (needs_base and not (ckpt or pretrained or weights))
     loaded = _load_data(data, ckpt, base_path, seed, device, needs_data, scores_on_val=objective is None)
     s = _build(model, loaded, parse_budget(1.0 if budget is None else budget), method, seed, device, out,
-               space_options, input_size=input_size, num_classes=num_classes, in_channels=in_channels)
+               space_options, input_size=input_size, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
     s.latency = _latency(s, latency, latency_table, progress)
     if needs_base:
-        s.base = _place_base(s, ckpt, base_path, pretrain_epochs, progress)
+        s.base = _place(s, ckpt, base_path, pretrain_epochs, progress, pretrained, weights)
     optimizer = _make_optimizer(optimizer_cls, s, method_options or {})
     if optimizer.granularity == "stripe":  # scores its one stripe model itself: no evaluator
         return _stripe_search(s, optimizer, progress, start)
@@ -298,8 +301,9 @@ def _load_data(data, ckpt, base_path, seed, device, needed: bool, *, scores_on_v
 
 
 def _build(model, data, budget: Budget, method, seed, device, out, space_options, *, input_size, num_classes,
-           in_channels) -> _Search:
+           in_channels, pretrained: bool = False) -> _Search:
     """The model (from the registry or as given), its search space and the budget in MACs."""
+    made = {}
     if isinstance(model, nn.Module):
         name, kwargs = f"{type(model).__module__}:{type(model).__name__}", {}
     elif isinstance(model, str):
@@ -310,7 +314,7 @@ def _build(model, data, budget: Budget, method, seed, device, out, space_options
             given = {"num_classes": num_classes, "in_channels": in_channels}
             kwargs = model_kwargs(model, **{k: v for k, v in given.items() if v is not None})
         torch.manual_seed(seed)
-        model = create_model(name, **kwargs)
+        model, made = _pretrained(name, kwargs) if pretrained else (create_model(name, **kwargs), {})
     else:
         raise SearchError(f"model must be a registry name or an nn.Module, got {type(model).__name__}")
     if data is not None:
@@ -324,7 +328,8 @@ def _build(model, data, budget: Budget, method, seed, device, out, space_options
     space = SearchSpace.from_model(model, shape, model_name=name, **(space_options or {}))
     max_macs = budget.max_macs(cost.base_macs(space))
     check_reachable(space, max_macs, budget)  # before a base is pre-trained for nothing
-    return _Search(name, kwargs, model, space, budget, max_macs, method, int(seed), device, out, data)
+    return _Search(name, kwargs, model, space, budget, max_macs, method, int(seed), device, out, data,
+                   pretrained=made)
 
 
 def _latency(s: _Search, budget, table, progress: bool) -> LatencyLimit | None:
@@ -386,6 +391,7 @@ def _stripe_search(s: _Search, optimizer: Optimizer, progress: bool, start: floa
         record.update(base=s.base["path"], base_sha1=s.base["sha1"])
         if s.base.get("epochs") is not None:
             record["base_epochs"] = int(s.base["epochs"])
+        record.update(_base_record(s.base))
     base_macs = cost.base_macs(s.space)
     widths = s.space.max_widths()
     arch = make_arch(s.model_name, s.kwargs, s.space, widths, stripes=result.masks,
@@ -467,6 +473,7 @@ def _write(s: _Search, records: list[Record], best: Record, held: Held | None, o
         record.update(base=s.base["path"], base_sha1=s.base["sha1"])
         if s.base.get("epochs") is not None:
             record["base_epochs"] = int(s.base["epochs"])
+        record.update(_base_record(s.base))
     base_macs = cost.base_macs(s.space)
     if held is not None:
         record["latency"] = {**s.latency.to_dict(), **held.steps[-1], "max_ms": s.latency.max_ms,
@@ -479,6 +486,92 @@ def _write(s: _Search, records: list[Record], best: Record, held: Held | None, o
     _write_csv(rows, s.out / "trials.csv")
     return SearchResult(widths=list(best.widths), arch=arch, trials=rows, method=s.method, score=float(best.score),
                         seconds=seconds, out=s.out, info=info)
+
+
+# --------------------------------------------------------------------------------------------
+# A base from weights made elsewhere: a library's pretrained ones or any state dict file.
+# --------------------------------------------------------------------------------------------
+
+
+def _given_weights(base, pretrained: bool, weights, model) -> bool:
+    """Whether the base is given as weights (``pretrained`` or ``weights``); SearchError when
+    more than one base is given, or weights for a model object, which comes with its own."""
+    given = [n for n, v in (("base", base), ("pretrained", pretrained), ("weights", weights)) if v]
+    if len(given) > 1:
+        raise SearchError(f"give one base: {' and '.join(given)} were both given")
+    if given and given[0] != "base" and isinstance(model, nn.Module):
+        raise SearchError(f"{given[0]} is for a model given by name; an nn.Module comes with its own weights "
+                          "(load them into it before the search)")
+    if weights is not None and not Path(weights).is_file():
+        raise CheckpointError(f"weights file '{weights}' not found")
+    if weights is not None and _records_its_data(weights):
+        raise SearchError(f"'{weights}' is an autoprune checkpoint that records its training data: give it as the "
+                          "base (--base), so that the validation split keeps out the images it was trained on")
+    return bool(pretrained or weights)
+
+
+def _records_its_data(path) -> bool:
+    try:
+        return bool(load_checkpoint(path).get("dataset"))
+    except CheckpointError:  # another tool's file: load_weights reports what is wrong with it
+        return False
+
+
+def _pretrained(name: str, kwargs: dict) -> tuple[nn.Module, dict]:
+    """Model ``name`` with its library's pretrained weights, and their record; a note when its
+    classifier is re-initialised for another number of classes."""
+    made = create_pretrained(name, **kwargs)
+    if made.note:
+        log(f"autoprune: note: {made.note}")
+    return made.model, made.record()
+
+
+def _place_given(s: _Search, weights) -> dict:
+    """The base's record when it came as weights: ``weights`` loaded into the model, or the
+    pretrained weights it was built with. Path and SHA-1 of the file are recorded as for a
+    base checkpoint."""
+    if weights is not None:
+        info = load_weights(s.model, weights)
+    else:
+        info = dict(s.pretrained)
+        info["sha1"] = file_sha1(info["path"]) if Path(info["path"]).is_file() else None
+    s.model = s.model.to(s.device)
+    return info
+
+
+def _place(s: _Search, ckpt, path, pretrain_epochs: int, progress: bool, pretrained: bool, weights) -> dict:
+    """The base in place (given as weights, a checkpoint, or pre-trained) and its record,
+    with its accuracy on the validation split."""
+    if pretrained or weights:
+        base = _place_given(s, weights)
+    else:
+        base = _place_base(s, ckpt, path, pretrain_epochs, progress)
+    return {**base, **_base_score(s)}
+
+
+def _base_score(s: _Search) -> dict:
+    """The base's accuracy on the validation split, measured (never assumed); {} without one."""
+    if s.data is None or s.data.num_examples("val") == 0:
+        return {}
+    return {"score": split_accuracy(s.model, s.data, "val", device=s.device)}
+
+
+def _base_line(record: dict) -> str:
+    """The summary's base line: where its weights came from and its measured validation score."""
+    kind = {"pretrained": f"pretrained {record.get('base_weights')}", "weights": "weights file"}
+    score = record.get("base_score")
+    return (f"{record['base']} ({kind.get(record.get('base_kind'), 'checkpoint')}), "
+            + ("score not measured (no validation data)" if score is None else f"{score:.4f} (validation)"))
+
+
+def _base_record(base: dict) -> dict:
+    """What the architecture file says about the base beyond its path and SHA-1."""
+    out = {"base_score": base["score"]} if base.get("score") is not None else {}
+    if base.get("kind"):
+        out["base_kind"] = base["kind"]
+    if base.get("weights"):
+        out["base_weights"] = base["weights"]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,14 +597,6 @@ def check_counts(minimum: int = 1, **values) -> None:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
             raise SearchError(f"{name.replace('_', '-')} must be {what}, got {v!r}")
-
-
-def file_sha1(path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_method_options(optimizer_cls, method: str, options: dict) -> None:

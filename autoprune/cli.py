@@ -13,7 +13,7 @@ import sys
 from autoprune.errors import AutopruneError
 from autoprune.version import __version__
 
-COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "eval", "export", "latency-table"]
+COMMANDS = ["models", "methods", "flops", "show", "search", "pretrain", "retrain", "finetune", "eval", "export", "latency-table"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,16 @@ class CheckpointError(AutopruneError):
     """A checkpoint that is missing, corrupted or for another model."""
 
 
+class WeightsError(AutopruneError):
+    """Weights that cannot be had for a model: no pretrained weights for its name, a weights
+    file that does not fit it."""
+
+
+class WeightsNotCachedError(WeightsError):
+    """Pretrained weights that are not in the library's cache and cannot be downloaded
+    (offline, or the download failed); the message names the folder and file to fill."""
+
+
 class DeviceError(AutopruneError):
     """A requested device that this machine does not have."""
 

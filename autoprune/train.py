@@ -210,11 +210,14 @@ def split_accuracy(model: nn.Module, data, split: str = "val", *, device="cpu", 
     return correct / total
 
 
-def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: float = 0.0):
-    """One SGD step; returns (loss, logits)."""
+def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: float = 0.0, extra_loss=None):
+    """One SGD step; returns (loss, logits). ``extra_loss(x, logits, y)``, when given, is added
+    to the criterion's loss (see :func:`train`)."""
     with autocast(device):
         logits = model(x)
     loss = criterion(logits.float(), y)
+    if extra_loss is not None:
+        loss = loss + extra_loss(x, logits, y)
     sgd.zero_grad(set_to_none=True)
     loss.backward()
     if l1_gamma and bn_weights:
@@ -311,7 +314,8 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="cpu", out_dir=None,
-          resume: bool = True, progress: bool = True, arch: dict | None = None, extra: dict | None = None) -> dict:
+          resume: bool = True, progress: bool = True, arch: dict | None = None, extra: dict | None = None,
+          extra_loss=None) -> dict:
     """Train ``model`` on ``data``'s training split; returns the history.
 
     Evaluates on the validation split after every epoch (when ``data`` has one; with an empty
@@ -324,6 +328,10 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
     The returned dict has ``epochs`` (one record per epoch: train_loss, train_acc, val_acc,
     lr, seconds, img_per_s), ``val_acc``, ``best_val_acc``, ``steps``, ``img_per_s`` and
     ``resumed_from`` (the epoch training started at).
+
+    ``extra_loss(x, logits, y) -> scalar tensor``, when given, is added to the cross-entropy of
+    every training step (knowledge distillation adds its divergence from a teacher's outputs
+    here); it is not saved, so a resumed run must be given the same one.
     """
     config = config or TrainConfig()
     if out_dir is not None:
@@ -331,7 +339,8 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
     device = torch.device(device)
     rank, world, device, created_group = _setup_distributed(device)
     try:
-        return _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra or {})
+        return _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra or {},
+                      extra_loss)
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -353,6 +362,7 @@ class _Run:
     local_bs: int
     steps_per_epoch: int
     total: int
+    extra_loss: object = None
 
 
 def _start(model, data, config, device, rank, world) -> _Run:
@@ -391,8 +401,9 @@ def _resume(run: _Run, config, ckpt_path: Path | None, resume: bool) -> tuple[in
     return int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("history", []))
 
 
-def _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra) -> dict:
+def _train(model, data, config, device, rank, world, out_dir, resume, progress, arch, extra, extra_loss=None) -> dict:
     run = _start(model, data, config, device, rank, world)
+    run.extra_loss = extra_loss
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     start_epoch, step, history = _resume(run, config, ckpt_path, resume)
     show = progress and rank == 0
@@ -434,7 +445,8 @@ def _epoch(run: _Run, data, config, epoch: int, step: int, ckpt_path, show: bool
                            rank=run.rank, world_size=world, channels_last=device.type == "cuda")
     for i, (x, y) in zip(range(n_steps), batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits = sgd_step(run.net, x, y, run.sgd, run.criterion, device, run.bn_weights, config.l1_gamma)
+        loss, logits = sgd_step(run.net, x, y, run.sgd, run.criterion, device, run.bn_weights, config.l1_gamma,
+                                run.extra_loss)
         run.scheduler.step()
         step += 1
         loss_sum += loss.detach() * len(y)

@@ -33,7 +33,7 @@ FLOORS = [
     ("autoprune.data", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
      "autoprune.export"),
     ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
-    ("autoprune.api",),
+    ("autoprune.api", "autoprune.finish"),
     ("autoprune.commands", "autoprune.cli"),
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

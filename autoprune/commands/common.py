@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from autoprune.checkpoint import load_weights
 from autoprune.errors import AutopruneError
 from autoprune.files import atomic_write
-from autoprune.models import create_model, default_input_size, model_kwargs
+from autoprune.models import create_model, create_pretrained, default_input_size, model_kwargs
+from autoprune.runtime import log
 from autoprune.space import SearchSpace
 
 
@@ -18,6 +20,7 @@ def add_model_args(p) -> None:
     p.add_argument("--space", default=None, metavar="YAML", help="search-space overrides file")
     p.add_argument("--round-to", type=int, default=None, help="widths rounded to a multiple of this (default 8)")
     p.add_argument("--min-ratio", type=float, default=None, help="smallest width as a ratio (default 0.1)")
+    add_weights_args(p)
 
 
 def model_and_space(args):
@@ -28,12 +31,37 @@ def model_and_space(args):
     if getattr(args, "in_channels", None) is not None:
         kwargs["in_channels"] = args.in_channels
     kwargs = model_kwargs(args.model, **kwargs)
-    model = create_model(args.model, **kwargs)
+    model = model_with_weights(args, args.model, kwargs)
     size = args.input_size or default_input_size(args.model)
     channels = kwargs.get("in_channels", 3)
     space = SearchSpace.from_model(model, (channels, size, size), model_name=args.model, space_file=args.space,
                                    round_to=args.round_to, min_ratio=args.min_ratio)
     return args.model, kwargs, model, space
+
+
+def add_weights_args(p) -> None:
+    """--pretrained and --weights: the weights a built model starts from (random without them)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pretrained", action="store_true",
+                   help="tv: and timm: models: the library's pretrained weights, from its cache (downloaded there "
+                        "when missing, unless AUTOPRUNE_OFFLINE is set)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="weights file: a state dict or another tool's checkpoint (state_dict, model, "
+                        "model_state_dict; DDP's module. prefix is removed)")
+
+
+def model_with_weights(args, name: str, kwargs: dict):
+    """Model ``name`` built with ``kwargs``, with the weights --pretrained or --weights ask for
+    (a note on stderr when a pretrained classifier is re-initialised for another --num-classes)."""
+    if getattr(args, "pretrained", False):
+        pretrained = create_pretrained(name, **kwargs)
+        if pretrained.note:
+            log(f"autoprune: note: {pretrained.note}")
+        return pretrained.model
+    model = create_model(name, **kwargs)
+    if getattr(args, "weights", None):
+        load_weights(model, args.weights)
+    return model
 
 
 def pyplot():

@@ -12,14 +12,15 @@ from autoprune.commands._training import (
     run_training,
     train_config,
 )
+from autoprune.commands.common import add_weights_args, model_with_weights
 from autoprune.dataspec import kwargs_for_data
 from autoprune.files import check_out_dir
-from autoprune.models import create_model
 
 
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="train a base model (writes OUT/model.pt, checkpoint.pt, metrics.json)")
     p.add_argument("--model", required=True, help="registry name, tv:NAME, timm:NAME or package.module:callable")
+    add_weights_args(p)
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=run, out_default="runs/base")
@@ -31,7 +32,7 @@ def run(args) -> int:
     data = load_data_from_args(args, device)
     kwargs = kwargs_for_data(args.model, data)
     torch.manual_seed(args.seed)
-    model = create_model(args.model, **kwargs)
+    model = model_with_weights(args, args.model, kwargs)
     extra = {"model_name": args.model, "model_kwargs": kwargs, "input_shape": list(data.input_shape),
              "dataset": data.meta}
     run_training(args, model, data, train_config(args, args.epochs), device, out, extra=extra)

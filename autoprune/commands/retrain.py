@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from autoprune.arch import build, load_arch
+from autoprune.arch import build, load_arch, validate_arch
+from autoprune.checkpoint import load_checkpoint
 from autoprune.commands._training import (
     add_data_args,
     add_train_args,
@@ -28,7 +29,8 @@ DEFAULT_BASE_EPOCHS = 25
 
 def register(sub) -> None:
     p = sub.add_parser("retrain", help="train an architecture JSON from scratch (Scratch-E, or Scratch-B)")
-    p.add_argument("arch", metavar="ARCH.json", help="architecture file written by `autoprune search`")
+    p.add_argument("arch", metavar="ARCH.json",
+                   help="architecture file written by `autoprune search`, or a model.pt that records one")
     add_data_args(p)
     add_train_args(p, epochs=None)
     p.add_argument("--scratch-b", action="store_true",
@@ -43,7 +45,7 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.scratch_b and args.epochs is not None:
         raise AutopruneError("give either --epochs (Scratch-E) or --scratch-b with --base-epochs, not both")
-    arch = load_arch(args.arch)
+    arch = arch_of(args.arch)
     base_epochs, source = base_epochs_of(arch, args.base_epochs, args.arch)
     if args.scratch_b:
         epochs = scratch_b_epochs(base_epochs, arch["macs"]["base"], arch["macs"]["pruned"])
@@ -68,6 +70,17 @@ def run(args) -> int:
              "base_epochs": base_epochs, "base_epochs_source": source}
     run_training(args, model, data, train_config(args, epochs), device, out, extra=extra, arch=arch)
     return 0
+
+
+def arch_of(path) -> dict:
+    """The architecture in ``path``: an ARCH.json, or a checkpoint that records one (``model.pt``
+    of finetune or retrain), so that a fine-tuned model's architecture is retrained by naming it."""
+    if Path(path).suffix in (".pt", ".pth"):
+        arch = load_checkpoint(path).get("arch")
+        if not arch:
+            raise ArchError(f"checkpoint '{path}' records no architecture; give the ARCH.json")
+        return validate_arch(arch, f"checkpoint '{path}'")
+    return load_arch(path)
 
 
 def base_epochs_of(arch: dict, given: int | None, path) -> tuple[int, str]:

@@ -33,7 +33,8 @@ def register(sub) -> None:
     g = {name: p.add_argument_group(name, text) for name, text in GROUPS}
     add_model_args(g["model"])
     g["model"].add_argument("--base", default=None,
-                            help="checkpoint of the trained base model (else one is pre-trained into OUT/base)")
+                            help="checkpoint of the trained base model (else --pretrained or --weights FILE, else one is "
+                                 "pre-trained into OUT/base)")
     g["model"].add_argument("--pretrain-epochs", type=int, default=10,
                             help="epochs to pre-train a base when no --base (default 10)")
     g["budget"].add_argument("--budget", default=None,
@@ -121,6 +122,6 @@ def run(args) -> int:
         input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
         pretrain_epochs=args.pretrain_epochs, objective=args.objective, method_options=stripe or None,
         space_options={k: v for k, v in space_options.items() if v is not None},
-        progress=not (args.json or args.no_progress))
+        progress=not (args.json or args.no_progress), pretrained=args.pretrained, weights=args.weights)
     print(json.dumps(result.summary()) if args.json else result)
     return 0

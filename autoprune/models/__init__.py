@@ -1,6 +1,7 @@
 """Model registry and the CIFAR zoo (VGG-BN, ResNet, MobileNetV2)."""
 
 from autoprune.models import cifar as _cifar  # noqa: F401  (registers the zoo)
+from autoprune.models.pretrained import Pretrained, create_pretrained
 from autoprune.models.registry import (
     TV_MODELS,
     create_model,
@@ -13,8 +14,10 @@ from autoprune.models.registry import (
 )
 
 __all__ = [
+    "Pretrained",
     "TV_MODELS",
     "create_model",
+    "create_pretrained",
     "default_input_size",
     "default_num_classes",
     "get_builder",

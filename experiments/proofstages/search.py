@@ -7,7 +7,6 @@ import multiprocessing as mp
 import shutil
 import statistics
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import optuna
