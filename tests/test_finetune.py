@@ -10,6 +10,7 @@ from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.cli import main
 from autoprune.data import load_data
 from autoprune.finish import distillation_loss, finetune, inherit
+from autoprune.keep import get_keep_rule
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -41,7 +42,7 @@ def test_the_pruned_model_inherits_the_bases_weights_by_the_keep_rule(searched):
     pruned, teacher, record = inherit(arch, base)
     model, space = arch_space(arch)
     load_checkpoint(base, model)
-    expected = materialise(model, space, arch["widths"], keep="l1").state_dict()
+    expected = materialise(model, space, arch["widths"], keep=get_keep_rule("l1")).state_dict()
     got = pruned.state_dict()
     assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
     assert record["keep"] == "l1" and record["sha1"] and teacher.fc.out_features == 4
