@@ -16,9 +16,10 @@ from autoprune.data import load_data
 from autoprune.errors import AutopruneError
 from autoprune.importance import DATA_RULES, KEEP_RULES, channel_scores, keep_indices, map_statistics
 from autoprune.models import create_model
+from autoprune.optimizers._ssl import channel_norms, channel_parameters, group_lasso_prox
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
-from autoprune.train import channel_norms, channel_parameters, group_lasso_prox, sgd_step
+from autoprune.toolkit import sgd_step
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ FLOORS = [
     ("autoprune.graph", "autoprune.models"),
     ("autoprune.space", "autoprune.cost", "autoprune.importance", "autoprune.budget", "autoprune.latency"),
     ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
-    ("autoprune.data", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
+    ("autoprune.data", "autoprune.toolkit", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
      "autoprune.export"),
     ("autoprune.criteria", "autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver"),
     ("autoprune.api",),
@@ -157,6 +157,34 @@ def test_no_function_is_longer_than_the_limit():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+def _lines_matching(pattern: re.Pattern, allowed) -> list[str]:
+    """``path:line`` of every package source line matching ``pattern``, outside ``allowed``
+    (module names, a package covering its modules), comments left out."""
+    hits = []
+    for name, path, _ in modules():
+        if any(name == a or name.startswith(a + ".") for a in allowed):
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                hits.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
+    return hits
+
+
+def test_the_cosine_schedule_is_written_once():
+    # Every loop that decays a learning rate takes autoprune.toolkit.lr_schedule; a cosine
+    # anywhere else is a second copy of it to drift apart.
+    cosines = _lines_matching(re.compile(r"\b(math|torch|np|numpy)\.cos\(|\bcos\(\s*(math|torch|np)\.pi"),
+                              ("autoprune.toolkit",))
+    assert not cosines, "a cosine outside autoprune/toolkit.py (use toolkit.lr_schedule):\n" + "\n".join(cosines)
+
+
+def test_progress_goes_through_the_bar_and_log_not_print():
+    # Only the command line prints (its results, to stdout); everything else reports progress
+    # through runtime.progress_bar / runtime.log on stderr, so --json output stays clean.
+    prints = _lines_matching(re.compile(r"(?<![\w.])print\("), ("autoprune.cli", "autoprune.commands"))
+    assert not prints, "print() outside the command line (use runtime.progress_bar or log):\n" + "\n".join(prints)
 
 
 def test_no_name_shadows_a_subpackage_or_submodule():
