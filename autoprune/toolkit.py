@@ -7,10 +7,11 @@ Each keeps only its own step and takes the rest from here:
 
 - **the batch stream** (:func:`batch_stream`): augmented training batches as slices of a seeded
   permutation, epoch after epoch, numbered by step, from any step to any other;
-- **the seeding**: epoch ``e`` of a stream seeded ``s`` is shuffled and augmented by
-  :func:`epoch_generator` ``(s, e)``, and step ``k`` seeds the global RNG (dropout and the
-  like) with :func:`seed_step` ``(s, k)`` inside :func:`rng_scope`. What a step sees depends on
-  (seed, step) only, so a run resumed at any step goes on as the uninterrupted one would;
+- **the seeding**: every seed of a run seeded ``s`` is :func:`derive_seed` ``(s, index,
+  purpose)``. Epoch ``e`` is shuffled and augmented by :func:`epoch_generator` ``(s, e)``
+  (purpose 0), and step ``k`` seeds the global RNG (dropout and the like) by :func:`seed_step`
+  ``(s, k)`` (purpose 1) inside :func:`rng_scope`. What a step sees depends on (seed, step)
+  only, so a run resumed at any step goes on as the uninterrupted one would;
 - **the schedule** (:func:`lr_schedule`): a linear warm-up, then a half cosine to zero (or a
   linear decay, or a constant);
 - **the step**: :func:`sgd_step`, :func:`param_groups` (no weight decay on norms and biases)
@@ -50,21 +51,24 @@ DECAYS = ("cosine", "linear", "constant")
 # --------------------------------------------------------------------------------------------
 
 
+EPOCH, STEP = 0, 1  # the purposes of derive_seed's seeds; a loop's own draws take others (DMCP: 2, 3)
+
+
 def derive_seed(*ints: int) -> int:
-    """A 63-bit seed from a tuple of ints: the same tuple gives the same seed on every platform,
-    and neighbouring tuples give unrelated ones."""
+    """A 63-bit seed from a tuple of ints, ``(seed, index, purpose)`` by convention: the same
+    tuple gives the same seed on every platform, and neighbouring tuples give unrelated ones."""
     return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator that shuffles and augments epoch ``epoch`` of a stream seeded ``seed``."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(derive_seed(seed, epoch, EPOCH))
 
 
 def seed_step(seed: int, step: int) -> None:
     """Seed the global RNG for step ``step`` of a run seeded ``seed`` (dropout, stochastic depth);
     call it inside :func:`rng_scope`, so the caller's random state is left as it was."""
-    torch.manual_seed(derive_seed(seed, step, 1))
+    torch.manual_seed(derive_seed(seed, step, STEP))
 
 
 @contextlib.contextmanager
