@@ -5,9 +5,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn as nn
 
 from autoprune.data import load_data
 from autoprune.errors import DataError, TrainingError
+from autoprune.evaluator import fine_tune, recalibrate_bn
 from autoprune.runtime import NoBar, progress_bar
 from autoprune.toolkit import batch_stream, epoch_generator, lr_schedule, rng_scope, seed_step
 
@@ -52,6 +54,25 @@ def test_one_generator_stream_is_the_evaluators_order(data):
     assert _same(stream, [(i, x, y) for i, (x, y) in enumerate(expected[:5])])
     reseeded = _steps(batch_stream(data, batch_size=16, seed=4, stop=5))
     assert not _same(stream, reseeded)
+
+
+def test_the_evaluators_proxy_steps_see_the_one_generator_order(data):
+    # Candidate scores depend on this order: it must not move with the resumable streams.
+    seen = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.zeros(2, 3, 8, 8))
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+
+    def one_generator(seed, augment):
+        gen = torch.Generator().manual_seed(seed)
+        return [x for _ in range(3) for x, _ in data.batches("train", batch_size=16, train=True, generator=gen,
+                                                               augment=augment)]
+
+    fine_tune(model, data, steps=5, batch_size=16, seed=6)
+    assert len(seen) == 5 and all(torch.equal(a, b) for a, b in zip(seen, one_generator(6, True)))
+    seen.clear()
+    recalibrate_bn(model, data, batches=3, batch_size=16, seed=2)
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(seen, one_generator(2, False)))
 
 
 def test_unaugmented_stream_and_an_empty_split(data):
