@@ -11,7 +11,9 @@ Each keeps only its own step and takes the rest from here:
   purpose)``. Epoch ``e`` is shuffled and augmented by :func:`epoch_generator` ``(s, e)``
   (purpose 0), and step ``k`` seeds the global RNG (dropout and the like) by :func:`seed_step`
   ``(s, k)`` (purpose 1) inside :func:`rng_scope`. What a step sees depends on (seed, step)
-  only, so a run resumed at any step goes on as the uninterrupted one would;
+  only, so a run resumed at any step goes on as the uninterrupted one would. The evaluator's
+  proxy steps alone draw every pass from one generator seeded once (``reseed=False``), the
+  order candidate scores have always been measured with;
 - **the schedule** (:func:`lr_schedule`): a linear warm-up, then a half cosine to zero (or a
   linear decay, or a constant);
 - **the step**: :func:`sgd_step`, :func:`param_groups` (no weight decay on norms and biases)
