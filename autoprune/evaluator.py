@@ -31,7 +31,17 @@ from autoprune.errors import SearchError, TrainingError, one_line
 from autoprune.keep import KeepRule, ScoreCache, get_keep_rule
 from autoprune.runtime import autocast
 from autoprune.surgery import materialise
-from autoprune.train import param_groups, prepare_model, sgd_step, split_accuracy
+from autoprune.toolkit import (
+    batch_stream,
+    lr_schedule,
+    param_groups,
+    prepare_model,
+    rng_scope,
+    seed_step,
+    set_lr,
+    sgd_step,
+)
+from autoprune.train import split_accuracy
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,10 @@ def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int
     al. 2020). Statistics are reset and then averaged cumulatively (``momentum=None``) over
     ``batches`` un-augmented, shuffled training batches, with no gradient. The modules'
     train/eval modes and momenta are restored afterwards.
+
+    The batches are the first ``batches`` of a :func:`~autoprune.toolkit.batch_stream` seeded
+    ``seed`` that draws every pass from one generator (``reseed=False``), the order candidates
+    have always been scored with.
     """
     device = torch.device(device)
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
@@ -159,17 +173,13 @@ def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    gen = torch.Generator().manual_seed(seed)
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, stop=batches, device=device, augment=False,
+                          channels_last=device.type == "cuda", reseed=False)
     try:
-        done = 0
-        with autocast(device):
-            while done < batches:
-                for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen, augment=False,
-                                          channels_last=device.type == "cuda"):
-                    model(xb.to(device, non_blocking=True))
-                    done += 1
-                    if done >= batches:
-                        break
+        with rng_scope(device), autocast(device):
+            for step, xb, _ in stream:
+                seed_step(seed, step)
+                model(xb)
     finally:
         for m in bns:
             m.momentum = momenta[m]
@@ -184,26 +194,25 @@ def fine_tune(model: nn.Module, data, *, steps: int, lr: float = 0.01, batch_siz
     """A few augmented SGD steps on the training split; returns the mean training loss.
 
     The learning rate decays from ``lr`` to zero along a half cosine, so the last steps do
-    not leave the weights in a noisy spot. Raises :class:`TrainingError` when the loss is not
-    finite (the caller may treat the candidate as failed).
+    not leave the weights in a noisy spot. Batches come from a
+    :func:`~autoprune.toolkit.batch_stream` seeded ``seed`` that draws every pass from one
+    generator (``reseed=False``), so that candidate scores stay what they have always been.
+    Raises :class:`TrainingError` when the loss is not finite (the caller may treat the
+    candidate as failed).
     """
     device = torch.device(device)
     prepare_model(model, device)
     model.train()
     opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0)
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    gen = torch.Generator().manual_seed(seed)
     loss_sum = torch.zeros((), device=device)
-    step = 0
-    while step < steps:
-        for xb, yb in data.batches("train", batch_size=batch_size, train=True, generator=gen,
-                                   channels_last=device.type == "cuda"):
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss_sum += sgd_step(model, xb.to(device), yb.to(device), opt, criterion, device)[0].detach()
-            step += 1
-            if step >= steps:
-                break
+    stream = batch_stream(data, batch_size=batch_size, seed=seed, stop=steps, device=device,
+                          channels_last=device.type == "cuda", reseed=False)
+    with rng_scope(device):
+        for step, xb, yb in stream:
+            seed_step(seed, step)
+            set_lr(opt, lr * lr_schedule(step, steps))
+            loss_sum += sgd_step(model, xb, yb, opt, criterion, device)[0].detach()
     mean = (loss_sum / max(1, steps)).item()
     if not math.isfinite(mean):
         raise TrainingError(f"fine-tuning diverged (mean loss {mean}) at lr {lr}; use a lower lr")

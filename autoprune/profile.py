@@ -360,8 +360,7 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
     runs: dict[tuple[int, int, int], list[float]] = {job[:3]: [] for job in jobs}
     ends = (space.max_widths(), space.min_widths(), middle(space))  # the models timed end to end
     model_runs: list[list[float]] = []
-    bar = progress_bar(config.rounds * (len(jobs) + 1), "latency table", progress)
-    try:
+    with progress_bar(config.rounds * (len(jobs) + 1), "latency table", progress) as bar:
         for _ in range(config.rounds):
             for k, i, j, cin, cout in jobs:
                 layer = todo[k][0]
@@ -369,14 +368,9 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
                 x = torch.randn(config.batch_size, *_layer_input(shapes[layer.name], layer, cin)[1:])
                 info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
                 runs[k, i, j].append(time_module(module, x, device, dtype, config.channels_last, timer, info))
-                if bar is not None:
-                    bar.update(1)
-            model_runs.append([_time_widths(model, space, w, config, device, timer) for w in ends])
-            if bar is not None:
                 bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            model_runs.append([_time_widths(model, space, w, config, device, timer) for w in ends])
+            bar.update(1)
     keep = STATISTICS[config.statistic]
     entries = tuple(Entry(layer.name, tuple(ins), tuple(outs),
                           tuple(tuple(round(keep(runs[k, i, j]), 6) for j in range(len(outs) or 1))
@@ -477,17 +471,12 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     x = torch.randn(config.batch_size, *_layer_input(input_shapes(model, space)[layer_name], layer, cin)[1:])
     dtype = DTYPES[config.resolved_dtype(device)]
     out = []
-    bar = progress_bar(-(-full // step), "staircase", progress)
-    try:
+    with progress_bar(-(-full // step), "staircase", progress) as bar:
         for cout in sorted({*range(step, full + 1, step), full}):
             module = layer_module(model, layer, follow, cin, cout)
             info = {"what": "layer", "layer": layer, "cin": cin, "cout": cout}
             out.append((cout, round(time_module(module, x, device, dtype, config.channels_last, timer, info), 6)))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     return out
 
 

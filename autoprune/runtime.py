@@ -37,10 +37,33 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+class NoBar:
+    """What :func:`progress_bar` returns when progress is off: every call does nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def progress_bar(total: int, desc: str, show: bool, *, initial: int = 0):
-    """A tqdm bar on stderr (stdout stays clean for --json output), or ``None`` when not ``show``."""
+    """A tqdm bar on stderr (stdout stays clean for --json output), or a :class:`NoBar` when not
+    ``show``; either is a context manager that closes the bar."""
     if not show:
-        return None
+        return NoBar()
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 

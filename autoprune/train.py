@@ -5,6 +5,8 @@ architecture from scratch. On CUDA it runs under bf16 autocast with channels_las
 the CPU in fp32. Every epoch ends with a validation pass and an atomic checkpoint, from which
 an interrupted run resumes to the same final state. Under ``torchrun`` (``WORLD_SIZE > 1``)
 the same loop runs data-parallel: each rank takes a disjoint slice of one shared permutation.
+Batches, seeding, the schedule's shape, the SGD step and the progress bar are the training
+toolkit's (:mod:`autoprune.toolkit`); what is this loop's own is the run around them.
 
 Measurement lives here too: :func:`accuracy` on resident tensors and :func:`split_accuracy`
 on a split of any dataset. Checkpoint files are :mod:`autoprune.checkpoint`'s; the proxy
@@ -34,8 +36,17 @@ from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.data import iterate
 from autoprune.errors import CheckpointError, DataError, TrainingError
 from autoprune.files import check_out_dir
-from autoprune.graph import ChannelGraph
-from autoprune.runtime import autocast, log, progress_bar
+from autoprune.runtime import autocast, log
+from autoprune.toolkit import (
+    batch_stream,
+    lr_schedule,
+    param_groups,
+    prepare_model,
+    progress_bar,
+    rng_scope,
+    seed_step,
+    sgd_step,
+)
 
 # Scratch-B trains a pruned model for the base model's compute, but Liu et al. (ICLR 2019) cap
 # the extra epochs at 2x: "if the pruned model saves more than 2x FLOPs, we just double the
@@ -111,34 +122,14 @@ def scratch_b_epochs(base_epochs: int, base_macs: int, pruned_macs: int, cap: fl
     return int(round(base_epochs * ratio))
 
 
+# A TrainConfig schedule is a warm-up followed by one of the toolkit's decays.
+_DECAY = {"onecycle": "linear", "cosine": "cosine", "constant": "constant"}
+
+
 def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` of ``total``."""
-    w = int(round(warmup * total))
-    if step < w:
-        return (step + 1) / w
-    if schedule == "constant":
-        return 1.0
-    progress = (step - w) / max(1, total - w)
-    if schedule == "onecycle":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv / linear weights only: decaying BN scales and biases only hurts."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` on ``device``, channels_last on CUDA (where bf16 convolutions want it)."""
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    return model
+    """Multiplier of the peak learning rate at optimizer step ``step`` of ``total`` under a
+    :class:`TrainConfig` ``schedule`` with a ``warmup`` fraction of the steps."""
+    return lr_schedule(step, total, warmup=int(round(warmup * total)), decay=_DECAY[schedule])
 
 
 def _bn_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -210,70 +201,6 @@ def split_accuracy(model: nn.Module, data, split: str = "val", *, device="cpu", 
     return correct / total
 
 
-def sgd_step(model, x, y, sgd, criterion, device, bn_weights=None, l1_gamma: float = 0.0, extra_loss=None):
-    """One SGD step; returns (loss, logits). ``extra_loss(x, logits, y)``, when given, is added
-    to the criterion's loss (see :func:`train`)."""
-    with autocast(device):
-        logits = model(x)
-    loss = criterion(logits.float(), y)
-    if extra_loss is not None:
-        loss = loss + extra_loss(x, logits, y)
-    sgd.zero_grad(set_to_none=True)
-    loss.backward()
-    if l1_gamma and bn_weights:
-        # Subgradient of l1_gamma * sum|gamma|, added after backward so it costs no graph.
-        for w in bn_weights:
-            if w.grad is not None:
-                w.grad.add_(torch.sign(w.detach()), alpha=l1_gamma)
-    sgd.step()
-    return loss, logits
-
-
-def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """For each group id in ``gids``, the (parameter, rows) pieces whose ``rows`` (indices,
-    one per channel in order) belong to its channels: its producers' filters and biases, the
-    affine parameters of its norms and the filters of its depthwise convs (the structured
-    groups of SSL, Wen et al. 2016: everything a channel's removal removes on the output side)."""
-    wanted = set(gids)
-    out = {gid: [] for gid in gids}
-    for layer in graph.layers:
-        m = model.get_submodule(layer.name)
-        params = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
-        if layer.out_group is not None and layer.out_group in wanted:
-            rows = torch.arange(graph.groups[layer.out_group].width, device=params[0].device)
-            out[layer.out_group] += [(p, rows) for p in params]
-        elif layer.kind == "norm" or layer.depthwise:
-            positions = torch.arange(params[0].shape[0]) if layer.in_perm is None else torch.tensor(layer.in_perm)
-            offset = 0
-            for gid in layer.in_layout:
-                width = graph.groups[gid].width
-                if gid in wanted:
-                    out[gid] += [(p, positions[offset:offset + width].to(p.device)) for p in params]
-                offset += width
-    return out
-
-
-def channel_norms(pieces: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> torch.Tensor:
-    """The L2 norm of each channel's parameters over ``pieces`` (see :func:`channel_parameters`)."""
-    total = torch.zeros(width, dtype=torch.float64)
-    for p, rows in pieces:
-        total += p.detach()[rows].double().reshape(width, -1).square().sum(1).cpu()
-    return total.sqrt()
-
-
-@torch.no_grad()
-def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]], widths: dict[int, int],
-                     amount: float) -> None:
-    """The proximal step of ``amount · Σ_channels ‖θ_channel‖₂`` (group lasso): every channel's
-    parameters shrink by ``amount`` in norm, and a channel whose norm is below it becomes
-    exactly zero. Applied after each SGD step (lr × strength), it zeroes whole channels."""
-    for gid, pieces in groups.items():
-        norms = channel_norms(pieces, widths[gid])
-        scale = torch.clamp(1 - amount / norms.clamp_min(1e-30), min=0)
-        for p, rows in pieces:
-            p[rows] = p[rows] * scale.to(p.device, p.dtype).reshape(-1, *([1] * (p.dim() - 1)))
-
-
 # --------------------------------------------------------------------------------------------
 # The training loop.
 # --------------------------------------------------------------------------------------------
@@ -293,26 +220,6 @@ def _setup_distributed(device: torch.device) -> tuple[int, int, torch.device, bo
     return dist.get_rank(), dist.get_world_size(), device, True
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    # Data order and augmentation of an epoch depend on (seed, epoch) only, so a resumed run
-    # sees exactly the batches the uninterrupted one would have.
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="cpu", out_dir=None,
           resume: bool = True, progress: bool = True, arch: dict | None = None, extra: dict | None = None,
           extra_loss=None) -> dict:
@@ -321,9 +228,12 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
     Evaluates on the validation split after every epoch (when ``data`` has one; with an empty
     validation split the ``val_acc`` entries are NaN). With ``out_dir``, writes
     ``out_dir/checkpoint.pt`` atomically after every epoch (model, optimizer, scheduler,
-    config, ``arch``, ``extra`` fields, RNG state) and, when ``resume`` is true and such a
-    checkpoint exists, continues from it. Raises :class:`TrainingError` on a non-finite loss;
-    the last checkpoint (from the last finished epoch) is left as it was.
+    config, ``arch``, ``extra`` fields) and, when ``resume`` is true and such a checkpoint
+    exists, continues from it: batches and the global RNG of every step follow from
+    (``config.seed``, step) (:mod:`autoprune.toolkit`), so the resumed run ends where the
+    uninterrupted one would; the caller's global random state is left as it was. Raises
+    :class:`TrainingError` on a non-finite loss; the last checkpoint (from the last finished
+    epoch) is left as it was.
 
     The returned dict has ``epochs`` (one record per epoch: train_loss, train_acc, val_acc,
     lr, seconds, img_per_s), ``val_acc``, ``best_val_acc``, ``steps``, ``img_per_s`` and
@@ -347,8 +257,9 @@ def train(model: nn.Module, data, config: TrainConfig | None = None, *, device="
 
 
 @dataclass
-class _Run:
-    """One training run's moving parts: the (possibly DDP-wrapped) net, SGD, schedule, loss."""
+class _TrainingRun:
+    """One pre-training or retraining run's moving parts: the (possibly DDP-wrapped) net, SGD,
+    schedule, loss."""
 
     model: nn.Module
     net: nn.Module
@@ -365,7 +276,7 @@ class _Run:
     extra_loss: object = None
 
 
-def _start(model, data, config, device, rank, world) -> _Run:
+def _start(model, data, config, device, rank, world) -> _TrainingRun:
     if config.batch_size % world:
         raise TrainingError(f"batch size {config.batch_size} does not split evenly over {world} processes")
     local_bs = config.batch_size // world
@@ -382,14 +293,13 @@ def _start(model, data, config, device, rank, world) -> _Run:
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return _Run(model, net, sgd, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-                _bn_weights(model) if config.l1_gamma else None, device, rank, world, local_bs, steps_per_epoch, total)
+    return _TrainingRun(model, net, sgd, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+                        _bn_weights(model) if config.l1_gamma else None, device, rank, world, local_bs, steps_per_epoch, total)
 
 
-def _resume(run: _Run, config, ckpt_path: Path | None, resume: bool) -> tuple[int, int, list]:
+def _resume(run: _TrainingRun, config, ckpt_path: Path | None, resume: bool) -> tuple[int, int, list]:
     """(start epoch, step, history) from ``ckpt_path`` when resuming, else a fresh start."""
     if ckpt_path is None or not resume or not ckpt_path.is_file():
-        torch.manual_seed(config.seed)
         return 0, 0, []
     ckpt = load_checkpoint(ckpt_path, run.model, sgd=run.sgd, scheduler=run.scheduler, map_location=run.device)
     saved = ckpt.get("config", {})
@@ -397,7 +307,6 @@ def _resume(run: _Run, config, ckpt_path: Path | None, resume: bool) -> tuple[in
         diff = {k: (saved.get(k), v) for k, v in asdict(config).items() if saved.get(k) != v}
         raise CheckpointError(f"'{ckpt_path}' was written with another configuration ({diff}); "
                               "use a new output directory or turn resuming off")
-    _set_rng_state(ckpt.get("rng", {}), run.device)
     return int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt.get("history", []))
 
 
@@ -421,7 +330,7 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
         _check_weights(model, epoch, ckpt_path)  # a checkpoint on disk is always a finite one
         if ckpt_path is not None and rank == 0:
             save_checkpoint(ckpt_path, model, sgd=run.sgd, scheduler=run.scheduler, epoch=epoch + 1, step=step,
-                            config=asdict(config), arch=arch, history=history, rng=_rng_state(device), **extra)
+                            config=asdict(config), arch=arch, history=history, **extra)
         if world > 1:
             dist.barrier()
     vals = [r["val_acc"] for r in history if math.isfinite(r["val_acc"])]
@@ -431,39 +340,34 @@ def _train(model, data, config, device, rank, world, out_dir, resume, progress, 
             "img_per_s": sorted(rates)[len(rates) // 2], "resumed_from": start_epoch, "world_size": world}
 
 
-def _epoch(run: _Run, data, config, epoch: int, step: int, ckpt_path, show: bool) -> dict:
+def _epoch(run: _TrainingRun, data, config, epoch: int, step: int, ckpt_path, show: bool) -> dict:
     """One pass over the training split, then validation; the epoch's record."""
     device, world = run.device, run.world
     run.net.train()
-    n_steps = min(run.steps_per_epoch, run.total - step)
-    bar = progress_bar(n_steps, f"epoch {epoch + 1}/{config.epochs}", show)
+    first, stop = step, min(step + run.steps_per_epoch, run.total)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     start = time.perf_counter()
-    batches = data.batches("train", batch_size=run.local_bs, train=True, generator=_epoch_generator(config.seed, epoch),
+    batches = batch_stream(data, batch_size=run.local_bs, seed=config.seed, start=step, stop=stop, device=device,
                            rank=run.rank, world_size=world, channels_last=device.type == "cuda")
-    for i, (x, y) in zip(range(n_steps), batches):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits = sgd_step(run.net, x, y, run.sgd, run.criterion, device, run.bn_weights, config.l1_gamma,
-                                run.extra_loss)
-        run.scheduler.step()
-        step += 1
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if (i + 1) % _LOG_EVERY == 0 or i + 1 == n_steps:
-            mean_loss = (loss_sum / seen).item()
-            _check_finite(mean_loss, epoch, step, run.sgd, ckpt_path)
-            if bar is not None:
+    with rng_scope(device), progress_bar(stop - first, f"epoch {epoch + 1}/{config.epochs}", show) as bar:
+        for step, x, y in batches:
+            seed_step(config.seed, step)
+            loss, logits = sgd_step(run.net, x, y, run.sgd, run.criterion, device, run.bn_weights, config.l1_gamma,
+                                    run.extra_loss)
+            run.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if (step + 1 - first) % _LOG_EVERY == 0 or step + 1 == stop:
+                mean_loss = (loss_sum / seen).item()
+                _check_finite(mean_loss, epoch, step + 1, run.sgd, ckpt_path)
                 rate = seen * world / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{correct.item() / seen:.3f}", img_s=f"{rate:,.0f}")
-        if bar is not None:
             bar.update()
-    if bar is not None:
-        bar.close()
     train_loss = (loss_sum / max(1, seen)).item()
-    _check_finite(train_loss, epoch, step, run.sgd, ckpt_path)
+    _check_finite(train_loss, epoch, stop, run.sgd, ckpt_path)
     seconds = time.perf_counter() - start
     if world > 1:
         # DDP syncs gradients, not BatchNorm buffers: take rank 0's so every rank evaluates
@@ -472,7 +376,7 @@ def _epoch(run: _Run, data, config, epoch: int, step: int, ckpt_path, show: bool
             dist.broadcast(buf, 0)
     has_val = data.num_examples("val") > 0
     val_acc = split_accuracy(run.model, data, "val", device=device) if has_val else float("nan")
-    return {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
+    return {"epoch": epoch + 1, "step": stop, "train_loss": train_loss, "train_acc": correct.item() / max(1, seen),
             "val_acc": val_acc, "lr": run.sgd.param_groups[0]["lr"], "seconds": seconds,
             "img_per_s": seen * world / seconds}
 

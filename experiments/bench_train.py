@@ -33,7 +33,7 @@ from autoprune.data import iterate, load_data
 from autoprune.models import create_model
 from autoprune.profile import device_name
 from autoprune.runtime import autocast
-from autoprune.train import param_groups
+from autoprune.toolkit import param_groups
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

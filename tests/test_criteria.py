@@ -30,9 +30,10 @@ from autoprune.keep import (
     unregister_keep_rule,
 )
 from autoprune.models import create_model
+from autoprune.optimizers._ssl import channel_norms, channel_parameters, group_lasso_prox
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
-from autoprune.train import channel_norms, channel_parameters, group_lasso_prox, sgd_step
+from autoprune.toolkit import sgd_step
 
 
 @pytest.fixture(autouse=True)

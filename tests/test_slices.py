@@ -18,11 +18,11 @@ from autoprune.export import export_model
 from autoprune.graph import trace
 from autoprune.keep import BnGamma, First
 from autoprune.models import create_model
+from autoprune.optimizers._ssl import channel_parameters
 from autoprune.optimizers.dmcp import Gates
 from autoprune.profile import axes
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
-from autoprune.train import channel_parameters
 
 
 def _conv(cin, cout, k=1, s=1, groups=1):

@@ -2,7 +2,7 @@
 
 A copy of the trained base is trained for a few steps with a group-lasso penalty on every
 free channel (its producers' filters, its norms' affine parameters, its depthwise filters;
-see :func:`autoprune.train.channel_parameters`), applied as a proximal step after each SGD
+see :func:`channel_parameters`), applied as a proximal step after each SGD
 step so that channels reach exactly zero. The widths are read off the channels that stay
 non-zero, snapped down to the space's grid. The penalty strength is bisected (in log scale)
 for the weakest one whose widths meet the MACs budget; the leftover budget is then filled by
@@ -22,9 +22,10 @@ import torch.nn as nn
 from autoprune import cost
 from autoprune.budget import floor_index
 from autoprune.errors import SearchError
+from autoprune.graph import ChannelGraph
 from autoprune.optimizers._base import register_optimizer
 from autoprune.optimizers._classic import GlobalThreshold
-from autoprune.train import channel_norms, channel_parameters, group_lasso_prox, sgd_step
+from autoprune.toolkit import batch_stream, rng_scope, seed_step, sgd_step
 
 
 @register_optimizer
@@ -69,15 +70,13 @@ class SSLOptimizer(GlobalThreshold):
         # proximal step (lr × strength) no longer matches the gradient step it follows.
         sgd = torch.optim.SGD(model.parameters(), lr=self.lr)
         criterion = nn.CrossEntropyLoss()
-        gen = torch.Generator().manual_seed(self.seed)
-        step = 0
-        while step < self.steps:
-            for xb, yb in context.data.batches("train", batch_size=self.batch_size, train=True, generator=gen):
-                sgd_step(model, xb.to(context.device), yb.to(context.device), sgd, criterion, context.device)
+        stream = batch_stream(context.data, batch_size=self.batch_size, seed=self.seed, stop=self.steps,
+                              device=context.device)
+        with rng_scope(context.device):
+            for step, xb, yb in stream:
+                seed_step(self.seed, step)
+                sgd_step(model, xb, yb, sgd, criterion, context.device)
                 group_lasso_prox(groups, widths, self.lr * strength)
-                step += 1
-                if step >= self.steps:
-                    break
         norms = {gid: channel_norms(groups[gid], widths[gid]) for gid in gids}
         alive = [c[floor_index(c, int((norms[gid] > 0).sum()))] for gid, c in zip(gids, self.space.choices)]
         macs = cost.macs(self.space, alive)
@@ -86,3 +85,53 @@ class SSLOptimizer(GlobalThreshold):
 
     def report(self):
         return {"ssl": {"steps": self.steps, "tried": self.tried}}
+
+
+# --------------------------------------------------------------------------------------------
+# Group lasso over channels.
+# --------------------------------------------------------------------------------------------
+
+
+def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """For each group id in ``gids``, the (parameter, rows) pieces whose ``rows`` (indices,
+    one per channel in order) belong to its channels: its producers' filters and biases, the
+    affine parameters of its norms and the filters of its depthwise convs (the structured
+    groups of SSL, Wen et al. 2016: everything a channel's removal removes on the output side)."""
+    wanted = set(gids)
+    out = {gid: [] for gid in gids}
+    for layer in graph.layers:
+        m = model.get_submodule(layer.name)
+        params = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
+        if layer.out_group is not None and layer.out_group in wanted:
+            rows = torch.arange(graph.groups[layer.out_group].width, device=params[0].device)
+            out[layer.out_group] += [(p, rows) for p in params]
+        elif layer.kind == "norm" or layer.depthwise:
+            positions = torch.arange(params[0].shape[0]) if layer.in_perm is None else torch.tensor(layer.in_perm)
+            offset = 0
+            for gid in layer.in_layout:
+                width = graph.groups[gid].width
+                if gid in wanted:
+                    out[gid] += [(p, positions[offset:offset + width].to(p.device)) for p in params]
+                offset += width
+    return out
+
+
+def channel_norms(pieces: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> torch.Tensor:
+    """The L2 norm of each channel's parameters over ``pieces`` (see :func:`channel_parameters`)."""
+    total = torch.zeros(width, dtype=torch.float64)
+    for p, rows in pieces:
+        total += p.detach()[rows].double().reshape(width, -1).square().sum(1).cpu()
+    return total.sqrt()
+
+
+@torch.no_grad()
+def group_lasso_prox(groups: dict[int, list[tuple[torch.Tensor, torch.Tensor]]], widths: dict[int, int],
+                     amount: float) -> None:
+    """The proximal step of ``amount · Σ_channels ‖θ_channel‖₂`` (group lasso): every channel's
+    parameters shrink by ``amount`` in norm, and a channel whose norm is below it becomes
+    exactly zero. Applied after each SGD step (lr × strength), it zeroes whole channels."""
+    for gid, pieces in groups.items():
+        norms = channel_norms(pieces, widths[gid])
+        scale = torch.clamp(1 - amount / norms.clamp_min(1e-30), min=0)
+        for p, rows in pieces:
+            p[rows] = p[rows] * scale.to(p.device, p.dtype).reshape(-1, *([1] * (p.dim() - 1)))

@@ -40,14 +40,13 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -63,9 +62,20 @@ from autoprune.files import torch_save
 from autoprune.graph import fx_graph_module, in_positions
 from autoprune.latency import ExpectedLatency, LatencyLimit
 from autoprune.optimizers._base import Optimizer, register_optimizer
-from autoprune.runtime import autocast, progress_bar
+from autoprune.runtime import autocast
 from autoprune.space import SearchSpace
-from autoprune.train import param_groups, split_accuracy
+from autoprune.toolkit import (
+    batch_stream,
+    derive_seed,
+    lr_schedule,
+    param_groups,
+    prepare_model,
+    progress_bar,
+    rng_scope,
+    seed_step,
+    set_lr,
+)
+from autoprune.train import split_accuracy
 
 CHECKPOINT_FORMAT = "autoprune.dmcp/1"
 CHECKPOINT_NAME = "dmcp.pt"
@@ -374,7 +384,7 @@ class DMCPConfig:
 
 
 @dataclass
-class _Run:
+class _SupernetRun:
     """The state of one DMCP search: the supernet, the chain, its gates and both optimizers."""
 
     supernet: nn.Module
@@ -389,10 +399,8 @@ class _Run:
     expected_latency: ExpectedLatency | None = None
 
     @classmethod
-    def start(cls, model, space, config, target, device, latency: LatencyLimit | None = None) -> "_Run":
-        supernet = copy.deepcopy(model).to(device)
-        if device.type == "cuda":
-            supernet.to(memory_format=torch.channels_last)
+    def start(cls, model, space, config, target, device, latency: LatencyLimit | None = None) -> "_SupernetRun":
+        supernet = prepare_model(copy.deepcopy(model), device)
         chain = MarkovChain(space, init=config.init).to(device)
         w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
@@ -404,9 +412,8 @@ class _Run:
     def step(self, step: int, xb, yb) -> tuple[float, dict | None]:
         """One weight step and, after the warm-up, one architecture step; (loss, arch stats)."""
         c = self.config
-        torch.manual_seed(_mix(c.seed, step, 1))  # dropout and the like, resumable
-        for group in self.w_opt.param_groups:
-            group["lr"] = c.lr * 0.5 * (1 + math.cos(math.pi * step / c.steps))
+        seed_step(c.seed, step)  # dropout and the like, resumable
+        set_lr(self.w_opt, c.lr * lr_schedule(step, c.steps))
         w_loss = _weight_step(self.supernet, self.chain, self.gates, self.w_opt, xb, yb, c, step, self.device)
         if step >= c.warmup_steps and (step - c.warmup_steps) % c.arch_every == 0:
             return w_loss, _arch_step(self.supernet, self.chain, self.gates, self.a_opt, xb, yb, self.target, c,
@@ -441,7 +448,7 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     config = (config or DMCPConfig()).resolved(data)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     start = time.perf_counter()
-    run = _Run.start(model, space, config, float(budget_macs), device, latency)
+    run = _SupernetRun.start(model, space, config, float(budget_macs), device, latency)
     step, history = 0, []
     if ckpt_path is not None and resume and ckpt_path.exists():
         step, history = _load(ckpt_path, run, space)
@@ -462,34 +469,27 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     return DMCPResult(tuple(int(w) for w in widths), info)
 
 
-def _train_loop(run: _Run, data, space, step: int, history: list, ckpt_path: Path | None, progress: bool) -> None:
+def _train_loop(run: _SupernetRun, data, space, step: int, history: list, ckpt_path: Path | None,
+                progress: bool) -> None:
     config, base = run.config, float(cost.base_macs(space))
-    bar = progress_bar(config.steps, "dmcp", progress, initial=step)
-    stream = _train_stream(data, config.batch_size, config.seed, step, run.device.type == "cuda")
-    try:
-        with _rng_scope(run.device):
-            while step < config.steps:
-                xb, yb = next(stream)
-                w_loss, a_stats = run.step(step, xb.to(run.device, non_blocking=True),
-                                           yb.to(run.device, non_blocking=True))
-                step += 1
-                if a_stats is not None or step % 10 == 0 or step == config.steps:
-                    ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(run.chain)) / base
-                    if bar is not None:
-                        bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {run.target / base:.3f}  loss {w_loss:.3f}")
-                    if step % 10 == 0 or step == config.steps:
-                        history.append({"step": step, "expected_ratio": round(ratio, 5), "loss": round(w_loss, 5)})
-                if bar is not None:
-                    bar.update(1)
-                if ckpt_path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
-                    _save(ckpt_path, run, space, step, history)
-    finally:
-        if bar is not None:
-            bar.close()
+    stream = batch_stream(data, batch_size=config.batch_size, seed=config.seed, start=step, stop=config.steps,
+                          device=run.device, channels_last=run.device.type == "cuda")
+    with rng_scope(run.device), progress_bar(config.steps, "dmcp", progress, initial=step) as bar:
+        for step, xb, yb in stream:
+            w_loss, a_stats = run.step(step, xb, yb)
+            done = step + 1
+            if a_stats is not None or done % 10 == 0 or done == config.steps:
+                ratio = (a_stats["expected_macs"] if a_stats else _no_grad_macs(run.chain)) / base
+                bar.set_postfix_str(f"E[MACs]/base {ratio:.3f} → {run.target / base:.3f}  loss {w_loss:.3f}")
+                if done % 10 == 0 or done == config.steps:
+                    history.append({"step": done, "expected_ratio": round(ratio, 5), "loss": round(w_loss, 5)})
+            bar.update(1)
+            if ckpt_path is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+                _save(ckpt_path, run, space, done, history)
 
 
 @torch.no_grad()
-def _summary(run: _Run, space, history: list, resumed_from: int, start: float) -> dict:
+def _summary(run: _SupernetRun, space, history: list, resumed_from: int, start: float) -> dict:
     config, base = run.config, float(cost.base_macs(space))
     expected_macs = float(run.chain.expected_macs())
     return {
@@ -556,7 +556,7 @@ def _weight_step(supernet, chain, gates, opt, x, y, config, step, device) -> flo
     """Sandwich rule: widest on labels; narrowest and Markov draws distilled from the widest."""
     supernet.train()
     space = chain.space
-    gen = torch.Generator().manual_seed(_mix(config.seed, step, 2))
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, step, 2))
     opt.zero_grad(set_to_none=True)
     gates.set(None)
     with autocast(device):
@@ -597,10 +597,10 @@ def _arch_step(supernet, chain, gates, opt, x, y, target, config, device, expect
     return stats
 
 
-def _derive_direct(run: _Run, data, space, budget_macs, rng, latency=None):
+def _derive_direct(run: _SupernetRun, data, space, budget_macs, rng, latency=None):
     """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
     config, chain, supernet = run.config, run.chain, run.supernet
-    gen = torch.Generator().manual_seed(_mix(config.seed, config.steps, 3))
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, config.steps, 3))
     raws = [("expected", chain.expected_choice())] + [("sample", chain.sample(gen)) for _ in range(config.samples)]
     split = "val" if data.num_examples("val") > 0 else "train"
     state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
@@ -621,35 +621,8 @@ def _derive_direct(run: _Run, data, space, budget_macs, rng, latency=None):
 
 
 # --------------------------------------------------------------------------------------------
-# Plumbing: data stream, seeds, checkpoints.
+# Plumbing: checkpoints.
 # --------------------------------------------------------------------------------------------
-
-
-def _mix(*ints: int) -> int:
-    """A 63-bit seed from a tuple of ints (same tuple, same seed, on every platform)."""
-    return int(np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def _train_stream(data, batch_size: int, seed: int, start_step: int, channels_last: bool = False) -> Iterator:
-    """Endless augmented training batches; epoch ``e`` is shuffled by a generator seeded from
-    (seed, e), so a resumed search skips to exactly the batch an uninterrupted one would see."""
-    per_epoch = data.num_batches("train", batch_size=batch_size, train=True)
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        gen = torch.Generator().manual_seed(_mix(seed, epoch, 0))
-        batches = data.batches("train", batch_size=batch_size, train=True, generator=gen, channels_last=channels_last)
-        for i, batch in enumerate(batches):
-            if i >= skip:  # skipped batches are still drawn: augmentation consumes the generator
-                yield batch
-        epoch, skip = epoch + 1, 0
-
-
-@contextlib.contextmanager
-def _rng_scope(device: torch.device):
-    """Per-step reseeding of the global RNG must not leak into the caller's random state."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float, latency: LatencyLimit | None = None) -> dict:
@@ -664,7 +637,7 @@ def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float, latency:
     return out
 
 
-def _save(path: Path, run: _Run, space, step, history) -> None:
+def _save(path: Path, run: _SupernetRun, space, step, history) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "fingerprint": _fingerprint(run.config, space, run.target, run.latency),
@@ -678,7 +651,7 @@ def _save(path: Path, run: _Run, space, step, history) -> None:
     torch_save(state, path)
 
 
-def _load(path: Path, run: _Run, space) -> tuple[int, list]:
+def _load(path: Path, run: _SupernetRun, space) -> tuple[int, list]:
     try:
         state = torch.load(path, map_location=run.chain.alpha.device, weights_only=True)
     except Exception as exc:
@@ -697,7 +670,7 @@ def _load(path: Path, run: _Run, space) -> tuple[int, list]:
 
 
 @torch.no_grad()
-def _latency_summary(run: _Run) -> dict:
+def _latency_summary(run: _SupernetRun) -> dict:
     """The expected latency reached and the limit, when the search has one."""
     if run.latency is None:
         return {}

@@ -37,6 +37,7 @@ from autoprune.stripe import (
     stripe_layers,
     stripe_macs,
 )
+from autoprune.toolkit import batch_stream, lr_schedule, progress_bar, rng_scope, seed_step, set_lr
 from autoprune.train import split_accuracy
 
 
@@ -69,28 +70,24 @@ def train_skeleton(model: nn.Module, data, config: StripeConfig, *, device, prog
     if config.train_weights:
         groups.append({"params": weights, "weight_decay": config.weight_decay})
     sgd = torch.optim.SGD(groups, lr=config.lr, momentum=0.9)
-    per_epoch = data.num_batches("train", batch_size=config.batch_size, train=True)
-    total = config.steps or config.epochs * per_epoch
-    step, losses, start = 0, [], time.perf_counter()
-    while step < total:
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step // max(per_epoch, 1))
-        for x, y in data.batches("train", batch_size=config.batch_size, train=True, generator=gen):
-            lr = config.lr * 0.5 * (1 + torch.cos(torch.tensor(step / total * torch.pi)).item())
-            for g in sgd.param_groups:
-                g["lr"] = lr
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+    total = config.steps or config.epochs * data.num_batches("train", batch_size=config.batch_size, train=True)
+    losses, start = [], time.perf_counter()
+    stream = batch_stream(data, batch_size=config.batch_size, seed=config.seed, stop=total, device=device)
+    with rng_scope(device), progress_bar(total, "stripe", progress) as bar:
+        for step, x, y in stream:
+            seed_step(config.seed, step)
+            set_lr(sgd, config.lr * lr_schedule(step, total))
+            loss = F.cross_entropy(model(x), y)
             sgd.zero_grad(set_to_none=True)
             (loss + config.penalty * skeleton_penalty(model)).backward()
             sgd.step()
             losses.append(float(loss.detach()))
-            step += 1
-            if progress and step % 50 == 0:
-                print(f"stripe: step {step}/{total} loss {sum(losses[-50:]) / 50:.3f}")
-            if step >= total:
-                break
+            if len(losses) % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+            bar.update()
     for p in weights:
         p.requires_grad_(True)
-    return {"steps": step, "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
+    return {"steps": len(losses), "final_loss": round(sum(losses[-20:]) / max(len(losses[-20:]), 1), 4),
             "seconds": round(time.perf_counter() - start, 2)}
 
 
