@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=FORMATS, help="torchscript (jit.trace), pt2 (torch.export) or onnx")
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default %(default)s)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="an ONNX file of the --batch-size batch only (default: any batch size)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -56,12 +58,14 @@ def load_model(arch_path, checkpoint):
 def run(args) -> int:
     out = check_out_file(args.out)
     model, shape = load_model(args.arch, args.checkpoint)
-    diff = export_model(model, args.format, out, shape, batch_size=args.batch_size)
+    diff = export_model(model, args.format, out, shape, batch_size=args.batch_size, static_batch=args.static_batch)
+    dynamic = args.format == "onnx" and not args.static_batch
     row = {"format": args.format, "out": str(out), "checkpoint": str(args.checkpoint), "arch": args.arch,
-           "input_shape": [args.batch_size, *shape], "max_abs_diff": diff}
+           "input_shape": [args.batch_size, *shape], "dynamic_batch": dynamic, "max_abs_diff": diff}
     if args.json:
         print(json.dumps(row))
     else:
-        print(f"wrote {out} ({args.format}, input {tuple(row['input_shape'])}); "
+        batch = ", any batch size" if dynamic else ""
+        print(f"wrote {out} ({args.format}, input {tuple(row['input_shape'])}{batch}); "
               f"max abs difference to PyTorch {diff:.3g}")
     return 0
