@@ -8,11 +8,14 @@ the same after the command as before it.
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import autoprune
+from autoprune.arch import make_arch, save_arch
+from autoprune.checkpoint import save_checkpoint
 from autoprune.cli import main
 from autoprune.errors import (
     ArchError,
@@ -168,3 +171,23 @@ def test_inputs_that_must_work(inputs, tmp_path, capsys, one_thread):
     assert main(argv.split()) == 0 and (out / "arch.json").is_file() and (out / "study.log").is_file()
     assert main(f"pretrain --model resnet20 {FAST} --out {tmp_path / 'base'}".split()) == 0
     assert (tmp_path / "base" / "model.pt").is_file()
+
+
+def test_exporting_a_dict_model_from_the_cli(tmp_path, capsys, monkeypatch, one_thread):
+    """A dict of tensors exports; a dict that also holds an int cannot be written: one line, exit 2, no file."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # tests/structured_outputs.py, built by import path
+    for kind, code in (("dict", 0), ("count", 2)):
+        name = "structured_outputs:heads"
+        space = autoprune.SearchSpace.from_model(autoprune.create_model(name, kind=kind), (3, 16, 16), model_name=name)
+        arch = make_arch(name, {"kind": kind}, space, space.uniform(0.5))
+        save_arch(arch, tmp_path / f"{kind}.json")
+        save_checkpoint(tmp_path / f"{kind}.pt", autoprune.build(arch), arch=arch, input_shape=[3, 16, 16])
+        out = tmp_path / "out" / f"{kind}.pt"
+        argv = ["export", str(tmp_path / f"{kind}.json"), "--checkpoint", str(tmp_path / f"{kind}.pt"),
+                "--format", "torchscript", "--out", str(out)]
+        assert main(argv) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        if code:
+            assert len(err) == 1 and err[0] == ("autoprune: error: output 'count' is a int; export writes tensors, "
+                                                "alone or in tuples, lists, dicts, namedtuples and dataclasses"), err
+        assert out.exists() == (code == 0)
