@@ -44,7 +44,7 @@ from autoprune.evaluator import EvalConfig, EvalResult, Evaluator, SyntheticObje
 from autoprune.files import check_out_dir, write_text
 from autoprune.keep import ScoreCache
 from autoprune.latency import LatencyLimit, LatencyTable, check_table, parse_latency_budget
-from autoprune.models import create_model, create_pretrained, default_input_size, model_kwargs
+from autoprune.models import create_model, create_pretrained, default_input_size, merge_kwargs, model_kwargs
 from autoprune.optimizers import Context, Optimizer, get_optimizer
 from autoprune.profile import TableConfig, latency_table
 from autoprune.runtime import log, progress_bar, resolve_device
@@ -182,13 +182,13 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
            latency_table: TableConfig | LatencyTable | None = None, base: str | os.PathLike | None = None,
            out: str | os.PathLike | None = None, seed: int = 0, device: str | None = None,
            study: StudyConfig | None = None, evaluation: EvalConfig | None = None,
-           input_size: int | None = None, num_classes: int | None = None, in_channels: int | None = None,
+           input_size: int | None = None, num_classes: int | None = None, in_channels: int | None = None, model_args=None,
            pretrain_epochs: int = 10, objective: str | Callable | None = None, method_options: dict | None = None,
            space_options: dict | None = None, progress: bool = False, pretrained: bool = False, weights=None) -> SearchResult:
     """Search per-group widths of ``model`` under ``budget`` and write ``OUT/arch.json``.
 
     ``model``: registry name (``vgg16``, ``tv:resnet18``, ``timm:efficientnet_b0``,
-    ``pkg.mod:fn``) or an nn.Module.
+    ``pkg.mod:fn``) or an nn.Module; ``model_args``: more constructor kwargs, kept in ``arch.json``.
     ``budget``: ratio of the base MACs (0 < b ≤ 1) or absolute MACs (``"120M"``); None for
     no MACs budget (then ``latency`` is the only constraint).
     ``latency``: a latency budget as well, a ratio of the base model's measured latency (0.5)
@@ -217,8 +217,8 @@ def search(model, budget=0.4, method: str = "abc", data=None, *, latency=None,
     ckpt, base_path = _open_base(base, out, not _given_weights(base, pretrained, weights, model) and needs_base)
     needs_data = objective is None or optimizer_cls.needs_data or (needs_base and not (ckpt or pretrained or weights))
     loaded = _load_data(data, ckpt, base_path, seed, device, needs_data, scores_on_val=objective is None)
-    s = _build(model, loaded, parse_budget(1.0 if budget is None else budget), method, seed, device, out,
-               space_options, input_size=input_size, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained)
+    s = _build(model, loaded, parse_budget(1.0 if budget is None else budget), method, seed, device, out, space_options,
+               input_size=input_size, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained, extra=model_args)
     s.latency = _latency(s, latency, latency_table, progress)
     if needs_base:
         s.base = _place(s, ckpt, base_path, pretrain_epochs, progress, pretrained, weights)
@@ -301,8 +301,9 @@ def _load_data(data, ckpt, base_path, seed, device, needed: bool, *, scores_on_v
 
 
 def _build(model, data, budget: Budget, method, seed, device, out, space_options, *, input_size, num_classes,
-           in_channels, pretrained: bool = False) -> _Search:
-    """The model (from the registry or as given), its search space and the budget in MACs."""
+           in_channels, pretrained: bool = False, extra=None) -> _Search:
+    """The model (from the registry or as given, with the constructor kwargs ``extra`` too), its search space
+    and the budget in MACs."""
     made = {}
     if isinstance(model, nn.Module):
         name, kwargs = f"{type(model).__module__}:{type(model).__name__}", {}
@@ -313,6 +314,7 @@ def _build(model, data, budget: Budget, method, seed, device, out, space_options
         else:
             given = {"num_classes": num_classes, "in_channels": in_channels}
             kwargs = model_kwargs(model, **{k: v for k, v in given.items() if v is not None})
+        kwargs = merge_kwargs(kwargs, extra)
         torch.manual_seed(seed)
         model, made = _pretrained(name, kwargs) if pretrained else (create_model(name, **kwargs), {})
     else:

@@ -56,6 +56,9 @@ CLI_CASES = [  # (id, command line, text the one error line must contain)
      "corrupted or unreadable archive"),
     ("pickle-payload-checkpoint", "eval --checkpoint {tmp}/payload.pt --dataset synthetic --device cpu",
      "pickled objects"),
+    ("model-arg-without-value", "flops --model resnet20 --model-arg depth", "expected KEY=VALUE"),
+    ("model-arg-unknown-to-the-model", "flops --model resnet20 --model-arg depth=3", "bad constructor arguments"),
+    ("model-arg-against-num-classes", "flops --model resnet20 --num-classes 5 --model-arg num_classes=7", "given twice"),
     ("eval-val-overlaps-training", "eval --checkpoint {base} --split val --val-size 100 --device cpu",
      "would overlap"),
     ("eval-val-other-dataset-size", "eval --checkpoint {base} --split val --dataset synthetic --val-size 300 "

@@ -1,10 +1,11 @@
 """The models, flops and show commands, and bad input on the command line."""
 
 import json
+import sys
 
 import pytest
 
-from autoprune.arch import make_arch, save_arch
+from autoprune.arch import build, make_arch, save_arch
 from autoprune.cli import main
 from autoprune.models import create_model, list_models
 from autoprune.space import SearchSpace
@@ -83,3 +84,42 @@ def test_show_bad_files(capsys, tmp_path, arch_file):
     assert "schema" in capsys.readouterr().err
     assert main(["flops", "--model", "resnet20", "--arch", str(arch_file)]) == 2
     assert "for model 'vgg11'" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def usernets(tmp_path, monkeypatch):
+    (tmp_path / "usernets_args.py").write_text(
+        "import torch.nn as nn\n"
+        "def tiny(width=8, head='linear', num_classes=3):\n"
+        "    last = nn.Linear(width, num_classes) if head == 'linear' else nn.Identity()\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), last)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "usernets_args:tiny"
+    sys.modules.pop("usernets_args", None)
+
+
+def test_model_args_build_the_model_and_are_recorded(capsys, tmp_path, usernets):
+    assert main(["flops", "--model", usernets, "--model-arg", "width=32", "--model-arg", "num_classes=4", "--groups",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"][0]["width"] == 32
+    out = tmp_path / "s"
+    assert main(["search", "--model", usernets, "--model-arg", "width=32", "--model-arg", "head=linear", "--budget",
+                 "0.5", "--method", "uniform", "--objective", "synthetic", "--out", str(out), "--no-progress",
+                 "--json"]) == 0
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["model"]["kwargs"] == {"width": 32, "head": "linear"}
+    assert build(arch)[0].out_channels == arch["widths"][0] < 32 and build(arch)[-1].out_features == 3
+
+
+def test_a_third_party_model_builds_from_model_args(capsys):
+    """ultralytics' YOLOv8n from its packaged yaml: built, then traced, or refused in one line."""
+    pytest.importorskip("ultralytics")
+    code = main(["flops", "--model", "ultralytics.nn.tasks:DetectionModel", "--model-arg", "cfg=yolov8n.yaml",
+                 "--model-arg", "verbose=false", "--input-size", "64", "--json"])
+    out, err = capsys.readouterr()
+    if code == 0:
+        assert json.loads(out)["macs"] > 0
+    else:  # the model was built: the error is the tracer's, not the constructor's
+        assert code == 2 and err.count("\n") == 1 and err.startswith("autoprune: error: cannot trace DetectionModel")

@@ -7,7 +7,15 @@ import torch
 from conftest import REGISTRY
 
 from autoprune.errors import UnknownModelError
-from autoprune.models import create_model, default_input_size, list_models, model_kwargs
+from autoprune.models import (
+    create_model,
+    default_input_size,
+    list_models,
+    merge_kwargs,
+    model_kwargs,
+    parse_model_arg,
+    parse_model_args,
+)
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if not n.startswith("tv:")])
@@ -55,3 +63,16 @@ def test_unknown_names_suggest_close_ones():
         create_model("vgg16", bogus=1)
     with pytest.raises(UnknownModelError, match="3 input channels"):
         create_model("tv:resnet18", in_channels=1)
+
+
+def test_model_args_are_json_literals_or_strings():
+    cases = {"n=3": 3, "r=0.5": 0.5, "b=true": True, "w=null": None, "l=[1, 2]": [1, 2], "cfg=yolov8n.yaml": "yolov8n.yaml",
+             's="3"': "3", "e=": "", "d={\"a\": 1}": {"a": 1}, "x=a=b": "a=b"}
+    assert {text: parse_model_arg(text)[1] for text in cases} == cases
+    assert parse_model_args(["a=1", "b=x", "a=1"]) == {"a": 1, "b": "x"}
+    for bad, needle in (("novalue", "KEY=VALUE"), ("1x=2", "KEY=VALUE"), ("=2", "KEY=VALUE")):
+        with pytest.raises(UnknownModelError, match=needle):
+            parse_model_arg(bad)
+    with pytest.raises(UnknownModelError, match="'a' given twice: 1 and 2"):
+        parse_model_args(["a=1", "a=2"])
+    assert merge_kwargs({"num_classes": 10}, {"num_classes": 10, "width": 4}) == {"num_classes": 10, "width": 4}

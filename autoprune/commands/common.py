@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoprune.checkpoint import load_weights
 from autoprune.errors import AutopruneError
 from autoprune.files import atomic_write
-from autoprune.models import create_model, create_pretrained, default_input_size, model_kwargs
+from autoprune.models import create_model, create_pretrained, default_input_size, merge_kwargs, model_kwargs, parse_model_args
 from autoprune.runtime import log
 from autoprune.space import SearchSpace
 
@@ -21,6 +21,19 @@ def add_model_args(p) -> None:
     p.add_argument("--round-to", type=int, default=None, help="widths rounded to a multiple of this (default 8)")
     p.add_argument("--min-ratio", type=float, default=None, help="smallest width as a ratio (default 0.1)")
     add_weights_args(p)
+    add_model_arg_option(p)
+
+
+def add_model_arg_option(p) -> None:
+    """--model-arg KEY=VALUE, repeatable: constructor arguments, recorded in the checkpoint and arch.json."""
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", dest="model_args",
+                   help="constructor argument, repeatable; VALUE is read as JSON where it parses (3, true, null, "
+                        "[1,2]), else as a string (cfg=yolov8n.yaml)")
+
+
+def model_args(args) -> dict:
+    """The constructor kwargs of the --model-arg options (empty where the command has none)."""
+    return parse_model_args(getattr(args, "model_args", None))
 
 
 def model_and_space(args):
@@ -30,7 +43,7 @@ def model_and_space(args):
         kwargs["num_classes"] = args.num_classes
     if getattr(args, "in_channels", None) is not None:
         kwargs["in_channels"] = args.in_channels
-    kwargs = model_kwargs(args.model, **kwargs)
+    kwargs = model_kwargs(args.model, **merge_kwargs(kwargs, model_args(args)))
     model = model_with_weights(args, args.model, kwargs)
     size = args.input_size or default_input_size(args.model)
     channels = kwargs.get("in_channels", 3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from autoprune.api import DEFAULT_OUT, DEFAULT_TRIALS, StudyConfig, search
-from autoprune.commands.common import add_model_args
+from autoprune.commands.common import add_model_args, model_args
 from autoprune.commands.latency_table import add_table_args
 from autoprune.dataspec import DataSpec
 from autoprune.errors import BudgetError, SearchError
@@ -122,6 +122,7 @@ def run(args) -> int:
         input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
         pretrain_epochs=args.pretrain_epochs, objective=args.objective, method_options=stripe or None,
         space_options={k: v for k, v in space_options.items() if v is not None},
-        progress=not (args.json or args.no_progress), pretrained=args.pretrained, weights=args.weights)
+        progress=not (args.json or args.no_progress), pretrained=args.pretrained, weights=args.weights,
+        model_args=model_args(args))
     print(json.dumps(result.summary()) if args.json else result)
     return 0

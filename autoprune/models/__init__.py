@@ -9,7 +9,10 @@ from autoprune.models.registry import (
     default_num_classes,
     get_builder,
     list_models,
+    merge_kwargs,
     model_kwargs,
+    parse_model_arg,
+    parse_model_args,
     register_model,
 )
 
@@ -22,6 +25,9 @@ __all__ = [
     "default_num_classes",
     "get_builder",
     "list_models",
+    "merge_kwargs",
     "model_kwargs",
+    "parse_model_arg",
+    "parse_model_args",
     "register_model",
 ]

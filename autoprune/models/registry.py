@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import numbers
 from typing import Callable
 
@@ -124,6 +125,36 @@ def model_kwargs(name: str, **kwargs) -> dict:
     get_builder(name)  # unknown names fail here, with suggestions
     if "num_classes" not in out and (name in _ZOO or _imagenet(name)):
         out["num_classes"] = default_num_classes(name)
+    return out
+
+
+def parse_model_arg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` as (key, value): the value read as a JSON literal where it parses as one
+    (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``, ``"x"``), else kept as the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise UnknownModelError(f"--model-arg '{text}': expected KEY=VALUE with KEY a Python name")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def parse_model_args(texts) -> dict:
+    """The constructor kwargs of the ``KEY=VALUE`` strings ``texts`` (see :func:`parse_model_arg`)."""
+    out = {}
+    for text in texts or ():
+        out = merge_kwargs(out, dict([parse_model_arg(text)]))
+    return out
+
+
+def merge_kwargs(kwargs: dict, extra: dict | None) -> dict:
+    """``kwargs`` and ``extra`` together; UnknownModelError on a key the two give different values."""
+    out = dict(kwargs)
+    for key, value in (extra or {}).items():
+        if key in out and out[key] != value:
+            raise UnknownModelError(f"constructor argument '{key}' given twice: {out[key]!r} and {value!r}")
+        out[key] = value
     return out
 
 
