@@ -15,24 +15,36 @@ Where Torch-Pruning is installed, the same child process also prunes a fresh cop
 with its ``MagnitudePruner`` (L1, per layer, ratio 0.5, the classifier left alone) and reports
 whether the result runs and keeps its output shape, and its MACs ratio, for comparison.
 
+``--real`` sweeps another family instead: third-party models built as their users build them
+(ultralytics YOLO from its packaged yamls, transformers from a default config, segmentation-models-
+pytorch without encoder weights, torchvision detection and segmentation models without weights),
+with columns of their own: traced as built, the searchable share of the MACs, uniform(0.5)'s MACs
+ratio, exact MACs, whether the pruned model runs with every output's shape kept, whether its ONNX
+export is verified, and whether it still works through its framework's own entry point.
+
     python experiments/coverage.py --size 64 --timeout 240 > coverage.md
     python experiments/coverage.py --models tv:resnet50 timm:efficientnet_b0
+    python experiments/coverage.py --real --size 64 --timeout 600 > coverage-real.md
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from autoprune.cost import macs
+from autoprune.cost import layer_macs, macs
+from autoprune.export import export_model, flatten_outputs
 from autoprune.keep import First
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
@@ -162,6 +174,204 @@ def tp_row(name: str, size: int, train: bool = False) -> dict:
     return {"tp_runs": after == before, "tp_half": round(ratio, 3)}
 
 
+# Third-party models as their users build them: name -> (family, constructor, kwargs); a kwarg
+# value "module:Class" is a config object built with its defaults. Nothing downloads weights.
+NO_WEIGHTS = {"weights": None, "weights_backbone": None}
+REAL = {
+    "yolov8n": ("ultralytics", "ultralytics.nn.tasks:DetectionModel", {"cfg": "yolov8n.yaml", "verbose": False}),
+    "yolo11n": ("ultralytics", "ultralytics.nn.tasks:DetectionModel", {"cfg": "yolo11n.yaml", "verbose": False}),
+    "yolov8n-seg": ("ultralytics", "ultralytics.nn.tasks:SegmentationModel",
+                    {"cfg": "yolov8n-seg.yaml", "verbose": False}),
+    "hf-resnet": ("transformers", "transformers:ResNetForImageClassification", {"config": "transformers:ResNetConfig"}),
+    "hf-convnext": ("transformers", "transformers:ConvNextForImageClassification",
+                    {"config": "transformers:ConvNextConfig"}),
+    "smp-deeplabv3plus": ("smp", "segmentation_models_pytorch:DeepLabV3Plus", {"encoder_weights": None}),
+    "smp-unet": ("smp", "segmentation_models_pytorch:Unet", {"encoder_weights": None}),
+    "tv-fasterrcnn_mobilenet_v3_large_fpn": ("tv-detection", "torchvision.models.detection:"
+                                             "fasterrcnn_mobilenet_v3_large_fpn", NO_WEIGHTS),
+    "tv-retinanet_resnet50_fpn": ("tv-detection", "torchvision.models.detection:retinanet_resnet50_fpn", NO_WEIGHTS),
+    "tv-ssd300_vgg16": ("tv-detection", "torchvision.models.detection:ssd300_vgg16", NO_WEIGHTS),
+    "tv-fcos_resnet50_fpn": ("tv-detection", "torchvision.models.detection:fcos_resnet50_fpn", NO_WEIGHTS),
+    "tv-deeplabv3_mobilenet_v3_large": ("tv-segmentation", "torchvision.models.segmentation:"
+                                        "deeplabv3_mobilenet_v3_large", NO_WEIGHTS),
+}
+
+
+def _resolve(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_real(name: str) -> nn.Module:
+    """The third-party model ``name`` of :data:`REAL`, freshly built without weights."""
+    _, path, kwargs = REAL[name]
+    kwargs = {k: _resolve(v)() if isinstance(v, str) and ":" in v else v for k, v in kwargs.items()}
+    torch.manual_seed(0)
+    return _resolve(path)(**kwargs)
+
+
+def example(name: str, size: int, batch: int = 1):
+    """The input a model of ``name`` takes: a list of images for torchvision's detectors, else a batch."""
+    x = torch.rand(batch, 3, size, size)
+    return list(x) if REAL.get(name, ("",))[0] == "tv-detection" else x
+
+
+def shapes(out) -> list:
+    """(path, shape) of every tensor in an output structure."""
+    return [(n, tuple(t.shape)) for n, t in flatten_outputs(out)]
+
+
+def searchable_share(space: SearchSpace) -> float:
+    """The share of the full model's MACs in layers whose MACs shrink at the narrowest widths."""
+    full = space.full_widths(space.max_widths())
+    narrow = space.full_widths(space.min_widths())
+    shrink = sum(layer_macs(l, full) for l in space.graph.layers if layer_macs(l, narrow) < layer_macs(l, full))
+    return shrink / macs(space, space.max_widths())
+
+
+def in_framework(name: str, model: nn.Module, full: nn.Module, size: int) -> bool:
+    """The pruned ``model`` through its framework's own entry point, its results shaped as ``full``'s."""
+    family = REAL[name][0]
+    x = example(name, size, batch=2)
+    if family == "ultralytics":  # the YOLO wrapper's predictor (AutoBackend, fuse, NMS) on one image
+        import numpy as np
+        from ultralytics import YOLO
+
+        def predict(net):
+            yolo = YOLO(REAL[name][2]["cfg"], verbose=False)
+            yolo.model = net
+            return yolo.predict(np.zeros((size, size, 3), np.uint8), imgsz=size, verbose=False, device="cpu")
+
+        return len(predict(copy.deepcopy(model))) == len(predict(copy.deepcopy(full))) == 1
+    if family == "transformers":  # a training step through the model's own loss
+        out = model.train()(pixel_values=x, labels=torch.tensor([0, 1]))
+        out.loss.backward()
+        return tuple(out.logits.shape) == tuple(full.eval()(pixel_values=x).logits.shape)
+    if family == "smp":
+        return tuple(model.predict(x).shape) == tuple(full.predict(x).shape)
+    if family == "tv-detection":  # a training step on one box per image, then detection
+        targets = [{"boxes": torch.tensor([[2.0, 2.0, size / 2, size / 2]]), "labels": torch.tensor([1])}] * 2
+        losses = model.train()(x, targets)
+        sum(losses.values()).backward()
+        return [sorted(d) for d in model.eval()(x)] == [sorted(d) for d in full.eval()(x)]
+    out = model.train()(x)  # torchvision segmentation: the reference's loss over out (and aux)
+    sum(nn.functional.cross_entropy(v, torch.zeros(2, size, size, dtype=torch.long)) for v in out.values()).backward()
+    return shapes(model.eval()(x)) == shapes(full.eval()(x))
+
+
+def real_row(name: str, size: int, emit=lambda row: None) -> dict:
+    """The columns of one third-party model; an error after the trace is reported where it happened.
+    ``emit`` is called with the row so far after each step (a child past its time limit keeps those)."""
+    torch.set_num_threads(1)
+    shape = (3, size, size)
+    row = {"model": name, "size": size}
+    model = build_real(name).eval()
+    t = time.perf_counter()
+    try:
+        space = SearchSpace.from_model(model, shape)
+    except Exception as exc:  # the row says why
+        row["error"] = _line(exc)
+        emit(row)
+        return row
+    row["trace_s"] = round(time.perf_counter() - t, 2)
+    row["free"] = len(space)
+    row["leaves"] = [f"{f.path} ({f.kind})" for f in space.graph.frozen]
+    full, half = space.max_widths(), space.uniform(0.5)
+    row["share"] = round(searchable_share(space), 3)
+    row["half"] = round(macs(space, half) / macs(space, full), 3)
+    emit(row)
+    steps = [("exact_full", lambda: hook_macs(model, shape) == macs(space, full)),
+             ("exact_pruned", lambda: hook_macs(materialise(copy.deepcopy(model), space, half, keep=First()).eval(),
+                                                shape) == macs(space, half)),
+             ("runs", lambda: _runs(model, space, half, shape)),
+             ("onnx", lambda: _onnx_ok(materialise(model, space, half).eval(), shape)),
+             ("framework", lambda: in_framework(name, materialise(model, space, half), copy.deepcopy(model), size))]
+    for key, step in steps:
+        try:
+            row[key] = bool(step())
+        except Exception as exc:  # this column says what broke; the next ones still run
+            row[key] = _line(exc)
+        emit(row)
+    return row
+
+
+def _runs(model: nn.Module, space: SearchSpace, widths, shape) -> bool:
+    x = torch.randn(1, *shape)
+    with torch.no_grad():
+        return shapes(materialise(model, space, widths).eval()(x)) == shapes(model.eval()(x))
+
+
+def _onnx_ok(model: nn.Module, shape) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        export_model(model, "onnx", Path(tmp) / "m.onnx", shape, batch_size=1)
+    return True
+
+
+def real_tp_row(name: str, size: int) -> dict:
+    """Torch-Pruning's L1 magnitude pruner at ratio 0.5 per layer (output layers left alone), and
+    whether every output keeps its shape."""
+    # Deferred on purpose: Torch-Pruning is an optional comparison, not a dependency of the sweep.
+    import torch_pruning as tp
+
+    torch.set_num_threads(1)
+    model = build_real(name).eval()
+    x = example(name, size)
+    try:
+        with torch.no_grad():
+            before = shapes(model(x))
+        heads = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))][-1:]
+        ops = tp.utils.count_ops_and_params(model, x)[0]
+        tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=False,
+                                  pruning_ratio=0.5, ignored_layers=heads).step()
+        with torch.no_grad():
+            after = shapes(model.eval()(x))
+        ratio = tp.utils.count_ops_and_params(model, x)[0] / ops
+    except Exception as exc:  # Torch-Pruning's failures are its own column's
+        return {"tp_error": _line(exc)}
+    return {"tp_runs": after == before, "tp_half": round(ratio, 3)}
+
+
+def _cell(value) -> str:
+    if value is True:
+        return "yes"
+    if value is False:
+        return "NO"
+    return "" if value is None else f"NO: {value}"
+
+
+def real_table(rows: list[dict]) -> str:
+    """The Markdown table of :func:`real_row` rows, with a summary line."""
+    head = ["model", "built as", "traced as built", "searchable share of MACs", "MACs at uniform(0.5)",
+            "MACs exact (full / pruned)", "pruned runs, every output shape kept", "ONNX verified",
+            "works in its framework", "TP prunes and runs", "TP MACs ratio"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        family, path, kwargs = REAL.get(r["model"], ("", "?", {}))
+        args = ", ".join(f"{k}={v.rpartition(':')[2] + '()' if isinstance(v, str) and ':' in v else v}"
+                         for k, v in kwargs.items() if k != "verbose")
+        cells = [r["model"], f"`{path.rpartition(':')[2]}({args})`"]
+        if "error" in r:
+            cells += [f"no: {r['error']}"] + [""] * 6
+        else:
+            frozen = f" ({len(r['leaves'])} frozen leaves)" if r.get("leaves") else ""
+            cells += [f"yes, {r['free']} groups{frozen}", f"{r['share']:.3f}", f"{r['half']:.3f}",
+                      f"{_cell(r.get('exact_full'))} / {_cell(r.get('exact_pruned'))}",
+                      _cell(r.get("runs", r.get("broke"))),
+                      _cell(r.get("onnx")), _cell(r.get("framework"))]
+        cells += ([f"no: {r['tp_error']}", ""] if "tp_error" in r else
+                  [_cell(r["tp_runs"]) + ("" if r["tp_runs"] else " (output shape)"), f"{r['tp_half']:.3f}"]
+                  if "tp_runs" in r else ["", ""])
+        out.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    traced = [r for r in rows if "error" not in r]
+    line = (f"{len(traced)} of {len(rows)} trace as built; "
+            f"{sum(r.get('exact_full') is True and r.get('exact_pruned') is True for r in traced)} exact; "
+            f"{sum(r.get('runs') is True for r in traced)} keep every output shape pruned; "
+            f"{sum(r.get('onnx') is True for r in traced)} export to ONNX; "
+            f"{sum(r.get('framework') is True for r in traced)} work in their framework. "
+            f"Torch-Pruning: {sum(r.get('tp_runs') is True for r in rows)} of {len(rows)} prune and run")
+    return "\n".join(out + ["", line])
+
+
 def models(tv: bool, timm_too: bool) -> list[str]:
     names = []
     if tv:
@@ -174,11 +384,11 @@ def models(tv: bool, timm_too: bool) -> list[str]:
     return names
 
 
-def run_all(names: list[str], size: int, timeout: float, train: bool = False) -> list[dict]:
+def run_all(names: list[str], size: int, timeout: float, train: bool = False, real: bool = False) -> list[dict]:
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--size", str(max(size, MIN_SIZE.get(name, 0)))]
-        cmd += ["--train"] if train else []
+        cmd += (["--train"] if train else []) + (["--real"] if real else [])
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             row = _merge(name, done.stdout, done.stderr)
@@ -264,8 +474,17 @@ def main(argv=None) -> None:
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--no-tv", action="store_true")
     p.add_argument("--train", action="store_true", help="trace the models in training mode")
+    p.add_argument("--real", action="store_true", help="the third-party models of REAL, in a table of their own")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.one and args.real:
+        real_row(args.one, args.size, emit=lambda row: print(json.dumps(row), flush=True))
+        if HAVE_TP:
+            print(json.dumps(real_tp_row(args.one, args.size)), flush=True)
+        return
+    if args.real:
+        print(real_table(run_all(args.models or list(REAL), args.size, args.timeout, real=True)))
+        return
     if args.one:
         # One line per part, each flushed, so a time limit in the second keeps the first.
         print(json.dumps(one(args.one, args.size, args.train)), flush=True)

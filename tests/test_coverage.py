@@ -69,3 +69,38 @@ def test_a_child_past_its_time_limit_keeps_its_first_line(coverage):
 def test_child_process_prints_both_parts(coverage):
     rows = coverage.run_all(["resnet20"], 32, timeout=120)
     assert rows[0]["runs"] and ("tp_runs" in rows[0]) == coverage.HAVE_TP
+
+
+def test_real_models_are_built_without_weights_and_listed(coverage):
+    assert {f for f, _, _ in coverage.REAL.values()} == {"ultralytics", "transformers", "smp", "tv-detection",
+                                                          "tv-segmentation"}
+    assert all(kw.get("weights", None) is None and kw.get("encoder_weights", None) is None
+               for _, _, kw in coverage.REAL.values())
+
+
+def test_a_real_segmentation_model_gets_every_column(coverage):
+    """torchvision's DeepLabV3 (an OrderedDict output) traces, prunes, exports and trains after pruning."""
+    rows = []
+    row = coverage.real_row("tv-deeplabv3_mobilenet_v3_large", 32, emit=lambda r: rows.append(dict(r)))
+    assert row["exact_full"] is row["exact_pruned"] is row["runs"] is row["onnx"] is row["framework"] is True
+    assert 0.5 < row["share"] <= 1 and 0.2 < row["half"] < 0.4
+    assert len(rows) == 6 and "runs" not in rows[0]  # emitted after the trace and after each step
+
+
+def test_a_real_model_of_an_extra(coverage):
+    """segmentation-models-pytorch's Unet, built as its users build it (the zoo extra)."""
+    pytest.importorskip("segmentation_models_pytorch")
+    row = coverage.real_row("smp-unet", 32)
+    assert row["exact_full"] is row["exact_pruned"] is row["runs"] is row["onnx"] is row["framework"] is True
+
+
+def test_real_table_reports_errors_per_column(coverage):
+    rows = [{"model": "yolov8n", "error": "TraceError: cannot trace"},
+            {"model": "smp-unet", "size": 32, "trace_s": 0.1, "free": 3, "leaves": [], "share": 1.0, "half": 0.25,
+             "exact_full": True, "exact_pruned": True, "runs": True, "onnx": "ExportError: no", "framework": True,
+             "tp_runs": False, "tp_half": 0.3}]
+    text = coverage.real_table(rows)
+    assert "| yolov8n | `DetectionModel(cfg=yolov8n.yaml)` | no: TraceError: cannot trace |" in text
+    assert "| yes / yes | yes | NO: ExportError: no | yes | NO (output shape) | 0.300 |" in text
+    assert text.splitlines()[-1] == ("1 of 2 trace as built; 1 exact; 1 keep every output shape pruned; 0 export to "
+                                     "ONNX; 1 work in their framework. Torch-Pruning: 0 of 2 prune and run")
