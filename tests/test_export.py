@@ -329,3 +329,16 @@ def test_cli_exports_a_dict_model_with_named_outputs(tmp_path, capsys, monkeypat
                  "--out", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["dynamic_batch"] is True
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["out", "aux"]
+
+
+@NEEDS_ONNX
+def test_a_transformers_model_output_exports_its_set_fields(tmp_path):
+    """transformers' ModelOutput (a dataclass and an OrderedDict): its unset fields have no output."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    model = transformers.ResNetForImageClassification(config).eval()
+    with torch.no_grad():
+        assert [n for n, _ in flatten_outputs(model(torch.randn(1, *SMALL)))] == ["logits"]
+    for fmt in ("onnx", "torchscript"):
+        assert export_model(model, fmt, tmp_path / f"m.{fmt}", SMALL) <= 1e-4
+    assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == ["logits"]
