@@ -342,3 +342,13 @@ def test_a_transformers_model_output_exports_its_set_fields(tmp_path):
     for fmt in ("onnx", "torchscript"):
         assert export_model(model, fmt, tmp_path / f"m.{fmt}", SMALL) <= 1e-4
     assert [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output] == ["logits"]
+
+
+@NEEDS_ONNX
+def test_a_yolo_tuple_exports_one_output_per_tensor(tmp_path):
+    """ultralytics' YOLOv8n (its packaged yaml, no weights) returns a tuple nesting a dict and a list."""
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    model = tasks.DetectionModel("yolov8n.yaml", verbose=False).eval()
+    assert export_model(model, "onnx", tmp_path / "m.onnx", (3, 64, 64)) <= 1e-4
+    names = [o.name for o in onnx.load(str(tmp_path / "m.onnx")).graph.output]
+    assert names[0] == "0" and len(names) > 1 and all(n.startswith("1.") for n in names[1:])
