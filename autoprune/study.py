@@ -171,6 +171,7 @@ class TrialStore:
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.reclaimed: list[int] = []  # claims of dead workers this process failed and re-queued
         self._beats: dict[int, _Heartbeat] = {}
+        self._view = _View()
         try:
             self.study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                              load_if_exists=True)
@@ -237,20 +238,44 @@ class TrialStore:
 
         A record's ``trial_id`` is the trial's number in the study (unique, in creation order).
         """
-        out = []
-        for t in self._trials():
-            ua = t.user_attrs
-            if "widths" not in ua:
+        self._sync()
+        view = self._view
+        return sorted([r for r in view.done.values() if r is not None] + list(view.running.values()),
+                      key=lambda r: r.trial_id)
+
+    def changes(self, cursor: int = 0) -> tuple[list[Record], list[Record], int]:
+        """What changed since ``cursor``: (records finished since then, in the order this
+        process saw them finish, creation order within one read; every running record; the
+        cursor to pass next time). Cursor 0 gives every finished record. Only trials that
+        were running or new at the last read are read again: a finished trial never changes.
+        """
+        self._sync()
+        view = self._view
+        return view.log[cursor:], sorted(view.running.values(), key=lambda r: r.trial_id), len(view.log)
+
+    def _sync(self) -> None:
+        """Bring the view up to date. Through the study, whose storage caches finished trials
+        and reads only newer or unfinished ones; of its list (by number) only the trials not
+        finished at the last read are looked at."""
+        trials = self.study.get_trials(deepcopy=False)
+        if trials and trials[-1].number != len(trials) - 1:  # numbers are 0..n-1; guard anyway
+            trials = {t.number: t for t in trials}
+            top = max(trials) + 1
+        else:
+            top = len(trials)
+        view = self._view
+        for n in sorted(view.open) + list(range(view.seen, top)):
+            t = trials[n] if n < top and (isinstance(trials, list) or n in trials) else None
+            if t is None:
                 continue
-            res = ua.get("result") or {}
-            status = STATUS_RUNNING if t.state == TrialState.RUNNING else res.get("status", STATUS_FAILED)
-            if status == STATUS_DUPLICATE:
-                continue
-            out.append(Record(trial_id=t.number, number=t.number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
-                              status=status, score=res.get("score"), macs=ua.get("macs", 0), params=ua.get("params", 0),
-                              seconds=res.get("seconds", 0.0), reason=res.get("reason", ""),
-                              worker=t.system_attrs.get("autoprune:worker", "")))
-        return out
+            record = _record(t)
+            if t.state.is_finished():
+                view.finish(n, record)
+            else:
+                view.open.add(n)
+                if record is not None:
+                    view.running[n] = record
+        view.seen = max(view.seen, top)
 
     # -- writing ---------------------------------------------------------------------------
     def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset(),
@@ -268,10 +293,10 @@ class TrialStore:
         key = widths_key(widths)
         with self.lock.held():
             if self.lock.kind is not None or limit is not None:
-                live = [r for r in self.records() if r.trial_id not in retry and (r.finished or r.status == STATUS_RUNNING)]
-                if limit is not None and sum(1 for r in live if r.role != HOLD_ROLE) >= limit:
+                self._sync()
+                if limit is not None and self._view.counted(retry) >= limit:
                     return FULL
-                if any(r.key == key for r in live):
+                if self._view.holds(key, retry):
                     return None
             number = self.storage.get_trial_number_from_id(
                 self.storage.create_new_trial(self.study_id, template_trial=self._template(widths, key, role, macs,
@@ -336,6 +361,62 @@ class TrialStore:
 
 
 FULL = -1  # claim(): the study already holds the asked-for number of candidates
+
+
+def _record(t: FrozenTrial) -> Record | None:
+    """The record of trial ``t``; None for a trial that is no candidate or a lost claim."""
+    ua = t.user_attrs
+    if "widths" not in ua:
+        return None
+    res = ua.get("result") or {}
+    status = STATUS_RUNNING if t.state == TrialState.RUNNING else res.get("status", STATUS_FAILED)
+    if status == STATUS_DUPLICATE:
+        return None
+    return Record(trial_id=t.number, number=t.number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
+                  status=status, score=res.get("score"), macs=ua.get("macs", 0), params=ua.get("params", 0),
+                  seconds=res.get("seconds", 0.0), reason=res.get("reason", ""),
+                  worker=t.system_attrs.get("autoprune:worker", ""))
+
+
+class _View:
+    """What a process knows of its study, kept up to date by :meth:`TrialStore._sync`.
+
+    ``done``: every finished trial's record by number (None: no candidate); ``log``: the
+    candidate records in the order they were seen finished; ``open``: numbers seen
+    unfinished; ``running``: their records; ``seen``: trials 0..seen-1 were read at least
+    once. ``keys`` and ``n_counted`` (scored candidates that count toward the trials) answer
+    the claim's questions without a pass over the study.
+    """
+
+    def __init__(self):
+        self.done: dict[int, Record | None] = {}
+        self.log: list[Record] = []
+        self.open: set[int] = set()
+        self.running: dict[int, Record] = {}
+        self.seen = 0
+        self.keys: dict[str, list[int]] = {}
+        self.n_counted = 0
+
+    def finish(self, n: int, record: Record | None) -> None:
+        self.open.discard(n)
+        self.running.pop(n, None)
+        self.done[n] = record
+        if record is None:
+            return
+        self.log.append(record)
+        if record.finished:
+            self.keys.setdefault(record.key, []).append(n)
+            self.n_counted += record.role != HOLD_ROLE
+
+    def counted(self, retry) -> int:
+        """Candidates scored or being scored that count toward the trials (``retry`` left out)."""
+        retried = sum(1 for n in retry if (r := self.done.get(n)) is not None and r.finished and r.role != HOLD_ROLE)
+        return self.n_counted - retried + sum(1 for r in self.running.values() if r.role != HOLD_ROLE)
+
+    def holds(self, key: str, retry) -> bool:
+        """Is ``key`` scored (outside ``retry``) or being scored?"""
+        return (any(n not in retry for n in self.keys.get(key, ()))
+                or any(r.key == key for r in self.running.values()))
 
 
 def trial_params(space, widths) -> tuple[dict, dict]:
