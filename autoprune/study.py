@@ -439,12 +439,12 @@ class _View:
     def counted(self, retry) -> int:
         """Candidates scored or being scored that count toward the trials (``retry`` left out)."""
         retried = sum(1 for n in retry if (r := self.done.get(n)) is not None and r.finished and r.role != HOLD_ROLE)
-        return self.n_counted - retried + sum(1 for r in self.running.values() if r.role != HOLD_ROLE)
+        return self.n_counted - retried + sum(1 for n, r in self.running.items() if r.role != HOLD_ROLE and n not in retry)
 
     def holds(self, key: str, retry) -> bool:
         """Is ``key`` scored (outside ``retry``) or being scored?"""
         return (any(n not in retry for n in self.keys.get(key, ()))
-                or any(r.key == key for r in self.running.values()))
+                or any(r.key == key and n not in retry for n, r in self.running.items()))
 
 
 def trial_params(space, widths) -> tuple[dict, dict]:
