@@ -14,6 +14,9 @@ way tests/test_workers.py does) to ``--pg-trials`` candidates of an objective th
 It checks the exact trial count and that no candidate was scored twice, and reports the
 throughput against one worker's.
 
+On a machine shared with other jobs, wall time includes waiting for a core: the process's CPU
+time per candidate is reported beside it (it leaves out SQLite's waits for the disk).
+
 GPU-equivalent efficiency: the share of wall time that would be scoring if scoring took
 ``--gpu-seconds`` per candidate (0.13 s) and the overhead stayed what was measured:
 ``gpu / (gpu + overhead per candidate)`` (per worker, for the shared study).
@@ -56,6 +59,7 @@ class Profile:
 
     def __init__(self):
         self.starts: list[float] = []  # perf_counter at each scoring start
+        self.cpu: list[float] = []  # this process's CPU time at each scoring start
         self.calls: list[tuple[str, int, float]] = []  # (step, candidate index, seconds)
         self.saved = []
 
@@ -69,6 +73,7 @@ class Profile:
 
         def call(obj, widths):
             self.starts.append(time.perf_counter())
+            self.cpu.append(time.process_time())
             return original(obj, widths)
         evaluator.SyntheticObjective.__call__ = call
 
@@ -94,7 +99,7 @@ class Profile:
         for name, i, s in self.calls:
             if lo < i <= hi:  # calls made while preparing candidates lo+1 .. hi
                 steps[name] += s
-        return {"ms": 1e3 * (self.starts[hi] - self.starts[lo]) / n,
+        return {"ms": 1e3 * (self.starts[hi] - self.starts[lo]) / n, "cpu_ms": 1e3 * (self.cpu[hi] - self.cpu[lo]) / n,
                 "steps": {k: round(1e3 * v / n, 2) for k, v in steps.items()}}
 
 
@@ -118,6 +123,7 @@ def one_process(method: str, storage: str, trials: int, out: Path, model: str, b
     return {"method": method, "storage": storage, "trials": trials, "scored": n, "wall_s": round(wall, 1),
             "first_ms": round(first["ms"], 1), "last_ms": round(last["ms"], 1),
             "growth": round(last["ms"] / first["ms"], 2), "best": result.score,
+            "first_cpu_ms": round(first["cpu_ms"], 1), "last_cpu_ms": round(last["cpu_ms"], 1),
             "first_steps": first["steps"], "last_steps": last["steps"]}
 
 
@@ -234,11 +240,11 @@ def main(argv=None) -> None:
     if shared:
         print(json.dumps(shared), flush=True)
     (args.out / "bench.json").write_text(json.dumps({"single": rows, "postgresql": shared}, indent=1))
-    print("\n| method | storage | candidates | first 10 % (ms) | last 10 % (ms) | growth | efficiency at "
-          f"{args.gpu_seconds} s | best |\n|---|---|---|---|---|---|---|---|")
+    print("\n| method | storage | candidates | first 10 % (ms) | last 10 % (ms) | growth | CPU first / last (ms) "
+          f"| efficiency at {args.gpu_seconds} s | best |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['storage']} | {r['scored']} | {r['first_ms']} | {r['last_ms']} | {r['growth']}x "
-              f"| {100 * r['efficiency']:.1f} % | {r['best']:.4f} |")
+              f"| {r['first_cpu_ms']} / {r['last_cpu_ms']} | {100 * r['efficiency']:.1f} % | {r['best']:.4f} |")
     if shared:
         for k in ("one", "many"):
             s = shared[k]
