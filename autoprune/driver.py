@@ -75,12 +75,12 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
     loop = _Loop(optimizer, store, seed, context or Context(), progress, wait_s)
     trials = min(trials, 1) if optimizer.one_shot else trials
     while True:
-        records, running, active = loop.replay()
-        if len(active) >= trials and not running:
+        running, active = loop.replay()
+        if active >= trials and not running:
             break
-        out = loop.ask(running) if len(active) < trials else None
+        out = loop.ask(running) if active < trials else None
         if out is None or widths_key(out[0]) in running:
-            if running and (optimizer.one_shot or len(active) >= trials):
+            if running and (optimizer.one_shot or active >= trials):
                 # The study is full (or the one candidate is claimed) but other workers are
                 # still scoring: wait for their results, or re-queue their claims if they died,
                 # so that every worker ends on the same, complete study.
@@ -90,7 +90,7 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
                 break
             loop.attempt += 1
             continue
-        if any(r.finished and r.key == widths_key(out[0]) for r in records):
+        if widths_key(out[0]) in loop.scored_keys:
             # Already scored in this study: the optimizer was told the result in the replay;
             # ask again (a new rng) without scoring or telling anything.
             loop.attempt += 1
@@ -112,26 +112,34 @@ class _Loop:
         self.progress, self.wait_s = progress, wait_s
         self.retry = frozenset(r.trial_id for r in store.records() if r.status == STATUS_FAILED)
         self.told: set[int] = set()
+        self.scored_keys: set[str] = set()  # candidates finished in the study (retried failures left out)
+        self.cursor = self.counted = 0  # where the study's changes were read up to; finished ones counted
         self.repeats = self.attempt = 0
         self.best = float("-inf")
         self.prepared = False
         self.waited_since, self.delay = None, 0.05
 
     def replay(self):
-        """Tell the optimizer every finished trial it has not seen; (records, running, active)."""
-        records = [r for r in self.store.records() if r.trial_id not in self.retry]
-        for r in records:
-            if r.finished and r.trial_id not in self.told:
+        """Tell the optimizer every newly finished trial it has not seen, in the order the
+        study showed them finished; (running records by key, candidates that count toward the
+        trials). Only what changed since the last replay is read (:meth:`TrialStore.changes`)."""
+        finished, running_list, self.cursor = self.store.changes(self.cursor)
+        for r in finished:
+            if not r.finished or r.trial_id in self.retry:
+                continue
+            self.scored_keys.add(r.key)
+            self.counted += r.role != HOLD_ROLE
+            if r.trial_id not in self.told:
                 self.optimizer.tell(r.widths, r.score, r.role)
                 self.told.add(r.trial_id)
                 if r.score is not None:
                     self.best = max(self.best, r.score)
-        running = {r.key: r for r in records if r.status == STATUS_RUNNING}
-        active = [r for r in records if (r.finished or r.status == STATUS_RUNNING) and r.role != HOLD_ROLE]
+        running = {r.key: r for r in running_list}
+        active = self.counted + sum(1 for r in running_list if r.role != HOLD_ROLE)
         if self.progress is not None:
-            self.progress.n = len(active)
+            self.progress.n = active
             self.progress.set_postfix(best=f"{self.best:.4f}" if self.best > float("-inf") else "-")
-        return records, running, active
+        return running, active
 
     def ask(self, running):
         if not self.prepared:

@@ -2,9 +2,23 @@
 
 One float parameter in [0, 1] per free group (the space's unit-cube encoding), so TPE sees
 the order of the widths. TPE is fitted on the *repaired* candidates that were actually
-scored, not on its raw samples: the score belongs to the repaired vector. The sampler is
-rebuilt from the told results at each ask, which is what lets several workers share one
-stored study; its cost (a few ms per trial) is negligible next to scoring a candidate.
+scored, not on its raw samples: the score belongs to the repaired vector.
+
+TPE's history lives in one in-memory Optuna study that grows by the results told since the
+last ask (rebuilding it from every result at each ask cost seconds per candidate after a few
+thousand). Each ask gets a fresh sampler seeded from the ask's rng, as a rebuilt study would,
+and proposes exactly what a study rebuilt from the same results would: the trials an ask adds
+for itself (candidates in flight elsewhere, its own samples) are closed as failed when it
+returns, which TPE ignores. One case cannot be closed that way, a sample that repaired onto
+an already-scored vector and was told that score as complete: the study is then rebuilt at
+the next ask.
+
+Optuna's sampling itself reads every result in the study at each ask, so a long search keeps
+a bounded history (``history``, default 256): the :data:`BEST` best results, whatever their
+age, and the most recent others, told in order. TPE's "good" model is built from the best
+min(10 %, 25) results, so it is unchanged; only the oldest of the rest, which TPE already
+weighs least, are dropped. The study is rebuilt so whenever it has grown by half the bound.
+Up to ``history`` results the proposals are exactly those of an unbounded TPE.
 """
 
 from __future__ import annotations
@@ -17,20 +31,31 @@ from optuna.trial import TrialState, create_trial
 
 from autoprune.optimizers._base import Optimizer, register_optimizer
 
+BEST = 25  # the most results Optuna's TPE (default gamma) puts in its "good" model
+
 
 @register_optimizer
 class TPEOptimizer(Optimizer):
-    """TPE with ``n_startup`` random trials first (the first of them the uniform vector)."""
+    """TPE with ``n_startup`` random trials first (the first of them the uniform vector);
+    ``history``: the most results TPE reads at one ask (None: every one)."""
 
     name = "tpe"
     summary = "Optuna's TPE over the encoded widths"
 
-    def __init__(self, space, max_macs, *, seed=0, n_startup: int = 10, multivariate: bool = True):
+    def __init__(self, space, max_macs, *, seed=0, n_startup: int = 10, multivariate: bool = True,
+                 history: int | None = 256):
         super().__init__(space, max_macs, seed=seed)
+        if history is not None and (isinstance(history, bool) or int(history) < 2 * BEST):
+            raise ValueError(f"history must be at least {2 * BEST} results (or None), got {history!r}")
+        self.window = None if history is None else int(history)
         self.n_startup = int(n_startup)
         self.multivariate = bool(multivariate)
         self.history: list[tuple[tuple[int, ...], float | None]] = []
         self._dists = {f"g{j}": FloatDistribution(0.0, 1.0) for j in range(len(space.choices))}
+        self._study: optuna.Study | None = None  # TPE's history (see _kept), then closed extras
+        self._added = self._in_study = 0  # results of history looked at; of them, in the study
+        self._space_memo = None  # the sampler's intersection search space, carried over between asks
+        self.rebuilds = 0
 
     def observe(self, widths, score, role):
         self.history.append((widths, score))
@@ -50,25 +75,60 @@ class TPEOptimizer(Optimizer):
             sampler = optuna.samplers.TPESampler(
                 seed=int(rng.integers(2**31 - 1)), n_startup_trials=self.n_startup,
                 multivariate=self.multivariate, constant_liar=True)
-            study = optuna.create_study(direction="maximize", sampler=sampler)
-            trials = [create_trial(params=self._params(w), distributions=self._dists,
-                                   value=s if s is not None else None,
-                                   state=TrialState.COMPLETE if s is not None else TrialState.FAIL)
-                      for w, s in self.history]
+            study = self._history_study(sampler)
+            # The trials from here on are this ask's own: they are closed before it returns.
+            extras = len(study.get_trials(deepcopy=False))
             # Candidates in flight elsewhere: constant_liar keeps TPE from sampling next to them.
-            trials += [create_trial(params=self._params(w), distributions=self._dists, state=TrialState.RUNNING)
-                       for w, _ in pending]
-            study.add_trials(trials)
-            role = "startup" if len(self.history) < self.n_startup else "tpe"
-            for _ in range(20):
-                trial = study.ask(self._dists)
-                widths = self.repair(self.space.decode([trial.params[k] for k in self._dists]), rng)
-                if widths not in taken:
-                    return widths, role
-                # A repeat after repair: tell TPE what it already scored there and sample again.
-                known = self.seen.get(widths)
-                if known is None:
-                    study.tell(trial, state=TrialState.FAIL)
-                else:
-                    study.tell(trial, known)
+            study.add_trials([create_trial(params=self._params(w), distributions=self._dists,
+                                           state=TrialState.RUNNING) for w, _ in pending])
+            try:
+                return self._sample(study, rng, taken, pending)
+            finally:
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    if t.number >= extras:
+                        study.tell(t.number, state=TrialState.FAIL)
+
+    def _history_study(self, sampler) -> optuna.Study:
+        """The in-memory study of every told result, with ``sampler`` as its sampler."""
+        new = self.history[self._added:]
+        if self._study is None or (self.window and self._in_study + len(new) > self.window * 3 // 2):
+            self._study, self._space_memo = optuna.create_study(direction="maximize", sampler=sampler), None
+            new, self._in_study = self._kept(), 0
+        self._study.sampler = sampler
+        if self._space_memo is not None and hasattr(sampler, "_search_space"):
+            sampler._search_space = self._space_memo  # the same every ask; a new one rescans every trial
+        self._space_memo = getattr(sampler, "_search_space", None)
+        self._study.add_trials([create_trial(params=self._params(w), distributions=self._dists,
+                                             value=s if s is not None else None,
+                                             state=TrialState.COMPLETE if s is not None else TrialState.FAIL)
+                                for w, s in new])
+        self._added, self._in_study = len(self.history), self._in_study + len(new)
+        return self._study
+
+    def _kept(self) -> list:
+        """The results a rebuilt study holds, in the order told: every one up to ``history``;
+        beyond, the :data:`BEST` best and the most recent others, ``history`` in all."""
+        if not self.window or len(self.history) <= self.window:
+            return list(self.history)
+        scored = [i for i, (_, s) in enumerate(self.history) if s is not None]
+        best = set(sorted(scored, key=lambda i: -self.history[i][1])[:BEST])
+        recent = [i for i in range(len(self.history) - 1, -1, -1) if i not in best][:self.window - len(best)]
+        return [self.history[i] for i in sorted(best | set(recent))]
+
+    def _sample(self, study, rng, taken, pending):
+        role = "startup" if len(self.history) < self.n_startup else "tpe"
+        for _ in range(20):
+            trial = study.ask(self._dists)
+            widths = self.repair(self.space.decode([trial.params[k] for k in self._dists]), rng)
+            if widths not in taken:
+                return widths, role
+            # A repeat after repair: tell TPE what it already scored there and sample again.
+            known = self.seen.get(widths)
+            if known is None:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, known)
+                # A complete trial stays: the study is rebuilt at the next ask, without it.
+                self._study, self._space_memo = None, None
+                self.rebuilds += 1
         return self.random_unseen(rng, pending), "random"
