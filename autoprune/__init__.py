@@ -1,6 +1,15 @@
 """autoprune: channel pruning as architecture search under an exact compute budget."""
 
-from autoprune.api import SearchResult, StudyConfig, search
+from autoprune.api import (
+    BaseConfig,
+    LatencyConfig,
+    MethodConfig,
+    ModelConfig,
+    SearchResult,
+    SpaceOptions,
+    StudyConfig,
+    search,
+)
 from autoprune.arch import build, load_arch, make_arch, save_arch
 from autoprune.cost import macs, params
 from autoprune.dataspec import DataSpec
@@ -17,6 +26,11 @@ from autoprune.version import __version__
 
 __all__ = [
     "AutopruneError",
+    "BaseConfig",
+    "LatencyConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "SpaceOptions",
     "DataSpec",
     "EvalConfig",
     "FinetuneResult",

@@ -24,10 +24,9 @@ from typing import Callable
 import numpy as np
 import torch.nn as nn
 
-from autoprune import cost
+from autoprune.budget import Budget, Limits
 from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalResult
-from autoprune.latency import LatencyBudget, predict
 from autoprune.optimizers import Context, Optimizer
 from autoprune.profile import STATISTICS, measure_rounds, paired_ratio
 from autoprune.study import (
@@ -69,8 +68,7 @@ def run_search(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResu
     so their candidates may be scored again (see the module docstring). A one-shot method
     whose candidate another worker is scoring waits for that result (up to ``wait_s``
     seconds) instead of giving up. Every candidate is checked against the budget before it
-    is claimed: SearchError if an optimizer proposes one above ``optimizer.max_macs`` or above
-    its latency limit.
+    is claimed: SearchError if an optimizer proposes one outside ``optimizer.limits``.
     """
     loop = _Loop(optimizer, store, seed, context or Context(), progress, wait_s)
     trials = min(trials, 1) if optimizer.one_shot else trials
@@ -162,16 +160,16 @@ class _Loop:
         """Claim ``widths``, score it and record the result; None when another worker has it
         or the study filled up meanwhile."""
         space = self.optimizer.space
-        macs = cost.macs(space, widths)
-        if macs > self.optimizer.max_macs:  # the one place the hard budget is enforced
-            raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
-                              f"{widths_key(widths)} with {macs} MACs, above the budget of {self.optimizer.max_macs}")
-        limit = self.optimizer.latency
-        if limit is not None and not limit.allows(space, widths):
-            raise SearchError(f"method '{self.optimizer.name or type(self.optimizer).__name__}' proposed "
-                              f"{widths_key(widths)} with a predicted {predict(limit.table, space, widths):.3f} ms, "
-                              f"above the latency budget of {limit.max_ms:.3f} ms")
-        trial_id = self.store.claim(widths, role, macs=macs, params=cost.params(space, widths), retry=self.retry,
+        (macs, params), limits = self.optimizer.cost(widths), self.optimizer.limits
+        method = self.optimizer.name or type(self.optimizer).__name__
+        if macs > limits.max_macs:  # the one place the hard limits are enforced
+            raise SearchError(f"method '{method}' proposed {widths_key(widths)} with {macs} MACs, above the "
+                              f"budget of {limits.max_macs}")
+        if limits.table is not None and not limits.allows(space, widths):
+            raise SearchError(f"method '{method}' proposed {widths_key(widths)} with a predicted "
+                              f"{limits.predicted_ms(space, widths):.3f} ms, above the latency budget of "
+                              f"{limits.max_ms:.3f} ms")
+        trial_id = self.store.claim(widths, role, macs=macs, params=params, retry=self.retry,
                                     limit=trials, space=space)
         if trial_id == FULL:  # other workers filled the study since the replay
             return None
@@ -209,58 +207,62 @@ def best_record(records: list[Record]) -> Record:
 @dataclasses.dataclass
 class Held:
     """What the latency hold ends with: the winner, one dict per measurement (the last one's
-    ``within`` says whether the winner holds the budget), and how many candidates it scored."""
+    ``within`` says whether the winner holds the budget), how many candidates it scored, and
+    the limits it ended with (the search's, its latency limit tightened where the hold did)."""
 
     best: Record
     steps: list[dict]
     scored: int = 0
+    limits: Limits | None = None
 
 
 def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalResult], store: TrialStore,
-                 model: nn.Module, budget: LatencyBudget | None, *, tries: int = HOLD_TRIES,
-                 rounds: int = HOLD_ROUNDS) -> Held:
+                 model: nn.Module, *, tries: int = HOLD_TRIES, rounds: int = HOLD_ROUNDS) -> Held:
     """The winner of a search with a latency limit, measured to hold the budget on this device.
 
-    The best candidate the limit allows is materialised and timed beside the base, at least
-    ``rounds`` rounds of the table's statistic (:func:`measure_rounds`); a ratio ``budget`` is
-    checked with the median over rounds of winner / base (each pair timed back to back), a
-    time with the winner's own time. Where it runs over, the predicted limit becomes the
-    winner's prediction divided by the excess (and times :data:`HOLD_MARGIN`): the table's error
-    on this winner, learned from the measurement. The optimizer names the candidate for the
-    tighter limit (:meth:`Optimizer.hold`: the winner repaired onto it, or a one-shot method's
-    own rule), which is scored as one more candidate (role ``hold``, not counted toward the
-    trials), and the best candidate the tighter limit allows is measured in turn, at most
-    ``tries`` times. A rerun starts from the tightest limit an earlier hold reached (the least
-    predicted latency of its candidates). ``optimizer.latency`` ends tightened.
+    The best candidate ``optimizer.limits`` allow is materialised and timed beside the base, at
+    least ``rounds`` rounds of the table's statistic (:func:`measure_rounds`); a ratio latency
+    budget is checked with the median over rounds of winner / base (each pair timed back to
+    back), a time with the winner's own time. Where it runs over, the limits are
+    :meth:`~autoprune.budget.Limits.tightened` to the winner's prediction divided by the excess
+    (and times :data:`HOLD_MARGIN`): the table's error on this winner, learned from the
+    measurement. The optimizer names the candidate for the tighter limits
+    (:meth:`Optimizer.hold`: the winner repaired onto them, or a one-shot method's own rule),
+    which is scored as one more candidate (role ``hold``, not counted toward the trials), and
+    the best candidate the tighter limits allow is measured in turn, at most ``tries`` times. A
+    rerun starts from the tightest limit an earlier hold reached (the least predicted latency
+    of its candidates). The optimizer's own limits never change.
     """
-    space, table = optimizer.space, optimizer.latency.table
-    budget = budget or LatencyBudget(optimizer.latency.max_ms, "ms", f"{optimizer.latency.max_ms}ms")
-    earlier = [predict(table, space, r.widths) for r in store.records() if r.role == HOLD_ROLE and r.status == STATUS_OK]
-    if earlier and min(earlier) < optimizer.latency.max_ms:
-        optimizer.limit_latency(dataclasses.replace(optimizer.latency, max_ms=float(min(earlier))))
+    space, limits = optimizer.space, optimizer.limits
+    budget = limits.latency_budget or Budget(limits.max_ms, "ms", f"{limits.max_ms}ms")
+    earlier = [limits.predicted_ms(space, r.widths) for r in store.records()
+               if r.role == HOLD_ROLE and r.status == STATUS_OK]
+    if earlier:
+        limits = limits.tightened(min(earlier))
     loop = _Loop(optimizer, store, optimizer.seed, Context(), None, WAIT_S)
-    held = Held(_allowed_best(store.records(), optimizer) or best_record(store.records()), [])
+    held = Held(_allowed_best(store.records(), space, limits) or best_record(store.records()), [], limits=limits)
     while True:
-        step = _measure_held(optimizer, model, budget, held.best.widths, rounds)
+        step = _measure_held(limits, space, model, budget, held.best.widths, rounds)
         held.steps.append(step)
         if step["within"] or len(held.steps) > tries:
             return held
         try:
-            optimizer.limit_latency(dataclasses.replace(optimizer.latency,
-                                                        max_ms=step["predicted_ms"] / step["excess"] * HOLD_MARGIN))
-            widths = optimizer.hold(held.best.widths, np.random.default_rng([optimizer.seed, len(held.steps)]))
+            limits = limits.tightened(step["predicted_ms"] / step["excess"] * HOLD_MARGIN)
+            limits.check_reachable(space)
+            widths = optimizer.hold(held.best.widths, np.random.default_rng([optimizer.seed, len(held.steps)]), limits)
         except BudgetError:  # not even the smallest network is predicted under the tighter limit
             return held
+        held.limits = limits
         held.scored += _score_hold(loop, widths, score)
-        best = _allowed_best(store.records(), optimizer)
+        best = _allowed_best(store.records(), space, limits)
         if best is None:  # the hold's candidate failed and no other one meets the tighter limit
             return held
         held.best = best
 
 
-def _allowed_best(records: list[Record], optimizer: Optimizer) -> Record | None:
-    """The best scored candidate the optimizer's latency limit allows; None if it allows none."""
-    ok = [r for r in records if r.status == STATUS_OK and optimizer.latency.allows(optimizer.space, r.widths)]
+def _allowed_best(records: list[Record], space, limits: Limits) -> Record | None:
+    """The best scored candidate ``limits`` allow; None if they allow none."""
+    ok = [r for r in records if r.status == STATUS_OK and limits.allows(space, r.widths)]
     return best_record(ok) if ok else None
 
 
@@ -279,15 +281,14 @@ def _score_hold(loop: _Loop, widths, score) -> int:
         loop.wait_for(running)
 
 
-def _measure_held(optimizer: Optimizer, model: nn.Module, budget: LatencyBudget, widths, rounds: int) -> dict:
+def _measure_held(limits: Limits, space, model: nn.Module, budget: Budget, widths, rounds: int) -> dict:
     """One measurement of the hold: ``widths`` and the base timed back to back, round by round."""
-    limit, space = optimizer.latency, optimizer.space
-    statistic = STATISTICS[limit.table.key.get("statistic", "median")]
-    runs = measure_rounds(limit.table, model, space, [widths, space.max_widths()],
-                          rounds=max(rounds, limit.table.key.get("rounds", 1)))
+    table = limits.table
+    statistic = STATISTICS[table.key.get("statistic", "median")]
+    runs = measure_rounds(table, model, space, [widths, space.max_widths()], rounds=max(rounds, table.key.get("rounds", 1)))
     pruned, base = statistic(runs[0]), statistic(runs[1])
     ratio = paired_ratio(*runs)
     excess = ratio / budget.value if budget.kind == "ratio" else pruned / budget.value
-    return {"max_ms": limit.max_ms, "predicted_ms": float(predict(limit.table, space, widths)), "measured_ms": pruned,
+    return {"max_ms": limits.max_ms, "predicted_ms": limits.predicted_ms(space, widths), "measured_ms": pruned,
             "measured_base_ms": base, "measured_ratio": ratio, "measured_max_ms": budget.max_ms(base),
             "excess": excess, "within": bool(excess <= 1.0)}

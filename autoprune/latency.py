@@ -28,17 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from autoprune.errors import BudgetError, SpaceError
+from autoprune.errors import SpaceError
 from autoprune.space import SearchSpace
-
-_HINT = "use a ratio of the base model's measured latency in (0, 1] such as 0.5 or 50%, or a time such as 3.2ms"
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 @dataclass(frozen=True)
@@ -270,63 +266,3 @@ def _group_widths(space: SearchSpace) -> dict[int, tuple[int | None, tuple[int, 
         i = free.get(root.id)
         out[g.id] = (None, (full[g.id],)) if i is None else (i, tuple(f[g.id] for f in fulls[i]))
     return out
-
-
-@dataclass(frozen=True)
-class LatencyBudget:
-    """A latency budget: a ratio of the base model's measured latency, or milliseconds."""
-
-    value: float
-    kind: str  # "ratio" | "ms"
-    text: str
-
-    def max_ms(self, base_ms: float) -> float:
-        return self.value * base_ms if self.kind == "ratio" else self.value
-
-    def to_dict(self) -> dict:
-        return {"value": self.value, "kind": self.kind, "text": self.text}
-
-
-def parse_latency_budget(value) -> LatencyBudget:
-    """``0.5``, ``"50%"`` → ratio of the base latency; ``"3.2ms"``, ``"800us"``, ``"0.01s"`` → ms.
-
-    >>> parse_latency_budget("3.2ms").max_ms(10.0)
-    3.2
-    >>> parse_latency_budget("0.5").max_ms(10.0)
-    5.0
-    """
-    if isinstance(value, LatencyBudget):
-        return value
-    text = str(value).strip()
-    m = re.fullmatch(r"([0-9.eE+-]+)\s*(%|us|ms|s)?", text)
-    try:
-        number = float(m.group(1)) if m and not isinstance(value, bool) else float("nan")
-    except ValueError:
-        number = float("nan")
-    unit = m.group(2) if m else None
-    if not math.isfinite(number):
-        raise BudgetError(f"invalid latency budget '{text}'; {_HINT}")
-    if unit in _UNITS:
-        if number <= 0:
-            raise BudgetError(f"latency budget '{text}' must be positive; {_HINT}")
-        return LatencyBudget(number * _UNITS[unit], "ms", text)
-    ratio = number / 100.0 if unit == "%" else number
-    if not 0 < ratio <= 1:
-        raise BudgetError(f"latency budget '{text}' is not a ratio in (0, 1] nor a time; {_HINT}")
-    return LatencyBudget(ratio, "ratio", text)
-
-
-@dataclass(frozen=True)
-class LatencyLimit:
-    """The hard latency constraint a search holds every candidate to: predicted ≤ ``max_ms``."""
-
-    table: LatencyTable
-    max_ms: float
-    budget: LatencyBudget | None = None
-
-    def allows(self, space: SearchSpace, widths: Sequence[int]) -> bool:
-        return predict(self.table, space, widths) <= self.max_ms
-
-    def to_dict(self) -> dict:
-        return {"budget": self.budget.to_dict() if self.budget else None, "max_ms": self.max_ms,
-                "base_ms": self.table.model_ms, "table": self.table.key, "table_id": self.table.id}

@@ -42,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune import cost
-from autoprune.budget import uniform_at_budget
+from autoprune.budget import Limits, uniform_at_budget
+from autoprune.checks import check_count
 from autoprune.errors import AutopruneError, DeviceError, one_line
 from autoprune.files import write_json
 from autoprune.graph import Layer, fx_graph_module
@@ -148,8 +149,7 @@ class Timer:
 def set_threads(n: int | None) -> None:
     """Use ``n`` CPU threads (None: leave torch's choice). Part of a CPU table's key."""
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise AutopruneError(f"threads must be a positive integer, got {n!r}")
+        check_count(n, "threads")
         torch.set_num_threads(n)
 
 
@@ -385,7 +385,8 @@ def measure_table(model, space, config: TableConfig, key: dict, device: torch.de
 def middle(space: SearchSpace) -> tuple[int, ...]:
     """The widest uniform width vector within the MACs half-way between the smallest and the
     unpruned model's."""
-    return uniform_at_budget(space, (cost.macs(space, space.min_widths()) + cost.macs(space, space.max_widths())) // 2)
+    halfway = (cost.macs(space, space.min_widths()) + cost.macs(space, space.max_widths())) // 2
+    return uniform_at_budget(space, Limits(halfway))
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, measured) -> tuple[float, float, tuple]:
@@ -460,8 +461,7 @@ def staircase(model: nn.Module, space: SearchSpace, layer_name: str, config: Tab
     if layer.depthwise:
         raise AutopruneError(f"layer '{layer_name}' is depthwise: its output width is its input width")
     full = space.graph.groups[layer.out_group].width
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
-        raise AutopruneError(f"staircase step must be a positive integer, got {step!r}")
+    check_count(step, "staircase step")
     step = step or max(1, full // 64)
     step = -(-step // layer.groups) * layer.groups  # a grouped conv keeps its groups: whole steps of them
     device = resolve_device(config.device)

@@ -22,6 +22,7 @@ import numpy as np
 import torch.nn as nn
 import yaml
 
+from autoprune.checks import check_count
 from autoprune.errors import SpaceError, WidthError, one_line
 from autoprune.graph import ChannelGraph, ChannelGroup, follow_widths, trace
 
@@ -29,6 +30,8 @@ from autoprune.graph import ChannelGraph, ChannelGroup, follow_widths, trace
 # wheel searches the same space as a checkout. Read through importlib.resources, not a path
 # relative to the source tree: the package may be installed anywhere (or zipped).
 SEARCH_SPACES = importlib.resources.files("autoprune") / "search_spaces"
+# A candidate: one kept width per free group, in the space's order.
+Widths = tuple[int, ...]
 _CONFIG_KEYS = {"min_ratio", "step", "round_to", "frozen", "groups"}
 _GROUP_KEYS = {"min_ratio", "step", "round_to", "frozen"}
 
@@ -104,8 +107,7 @@ def _check_grid(min_ratio: float, step: float, round_to: int, where: str) -> Non
         raise SpaceError(f"{where}: min_ratio must be in (0, 1], got {min_ratio}")
     if not 0 < step <= 1:
         raise SpaceError(f"{where}: step must be in (0, 1], got {step}")
-    if round_to < 1:
-        raise SpaceError(f"{where}: round_to must be a positive integer, got {round_to}")
+    check_count(round_to, f"{where}: round_to", error=SpaceError)
 
 
 def allowed_widths(width: int, min_ratio: float, step: float, round_to: int, blocks: int = 1) -> tuple[int, ...]:

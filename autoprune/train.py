@@ -33,6 +33,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune.checkpoint import load_checkpoint, save_checkpoint
+from autoprune.checks import check_counts
 from autoprune.data import iterate
 from autoprune.errors import CheckpointError, DataError, TrainingError
 from autoprune.files import check_out_dir
@@ -83,8 +84,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.schedule not in ("onecycle", "cosine", "constant"):
             raise TrainingError(f"unknown schedule '{self.schedule}'; expected onecycle, cosine or constant")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TrainingError(f"epochs and batch_size must be positive (got {self.epochs}, {self.batch_size})")
+        check_counts(epochs=self.epochs, batch_size=self.batch_size, error=TrainingError)
         if not 0 <= self.warmup < 1:
             raise TrainingError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -43,7 +43,7 @@ from bench_stripe import test_subset  # noqa: E402
 
 from autoprune import cost  # noqa: E402
 from autoprune.api import file_sha1  # noqa: E402
-from autoprune.budget import repair  # noqa: E402
+from autoprune.budget import Limits, repair  # noqa: E402
 from autoprune.checkpoint import save_checkpoint  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
@@ -131,7 +131,7 @@ def producer_rows(base, space, data, max_macs, cache, args) -> list[dict]:
     for name in PRODUCERS:
         options = {"steps": args.ssl_steps, "batch_size": args.batch_size} if name == "ssl" else {}
         start = time.perf_counter()
-        opt = get_optimizer(name)(space, max_macs, seed=args.seed, **options)
+        opt = get_optimizer(name)(space, Limits(max_macs), seed=args.seed, **options)
         opt.prepare(Context(base=base, data=data, device=torch.device(args.device), cache=cache))
         widths, _ = opt.ask(np.random.default_rng(args.seed))
         seconds = time.perf_counter() - start
@@ -157,9 +157,9 @@ def load(args):
 def vectors_at(space, max_macs: int, args) -> list:
     """Uniform's widths, then random vectors repaired to the budget: ``args.vectors`` distinct ones."""
     rng = np.random.default_rng(args.seed)
-    vectors = [get_optimizer("uniform")(space, max_macs).ask(rng)[0]]
+    vectors = [get_optimizer("uniform")(space, Limits(max_macs)).ask(rng)[0]]
     while len(vectors) < args.vectors:
-        w = repair(space, space.sample(rng), max_macs, rng=rng)
+        w = repair(space, space.sample(rng), Limits(max_macs), rng=rng)
         if w not in vectors:
             vectors.append(w)
     return vectors

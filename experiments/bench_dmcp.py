@@ -33,6 +33,7 @@ from bench_search import add_common_args, base_model, latency_ms, retrain, setup
 from autoprune import cost  # noqa: E402
 from autoprune.arch import make_arch  # noqa: E402
 from autoprune.budget import (
+    Limits,  # noqa: E402
     parse_budget,  # noqa: E402
     uniform_at_budget,  # noqa: E402
 )
@@ -89,14 +90,14 @@ def main(argv=None):
             config = DMCPConfig(steps=args.search_steps, epochs=args.search_epochs, batch_size=search_batch,
                                 lr=args.search_lr, arch_lr=args.arch_lr, penalty=args.penalty, derive=args.derive,
                                 seed=args.seed)
-            widths, info = search_dmcp(base, space, data, config, budget_macs=max_macs, device=device,
+            widths, info = search_dmcp(base, space, data, config, limits=Limits(max_macs), device=device,
                                        out_dir=out / name / f"b{text}")
             wall = time.perf_counter() - t
             arch = make_arch(name, kwargs, space, widths, budget={**budget.to_dict(), "max_macs": int(max_macs)},
                              method="dmcp", seed=args.seed)
             found = {"dmcp": (arch, wall, info)}
             if not args.no_uniform:
-                uniform = make_arch(name, kwargs, space, uniform_at_budget(space, max_macs), budget=budget.to_dict(),
+                uniform = make_arch(name, kwargs, space, uniform_at_budget(space, Limits(max_macs)), budget=budget.to_dict(),
                                     method="uniform", seed=args.seed)
                 found["uniform"] = (uniform, None, None)
             for method, (arch, wall, info) in found.items():

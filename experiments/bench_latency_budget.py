@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench_latency import start
 
-from autoprune.api import StudyConfig, search
+from autoprune.api import LatencyConfig, StudyConfig, search
 from autoprune.cost import base_macs, macs
 from autoprune.errors import BudgetError, one_line
 from autoprune.files import write_json
@@ -48,8 +48,8 @@ def bench(name: str, args, tmp: Path) -> dict:
                          cache_dir=args.cache_dir or tmp / "tables")
     table, _ = latency_table(model, space, config, progress=True)
     full = base_macs(space)
-    held = winner(name, tmp / f"{name}-lat", args, args.seed, budget=None, latency=args.latency_budget,
-                  latency_table=table)
+    held = winner(name, tmp / f"{name}-lat", args, args.seed, budget=None,
+                  latency=LatencyConfig(args.latency_budget, table))
     hold = held.arch["search"]["latency"]["hold"]  # the search's own measurements of its winner
     vectors = {"latency": list(held.widths)}
     ratio = macs(space, vectors["latency"]) / full

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autoprune import cost  # noqa: E402
 from autoprune.api import StudyConfig, search  # noqa: E402
 from autoprune.arch import build  # noqa: E402
-from autoprune.budget import parse_budget, repair  # noqa: E402
+from autoprune.budget import Limits, parse_budget, repair  # noqa: E402
 from autoprune.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.evaluator import EvalConfig, Evaluator  # noqa: E402
@@ -173,7 +173,7 @@ def main(argv=None):
     base = base.to(device)
     rows = [base_row]
     common = dict(data=data, base=str(base_path), seed=args.seed, device=str(device),
-                  evaluation=EvalConfig(fine_tune_steps=args.fine_tune_steps, bn_batches=args.bn_batches,
+                  objective=EvalConfig(fine_tune_steps=args.fine_tune_steps, bn_batches=args.bn_batches,
                                         batch_size=args.eval_batch_size, seed=args.seed))
 
     # -- search at every budget, then retrain the winners and uniform -----------------------------
@@ -207,7 +207,7 @@ def main(argv=None):
         rng = np.random.default_rng(args.seed + 1)
         vectors, seen = [], set()
         while len(vectors) < args.tau_vectors:
-            w = repair(space, space.sample(rng), max_macs, rng=rng)
+            w = repair(space, space.sample(rng), Limits(max_macs), rng=rng)
             if w not in seen:
                 seen.add(w)
                 vectors.append(w)

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import autoprune
+from autoprune.api import BaseConfig, MethodConfig
 from autoprune.arch import build
 from autoprune.data import load_data
 from autoprune.train import TrainConfig, split_accuracy, train
@@ -98,9 +99,9 @@ def main(argv=None):
     start = time.perf_counter()
     rows, base, sp_info = [], args.base, {}
     for budget in args.budgets:
-        sp = autoprune.search(args.model, budget, "stripe", data, base=base, out=out / f"stripe-{budget}",
-                              device=args.device, pretrain_epochs=args.base_epochs,
-                              method_options={"epochs": args.stripe_epochs})
+        sp = autoprune.search(args.model, budget, MethodConfig("stripe", {"epochs": args.stripe_epochs}), data,
+                              base=BaseConfig(base, args.base_epochs), out=out / f"stripe-{budget}",
+                              device=args.device)
         base = base or out / f"stripe-{budget}" / "base" / "model.pt"
         info = sp.arch["search"]["stripe"]
         sp_info[budget] = {"val_score_inherited": sp.arch["score"], "empty_filters": info["empty_filters"],

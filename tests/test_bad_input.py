@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import autoprune
+from autoprune.api import MethodConfig
 from autoprune.arch import make_arch, save_arch
 from autoprune.checkpoint import save_checkpoint
 from autoprune.cli import main
@@ -133,8 +134,8 @@ API_CASES = [  # (id, call(tmp, space), expected error type, text of its message
     ("objective-raises", lambda tmp, s: autoprune.search("resnet20", 0.5, "random", objective=_raises,
                                                          study=autoprune.StudyConfig(trials=2), out=tmp / "o"),
      SearchError, "KeyError"),
-    ("unknown-method-option", lambda tmp, s: autoprune.search("resnet20", 0.5, "abc", objective="synthetic",
-                                                              method_options={"bogus": 1}, out=tmp / "o"),
+    ("unknown-method-option", lambda tmp, s: autoprune.search("resnet20", 0.5, MethodConfig("abc", {"bogus": 1}),
+                                                              objective="synthetic", out=tmp / "o"),
      SearchError, "bogus"),
     ("unknown-keep-rule", lambda tmp, s: autoprune.EvalConfig(keep="l2"), KeepRuleError, "expected one of l1,"),
     ("out-is-a-file", lambda tmp, s: autoprune.search("resnet20", 0.5, "random", objective="synthetic",

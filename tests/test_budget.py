@@ -3,7 +3,7 @@ import pytest
 from conftest import assert_no_step_fits
 
 from autoprune import cost
-from autoprune.budget import check_reachable, parse_budget, repair, utilisation
+from autoprune.budget import Limits, parse_budget, repair, utilisation
 from autoprune.errors import BudgetError
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
@@ -38,28 +38,42 @@ def test_max_macs():
 def test_unreachable_budget_names_smallest_ratio(space):
     base = cost.macs(space, space.max_widths())
     smallest = cost.macs(space, space.min_widths()) / base
-    with pytest.raises(BudgetError, match=f"{smallest:.3f}"):
-        check_reachable(space, int(0.5 * smallest * base), "tiny")
-    with pytest.raises(BudgetError):
-        repair(space, space.max_widths(), int(0.5 * smallest * base))
+    with pytest.raises(BudgetError, match=f"budget 0.01 .* ratio {smallest:.3f}") as info:
+        Limits.of(space, 0.01)
+    assert "\n" not in str(info.value)
+    with pytest.raises(BudgetError, match=f"{smallest:.3f}"):  # a bare MACs limit: checked when repair needs it
+        repair(space, space.max_widths(), Limits(int(0.5 * smallest * base)))
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.4, 0.9])
 def test_repair_is_feasible_and_uses_the_budget(space, ratio):
-    max_macs = int(ratio * cost.macs(space, space.max_widths()))
+    limits = Limits.of(space, ratio)
+    assert limits.max_macs == int(ratio * cost.macs(space, space.max_widths()))
     rng = np.random.default_rng(0)
     for _ in range(20):
-        w = repair(space, space.sample(rng), max_macs, rng=rng)
+        w = repair(space, space.sample(rng), limits, rng=rng)
         assert space.validate(w) == w
-        assert cost.macs(space, w) <= max_macs
-        assert_no_step_fits(space, w, max_macs)
-        assert utilisation(space, w, max_macs) > 0.9
+        assert cost.macs(space, w) <= limits.max_macs and limits.allows(space, w)
+        assert_no_step_fits(space, w, limits.max_macs)
+        assert utilisation(space, w, limits) > 0.9
 
 
 def test_repair_keeps_feasible_vector_and_is_deterministic(space):
-    max_macs = int(0.5 * cost.macs(space, space.max_widths()))
-    w0 = repair(space, space.min_widths(), max_macs, rng=np.random.default_rng(3), grow=False)
+    limits = Limits(int(0.5 * cost.macs(space, space.max_widths())))
+    w0 = repair(space, space.min_widths(), limits, rng=np.random.default_rng(3), grow=False)
     assert w0 == space.min_widths()
-    a = repair(space, space.max_widths(), max_macs, rng=np.random.default_rng(1))
-    b = repair(space, space.max_widths(), max_macs, rng=np.random.default_rng(1))
+    a = repair(space, space.max_widths(), limits, rng=np.random.default_rng(1))
+    b = repair(space, space.max_widths(), limits, rng=np.random.default_rng(1))
     assert a == b
+
+
+def test_limits_are_immutable_and_record_what_was_asked(space):
+    import dataclasses
+
+    limits = Limits.of(space, "40%")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        limits.max_macs = 1
+    assert limits.to_dict() == {"value": 0.4, "kind": "ratio", "text": "40%", "max_macs": limits.max_macs,
+                                "ratio": limits.max_macs / cost.base_macs(space)}
+    with pytest.raises(BudgetError, match="latency"):
+        limits.tightened(1.0)  # no latency limit to tighten

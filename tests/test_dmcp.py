@@ -1,5 +1,6 @@
 """DMCP: the Markov gates against the cost model and surgery, and the search end to end."""
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -7,10 +8,11 @@ import torch
 from conftest import random_widths
 
 from autoprune import cost
+from autoprune.budget import Limits
 from autoprune.data import load_data
 from autoprune.errors import CheckpointError
 from autoprune.keep import First
-from autoprune.latency import ExpectedLatency, LatencyLimit, predict
+from autoprune.latency import ExpectedLatency, predict
 from autoprune.models import create_model
 from autoprune.optimizers import dmcp
 from autoprune.optimizers.dmcp import DMCPConfig, Gates, MarkovChain, budget_loss, search_dmcp
@@ -40,10 +42,13 @@ def tiny():
 
 
 def _tiny_search(tiny, *, budget_macs=None, out_dir=None, latency=None, **options):
+    """DMCP at ``budget_macs`` (default half the base's MACs) and, with ``latency`` (table, max_ms), a latency limit."""
     model, space, data = tiny
     config = DMCPConfig(**{"steps": 6, "batch_size": 16, "warmup": 0.34, **options})
-    return search_dmcp(model, space, data, config, out_dir=out_dir, latency=latency,
-                       budget_macs=budget_macs if budget_macs is not None else int(0.5 * cost.base_macs(space)))
+    limits = Limits(budget_macs if budget_macs is not None else int(0.5 * cost.base_macs(space)))
+    if latency is not None:
+        limits = dataclasses.replace(limits, table=latency[0], max_ms=latency[1])
+    return search_dmcp(model, space, data, config, out_dir=out_dir, limits=limits)
 
 
 PRICEY = 1  # the free group whose producing conv the synthetic latency table makes expensive
@@ -212,8 +217,9 @@ def test_expected_latency_is_differentiable_in_the_chain(tiny, pricey_table):
 
 def test_a_latency_limit_narrows_the_expensive_group(tiny, pricey_table):
     _, space, _ = tiny
-    limit = LatencyLimit(pricey_table, 0.6 * predict(pricey_table, space, space.max_widths()))
-    free, limited = (_tiny_search(tiny, arch_lr=0.2, latency=latency) for latency in (None, limit))
+    max_ms = 0.6 * predict(pricey_table, space, space.max_widths())
+    limit = Limits(10**12, table=pricey_table, max_ms=max_ms)
+    free, limited = (_tiny_search(tiny, arch_lr=0.2, latency=latency) for latency in (None, (pricey_table, max_ms)))
     # The differentiable term moved the chain, before any repair: the expected width shrank.
     assert limited.info["expected_widths"][PRICEY] < free.info["expected_widths"][PRICEY] - 1
     assert limited.info["expected_ms"] <= 1.05 * limit.max_ms and limited.info["max_ms"] == limit.max_ms
@@ -224,9 +230,8 @@ def test_a_latency_limit_narrows_the_expensive_group(tiny, pricey_table):
 
 def test_resume_refuses_a_checkpoint_of_another_latency_limit(tiny, pricey_table, tmp_path):
     _tiny_search(tiny, out_dir=tmp_path, steps=2)
-    limit = LatencyLimit(pricey_table, 0.6 * pricey_table.model_ms)
     with pytest.raises(CheckpointError, match="another search"):
-        _tiny_search(tiny, out_dir=tmp_path, steps=2, latency=limit)
+        _tiny_search(tiny, out_dir=tmp_path, steps=2, latency=(pricey_table, 0.6 * pricey_table.model_ms))
 
 
 # -- the search -----------------------------------------------------------------------------

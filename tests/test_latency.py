@@ -13,16 +13,22 @@ import torch.nn as nn
 
 import autoprune
 from autoprune import profile
-from autoprune.budget import repair, uniform_at_budget, within
+from autoprune.api import LatencyConfig
+from autoprune.budget import Budget, Limits, parse_latency_budget, repair, uniform_at_budget
 from autoprune.cli import main
 from autoprune.errors import AutopruneError, BudgetError, SearchError
-from autoprune.latency import ExpectedLatency, LatencyLimit, LatencyTable, lookup, parse_latency_budget, predict
+from autoprune.latency import ExpectedLatency, LatencyTable, lookup, predict
 from autoprune.models import create_model
 from autoprune.optimizers import Optimizer, register_optimizer, unregister_optimizer
 from autoprune.profile import TableConfig, latency_table, table_key
 from autoprune.space import SearchSpace
 
 MODEL_MS = 50.0
+
+
+def latency_limits(table, max_ms, max_macs=10**12):
+    """Limits that bind on the predicted latency (and, with ``max_macs``, on the MACs)."""
+    return Limits(int(max_macs), table=table, max_ms=max_ms)
 
 
 def layer_ms(layer, cin, cout):
@@ -230,19 +236,31 @@ def test_parse_latency_budget_rejects(text):
 
 
 def test_repair_meets_both_budgets(table, space):
-    limit = LatencyLimit(table, 0.8 * MODEL_MS)
-    max_macs = int(0.7 * autoprune.macs(space, space.max_widths()))
+    limits = latency_limits(table, 0.8 * MODEL_MS, 0.7 * autoprune.macs(space, space.max_widths()))
     rng = np.random.default_rng(1)
     for _ in range(20):
-        w = repair(space, space.sample(rng), max_macs, rng=rng, latency=limit)
-        assert within(space, w, max_macs, limit)
-        assert predict(table, space, w) <= limit.max_ms
+        w = repair(space, space.sample(rng), limits, rng=rng)
+        assert limits.allows(space, w) and autoprune.macs(space, w) <= limits.max_macs
+        assert predict(table, space, w) <= limits.max_ms
 
 
 def test_unreachable_latency_budget_names_the_smallest_ratio(table, space):
     fastest = predict(table, space, space.min_widths()) / MODEL_MS
     with pytest.raises(BudgetError, match=f"{fastest:.3f}"):
-        repair(space, space.max_widths(), 10**12, latency=LatencyLimit(table, 0.5 * fastest * MODEL_MS))
+        repair(space, space.max_widths(), latency_limits(table, 0.5 * fastest * MODEL_MS))
+    with pytest.raises(BudgetError, match=f"latency budget 0.1 .*ratio {fastest:.3f}"):
+        Limits.of(space, 1.0, 0.1, table)
+
+
+def test_tightened_limits_are_a_new_object(table, space):
+    limits = Limits.of(space, 0.7, 0.8, table)
+    tighter = limits.tightened(0.5 * MODEL_MS)
+    assert limits.max_ms == 0.8 * MODEL_MS and tighter.max_ms == 0.5 * MODEL_MS
+    assert tighter.max_macs == limits.max_macs and tighter.latency_budget == limits.latency_budget
+    assert limits.tightened(MODEL_MS).max_ms == limits.max_ms  # never loosened
+    assert limits.to_dict()["latency"] == {"budget": {"value": 0.8, "kind": "ratio", "text": "0.8"},
+                                           "max_ms": 0.8 * MODEL_MS, "base_ms": MODEL_MS, "table": table.key,
+                                           "table_id": table.id}
 
 
 @pytest.mark.parametrize("method", ["abc", "tpe", "random", "uniform", "uniform-fill"])
@@ -255,7 +273,7 @@ def test_no_candidate_over_the_latency_budget_is_ever_scored(table, space, tmp_p
         scored.append(predict(table, space, widths))
         return float(sum(widths))
 
-    result = autoprune.search("resnet20", budget, method, latency=0.8, latency_table=table, objective=objective,
+    result = autoprune.search("resnet20", budget, method, latency=LatencyConfig(0.8, table), objective=objective,
                               study=autoprune.StudyConfig(trials=6), out=tmp_path)
     assert scored and max(scored) <= max_ms
     record = result.arch["search"]["latency"]
@@ -271,7 +289,7 @@ def test_the_winner_measured_over_its_latency_budget_is_called_so(table, tmp_pat
     # here every pruned model measures the same ratio, so no tightening can bring one under the budget.
     monkeypatch.setattr(autoprune.driver, "measure_rounds", lambda *a, rounds, **k: [[measured * 20.0] * rounds,
                                                                                      [20.0] * rounds])
-    result = autoprune.search("resnet20", None, "random", latency=0.5, latency_table=table,
+    result = autoprune.search("resnet20", None, "random", latency=LatencyConfig(0.5, table),
                               objective=lambda w: float(sum(w)), study=autoprune.StudyConfig(trials=3), out=tmp_path)
     record = result.arch["search"]["latency"]
     assert record["measured_max_ms"] == 10.0 and record["within"] is within
@@ -289,7 +307,7 @@ def slower_device(factor, drift=(1.0, 1.3, 0.8, 1.0, 1.6)):
 
 
 def held_search(table, out, method="random", latency=0.6, trials=4, objective=lambda w: float(sum(w))):
-    return autoprune.search("resnet20", None, method, latency=latency, latency_table=table, objective=objective,
+    return autoprune.search("resnet20", None, method, latency=LatencyConfig(latency, table), objective=objective,
                             study=autoprune.StudyConfig(trials=trials), out=out)
 
 
@@ -313,8 +331,8 @@ def test_the_latency_hold_tightens_the_limit_until_the_winner_measures_within(ta
     assert holds and holds[-1]["widths"] == " ".join(map(str, result.widths))
     assert "limit tightened" in str(result) and "OVER" not in str(result)
     if method == "uniform":  # a baseline's rule still names its result: one multiplier, under the tighter limit
-        tighter = LatencyLimit(table, record["held_max_ms"])
-        assert tuple(result.widths) == uniform_at_budget(space, autoprune.macs(space, space.max_widths()), tighter)
+        tighter = latency_limits(table, record["held_max_ms"], autoprune.macs(space, space.max_widths()))
+        assert tuple(result.widths) == uniform_at_budget(space, tighter)
 
 
 def test_a_rerun_starts_from_the_limit_its_hold_reached(table, tmp_path, monkeypatch):
@@ -350,27 +368,25 @@ def test_the_hold_waits_for_another_worker_scoring_its_candidate(table, space, t
 
     from autoprune.driver import HOLD_MARGIN, hold_latency
     from autoprune.evaluator import EvalResult
-    from autoprune.latency import LatencyBudget
     from autoprune.optimizers import get_optimizer
     from autoprune.study import STATUS_OK, TrialStore
 
     monkeypatch.setattr(autoprune.driver, "measure_rounds", slower_device(1.1))
     max_macs = autoprune.macs(space, space.max_widths())
-    optimizer = get_optimizer("uniform")(space, max_macs)
-    optimizer.limit_latency(LatencyLimit(table, 0.6 * MODEL_MS))
+    optimizer = get_optimizer("uniform")(space, Limits(max_macs, table=table, max_ms=0.6 * MODEL_MS,
+                                                       latency_budget=Budget(0.6, "ratio", "0.6")))
     winner = optimizer.uniform_feasible()
     url = f"sqlite:///{tmp_path / 's.db'}"
     store, other = TrialStore(url, "s", meta={}), TrialStore(url, "s", meta={})
     store.finish(store.claim(winner, "uniform", macs=0, params=0), 1.0, STATUS_OK)
     # the vector the hold will name: the uniform one under the limit tightened by the measured excess
     excess = 1.1 * predict(table, space, winner) / MODEL_MS / 0.6
-    tighter = LatencyLimit(table, predict(table, space, winner) / excess * HOLD_MARGIN)
-    candidate = uniform_at_budget(space, max_macs, tighter)
+    tighter = optimizer.limits.tightened(predict(table, space, winner) / excess * HOLD_MARGIN)
+    candidate = uniform_at_budget(space, tighter)
     tid = other.claim(candidate, "hold", macs=0, params=0)  # another worker's hold is scoring it
     threading.Timer(0.5, lambda: other.finish(tid, 0.9, STATUS_OK)).start()
     scored = []
-    held = hold_latency(optimizer, lambda w: scored.append(w) or EvalResult(0.5, STATUS_OK), store, create_model("resnet20"),
-                        LatencyBudget(0.6, "ratio", "0.6"))
+    held = hold_latency(optimizer, lambda w: scored.append(w) or EvalResult(0.5, STATUS_OK), store, create_model("resnet20"))
     assert scored == [] and held.scored == 0  # nothing scored twice
     assert held.best.widths == candidate and held.best.score == 0.9 and held.steps[-1]["within"] is True
 
@@ -386,7 +402,7 @@ def test_the_driver_refuses_a_proposal_over_the_latency_budget(table, tmp_path):
 
     try:
         with pytest.raises(SearchError, match="latency budget"):
-            autoprune.search("resnet20", None, "rogue-latency", latency="0.9", latency_table=table,
+            autoprune.search("resnet20", None, "rogue-latency", latency=LatencyConfig("0.9", table),
                              objective="synthetic", study=autoprune.StudyConfig(trials=2), out=tmp_path)
     finally:
         unregister_optimizer("rogue-latency")

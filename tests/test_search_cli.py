@@ -154,13 +154,13 @@ def test_rerun_with_other_evaluator_settings_is_refused(tmp_path, capsys):
 
 
 def test_dmcp_with_synthetic_objective_loads_data_and_writes_one_arch(tmp_path, one_thread):
-    from autoprune.api import search
+    from autoprune.api import BaseConfig, MethodConfig, search
     from autoprune.data import load_data
 
     data = load_data("synthetic", val_size=32, n_train=96, n_test=16, image_size=8, num_classes=4)
     out = tmp_path / "out"
-    result = search("resnet20", 0.5, "dmcp", data, objective="synthetic", out=out, device="cpu", pretrain_epochs=1,
-                    method_options={"steps": 2, "batch_size": 16, "samples": 1})
+    result = search("resnet20", 0.5, MethodConfig("dmcp", {"steps": 2, "batch_size": 16, "samples": 1}), data,
+                    objective="synthetic", out=out, device="cpu", base=BaseConfig(pretrain_epochs=1))
     assert result.arch["macs"]["pruned"] <= 0.5 * result.arch["macs"]["base"]
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("arch.json")) == ["arch.json"]
 

@@ -5,6 +5,7 @@ import pytest
 from conftest import assert_no_step_fits, randomize
 
 from autoprune import cost
+from autoprune.budget import Limits
 from autoprune.data import load_data
 from autoprune.errors import AutopruneError, SearchError
 from autoprune.evaluator import SyntheticObjective
@@ -37,7 +38,7 @@ def space(model):
 
 
 def make(name, space, model, max_macs, *, seed=0):
-    opt = get_optimizer(name)(space, max_macs, seed=seed, **OPTIONS.get(name, {}))
+    opt = get_optimizer(name)(space, Limits(max_macs), seed=seed, **OPTIONS.get(name, {}))
     cls = type(opt)
     data = load_data("synthetic", val_size=64, n_train=128) if cls.needs_data else None
     opt.prepare(Context(base=model if cls.needs_base else None, data=data))
@@ -79,7 +80,7 @@ def test_a_custom_optimizer_is_one_class_and_one_registration(space):
     try:
         assert "widest-first" in list_methods()
         max_macs = int(0.4 * cost.base_macs(space))
-        opt = get_optimizer("widest-first")(space, max_macs, seed=0)
+        opt = get_optimizer("widest-first")(space, Limits(max_macs), seed=0)
         widths, role = opt.ask(np.random.default_rng(0))
         assert role == "widest" and cost.macs(space, widths) <= max_macs
         opt.tell(widths, 0.5, role)
@@ -160,7 +161,7 @@ def test_uniform_is_a_single_multiplier(space, model):
 
 def test_abc_starts_from_uniform_and_avoids_pending(space, model):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
-    opt = get_optimizer("abc")(space, max_macs, seed=0)
+    opt = get_optimizer("abc")(space, Limits(max_macs), seed=0)
     widths, role = opt.ask(np.random.default_rng(0))
     assert role == "init:0" and widths == opt.uniform_feasible()
     # The same question while that candidate is being scored elsewhere: another candidate.
@@ -171,11 +172,11 @@ def test_abc_starts_from_uniform_and_avoids_pending(space, model):
 def test_global_threshold_methods_need_the_base(space):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
     with pytest.raises(SearchError, match="needs its weights"):
-        get_optimizer("slimming")(space, max_macs, seed=0).prepare(Context())
+        get_optimizer("slimming")(space, Limits(max_macs), seed=0).prepare(Context())
     with pytest.raises(SearchError, match="needs data"):
-        get_optimizer("dmcp")(space, max_macs, seed=0).prepare(Context())
+        get_optimizer("dmcp")(space, Limits(max_macs), seed=0).prepare(Context())
     with pytest.raises(SearchError, match="unknown dmcp option"):
-        get_optimizer("dmcp")(space, max_macs, seed=0, stepz=3)
+        get_optimizer("dmcp")(space, Limits(max_macs), seed=0, stepz=3)
 
 
 @pytest.mark.parametrize("name, steps", [("abc", 100), ("tpe", 30)])
@@ -195,7 +196,7 @@ def test_learning_optimizers_beat_random(name, steps, space, model):
 
 def test_ssl_bisects_the_penalty_to_the_budget(space, model, one_thread):
     max_macs = int(0.4 * cost.macs(space, space.max_widths()))
-    opt = get_optimizer("ssl")(space, max_macs, seed=0, steps=6, batch_size=16, bisections=2, strength=(1e-3, 50.0))
+    opt = get_optimizer("ssl")(space, Limits(max_macs), seed=0, steps=6, batch_size=16, bisections=2, strength=(1e-3, 50.0))
     opt.prepare(Context(base=model, data=load_data("synthetic", val_size=64, n_train=128)))
     tried = opt.report()["ssl"]["tried"]
     assert len(tried) == 3 and tried[0]["strength"] == pytest.approx(50.0) and tried[0]["fits"]
@@ -213,4 +214,4 @@ def test_data_driven_producers_need_data(space, model):
     for name in ("hrank", "activation", "ssl"):
         assert get_optimizer(name).needs_data and get_optimizer(name).needs_base
         with pytest.raises((SearchError, AutopruneError)):
-            get_optimizer(name)(space, max_macs, seed=0).prepare(Context(base=model))
+            get_optimizer(name)(space, Limits(max_macs), seed=0).prepare(Context(base=model))

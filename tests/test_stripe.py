@@ -281,6 +281,42 @@ def test_search_method_stripe_writes_a_stripe_arch_that_retrain_trains(tmp_path,
     assert "options of --method stripe" in capsys.readouterr().err
 
 
+def test_a_stripe_search_is_a_trial_of_its_study_and_resumes_after_kill_9(tmp_path, capsys, one_thread):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from autoprune.study import TrialStore
+
+    out = tmp_path / "run"
+    argv = ["search", *TINY, "--budget", "0.4", "--method", "stripe", "--stripe-epochs", "1", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    first = subprocess.Popen([sys.executable, "-m", "autoprune.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:  # killed mid-way: once its base is trained, while it trains the skeleton
+        while not (out / "base" / "model.pt").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended before its base"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert not (out / "arch.json").exists()
+    assert main(argv) == 0  # resumes: the base is reused, the one candidate scored and stored
+    arch = load_arch(out / "arch.json")
+    store = TrialStore(f"sqlite:///{out / 'study.db'}", "resnet20-stripe-0.4-seed0", meta={})
+    records = store.records()
+    assert [(r.role, r.status, r.score) for r in records] == [("stripe", "ok", arch["score"])]
+    assert records[0].macs == arch["macs"]["pruned"] <= arch["budget"]["max_macs"]
+    assert arch["search"]["candidates"] == 1 and arch["search"]["study"] == "resnet20-stripe-0.4-seed0"
+    assert main(argv) == 0  # the study holds its trial: nothing scored again, the same stripe model written
+    again = load_arch(out / "arch.json")
+    assert again["stripes"] == arch["stripes"] and again["score"] == arch["score"]
+    assert len(store.records()) == 1 and (out / "trials.csv").read_text().count("\n") == 2
+
+
 class GhostResidual(nn.Module):
     """GhostNet's pattern: a stem added to cat([y, depthwise(y)]), so the stem's group is two
     copies of y's (it *follows* y's group) though the stem conv produces it."""

@@ -135,12 +135,12 @@ def test_study_of_another_objective_is_refused(tmp_path):
 
 
 def _store_and_space(tmp_path):
-    from autoprune.cost import base_macs
+    from autoprune.budget import Limits
     from autoprune.models import create_model
     from autoprune.space import SearchSpace
 
     space = SearchSpace.from_model(create_model("resnet20"))
-    return TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={}), space, int(0.5 * base_macs(space))
+    return TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={}), space, Limits.of(space, 0.5)
 
 
 def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
@@ -151,9 +151,9 @@ def test_over_budget_candidate_is_an_error_not_a_trial(tmp_path):
         def ask(self, rng, pending=()):
             return self.space.max_widths(), "greedy"
 
-    store, space, max_macs = _store_and_space(tmp_path)
+    store, space, limits = _store_and_space(tmp_path)
     with pytest.raises(SearchError, match="above the budget"):
-        run_search(Greedy(space, max_macs), Counting(), store, trials=2)
+        run_search(Greedy(space, limits), Counting(), store, trials=2)
     assert store.records() == []
 
 
@@ -164,7 +164,7 @@ def test_known_result_is_not_told_twice(tmp_path):
     from autoprune.optimizers import Optimizer
     from autoprune.study import STATUS_OK
 
-    store, space, max_macs = _store_and_space(tmp_path)
+    store, space, limits = _store_and_space(tmp_path)
     known, new = space.uniform(0.3), space.uniform(0.4)
     store.finish(store.claim(known, "x", macs=0, params=0), 0.5, STATUS_OK)
 
@@ -175,7 +175,7 @@ def test_known_result_is_not_told_twice(tmp_path):
             self.calls += 1
             return (known, "x") if self.calls == 1 else (new, "y")
 
-    opt = KnownFirst(space, max_macs)
+    opt = KnownFirst(space, limits)
     run_search(opt, lambda w: EvalResult(1.0, "ok"), store, trials=2)
     assert opt.calls == 2 and opt.n_told == 2  # the stored result once, the new one once
 
@@ -189,9 +189,9 @@ def test_one_shot_waits_for_another_worker(tmp_path, method):
     from autoprune.optimizers import Optimizer, get_optimizer
     from autoprune.study import STATUS_OK
 
-    store, space, max_macs = _store_and_space(tmp_path)
+    store, space, limits = _store_and_space(tmp_path)
     if method == "uniform":
-        opt = get_optimizer("uniform")(space, max_macs)
+        opt = get_optimizer("uniform")(space, limits)
     else:
         class Fixed(Optimizer):  # a one-shot method with a vector of its own (as dmcp derives one)
             one_shot = True
@@ -199,7 +199,7 @@ def test_one_shot_waits_for_another_worker(tmp_path, method):
             def propose(self, rng, pending):
                 return self.propose_once(space.uniform(0.5), "fixed", pending)
 
-        opt = Fixed(space, max_macs)
+        opt = Fixed(space, limits)
     widths = opt.ask(__import__("numpy").random.default_rng(0))[0]
     other = TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", meta={})
     tid = other.claim(widths, "other", macs=0, params=0)  # another worker is scoring it

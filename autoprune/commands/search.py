@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
-from autoprune.api import DEFAULT_OUT, DEFAULT_TRIALS, StudyConfig, search
+from autoprune.api import (
+    DEFAULT_OUT,
+    DEFAULT_PRETRAIN_EPOCHS,
+    DEFAULT_TRIALS,
+    BaseConfig,
+    LatencyConfig,
+    MethodConfig,
+    ModelConfig,
+    SpaceOptions,
+    StudyConfig,
+    search,
+)
 from autoprune.commands.common import add_model_args, model_args
 from autoprune.commands.latency_table import add_table_args
 from autoprune.dataspec import DataSpec
@@ -35,7 +46,7 @@ def register(sub) -> None:
     g["model"].add_argument("--base", default=None,
                             help="checkpoint of the trained base model (else --pretrained or --weights FILE, else one is "
                                  "pre-trained into OUT/base)")
-    g["model"].add_argument("--pretrain-epochs", type=int, default=10,
+    g["model"].add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS,
                             help="epochs to pre-train a base when no --base (default 10)")
     g["budget"].add_argument("--budget", default=None,
                              help="ratio of the base MACs in (0, 1] (0.4, 40%%) or absolute MACs (120M, 1.2G, 3e8)")
@@ -102,7 +113,6 @@ def run(args) -> int:
     stripe = {k: v for k, v in stripe.items() if v is not None}
     if stripe and args.method != "stripe":
         raise SearchError("--stripe-penalty, --stripe-threshold and --stripe-epochs are options of --method stripe")
-    space_options = {"space_file": args.space, "round_to": args.round_to, "min_ratio": args.min_ratio}
     if args.budget is None and args.latency_budget is None:
         raise BudgetError("give a MACs budget (--budget 0.4), a latency budget (--latency-budget 0.5), or both")
     set_threads(args.latency_threads)
@@ -110,19 +120,19 @@ def run(args) -> int:
                         channels_last=args.latency_channels_last, grid=args.latency_grid,
                         repeats=args.latency_repeats, statistic=args.latency_statistic, rounds=args.latency_rounds,
                         cache_dir=args.latency_cache_dir)
+    model = ModelConfig(args.model, model_args(args), input_size=args.input_size, num_classes=args.num_classes,
+                        in_channels=args.in_channels,
+                        space=SpaceOptions(file=args.space, round_to=args.round_to, min_ratio=args.min_ratio))
+    evaluator = EvalConfig(bn_batches=args.bn_batches, fine_tune_steps=args.fine_tune_steps,
+                           batch_size=args.eval_batch_size, keep=args.keep, seed=args.seed)
     result = search(
-        args.model, args.budget, args.method,
+        model, args.budget, MethodConfig(args.method, stripe),
         DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size, seed=args.seed),
-        latency=args.latency_budget, latency_table=table,
-        base=args.base, out=args.out, seed=args.seed, device=args.device,
+        latency=None if args.latency_budget is None else LatencyConfig(args.latency_budget, table),
+        base=BaseConfig(args.base, args.pretrain_epochs, pretrained=args.pretrained, weights=args.weights),
+        out=args.out, seed=args.seed, device=args.device,
         study=StudyConfig(trials=args.trials, storage=args.storage, name=args.study,
                           heartbeat_timeout=args.heartbeat_timeout),
-        evaluation=EvalConfig(bn_batches=args.bn_batches, fine_tune_steps=args.fine_tune_steps,
-                              batch_size=args.eval_batch_size, keep=args.keep, seed=args.seed),
-        input_size=args.input_size, num_classes=args.num_classes, in_channels=args.in_channels,
-        pretrain_epochs=args.pretrain_epochs, objective=args.objective, method_options=stripe or None,
-        space_options={k: v for k, v in space_options.items() if v is not None},
-        progress=not (args.json or args.no_progress), pretrained=args.pretrained, weights=args.weights,
-        model_args=model_args(args))
+        objective=args.objective or evaluator, progress=not (args.json or args.no_progress))
     print(json.dumps(result.summary()) if args.json else result)
     return 0

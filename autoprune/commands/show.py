@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from autoprune.arch import arch_space, build, load_arch
+from autoprune.checks import check_count
 from autoprune.commands.common import pyplot, save_figure
 from autoprune.cost import human
-from autoprune.errors import AutopruneError
 from autoprune.profile import DTYPES, STATISTICS, Timer, measure_model, set_threads
 from autoprune.runtime import resolve_device
 
@@ -51,8 +51,7 @@ def run(args) -> int:
 def report_latency(arch: dict, args) -> None:
     """Base and pruned model timed end to end at each batch size, with the ratio beside the MACs ratio."""
     for b in args.batch_sizes:
-        if b < 1:
-            raise AutopruneError(f"--batch-sizes: {b} is not a positive batch size")
+        check_count(b, "--batch-sizes")
     set_threads(args.threads)
     device = resolve_device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")

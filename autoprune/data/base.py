@@ -8,12 +8,12 @@ tensors can be sliced directly and their normalisation overridden).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from autoprune.checks import check_count
 from autoprune.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -71,12 +71,9 @@ def check_split(name: str) -> None:
 
 def check_batch_size(batch_size) -> None:
     """Raise :class:`DataError` unless ``batch_size`` is a positive integer (a bool is not)."""
-    try:
-        ok = not isinstance(batch_size, bool) and operator.index(batch_size) >= 1
-    except TypeError:
-        ok = False
-    if not ok:
-        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size is None:
+        raise DataError("batch_size must be a positive integer, got None")
+    check_count(batch_size, "batch_size", error=DataError)
 
 
 def count_batches(n: int, batch_size: int, drop_last: bool) -> int:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-import numbers
 from typing import Callable
 
 import torch.nn as nn
 
+from autoprune.checks import check_count
 from autoprune.errors import UnknownModelError
 
 _ZOO: dict[str, Callable[..., nn.Module]] = {}
@@ -163,9 +163,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     builder = get_builder(name)
     kwargs = model_kwargs(name, **kwargs)
     for key in ("num_classes", "in_channels"):
-        v = kwargs.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
-            raise UnknownModelError(f"model '{name}': {key} must be a positive integer, got {v!r}")
+        check_count(kwargs.get(key), f"model '{name}': {key}", error=UnknownModelError)
     if name.startswith("tv:") and kwargs.pop("in_channels", 3) != 3:  # timm takes in_chans itself
         raise UnknownModelError(f"model '{name}': torchvision models take 3 input channels only")
     try:

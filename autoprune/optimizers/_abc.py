@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoprune.errors import SearchError
-from autoprune.optimizers._base import Optimizer, Widths, register_optimizer
+from autoprune.optimizers._base import Optimizer, register_optimizer
+from autoprune.space import Widths
 
 
 @dataclass
@@ -43,8 +44,8 @@ class ABCOptimizer(Optimizer):
     name = "abc"
     summary = "artificial bee colony (ABCPruner), asynchronous; the uniform vector is in the first population"
 
-    def __init__(self, space, max_macs, *, seed=0, sources: int = 4, limit: int = 6, dims: int = 3):
-        super().__init__(space, max_macs, seed=seed)
+    def __init__(self, space, limits, *, seed=0, sources: int = 4, limit: int = 6, dims: int = 3):
+        super().__init__(space, limits, seed=seed)
         if sources < 2:
             raise SearchError(f"abc needs at least 2 food sources, got {sources}")
         self.sources: list[_Source | None] = [None] * int(sources)

@@ -16,12 +16,11 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from autoprune.budget import check_reachable, repair, uniform_at_budget, within
+from autoprune import cost
+from autoprune.budget import Limits, repair, uniform_at_budget
 from autoprune.errors import SearchError
 from autoprune.keep import ScoreCache
-from autoprune.latency import LatencyLimit
-
-Widths = tuple[int, ...]
+from autoprune.space import Widths
 
 
 @dataclass(frozen=True)
@@ -43,16 +42,16 @@ class Context:
 
 
 class Optimizer:
-    """Proposes width vectors within a MACs budget, learning from the scores it is told.
+    """Proposes width vectors within the search's limits, learning from the scores it is told.
 
     Lifecycle, as the search driver (:func:`autoprune.driver.run_search`) uses it:
 
-    * ``__init__(space, max_macs, *, seed=0, **options)`` — once per process, before any
-      data is loaded, so that a bad option fails fast. Options are keyword-only.
-    * ``limit_latency(limit)`` — optional, right after ``__init__``: a second hard constraint,
-      a predicted-latency limit (:class:`~autoprune.latency.LatencyLimit`). It reaches every
-      proposal through :meth:`repair` (and :meth:`uniform_feasible`, :meth:`fits`), so an
-      optimizer that maps its proposals through those honours it with no code of its own.
+    * ``__init__(space, limits, *, seed=0, **options)`` — once per process, before any
+      data is loaded, so that a bad option fails fast. Options are keyword-only. ``limits``
+      (:class:`~autoprune.budget.Limits`: the MACs limit, and a predicted-latency limit when
+      the search has one) never changes; it reaches every proposal through :meth:`repair`
+      (and :meth:`uniform_feasible`, :meth:`fits`), so an optimizer that maps its proposals
+      through those honours both limits with no code of its own.
     * ``prepare(context)`` — once per process, before the first ``ask`` (and not at all when
       the study already holds every trial it needs). One-shot producers read the trained
       base here (``needs_base``); DMCP trains its supernet on ``context.data`` here
@@ -83,9 +82,9 @@ class Optimizer:
     >>> import numpy as np
     >>> from autoprune.models import create_model
     >>> from autoprune.space import SearchSpace
-    >>> from autoprune.cost import base_macs
+    >>> from autoprune.budget import Limits
     >>> space = SearchSpace.from_model(create_model("resnet20"))
-    >>> opt = get_optimizer("random")(space, int(0.5 * base_macs(space)), seed=0)
+    >>> opt = get_optimizer("random")(space, Limits.of(space, 0.5), seed=0)
     >>> for step in range(3):
     ...     widths, role = opt.ask(np.random.default_rng([0, step]))
     ...     opt.tell(widths, float(sum(widths)), role)
@@ -101,28 +100,21 @@ class Optimizer:
     needs_data: ClassVar[bool] = False
     # Proposes a single candidate; the driver runs one trial for it.
     one_shot: ClassVar[bool] = False
-    # The latency constraint, when the search has one (set by limit_latency).
-    latency: LatencyLimit | None = None
     # "channel": proposes width vectors. "stripe": prepare() leaves a stripe-pruned model in
-    # ``self.result`` (masks, model, score, info) that the search writes itself.
+    # ``self.result`` (masks, model, score, info); its one candidate is scored by that score.
     granularity: ClassVar[str] = "channel"
 
-    def __init__(self, space, max_macs: int, *, seed: int = 0):
-        check_reachable(space, max_macs)
+    def __init__(self, space, limits: Limits, *, seed: int = 0):
+        if not isinstance(limits, Limits):
+            raise SearchError(f"an optimizer takes its limits as autoprune.budget.Limits, got {type(limits).__name__}")
         self.space = space
-        self.max_macs = int(max_macs)
+        self.limits = limits
         self.seed = int(seed)
         self.seen: dict[Widths, float | None] = {}
         self.n_told = 0
         self.best: tuple[Widths | None, float] = (None, float("-inf"))
 
     # -- the interface ---------------------------------------------------------------------
-    def limit_latency(self, limit: LatencyLimit | None) -> None:
-        """Hold every proposal to ``limit`` too; BudgetError if no network in the space meets it."""
-        if limit is not None:
-            check_reachable(self.space, self.max_macs, latency=limit)
-        self.latency = limit
-
     def prepare(self, context: Context) -> None:
         """Derive whatever proposing needs from the base or the data (default: nothing)."""
 
@@ -153,19 +145,27 @@ class Optimizer:
     def observe(self, widths: Widths, score: float | None, role: str) -> None:
         """Learn from one result (after the base class has recorded it)."""
 
-    def repair(self, widths: Sequence[int], rng: np.random.Generator, hold: Sequence[int] = ()) -> Widths:
-        return repair(self.space, widths, self.max_macs, rng=rng, hold=hold, latency=self.latency)
+    def repair(self, widths: Sequence[int], rng: np.random.Generator, hold: Sequence[int] = (),
+               limits: Limits | None = None) -> Widths:
+        """``widths`` mapped onto ``limits`` (default: the search's) by :func:`autoprune.budget.repair`."""
+        return repair(self.space, widths, limits or self.limits, rng=rng, hold=hold)
 
-    def hold(self, widths: Sequence[int], rng: np.random.Generator) -> Widths:
-        """The candidate once the winner ``widths`` measured over the latency budget and
-        ``self.latency`` was tightened (see :func:`autoprune.driver.hold_latency`): ``widths``
-        repaired onto the tighter limit. A method whose result is a rule (one multiplier, a
-        global threshold) gives its rule's vector under the tighter limit instead."""
-        return self.repair(widths, rng)
+    def hold(self, widths: Sequence[int], rng: np.random.Generator, limits: Limits) -> Widths:
+        """The candidate for ``limits``, the search's limits with the latency limit tightened
+        after the winner ``widths`` measured over the latency budget (see
+        :func:`autoprune.driver.hold_latency`): ``widths`` repaired onto them. A method whose
+        result is a rule (one multiplier, a global threshold) gives its rule's vector under
+        ``limits`` instead."""
+        return self.repair(widths, rng, limits=limits)
+
+    def cost(self, widths: Sequence[int]) -> tuple[int, int]:
+        """(MACs, params) of the candidate ``widths``, as the driver holds it to the MACs limit and
+        the study records it: the width vector's (a stripe method's candidate is its stripe model)."""
+        return cost.macs(self.space, widths), cost.params(self.space, widths)
 
     def fits(self, widths: Sequence[int]) -> bool:
-        """True when ``widths`` meets every constraint of the search (MACs, and latency if set)."""
-        return within(self.space, widths, self.max_macs, self.latency)
+        """True when ``widths`` meets every limit of the search (MACs, and latency if set)."""
+        return self.limits.allows(self.space, widths)
 
     def random_feasible(self, rng: np.random.Generator) -> Widths:
         """A uniformly drawn grid point, repaired onto the budget boundary."""
@@ -183,9 +183,10 @@ class Optimizer:
                 break
         return widths
 
-    def uniform_feasible(self) -> Widths:
-        """The widest single-multiplier vector (every group at about the same ratio) in budget."""
-        return uniform_at_budget(self.space, self.max_macs, self.latency)
+    def uniform_feasible(self, limits: Limits | None = None) -> Widths:
+        """The widest single-multiplier vector (every group at about the same ratio) within
+        ``limits`` (default: the search's)."""
+        return uniform_at_budget(self.space, limits or self.limits)
 
     def propose_once(self, widths: Widths, role: str, pending) -> tuple[Widths, str] | None:
         """The one candidate of a one-shot method, unless it was told or is being scored."""

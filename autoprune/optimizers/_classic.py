@@ -37,8 +37,8 @@ class GlobalThreshold(Optimizer):
     one_shot = True
     keep: ClassVar[KeepRule]
 
-    def __init__(self, space, max_macs, *, seed=0):
-        super().__init__(space, max_macs, seed=seed)
+    def __init__(self, space, limits, *, seed=0):
+        super().__init__(space, limits, seed=seed)
         self.scores = None
 
     def prepare(self, context):
@@ -49,7 +49,9 @@ class GlobalThreshold(Optimizer):
                              cache=context.cache)
         self.scores = keep.scores(context.base, graph)
 
-    def widths_at_budget(self, rng) -> tuple[int, ...]:
+    def widths_at_budget(self, rng, limits=None) -> tuple[int, ...]:
+        """The global threshold that ``limits`` (default: the search's) allow, repaired onto them."""
+        limits = limits or self.limits
         scores = self.scores
         per_group = [np.sort(scores[gid].numpy())[::-1] for gid in self.space.free]
         pooled = np.sort(np.concatenate(per_group))[::-1]
@@ -61,23 +63,23 @@ class GlobalThreshold(Optimizer):
             return [c[floor_index(c, n)] for c, n in zip(self.space.choices, counts)]
 
         lo, hi = 0, len(pooled)  # widths_keeping(lo) fits (smallest network)
-        if cost.macs(self.space, widths_keeping(hi)) <= self.max_macs:
+        if cost.macs(self.space, widths_keeping(hi)) <= limits.max_macs:
             lo = hi
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if cost.macs(self.space, widths_keeping(mid)) <= self.max_macs:
+            if cost.macs(self.space, widths_keeping(mid)) <= limits.max_macs:
                 lo = mid
             else:
                 hi = mid
-        return self.repair(widths_keeping(lo), rng)
+        return self.repair(widths_keeping(lo), rng, limits=limits)
 
     def propose(self, rng, pending):
         if self.n_told:
             return None
         return self.propose_once(self.widths_at_budget(rng), self.name, pending)
 
-    def hold(self, widths, rng):
-        return self.widths_at_budget(rng)
+    def hold(self, widths, rng, limits):
+        return self.widths_at_budget(rng, limits)
 
 
 @register_optimizer

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from autoprune import cost
 from autoprune.budget import floor_index
+from autoprune.checks import check_counts
 from autoprune.errors import SearchError
 from autoprune.graph import ChannelGraph
 from autoprune.optimizers._base import register_optimizer
@@ -34,12 +35,14 @@ class SSLOptimizer(GlobalThreshold):
     summary = "group-lasso training, strength bisected to meet the budget (SSL, Wen et al., 2016)"
     needs_data = True
 
-    def __init__(self, space, max_macs, *, seed=0, steps: int = 100, lr: float = 0.01, batch_size: int = 64,
+    def __init__(self, space, limits, *, seed=0, steps: int = 100, lr: float = 0.01, batch_size: int = 64,
                  bisections: int = 6, strength: tuple[float, float] = (1e-3, 10.0)):
-        super().__init__(space, max_macs, seed=seed)
+        super().__init__(space, limits, seed=seed)
         lo, hi = (float(v) for v in strength)
-        if int(steps) < 1 or int(bisections) < 0 or not 0 < lo < hi or lr <= 0 or int(batch_size) < 1:
-            raise SearchError("ssl needs steps ≥ 1, bisections ≥ 0, lr > 0, batch_size ≥ 1 and 0 < strength[0] < strength[1]")
+        check_counts(ssl_steps=steps, ssl_batch_size=batch_size, error=SearchError)
+        check_counts(ssl_bisections=bisections, error=SearchError, minimum=0)
+        if not 0 < lo < hi or lr <= 0:
+            raise SearchError("ssl needs lr > 0 and 0 < strength[0] < strength[1]")
         self.steps, self.lr, self.batch_size, self.bisections = int(steps), float(lr), int(batch_size), int(bisections)
         self.strength = (lo, hi)
         self.tried: list[dict] = []
@@ -80,8 +83,8 @@ class SSLOptimizer(GlobalThreshold):
         norms = {gid: channel_norms(groups[gid], widths[gid]) for gid in gids}
         alive = [c[floor_index(c, int((norms[gid] > 0).sum()))] for gid, c in zip(gids, self.space.choices)]
         macs = cost.macs(self.space, alive)
-        self.tried.append({"strength": strength, "macs": macs, "fits": macs <= self.max_macs})
-        return norms, macs <= self.max_macs
+        self.tried.append({"strength": strength, "macs": macs, "fits": macs <= self.limits.max_macs})
+        return norms, macs <= self.limits.max_macs
 
     def report(self):
         return {"ssl": {"steps": self.steps, "tried": self.tried}}

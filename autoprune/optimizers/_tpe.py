@@ -42,9 +42,9 @@ class TPEOptimizer(Optimizer):
     name = "tpe"
     summary = "Optuna's TPE over the encoded widths"
 
-    def __init__(self, space, max_macs, *, seed=0, n_startup: int = 10, multivariate: bool = True,
+    def __init__(self, space, limits, *, seed=0, n_startup: int = 10, multivariate: bool = True,
                  history: int | None = 256):
-        super().__init__(space, max_macs, seed=seed)
+        super().__init__(space, limits, seed=seed)
         if history is not None and (isinstance(history, bool) or int(history) < 2 * BEST):
             raise ValueError(f"history must be at least {2 * BEST} results (or None), got {history!r}")
         self.window = None if history is None else int(history)

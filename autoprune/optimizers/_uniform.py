@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autoprune import cost
-from autoprune.budget import within
+from autoprune.budget import Limits
 from autoprune.optimizers._base import Optimizer, register_optimizer
 
 
@@ -22,8 +22,8 @@ class UniformOptimizer(Optimizer):
     def propose(self, rng, pending):
         return self.propose_once(self.uniform_feasible(), "uniform", pending)
 
-    def hold(self, widths, rng):
-        return self.uniform_feasible()
+    def hold(self, widths, rng, limits):
+        return self.uniform_feasible(limits)
 
 
 @register_optimizer
@@ -44,17 +44,18 @@ class UniformFillOptimizer(Optimizer):
     def propose(self, rng, pending):
         return self.propose_once(self.filled(), "uniform-fill", pending)
 
-    def hold(self, widths, rng):
-        return self.filled()
+    def hold(self, widths, rng, limits):
+        return self.filled(limits)
 
-    def filled(self):
-        """The uniform vector grown until nothing more fits (the MACs and the latency limit)."""
-        return fill_budget(self.space, self.uniform_feasible(), self.max_macs, self.latency)
+    def filled(self, limits: Limits | None = None):
+        """The uniform vector grown until nothing more fits ``limits`` (default: the search's)."""
+        limits = limits or self.limits
+        return fill_budget(self.space, self.uniform_feasible(limits), limits)
 
 
-def fill_budget(space, widths, max_macs: int, latency=None) -> tuple[int, ...]:
+def fill_budget(space, widths, limits: Limits) -> tuple[int, ...]:
     """``widths`` grown one grid step at a time, the cheapest fitting step first, until none fits
-    (the MACs budget and, with ``latency``, the latency limit)."""
+    ``limits`` (the MACs limit and, with a table, the latency limit)."""
     idx = [c.index(int(w)) for c, w in zip(space.choices, widths)]
     current = cost.macs(space, widths)
     while True:
@@ -64,8 +65,8 @@ def fill_budget(space, widths, max_macs: int, latency=None) -> tuple[int, ...]:
                 continue
             trial = [ch[i + (j == g)] for j, (ch, i) in enumerate(zip(space.choices, idx))]
             added = cost.macs(space, trial) - current
-            if (current + added <= max_macs and (best is None or added < best[0])
-                    and (latency is None or within(space, trial, max_macs, latency))):
+            if (current + added <= limits.max_macs and (best is None or added < best[0])
+                    and (limits.table is None or limits.allows(space, trial))):
                 best = (added, g)
         if best is None:
             return tuple(c[i] for c, i in zip(space.choices, idx))

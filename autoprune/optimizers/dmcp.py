@@ -27,13 +27,13 @@ the latency limit) like every other method's candidate.
 
 >>> from autoprune.data import load_data
 >>> from autoprune.models import create_model
->>> from autoprune.space import SearchSpace
->>> from autoprune.cost import base_macs
+>>> from autoprune.space import SearchSpace, Widths
+>>> from autoprune.budget import Limits
 >>> data = load_data("synthetic", val_size=64, n_train=256, image_size=16)
 >>> model = create_model("resnet20", num_classes=data.num_classes)
 >>> space = SearchSpace.from_model(model, (3, 16, 16))
 >>> widths, info = search_dmcp(model, space, data, DMCPConfig(steps=4, batch_size=32),
-...                            budget_macs=int(0.5 * base_macs(space)))
+...                            limits=Limits.of(space, 0.5))
 >>> len(widths) == len(space)
 True
 """
@@ -55,15 +55,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoprune import cost
-from autoprune.budget import check_reachable, repair
+from autoprune.budget import Limits, repair
+from autoprune.checks import check_counts
 from autoprune.errors import CheckpointError, SearchError, one_line
 from autoprune.evaluator import recalibrate_bn
 from autoprune.files import torch_save
 from autoprune.graph import fx_graph_module, in_positions
-from autoprune.latency import ExpectedLatency, LatencyLimit
+from autoprune.latency import ExpectedLatency
 from autoprune.optimizers._base import Optimizer, register_optimizer
 from autoprune.runtime import autocast
-from autoprune.space import SearchSpace
+from autoprune.space import SearchSpace, Widths
 from autoprune.toolkit import (
     batch_stream,
     derive_seed,
@@ -80,8 +81,6 @@ from autoprune.train import split_accuracy
 CHECKPOINT_FORMAT = "autoprune.dmcp/1"
 CHECKPOINT_NAME = "dmcp.pt"
 DERIVE_MODES = ("expected", "direct")
-
-Widths = tuple[int, ...]
 
 
 class DMCPResult(NamedTuple):
@@ -359,8 +358,7 @@ class DMCPConfig:
     checkpoint_every: int = 100
 
     def __post_init__(self):
-        if (self.steps is not None and self.steps < 1) or self.batch_size < 1:
-            raise SearchError(f"DMCP needs positive steps and batch_size (got {self.steps}, {self.batch_size})")
+        check_counts(dmcp_steps=self.steps, dmcp_batch_size=self.batch_size, error=SearchError)
         if self.epochs is not None and not self.epochs > 0:
             raise SearchError(f"DMCP epochs must be positive, got {self.epochs}")
         if not 0 <= self.warmup < 1:
@@ -395,19 +393,19 @@ class _SupernetRun:
     config: DMCPConfig
     target: float
     device: torch.device
-    latency: LatencyLimit | None = None
+    limits: Limits
     expected_latency: ExpectedLatency | None = None
 
     @classmethod
-    def start(cls, model, space, config, target, device, latency: LatencyLimit | None = None) -> "_SupernetRun":
+    def start(cls, model, space, config, limits: Limits, device) -> "_SupernetRun":
         supernet = prepare_model(copy.deepcopy(model), device)
         chain = MarkovChain(space, init=config.init).to(device)
         w_opt = torch.optim.SGD(param_groups(supernet, config.weight_decay), lr=config.lr,
                                 momentum=config.momentum, nesterov=config.momentum > 0)
         a_opt = torch.optim.Adam(chain.parameters(), lr=config.arch_lr, betas=(0.5, 0.999))
-        expected_latency = ExpectedLatency(latency.table, space) if latency is not None else None
-        return cls(supernet, chain, Gates(supernet, space), w_opt, a_opt, config, target, device, latency,
-                   expected_latency)
+        expected_latency = ExpectedLatency(limits.table, space) if limits.table is not None else None
+        return cls(supernet, chain, Gates(supernet, space), w_opt, a_opt, config, float(limits.max_macs), device,
+                   limits, expected_latency)
 
     def step(self, step: int, xb, yb) -> tuple[float, dict | None]:
         """One weight step and, after the warm-up, one architecture step; (loss, arch stats)."""
@@ -422,33 +420,33 @@ class _SupernetRun:
 
     @property
     def max_ms(self) -> float | None:
-        return self.latency.max_ms if self.latency is not None else None
+        return self.limits.max_ms if self.limits.table is not None else None
 
 
-def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig | None = None, *, budget_macs: int,
+def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig | None = None, *, limits: Limits,
                 device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None, resume: bool = True,
-                progress: bool = False, latency: LatencyLimit | None = None) -> DMCPResult:
-    """Search widths for ``model`` within ``budget_macs`` by DMCP; returns ``DMCPResult(widths, info)``.
+                progress: bool = False) -> DMCPResult:
+    """Search widths for ``model`` within ``limits`` by DMCP; returns ``DMCPResult(widths, info)``.
 
-    With ``latency`` the architecture steps also hold the chains' expected latency (from its
-    table) under its limit, and the derived widths are repaired into that limit exactly.
+    With a latency limit the architecture steps also hold the chains' expected latency (from
+    its table) under it, and the derived widths are repaired into that limit exactly.
 
     ``model`` (trained or not) is copied; the copy is the supernet whose weights are trained.
     With ``out_dir`` the state is checkpointed there every ``config.checkpoint_every`` steps
     (and at the end) and, with ``resume``, picked up again.
 
-    ``widths`` is within ``budget_macs`` and on the space's grid. ``info`` holds the expected
+    ``widths`` is within ``limits`` and on the space's grid. ``info`` holds the expected
     MACs ratio reached, the expected widths, the derived candidates and their scores, the
     per-group transition probabilities, a short history and the wall time.
     """
     device = torch.device(device)
     if not len(space):
         raise SearchError("the search space has no free channel group: nothing for DMCP to search")
-    check_reachable(space, budget_macs, latency=latency)
+    limits.check_reachable(space)
     config = (config or DMCPConfig()).resolved(data)
     ckpt_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     start = time.perf_counter()
-    run = _SupernetRun.start(model, space, config, float(budget_macs), device, latency)
+    run = _SupernetRun.start(model, space, config, limits, device)
     step, history = 0, []
     if ckpt_path is not None and resume and ckpt_path.exists():
         step, history = _load(ckpt_path, run, space)
@@ -458,10 +456,10 @@ def search_dmcp(model: nn.Module, space: SearchSpace, data, config: DMCPConfig |
     rng = np.random.default_rng(config.seed)
     if config.derive == "expected":
         raw = run.chain.expected_choice()
-        widths = repair(space, raw, budget_macs, rng=rng, latency=latency)
+        widths = repair(space, raw, limits, rng=rng)
         candidates = [{"source": "expected", "raw": list(raw), "widths": list(widths), "score": None}]
     else:
-        widths, candidates = _derive_direct(run, data, space, budget_macs, rng, latency)
+        widths, candidates = _derive_direct(run, data, space, rng)
     run.gates.remove()
     base = float(cost.base_macs(space))
     info.update(macs=int(cost.macs(space, widths)), ratio=cost.macs(space, widths) / base, candidates=candidates,
@@ -527,8 +525,8 @@ class DMCPOptimizer(Optimizer):
     needs_data = True
     one_shot = True
 
-    def __init__(self, space, max_macs, *, seed=0, **options):
-        super().__init__(space, max_macs, seed=seed)
+    def __init__(self, space, limits, *, seed=0, **options):
+        super().__init__(space, limits, seed=seed)
         unknown = sorted(set(options) - {f.name for f in fields(DMCPConfig)})
         if unknown:
             raise SearchError(f"unknown dmcp option(s) {', '.join(unknown)}; expected fields of DMCPConfig")
@@ -538,9 +536,8 @@ class DMCPOptimizer(Optimizer):
     def prepare(self, context):
         if context.data is None or context.base is None:
             raise SearchError("method 'dmcp' trains a supernet from the base model and needs data and a base")
-        self.result = search_dmcp(context.base, self.space, context.data, self.config, budget_macs=self.max_macs,
-                                  device=context.device, out_dir=context.out_dir, progress=context.progress,
-                                  latency=self.latency)
+        self.result = search_dmcp(context.base, self.space, context.data, self.config, limits=self.limits,
+                                  device=context.device, out_dir=context.out_dir, progress=context.progress)
 
     def propose(self, rng, pending):
         return self.propose_once(self.result.widths, "dmcp", pending)
@@ -597,8 +594,8 @@ def _arch_step(supernet, chain, gates, opt, x, y, target, config, device, expect
     return stats
 
 
-def _derive_direct(run: _SupernetRun, data, space, budget_macs, rng, latency=None):
-    """Best of the expected choice and ``samples`` Markov draws, each repaired into the budget."""
+def _derive_direct(run: _SupernetRun, data, space, rng):
+    """Best of the expected choice and ``samples`` Markov draws, each repaired into the limits."""
     config, chain, supernet = run.config, run.chain, run.supernet
     gen = torch.Generator().manual_seed(derive_seed(config.seed, config.steps, 3))
     raws = [("expected", chain.expected_choice())] + [("sample", chain.sample(gen)) for _ in range(config.samples)]
@@ -606,7 +603,7 @@ def _derive_direct(run: _SupernetRun, data, space, budget_macs, rng, latency=Non
     state = copy.deepcopy(supernet.state_dict())  # BN statistics are re-estimated per candidate
     seen, candidates = {}, []
     for source, raw in raws:
-        widths = repair(space, raw, budget_macs, rng=rng, latency=latency)
+        widths = repair(space, raw, run.limits, rng=rng)
         if widths not in seen:
             run.gates.set(chain.masks(widths))
             recalibrate_bn(supernet, data, batches=config.recal_batches, batch_size=config.batch_size,
@@ -625,22 +622,23 @@ def _derive_direct(run: _SupernetRun, data, space, budget_macs, rng, latency=Non
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(config: DMCPConfig, space: SearchSpace, target: float, latency: LatencyLimit | None = None) -> dict:
+def _fingerprint(config: DMCPConfig, space: SearchSpace, limits: Limits) -> dict:
     """What a checkpoint must agree on to be resumed (everything that shapes the run)."""
     d = asdict(config)
     # Derivation settings do not shape training: a finished search may be re-derived another way.
     for key in ("checkpoint_every", "derive", "samples", "eval_batches", "recal_batches", "epochs"):
         d.pop(key)
-    out = {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices], "target": target}
-    if latency is not None:  # absent without one, so that checkpoints of MACs-only searches still resume
-        out["latency"] = {"max_ms": latency.max_ms, "table": latency.table.id}
+    out = {"config": d, "groups": list(space.names), "choices": [list(c) for c in space.choices],
+           "target": float(limits.max_macs)}
+    if limits.table is not None:  # absent without one, so that checkpoints of MACs-only searches still resume
+        out["latency"] = {"max_ms": limits.max_ms, "table": limits.table.id}
     return out
 
 
 def _save(path: Path, run: _SupernetRun, space, step, history) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
-        "fingerprint": _fingerprint(run.config, space, run.target, run.latency),
+        "fingerprint": _fingerprint(run.config, space, run.limits),
         "step": step,
         "history": history,
         "model": run.supernet.state_dict(),
@@ -658,7 +656,7 @@ def _load(path: Path, run: _SupernetRun, space) -> tuple[int, list]:
         raise CheckpointError(f"cannot read DMCP checkpoint {path}: {one_line(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a DMCP checkpoint ({CHECKPOINT_FORMAT})")
-    if state["fingerprint"] != _fingerprint(run.config, space, run.target, run.latency):
+    if state["fingerprint"] != _fingerprint(run.config, space, run.limits):
         raise CheckpointError(f"DMCP checkpoint {path} belongs to another search (different model, budget or "
                               "settings); use another output directory or pass resume=False")
     run.supernet.load_state_dict(state["model"])
@@ -672,9 +670,9 @@ def _load(path: Path, run: _SupernetRun, space) -> tuple[int, list]:
 @torch.no_grad()
 def _latency_summary(run: _SupernetRun) -> dict:
     """The expected latency reached and the limit, when the search has one."""
-    if run.latency is None:
+    if run.limits.table is None:
         return {}
-    return {"expected_ms": float(run.expected_latency(run.chain.width_probs())), "max_ms": run.latency.max_ms}
+    return {"expected_ms": float(run.expected_latency(run.chain.width_probs())), "max_ms": run.limits.max_ms}
 
 
 @torch.no_grad()

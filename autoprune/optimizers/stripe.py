@@ -10,9 +10,12 @@ the budget, and one more stripe would exceed it). The paper's threshold still ap
 stripe with |FS| ≤ ``threshold`` is pruned even when the budget would allow it.
 
 The result is not a width vector: a stripe mask per conv says what is left, and the only
-channels removed are those of filters that keep no stripe (derived from the masks). The
-search therefore writes it to the architecture JSON itself (schema ``autoprune.arch/2``,
-field ``stripes``) rather than scoring widths through the study.
+channels removed are those of filters that keep no stripe (derived from the masks). Its one
+candidate goes through the driver and the study like every one-shot method's: the full width
+vector, costed as the stripe model (:meth:`StripePruner.cost`) and scored by the stripe
+model's validation accuracy; the search writes the masks to the architecture JSON (schema
+``autoprune.arch/2``, field ``stripes``). Training is seeded, so a rerun that finds the trial
+stored trains the same skeleton again to write them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from autoprune.stripe import (
     skeleton_values,
     stripe_layers,
     stripe_macs,
+    stripe_params,
 )
 from autoprune.toolkit import batch_stream, lr_schedule, progress_bar, rng_scope, seed_step, set_lr
 from autoprune.train import split_accuracy
@@ -133,8 +137,8 @@ class StripePruner(Optimizer):
     one_shot = True
     granularity = "stripe"
 
-    def __init__(self, space, max_macs, *, seed=0, **options):
-        super().__init__(space, max_macs, seed=seed)
+    def __init__(self, space, limits, *, seed=0, **options):
+        super().__init__(space, limits, seed=seed)
         try:
             self.config = StripeConfig(seed=seed, **options)
         except TypeError as exc:
@@ -144,11 +148,15 @@ class StripePruner(Optimizer):
     def prepare(self, context):
         if context.data is None or context.base is None:
             raise SearchError("method 'stripe' trains a Filter Skeleton on the base model and needs data and a base")
-        self.result = search_stripes(context.base, self.space, context.data, self.config, max_macs=self.max_macs,
+        self.result = search_stripes(context.base, self.space, context.data, self.config, max_macs=self.limits.max_macs,
                                      device=context.device, progress=context.progress)
 
     def propose(self, rng, pending):
-        return None  # the result is a stripe mask, written by the search itself
+        return self.propose_once(self.space.max_widths(), self.name, pending)
+
+    def cost(self, widths):
+        """The stripe model's MACs and params (the candidate's widths are the full ones)."""
+        return stripe_macs(self.space.graph, self.result.masks), stripe_params(self.space.graph, self.result.masks)
 
     def report(self) -> dict:
         return {} if self.result is None else {"stripe": self.result.info}

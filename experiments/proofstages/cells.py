@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from autoprune.budget import check_reachable
+from autoprune.budget import Limits
 from autoprune.errors import BudgetError
 from autoprune.evaluator import EvalConfig, Evaluator
 
@@ -54,7 +54,7 @@ def cell_search(q: Proof, budget: str) -> dict:
     info = {"model": q.model_key, "budget": budget, "eval": eval_settings(q), "candidates": q.s["candidates"],
             "scorers": q.s["scorers"]}
     try:
-        check_reachable(q.space, q.max_macs(budget), budget)
+        Limits.of(q.space, budget)
     except BudgetError as exc:
         log(f"{stage}: {exc}")
         return {**info, "rows": [], "unreachable": str(exc)}

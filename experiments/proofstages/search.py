@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from autoprune.api import StudyConfig, search
+from autoprune.api import MethodConfig, StudyConfig, search
 from autoprune.evaluator import EvalConfig
 from autoprune.study import open_storage
 
@@ -26,11 +26,11 @@ def _search_kwargs(p: Proof, budget: str, method: str, *, trials: int | None = N
     e = p.s["eval"]
     trials = trials or (p.s["candidates"] if method in SEARCHED else 1)
     kw = dict(model=p.s["model"], budget=budget, method=method, base=str(p.base_path), seed=0, device=str(p.device),
-              evaluation=EvalConfig(fine_tune_steps=e["fine_tune_steps"], bn_batches=e["bn_batches"],
+              objective=EvalConfig(fine_tune_steps=e["fine_tune_steps"], bn_batches=e["bn_batches"],
                                     batch_size=e["batch_size"]),
               study=StudyConfig(trials=trials, storage=storage, name=study), progress=p.args.progress)
-    if method == "dmcp":
-        kw["method_options"] = dict(p.s["dmcp"])
+    options = {**(p.s["dmcp"] if method == "dmcp" else {}), **extra.pop("method_options", {})}
+    kw["method"] = MethodConfig(method, options)
     kw.update(extra)
     return kw
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from autoprune.budget import repair
+from autoprune.budget import Limits, repair
 from autoprune.evaluator import EvalConfig, Evaluator
 
 from .common import log, sync
@@ -24,7 +24,7 @@ def tau_vectors(p: Proof) -> list[tuple[int, ...]]:
     for _ in range(1000 * p.s["tau"]["vectors"]):
         if len(vectors) == p.s["tau"]["vectors"]:
             break
-        w = repair(p.space, p.space.sample(rng), max_macs, rng=rng)
+        w = repair(p.space, p.space.sample(rng), Limits(max_macs), rng=rng)
         if w not in seen:
             seen.add(w)
             vectors.append(w)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoprune.budget import floor_index, repair, within
+from autoprune.budget import Limits, floor_index, repair
 
 
 def profile(shape: str, strength: float, groups: int) -> list[float]:
@@ -38,7 +38,7 @@ def shaped(space, weights, max_macs: int) -> tuple[int, ...]:
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if within(space, at(mid), max_macs) else (lo, mid)
+        lo, hi = (mid, hi) if Limits(max_macs).allows(space, at(mid)) else (lo, mid)
     return at(lo)
 
 
@@ -61,7 +61,7 @@ def tau_set(space, max_macs: int, winners: list[tuple[str, tuple[int, ...]]], sh
     for _ in range(1000 * total):
         if len(out) >= total:
             break
-        w = repair(space, space.sample(rng), max_macs, rng=rng)
+        w = repair(space, space.sample(rng), Limits(max_macs), rng=rng)
         if w not in seen:
             seen.add(w)
             out.append(("random", w))
