@@ -272,6 +272,13 @@ def test_the_api_search_is_a_short_pipeline():
     assert fn.end_lineno - fn.lineno + 1 < 60
 
 
+def test_the_api_search_takes_at_most_twelve_parameters():
+    # Everything past the budget, the method and the data comes as a small settings object
+    # (ModelConfig, StudyConfig, EvalConfig, ...), each checked when it is made.
+    params = inspect.signature(autoprune.search).parameters
+    assert len(params) <= 12, f"autoprune.search takes {len(params)} parameters: {list(params)}"
+
+
 def test_one_list_of_methods_feeds_the_cli_the_readme_and_the_api():
     parser = build_parser()
     argv = ["search", "--model", "vgg11", "--budget", "0.4", "--method"]
