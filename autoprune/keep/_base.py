@@ -16,6 +16,7 @@ from typing import ClassVar, Sequence
 import torch
 import torch.nn as nn
 
+from autoprune.checks import register_named
 from autoprune.errors import KeepRuleError
 from autoprune.files import torch_save
 from autoprune.graph import ChannelGraph, follow_indices, range_kept
@@ -207,15 +208,7 @@ def register_keep_rule(cls: type[KeepRule]) -> type[KeepRule]:
     resolved. KeepRuleError when ``cls`` is not a :class:`KeepRule`, has no ``name``, or its
     name is taken by another class.
     """
-    if not (isinstance(cls, type) and issubclass(cls, KeepRule)):
-        raise KeepRuleError(f"register_keep_rule expects a KeepRule subclass, got {cls!r}")
-    if not cls.name or not isinstance(cls.name, str):
-        raise KeepRuleError(f"keep rule class {cls.__name__} has no name: set the class attribute name = '...'")
-    known = _RULES.get(cls.name)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-        raise KeepRuleError(f"keep rule '{cls.name}' is already registered by {known.__module__}.{known.__qualname__}")
-    _RULES[cls.name] = cls
-    return cls
+    return register_named(_RULES, cls, KeepRule, error=KeepRuleError, kind="keep rule")
 
 
 def unregister_keep_rule(name: str) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from autoprune import cost
 from autoprune.budget import Limits, repair, uniform_at_budget
+from autoprune.checks import register_named
 from autoprune.errors import SearchError
 from autoprune.keep import ScoreCache
 from autoprune.space import Widths
@@ -208,15 +209,7 @@ def register_optimizer(cls: type[Optimizer]) -> type[Optimizer]:
     Usable as a class decorator. SearchError when ``cls`` is not an :class:`Optimizer`, has
     no ``name``, or its name is taken by another class.
     """
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise SearchError(f"register_optimizer expects an Optimizer subclass, got {cls!r}")
-    if not cls.name or not isinstance(cls.name, str):
-        raise SearchError(f"optimizer class {cls.__name__} has no name: set the class attribute name = '...'")
-    known = _METHODS.get(cls.name)
-    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
-        raise SearchError(f"method name '{cls.name}' is already registered by {known.__module__}.{known.__qualname__}")
-    _METHODS[cls.name] = cls
-    return cls
+    return register_named(_METHODS, cls, Optimizer, error=SearchError, kind="method")
 
 
 def unregister_optimizer(name: str) -> None:
