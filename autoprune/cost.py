@@ -39,8 +39,8 @@ def layer_macs(layer, full):
     cin = _in_width(layer, full)
     if layer.kind == "linear":  # out_positions > 1 for a channels-last linear
         return layer.out_positions * cin * layer.spatial * full[layer.out_group]
-    if layer.depthwise:
-        return layer.out_positions * layer.kernel * cin
+    if layer.depthwise:  # one input channel per filter; with a multiplier, out_group's filters
+        return layer.out_positions * layer.kernel * (cin if layer.out_group is None else full[layer.out_group])
     if layer.groups > 1:
         return layer.out_positions * layer.kernel * _per_group(cin, layer.groups) * full[layer.out_group]
     return layer.out_positions * layer.kernel * cin * full[layer.out_group]
@@ -57,7 +57,8 @@ def layer_params(layer, full):
         cout = full[layer.out_group]
         return cin * layer.spatial * cout + (cout if layer.bias else 0)
     if layer.depthwise:
-        return layer.kernel * cin + (cin if layer.bias else 0)
+        cout = cin if layer.out_group is None else full[layer.out_group]
+        return layer.kernel * cout + (cout if layer.bias else 0)
     cout = full[layer.out_group]
     per_out = _per_group(cin, layer.groups)
     return layer.kernel * per_out * cout + (cout if layer.bias else 0)

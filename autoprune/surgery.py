@@ -52,10 +52,13 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
         return
     w = m.weight
     if depthwise:
-        m.weight = _param(w[in_idx], w.requires_grad)
+        # With a channel multiplier the kept filters are the output group's (each input's k in a row).
+        out = in_idx if out_idx is None else out_idx
+        m.weight = _param(w[out], w.requires_grad)
         if m.bias is not None:
-            m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
-        m.in_channels = m.out_channels = m.groups = len(in_idx)
+            m.bias = _param(m.bias[out], m.bias.requires_grad)
+        m.in_channels = m.groups = len(in_idx)
+        m.out_channels = len(out)
         return
     if kind == "conv" and m.groups > 1:
         w = _grouped_weight(w, m.groups, m.in_channels, in_idx, out_idx)
@@ -237,7 +240,7 @@ def zero_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.T
             if layer.kind == "scale":
                 continue  # the channels it scales are zero already
             m = out.get_submodule(layer.name)
-            if layer.kind == "norm" or layer.depthwise:
+            if layer.kind == "norm" or layer.depthwise and layer.out_group is None:
                 mask = torch.cat([dropped[g] for g in layer.in_layout])
                 if layer.in_perm is not None:
                     mask = in_positions(mask, layer.in_perm)

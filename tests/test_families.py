@@ -11,6 +11,8 @@ from conftest import randomize
 from test_cost import hook_macs_and_thop
 
 from autoprune.cost import macs, params
+from autoprune.errors import TraceError
+from autoprune.graph import trace
 from autoprune.keep import First
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
@@ -152,3 +154,71 @@ def test_layernorm_over_a_spatial_dimension_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm(6))  # normalises W of an NCHW tensor
     with pytest.raises(Exception, match="not over the channels"):
         SearchSpace.from_model(model, (3, 8, 8))
+
+
+# -- padding and depthwise convs with a channel multiplier -----------------------------------
+
+class _Padded(nn.Module):
+    def __init__(self, pad: nn.Module):
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.pad = pad
+        self.b = nn.Conv2d(8, 8, 3)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.pad(torch.relu(self.bn(self.a(x))))
+        return self.c(torch.nn.functional.pad(self.b(y), (1, 0, 0, 1)))
+
+
+@pytest.mark.parametrize("pad", [nn.ZeroPad2d(1), nn.ConstantPad2d((1, 2, 0, 1), 0.3), nn.ReflectionPad2d(1),
+                                 nn.ReplicationPad2d(1)])
+def test_spatial_padding_keeps_the_channels_searchable(pad):
+    # A dropped channel padded with a nonzero constant is no longer zero: compare shapes only then.
+    zero = not isinstance(pad, nn.ConstantPad2d) or pad.value == 0
+    space = check_pruned(_Padded(pad), (3, 10, 10), zero_masking=zero)
+    assert [g.name for g in space.groups] == ["a", "b"]
+
+
+def test_padding_the_channel_dimension_is_refused_with_why():
+    class PadChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(10, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.pad(self.a(x), (0, 0, 0, 0, 1, 1)))
+
+    with pytest.raises(TraceError, match="pads the channel dimension"):
+        trace(PadChannels(), (3, 8, 8))
+
+
+class _Multiplier(nn.Module):
+    """A depthwise conv with a channel multiplier of 3 (16 -> 48), then a pointwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 16, 1), nn.BatchNorm2d(16)
+        self.dw, self.bn_dw = nn.Conv2d(16, 48, 3, padding=1, groups=16), nn.BatchNorm2d(48)
+        self.c = nn.Conv2d(48, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.bn_dw(self.dw(torch.relu(self.bn_a(self.a(x)))))))
+
+
+def test_a_channel_multiplier_prunes_both_sides_in_step():
+    space = check_pruned(_Multiplier(), (3, 8, 8))
+    assert [g.name for g in space.groups] == ["a"] and space.groups[0].blocks == 1
+    pruned = materialise(randomize(_Multiplier()), space, (6,))
+    dw = pruned.dw
+    assert (dw.in_channels, dw.out_channels, dw.groups, tuple(dw.weight.shape)) == (6, 18, 6, (18, 1, 3, 3))
+    assert pruned.bn_dw.num_features == 18 and pruned.c.in_channels == 18
+
+
+def test_timm_hgnetv2_stem_pads_and_prunes():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("hgnetv2_b0", pretrained=False, num_classes=10).eval()
+    space = SearchSpace.from_model(model, (3, 64, 64))
+    stem = [g for g in space.groups if g.name.startswith("stem.")]
+    assert stem, [g.name for g in space.groups][:5]
+    check_pruned(model, (3, 64, 64), space=space, zero_masking=False)

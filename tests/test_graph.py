@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import autoprune.graph
 from autoprune.errors import TraceError
-from autoprune.graph import passthrough, register_rule, spatial_reduce, trace, unregister_rule
+from autoprune.graph import Follow, passthrough, register_rule, spatial_reduce, trace, unregister_rule
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
 
@@ -102,13 +102,14 @@ def test_grouped_conv_cuts_both_sides_into_blocks():
     assert next(l for l in g.layers if l.name == "b").groups == 4
 
 
-def test_grouped_conv_with_one_channel_per_group_is_not_searchable():
-    # a depth multiplier (groups == in_channels < out_channels): one input per group
+def test_a_depth_multiplier_prunes_with_its_input():
+    # groups == in_channels < out_channels: each input channel's two filters go with it
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 16, 3, groups=8), nn.Conv2d(16, 4, 1))
     g = trace(model, (3, 8, 8))
     space = SearchSpace.from_graph(g)
-    assert [x.name for x in space.groups] == ["1"]  # the 16 outputs: two per group
-    assert g.groups[1].blocks == 8 and space.choices == ((8, 16),)
+    assert [x.name for x in space.groups] == ["0"]
+    assert g.groups[2].follows == Follow("repeat", 1, 0, 2)
+    assert space.full_widths((3,))[2] == 6
 
 
 class _ChannelPick(nn.Module):

@@ -1,4 +1,5 @@
-"""Groups that follow another: the parts of a ``chunk``, copies (``tile``), and ``range``s cut at
+"""Groups that follow another: the parts of a ``chunk``, copies (``tile``), each channel
+repeated (``repeat``, a depthwise conv's channel multiplier), and ``range``s cut at
 constant positions (see :class:`~autoprune.graph.Follow`).
 
 Ops that cut channels at run time keep working on the pruned model because the forward code
@@ -32,7 +33,7 @@ def follow_widths(graph: ChannelGraph, full: list) -> list:
     another from its parent's; returns ``full``. Widths may be differentiable scalars."""
     for g in follow_order(graph):
         f, w = g.follows, full[g.follows.parent]
-        if f.kind == "tile":
+        if f.kind in ("tile", "repeat"):
             full[g.id] = w * f.count
         elif f.kind == "range":
             n = graph.groups[f.parent].width
@@ -57,6 +58,9 @@ def follow_indices(graph: ChannelGraph, kept: dict[int, torch.Tensor]) -> dict[i
         f, k = g.follows, kept[g.follows.parent]
         if f.kind == "tile":
             kept[g.id] = (torch.arange(f.count)[:, None] * graph.groups[f.parent].width + k).flatten()
+            continue
+        if f.kind == "repeat":
+            kept[g.id] = (k[:, None] * f.count + torch.arange(f.count, device=k.device)).flatten()
             continue
         if f.kind == "range":
             lo, hi = f.index, f.count
@@ -128,6 +132,8 @@ def parent_blocks(f: Follow, blocks: int) -> int:
         return 1  # a range and its parent must both be whole (settle_follows checks it)
     if f.kind == "tile" and f.count % blocks == 0:
         return 1  # every block of the follower is whole copies of the parent
+    if f.kind == "repeat":
+        return blocks  # a block of the parent's channels repeated is a block of the follower
     return blocks
 
 

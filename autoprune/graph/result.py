@@ -22,10 +22,12 @@ class Follow:
     ``part``: run ``index`` of ``count`` equal runs of the parent (a ``chunk``); the parent is
     cut into blocks so that every run keeps as many channels. ``tile``: ``count`` copies of
     the parent one after the other (a single group added to a concatenation of copies of one
-    group, as in GhostNet). ``range``: the parent's channels ``index`` to ``count`` (exclusive),
-    cut out of a reordered tensor (see :class:`Rewrite`); the parent keeps ``w * x // n`` of its
-    first ``x`` channels at width ``w`` of ``n`` (:func:`~autoprune.graph.range_kept`), so every
-    range keeps a number of channels that its parent's width decides.
+    group, as in GhostNet). ``repeat``: each channel of the parent ``count`` times in a row
+    (the output of a depthwise conv with a channel multiplier). ``range``: the parent's
+    channels ``index`` to ``count`` (exclusive), cut out of a reordered tensor (see
+    :class:`Rewrite`); the parent keeps ``w * x // n`` of its first ``x`` channels at width
+    ``w`` of ``n`` (:func:`~autoprune.graph.range_kept`), so every range keeps a number of
+    channels that its parent's width decides.
     """
 
     kind: str
@@ -68,7 +70,8 @@ class Layer:
     ``kind`` is ``conv``, ``linear``, ``norm`` or ``scale`` (a parameter with one value per
     channel, named by its path, such as ConvNeXt's layer scale). ``in_layout`` lists the groups that make up
     the input channels in order; ``out_group`` is the group of the output channels (``None``
-    for norms and depthwise convs, whose output layout equals their input layout). For a
+    for norms and depthwise convs, whose output layout equals their input layout; a depthwise
+    conv with a channel multiplier has an ``out_group`` that ``repeat`` s its input). For a
     linear layer after a flatten, every input channel spans ``spatial`` features.
     ``out_positions`` is the number of output positions (H×W for a 2-d conv), ``kernel`` the
     kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.

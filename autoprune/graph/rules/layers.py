@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from autoprune.errors import TraceError
 from autoprune.graph.nodes import parameter_behind, shape_of, where
-from autoprune.graph.result import Layer
+from autoprune.graph.result import Follow, Layer
 from autoprune.graph.rewrites import plain
 from autoprune.graph.table import GroupTable
 from autoprune.graph.tensor import ChannelTensor
@@ -47,6 +47,15 @@ def conv(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTen
                               bias, in_perm=x.perm))
         return x
     x = plain(table, node, x)
+    if m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
+        # Depthwise with a channel multiplier k: output channels c*k .. c*k+k-1 filter input
+        # channel c, so the output repeats each kept input channel k times and prunes with it.
+        k = m.out_channels // m.in_channels
+        out = table.new_group(m.out_channels, follows=Follow("repeat", joined(table, node, x), 0, k))
+        table.add_producer(out, node.target)
+        table.add_member(out, node.target)
+        table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, True, 1, 1, kernel, out_positions, bias))
+        return ChannelTensor([out])
     if len(x.layout) == 1:
         # Grouped: conv group j reads input block j and writes output block j. Pruning every
         # block of each side by the same amount keeps `groups` and the pairing of blocks.
@@ -60,6 +69,15 @@ def conv(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTen
     table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, False, m.groups, 1, kernel,
                           out_positions, bias))
     return ChannelTensor([out])
+
+
+def joined(table: GroupTable, node: fx.Node, x: ChannelTensor) -> int:
+    """The one group a depthwise conv with a multiplier repeats: the input's single group, or
+    a new fixed group standing for a concatenation (whose parts keep their width)."""
+    if len(x.layout) == 1:
+        return x.layout[0]
+    table.fix(*x.layout)
+    return table.new_group(sum(table.widths(x.layout)), fixed=True, hint=node.name)
 
 
 def linear(table: GroupTable, node: fx.Node, m: nn.Linear, inputs: list[ChannelTensor]) -> ChannelTensor:

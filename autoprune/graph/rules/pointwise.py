@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import padding
 
 from autoprune.errors import TraceError
 from autoprune.graph.follow import range_of
@@ -71,6 +72,20 @@ def prelu(table: GroupTable, node: fx.Node, m: nn.PReLU, inputs: list[ChannelTen
     if m.num_parameters != 1:
         raise TraceError(f"module '{node.target}' (PReLU with per-channel parameters) is not supported")
     return inputs[0]
+
+
+def pad(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """``F.pad`` and the padding modules (ConstantPad, ZeroPad, ReflectionPad, ReplicationPad,
+    CircularPad): padding the spatial dimensions keeps every channel; TraceError where the
+    padding reaches the channel dimension, whose new channels no layer would own."""
+    x = inputs[0]
+    src, dst = shape_of(first_tensor_arg(node)), shape_of(node)
+    if src is None or dst is None or len(src) != len(dst) or x.dim < 0 or x.spatial != 1:
+        raise TraceError(f"node '{node.name}' ({where(node)}) pads a flattened tensor or one it cannot follow")
+    if src[x.dim] != dst[x.dim]:
+        raise TraceError(f"node '{node.name}' ({where(node)}) pads the channel dimension {src} -> {dst}; only "
+                         "spatial padding is supported (pad the channels with a conv, or freeze the module)")
+    return x
 
 
 def no_channels(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> None:
@@ -153,6 +168,9 @@ MODULES = {
         nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
         nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample), same_channels),
+    # Padding modules, by their bases (ZeroPad2d is a ConstantPad2d).
+    **dict.fromkeys((padding._ConstantPadNd, padding._ReflectionPadNd, padding._ReplicationPadNd,
+                     padding._CircularPadNd), pad),
 }
 FUNCTIONS = {
     # Binary element-wise ops: two channel tensors meeting here must share their channels.
@@ -167,6 +185,7 @@ FUNCTIONS = {
         F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
         F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
         operator.neg, torch.neg), passthrough),
+    F.pad: pad,
 }
 METHODS = {
     **dict.fromkeys(("size", "dim", "numel"), no_channels),
@@ -183,4 +202,4 @@ BY_CLASS_NAME = {
     "DropPath": same_channels,
 }
 # Rules that follow a shuffled tensor's channel positions (see ChannelTensor.perm).
-KEEP_ORDER = frozenset({same_channels, prelu, passthrough, spatial_reduce, elementwise, no_channels})
+KEEP_ORDER = frozenset({same_channels, prelu, pad, passthrough, spatial_reduce, elementwise, no_channels})
