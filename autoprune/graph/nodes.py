@@ -4,13 +4,18 @@ the tensor arguments of a node, where a node sits in the model (for error messag
 from __future__ import annotations
 
 import math
+import os
+import re
+import traceback
 
+import torch
 import torch.fx as fx
 
 from autoprune.errors import TraceError
 
 # Appended to every error about an op without a rule.
-HOW_TO_ADD = "add a rule with autoprune.graph.register_rule"
+HOW_TO_ADD = ("add a rule with autoprune.graph.register_rule, or move the op into a submodule, which the "
+              "tracer then freezes (runs whole, its channels fixed)")
 
 
 def shape_of(node) -> tuple[int, ...] | None:
@@ -75,13 +80,38 @@ def fn_name(fn) -> str:
 
 
 def where(node: fx.Node) -> str:
-    """``in module 'path' (Class)`` for a node inside a submodule, else ``at top level``."""
+    """``in module 'path' (Class), file.py:line`` for a node inside a submodule, else ``at top
+    level, file.py:line``: the line of the model's code that made it, where fx recorded it."""
     stack = node.meta.get("nn_module_stack")
+    line = source_line(node)
+    line = f", {line}" if line else ""
     if stack:
         path, cls = list(stack.values())[-1]
         cls_name = getattr(cls, "__name__", str(cls))
-        return f"in module '{path}' ({cls_name})"
-    return "at top level"
+        return f"in module '{path}' ({cls_name}){line}"
+    return f"at top level{line}"
+
+
+_NOT_THE_MODEL = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def failed_line(exc: BaseException) -> str | None:
+    """``file.py:line`` of the model code where ``exc`` was raised while tracing (the innermost
+    frame outside torch and autoprune); None where there is none."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_NOT_THE_MODEL)]
+    return f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else None
+
+
+def source_line(node: fx.Node) -> str | None:
+    """``file.py:line`` of the model code that made ``node`` (the innermost frame fx recorded);
+    None where it recorded none."""
+    found = [(p, n) for p, n in _FRAME.findall(getattr(node, "stack_trace", None) or "")
+             if not p.startswith(_NOT_THE_MODEL)]  # fx's and the tracer's own frames
+    if not found:
+        return None
+    path, line = found[-1]
+    return f"{os.path.basename(path)}:{line}"
 
 
 def unsupported_function(node: fx.Node) -> TraceError:

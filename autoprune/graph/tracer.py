@@ -100,7 +100,7 @@ class Tracer:
                 values[node] = self.step(node, values)
             except TraceError as exc:
                 raise self.leaf_for(node, exc) from None
-        if self.table.rewrites and not same_in_both_modes(self.model, gm, self.leaves):
+        if self.table.rewrites and not same_in_both_modes(self.model, gm, self.leaves, self.input_shape):
             # Surgery re-traces the pruned model, which would keep one mode's forward only.
             for r in self.table.rewrites:
                 self.table.fix(*r.layout)

@@ -1,0 +1,76 @@
+"""Models users bring, traced as built (no wrapper, no patch): ultralytics YOLO, transformers
+CNN classifiers, segmentation_models_pytorch. Each traces, its analytic MACs equal a hook count
+of the pruned model, and the pruned model is the original class and keeps its outputs."""
+
+import numpy as np
+import pytest
+import torch
+from test_cost import hook_macs_and_thop
+
+from autoprune.cost import macs
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise
+
+
+def _pruned(model, shape):
+    model = model.eval()
+    space = SearchSpace.from_model(model, shape)
+    widths = space.uniform(0.5)
+    pruned = materialise(model, space, widths).eval()
+    assert type(pruned) is type(model)  # pruned in place of a copy, not an fx GraphModule
+    with torch.no_grad():
+        counted, _ = hook_macs_and_thop(pruned, shape)
+    assert macs(space, widths) == counted
+    return space, pruned
+
+
+def _share(space) -> float:
+    return macs(space, space.uniform(0.5)) / macs(space, space.uniform(1.0))
+
+
+@pytest.mark.parametrize("yaml", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_yolo_detection_model_traces_as_built_with_its_c2f_blocks_searchable(yaml):
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    model = tasks.DetectionModel(yaml, verbose=False)
+    space, pruned = _pruned(model, (3, 64, 64))
+    # list(self.cv1(x).chunk(2, 1)) in C2f / C3k2: its halves follow the cv1 group
+    assert any(g.name == "model.2.cv1.conv" for g in space.groups), [g.name for g in space.groups][:8]
+    assert "model.2" not in {f.path for f in space.graph.frozen}
+    assert _share(space) < 0.6
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert pruned(x)[0].shape == model.eval()(x)[0].shape
+
+
+def test_yolo_segmentation_model_traces_and_a_pruned_yolo_predicts():
+    ultralytics = pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import SegmentationModel  # deferred: an optional package
+    _pruned(SegmentationModel("yolov8n-seg.yaml", verbose=False), (3, 64, 64))
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    space = SearchSpace.from_model(yolo.model.eval(), (3, 64, 64))
+    yolo.model = materialise(yolo.model, space, space.uniform(0.5)).eval()
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    (result,) = yolo.predict(image, imgsz=64, verbose=False)
+    assert result.boxes.data.shape[1] == 6
+
+
+@pytest.mark.parametrize("family", ["ResNet", "ConvNext"])
+def test_transformers_classifiers_trace_and_keep_their_model_output(family):
+    transformers = pytest.importorskip("transformers")
+    config = getattr(transformers, f"{family}Config")(num_labels=7)
+    model = getattr(transformers, f"{family}ForImageClassification")(config)
+    space, pruned = _pruned(model, (3, 64, 64))
+    assert not space.graph.frozen  # the embedder's check on the input channels runs in Python
+    out = pruned(torch.randn(2, 3, 64, 64))
+    assert type(out).__name__ == "ImageClassifierOutputWithNoAttention" and out.logits.shape == (2, 7)
+    assert _share(space) < 0.45
+
+
+def test_smp_deeplabv3plus_with_its_shape_check_is_fully_searchable():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    model = smp.DeepLabV3Plus(encoder_name="resnet18", encoder_weights=None, classes=3)
+    space, pruned = _pruned(model, (3, 64, 64))
+    assert not space.graph.frozen
+    with torch.no_grad():
+        assert pruned(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+    assert _share(space) < 0.45
