@@ -70,27 +70,31 @@ __all__ = ["BaseConfig", "LatencyConfig", "MethodConfig", "ModelConfig", "Search
 class SpaceOptions:
     """Overrides of the model's search space, applied over its per-model YAML (see
     :meth:`SearchSpace.from_model`): ``file`` a YAML of overrides, ``round_to``, ``min_ratio``,
-    ``step`` and ``frozen`` (glob patterns of group names kept whole). None keeps the model's own."""
+    ``step`` and ``frozen`` (glob patterns of group names kept whole). None keeps the model's own.
+    ``mode``: the forward traced, ``"eval"`` or ``"train"`` (None: the mode the model is in)."""
 
     file: str | os.PathLike | None = None
     round_to: int | None = None
     min_ratio: float | None = None
     step: float | None = None
     frozen: tuple[str, ...] | None = None
+    mode: str | None = None
 
     def __post_init__(self):
+        if self.mode not in (None, "eval", "train"):
+            raise SearchError(f"space mode must be 'eval' or 'train', got {self.mode!r}")
         if self.frozen is not None:
             if isinstance(self.frozen, str) or not all(isinstance(p, str) for p in self.frozen):
                 raise SearchError(f"space frozen must be a list of group-name patterns, got {self.frozen!r}")
             object.__setattr__(self, "frozen", tuple(self.frozen))
         check_counts(round_to=self.round_to, error=SearchError)
-        SpaceConfig.from_dict({k: v for k, v in self.overrides().items() if k != "space_file"},
+        SpaceConfig.from_dict({k: v for k, v in self.overrides().items() if k not in ("space_file", "mode")},
                               source="space options")  # a bad value fails here, in one line
 
     def overrides(self) -> dict:
         """The keyword arguments of :meth:`SearchSpace.from_model` that are set."""
         given = {"space_file": self.file, "round_to": self.round_to, "min_ratio": self.min_ratio, "step": self.step,
-                 "frozen": list(self.frozen) if self.frozen is not None else None}
+                 "frozen": list(self.frozen) if self.frozen is not None else None, "mode": self.mode}
         return {k: v for k, v in given.items() if v is not None}
 
 

@@ -59,7 +59,7 @@ def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: S
         raise ArchError("a stripe-pruned architecture keeps every channel: give the full widths with 'stripes'")
     arch = {
         "schema": SCHEMA if stripes is None else SCHEMA_STRIPES,
-        "model": {"name": model_name, "kwargs": dict(model_kwargs)},
+        "model": {"name": model_name, "kwargs": dict(model_kwargs), "mode": space.graph.mode},
         "input_shape": list(space.graph.input_shape),
         "num_classes": model_kwargs.get("num_classes"),
         "space": space.config.to_dict(),
@@ -163,7 +163,8 @@ def arch_space(arch: dict, model: nn.Module | None = None) -> tuple[nn.Module, S
             raise ArchError(f"architecture field 'model': {exc}") from None
     try:
         config = SpaceConfig.from_dict(arch["space"], source="architecture field 'space'")
-        space = SearchSpace.from_model(model, tuple(arch["input_shape"]), config=config)
+        space = SearchSpace.from_model(model, tuple(arch["input_shape"]), config=config,
+                                       mode=arch["model"].get("mode"))
     except AutopruneError as exc:
         raise ArchError(f"architecture does not fit model '{arch['model']['name']}': {exc}") from None
     names = [g["name"] for g in arch["groups"]]

@@ -189,8 +189,9 @@ class SearchSpace:
     @classmethod
     def from_model(cls, model: nn.Module, input_shape: Sequence[int] = (3, 32, 32), *,
                    config: SpaceConfig | None = None, model_name: str | None = None,
-                   space_file: str | Path | None = None, **overrides) -> "SearchSpace":
-        """Trace ``model`` and build its space.
+                   space_file: str | Path | None = None, mode: str | None = None, **overrides) -> "SearchSpace":
+        """Trace ``model`` (in ``mode``, ``"eval"`` or ``"train"``; None: the mode it is in; see
+        :func:`~autoprune.graph.trace`) and build its space.
 
         The config is, in order of precedence: ``config``; else the per-model YAML for
         ``model_name`` or ``space_file``; with keyword ``overrides`` (``min_ratio``, ``step``,
@@ -202,7 +203,7 @@ class SearchSpace:
             d = config.to_dict()
             d.update({k: v for k, v in overrides.items() if v is not None})
             config = SpaceConfig.from_dict(d, source="search space overrides")
-        return cls.from_graph(trace(model, tuple(input_shape)), config)
+        return cls.from_graph(trace(model, tuple(input_shape), mode), config)
 
     # -- views -----------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -229,7 +229,7 @@ class _ActNet(nn.Module):
 
 def test_register_rule_for_a_custom_channel_preserving_module(rules):
     model = _ActNet(_ErfGELU())
-    with pytest.raises(TraceError, match=r"node 'erf' \(in module 'act' \(_ErfGELU\)\).*"
+    with pytest.raises(TraceError, match=r"node 'erf' \(in module 'act' \(_ErfGELU\), test_graph\.py:\d+\).*"
                                          r"autoprune\.graph\.register_rule"):
         trace(model, (3, 8, 8))
     rules(_ErfGELU, passthrough)
@@ -341,3 +341,23 @@ def test_register_rule_docstring_example_runs():
         runner.run(test)
     results = runner.summarize(verbose=False)
     assert results.attempted > 0 and results.failed == 0
+
+
+class _TwoModes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.a(x) if self.training else self.b(self.a(x))
+
+
+def test_trace_mode_picks_the_forward_and_puts_the_model_back():
+    model = _TwoModes().train()
+    evaluated, trained = trace(model, (3, 4, 4), mode="eval"), trace(model, (3, 4, 4), mode="train")
+    assert model.training
+    assert (evaluated.mode, len(evaluated.layers)) == ("eval", 2)
+    assert (trained.mode, len(trained.layers)) == ("train", 1)
+    assert trace(model.eval(), (3, 4, 4)).mode == "eval" and not model.training
+    with pytest.raises(TraceError, match="mode"):
+        trace(model, (3, 4, 4), mode="test")

@@ -122,7 +122,8 @@ def run(args) -> int:
                         cache_dir=args.latency_cache_dir)
     model = ModelConfig(args.model, model_args(args), input_size=args.input_size, num_classes=args.num_classes,
                         in_channels=args.in_channels,
-                        space=SpaceOptions(file=args.space, round_to=args.round_to, min_ratio=args.min_ratio))
+                        space=SpaceOptions(file=args.space, round_to=args.round_to, min_ratio=args.min_ratio,
+                                          mode=getattr(args, "mode", None)))
     evaluator = EvalConfig(bn_batches=args.bn_batches, fine_tune_steps=args.fine_tune_steps,
                            batch_size=args.eval_batch_size, keep=args.keep, seed=args.seed)
     result = search(

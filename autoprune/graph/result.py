@@ -128,7 +128,8 @@ class FrozenLeaf:
 @dataclass(frozen=True)
 class ChannelGraph:
     """The traced structure of a model: groups, the layers that depend on them, the parameter
-    count and MACs that no width affects (``other_macs``: those of the ``frozen`` leaves)."""
+    count and MACs that no width affects (``other_macs``: those of the ``frozen`` leaves), and
+    the ``mode`` (``eval`` or ``train``) whose forward was traced."""
 
     groups: tuple[ChannelGroup, ...]
     layers: tuple[Layer, ...]
@@ -137,3 +138,4 @@ class ChannelGraph:
     other_macs: int = 0
     frozen: tuple[FrozenLeaf, ...] = ()
     rewrites: tuple[Rewrite, ...] = ()
+    mode: str = "eval"  # the mode traced in: "eval" or "train"

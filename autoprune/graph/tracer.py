@@ -11,6 +11,7 @@ submodule, that submodule is frozen and the trace starts again; the finished tab
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any
 
@@ -32,13 +33,27 @@ from autoprune.graph.tensor import ChannelTensor, Parts
 MAX_FROZEN_LEAVES = 64
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> ChannelGraph:
-    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension).
+def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), mode: str | None = None) -> ChannelGraph:
+    """Trace ``model`` on an input of shape ``input_shape`` (no batch dimension), in ``mode``:
+    ``"eval"`` (the graph that is deployed), ``"train"``, or None for the mode the model is in
+    (it is put back afterwards).
 
     A submodule that cannot be traced is frozen (see :class:`~autoprune.graph.FrozenLeaf`) and
     the trace starts again, up to :data:`MAX_FROZEN_LEAVES` times. TraceError if the model's
     own ``forward`` cannot be traced, or if nothing is left to search.
     """
+    if mode not in (None, "eval", "train"):
+        raise TraceError(f"trace mode must be 'eval' or 'train', got {mode!r}")
+    was = model.training
+    if mode is not None:
+        model.train(mode == "train")
+    try:
+        return dataclasses.replace(_trace(model, input_shape), mode="train" if model.training else "eval")
+    finally:
+        model.train(was)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     leaves: dict[str, str] = {}
     while True:
         try:
