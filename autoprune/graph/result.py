@@ -12,7 +12,7 @@ never see the tracer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -138,4 +138,4 @@ class ChannelGraph:
     other_macs: int = 0
     frozen: tuple[FrozenLeaf, ...] = ()
     rewrites: tuple[Rewrite, ...] = ()
-    mode: str = "eval"  # the mode traced in: "eval" or "train"
+    mode: str = field(default="eval", compare=False)  # the mode traced in, not part of the structure
