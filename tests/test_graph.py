@@ -229,7 +229,7 @@ class _ActNet(nn.Module):
 
 def test_register_rule_for_a_custom_channel_preserving_module(rules):
     model = _ActNet(_ErfGELU())
-    with pytest.raises(TraceError, match=r"node 'erf' \(in module 'act' \(_ErfGELU\), test_graph\.py:\d+\).*"
+    with pytest.raises(TraceError, match=r"node 'erf' \(in module 'act' \(_ErfGELU\)\).*"
                                          r"autoprune\.graph\.register_rule"):
         trace(model, (3, 8, 8))
     rules(_ErfGELU, passthrough)
@@ -361,3 +361,31 @@ def test_trace_mode_picks_the_forward_and_puts_the_model_back():
     assert trace(model.eval(), (3, 4, 4)).mode == "eval" and not model.training
     with pytest.raises(TraceError, match="mode"):
         trace(model, (3, 4, 4), mode="test")
+
+
+class _TopLevelErf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return torch.erf(self.a(x))
+
+
+class _TopLevelBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > 0:
+            return y
+        return -y
+
+
+def test_errors_at_top_level_name_the_models_line_and_what_to_do():
+    with pytest.raises(TraceError, match=r"erf.*register_rule.*submodule.*model code: test_graph\.py:\d+"):
+        trace(_TopLevelErf(), (3, 4, 4))
+    with pytest.raises(TraceError, match=r"cannot trace _TopLevelBranch with torch\.fx at test_graph\.py:\d+: .*submodule"):
+        trace(_TopLevelBranch(), (3, 4, 4))

@@ -49,7 +49,6 @@ class LeafTracer(fx.Tracer):
         super().__init__()
         self.leaves = frozenset(leaves)
         self.failure: tuple[BaseException, str] | None = None
-        self.record_stack_traces = True  # errors name the model's file:line (nodes.where)
         # Given, the input's shape but for the batch is this one while tracing (see PartsProxy).
         self.input_shape = tuple(input_shape) if input_shape is not None else None
 
@@ -178,11 +177,15 @@ def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.G
     return fx.GraphModule(tracer.root, traced, type(model).__name__)
 
 
-def first_trace(model: nn.Module, leaves: Iterable[str], input_shape: tuple[int, ...] | None):
+def first_trace(model: nn.Module, leaves: Iterable[str], input_shape: tuple[int, ...] | None,
+                stack_traces: bool = False):
     """(tracer, fx graph) of ``model``: traced with no shape known, else, where that fails,
-    with the input's shape known (see PartsProxy); the second attempt's exception if both fail."""
+    with the input's shape known (see PartsProxy); the second attempt's exception if both fail.
+    ``stack_traces``: every node records the model code that made it (slower; for errors)."""
     leaves = tuple(leaves)
     tracers = [LeafTracer(leaves)] + ([LeafTracer(leaves, input_shape)] if input_shape is not None else [])
+    for tracer in tracers:
+        tracer.record_stack_traces = stack_traces
     for tracer in tracers[:-1]:
         try:
             return tracer, tracer.trace(model)

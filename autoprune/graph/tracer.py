@@ -21,8 +21,8 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.assemble import assemble
-from autoprune.graph.fxtrace import NeedsLeaf, same_in_both_modes, shaped_graph_module
-from autoprune.graph.nodes import HOW_TO_ADD, is_namedtuple_class, same_kind, shape_of, unsupported_function, where
+from autoprune.graph.fxtrace import NeedsLeaf, first_trace, same_in_both_modes, shaped_graph_module
+from autoprune.graph.nodes import HOW_TO_ADD, is_namedtuple_class, same_kind, shape_of, source_line, unsupported_function, where
 from autoprune.graph.registry import keeps_order, module_rule, rule_for
 from autoprune.graph.result import ChannelGraph
 from autoprune.graph.rewrites import plain
@@ -129,7 +129,17 @@ class Tracer:
         for path, _ in reversed(list(stack.values())):
             if path and path not in self.leaves:
                 return NeedsLeaf(path, one_line(exc))
-        return exc
+        return self.with_line(node, exc)
+
+    def with_line(self, node: fx.Node, exc: TraceError) -> TraceError:
+        """``exc`` naming the line of the model's code that made ``node``, found by tracing
+        again with stack traces (too slow to record on every trace)."""
+        try:
+            _, graph = first_trace(self.model, self.leaves, self.input_shape, stack_traces=True)
+        except Exception:  # noqa: BLE001 — the line is a courtesy; the error stands without it
+            return exc
+        line = next((source_line(n) for n in graph.nodes if n.name == node.name), None)
+        return TraceError(f"{one_line(exc)} (model code: {line})") if line else exc
 
     def step(self, node: fx.Node, values: dict) -> ChannelTensor | None:
         """Frozen leaves and containers of channel tensors, then the rules (:meth:`visit`)."""
