@@ -103,3 +103,20 @@ def test_save_is_atomic(tmp_path, arch_and_model):
         save_arch(dict(arch, score=object()), path)
     assert load_arch(path)["score"] == 0.5  # the good file survived
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.json"]
+
+
+def test_the_traced_mode_is_recorded_and_traced_again(monkeypatch, arch_and_model):
+    arch, model, space, widths = arch_and_model
+    assert arch["model"]["mode"] == "train"  # create_model builds in training mode
+    seen = []
+    original = SearchSpace.from_model.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("mode"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(SearchSpace, "from_model", classmethod(spy))
+    build(dict(arch, model=dict(arch["model"], mode="eval")))
+    assert seen == ["eval"]
+    with pytest.raises(ArchError, match="mode"):
+        build(dict(arch, model=dict(arch["model"], mode="test")))
