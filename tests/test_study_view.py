@@ -9,6 +9,7 @@ in-memory study; each proposal must equal that of a TPE rebuilt from every resul
 import numpy as np
 import pytest
 
+from autoprune.budget import Limits
 from autoprune.cost import base_macs
 from autoprune.evaluator import SyntheticObjective
 from autoprune.models import create_model
@@ -98,10 +99,10 @@ def _tpe_run(space, max_macs, steps, lag, **options):
     """(proposals, optimizer) of one TPE told its results ``lag`` asks late, and the proposals
     a fresh TPE told the same results makes at each ask (its study built from all of them)."""
     obj = SyntheticObjective(space, seed=0)
-    opt = get_optimizer("tpe")(space, max_macs, seed=0, **options)
+    opt = get_optimizer("tpe")(space, Limits(max_macs), seed=0, **options)
     told, inflight, got, rebuilt = [], [], [], []
     for i in range(steps):
-        fresh = get_optimizer("tpe")(space, max_macs, seed=0, **options)
+        fresh = get_optimizer("tpe")(space, Limits(max_macs), seed=0, **options)
         for w, s, r in told:
             fresh.tell(w, s, r)
         rebuilt.append(fresh.ask(np.random.default_rng([0, i]), inflight))
@@ -136,4 +137,4 @@ def test_tpe_bounded_history_keeps_the_best_and_the_latest(space):
     opt.ask(np.random.default_rng(0))
     assert len(opt._study.get_trials(deepcopy=False)) <= 75 + 1
     with pytest.raises(ValueError):
-        get_optimizer("tpe")(space, max_macs, history=10)
+        get_optimizer("tpe")(space, Limits(max_macs), history=10)
