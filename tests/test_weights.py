@@ -157,7 +157,7 @@ def test_search_takes_pretrained_or_weights_as_its_base(caches, capsys, how):
     if how == "pretrained":
         assert "re-initialised for 4" in captured.err  # the classifier note, one line on stderr
     else:  # the score is measured on these weights, not assumed
-        state = {k[len("module."):]: v for k, v in torch.load(file)["model_state_dict"].items()}
+        state = {k[len("module."):]: v for k, v in torch.load(file, weights_only=True)["model_state_dict"].items()}
         assert record["base_score"] == pytest.approx(_val_accuracy(state))
 
 
