@@ -22,15 +22,18 @@ from autoprune.models import create_model, list_models, register_model
 from autoprune.optimizers import Optimizer, list_methods, register_optimizer
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
+from autoprune.task import ClassificationTask, Task, load_task
 from autoprune.version import __version__
 
 __all__ = [
     "AutopruneError",
     "BaseConfig",
+    "ClassificationTask",
     "LatencyConfig",
     "MethodConfig",
     "ModelConfig",
     "SpaceOptions",
+    "Task",
     "DataSpec",
     "EvalConfig",
     "FinetuneResult",
@@ -47,6 +50,7 @@ __all__ = [
     "list_methods",
     "list_models",
     "load_arch",
+    "load_task",
     "macs",
     "make_arch",
     "materialise",

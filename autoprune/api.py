@@ -51,6 +51,7 @@ from autoprune.report import SearchResult, search_record, write_result
 from autoprune.runtime import log, progress_bar, resolve_device
 from autoprune.space import SearchSpace, SpaceConfig
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT, Record, TrialStore, storage_path
+from autoprune.task import ClassificationTask, Task, as_task, score_model, train_steps
 from autoprune.train import TrainConfig, split_accuracy, train
 
 DEFAULT_OUT = "runs/search"
@@ -246,7 +247,8 @@ def search(model, budget=0.4, method="abc", data=None, *, latency=None, base=Non
     or absolute MACs (``"120M"``); None for no MACs budget (then ``latency`` is the only one).
     ``method``: a registered optimizer name, or a :class:`MethodConfig` with its options.
     ``data``: a dataset name or path, a :class:`~autoprune.dataspec.DataSpec`, or loaded data;
-    unset settings take what the base checkpoint records (see :mod:`autoprune.dataspec`).
+    unset settings take what the base checkpoint records (see :mod:`autoprune.dataspec`); or a
+    :class:`~autoprune.task.Task`: its data, loss and score then train and score everything.
     ``latency``: a latency budget too (``0.5``, ``"3.2ms"``), or a :class:`LatencyConfig` with
     the table to predict from. ``base``: checkpoint of the trained base, or a
     :class:`BaseConfig` (without a checkpoint, a base is pre-trained into ``OUT/base/``).
@@ -260,20 +262,21 @@ def search(model, budget=0.4, method="abc", data=None, *, latency=None, base=Non
     model, method, latency = ModelConfig.of(model), MethodConfig.of(method), LatencyConfig.of(latency)
     base, study = BaseConfig.of(base), study or StudyConfig()
     optimizer_cls, device, out = _settings(method, latency, objective, device, out)
+    task, data = _task(data, optimizer_cls, method.name)
     evaluates = objective is None or isinstance(objective, EvalConfig)
     needs_base, given = evaluates or optimizer_cls.needs_base, _given_weights(base, model.name)
     ckpt, base_path = _open_base(base.path, out, needs_base and not given)
-    needs_data = evaluates or optimizer_cls.needs_data or (needs_base and not (ckpt or given))  # pre-training
+    needs_data = task is None and (evaluates or optimizer_cls.needs_data or (needs_base and not (ckpt or given)))
     data = _load_data(data, ckpt, base_path, seed, device, needs_data, scores_on_val=evaluates)
-    name, kwargs, module, space, made = _build(model, data, seed, base.pretrained)
+    name, kwargs, module, space, made = _build(model, data, seed, base.pretrained, task)
     limits = _limits(module, space, budget, latency, device, progress)
     setup = _Setup(name, kwargs, space, limits, method.name, int(seed), device, out)
-    base_info = _place(setup, module, data, ckpt, base_path, base, made, progress) if needs_base else {}
+    base_info = _place(setup, module, task or data, ckpt, base_path, base, made, progress) if needs_base else {}
     optimizer = _make_optimizer(optimizer_cls, setup, method.options)
     context = Context(base=module if needs_base else None, data=data, device=device, out_dir=out / method.name,
                       progress=progress, cache=_score_cache(base_info))
-    score_fn, evaluation = _objective(setup, objective, module, data, base_info, optimizer)
-    store, url, study_name = _open_study(setup, study, objective, evaluation, data, base_info)
+    score_fn, evaluation = _objective(setup, objective, module, task or data, base_info, optimizer)
+    store, url, study_name = _open_study(setup, study, objective, evaluation, data, base_info, task)
     records, scored_here = _run(optimizer, score_fn, store, study.trials, setup.seed, context, progress)
     best, held = best_record(records), None
     if limits.table is not None:  # the winner measured on the device; tightened where it runs over
@@ -284,7 +287,7 @@ def search(model, budget=0.4, method="abc", data=None, *, latency=None, base=Non
     record = search_record(
         records, seconds=seconds, objective=_objective_name(objective, optimizer), data=data, base=base_info,
         study=study_name, latency=_latency_record(limits, held), report=optimizer.report(),
-        evaluator={"device": str(device), **evaluation.to_dict()} if evaluation else {"kind": type(score_fn).__name__})
+        evaluator=_evaluator_record(evaluation, score_fn, task or data, device))
     result = write_result(out, records, best, model_name=name, model_kwargs=kwargs, space=space, limits=limits,
                           method=method.name, seed=setup.seed, record=record, seconds=seconds, stripes=stripes,
                           info={"scored_here": scored_here, "storage": url, "study": study_name,
@@ -310,6 +313,21 @@ def _settings(method: MethodConfig, latency: LatencyConfig | None, objective, de
         raise SearchError(f"unknown objective {objective!r}; expected None, an EvalConfig, 'synthetic' or a callable")
     _check_method_options(optimizer_cls, method.name, method.options)
     return optimizer_cls, resolve_device(device), check_out_dir(out if out is not None else DEFAULT_OUT, "out")
+
+
+def _task(data, optimizer_cls, method: str) -> tuple[Task | None, object]:
+    """(the task, the data to load): a task brings its own data; a dataset is loaded as before.
+    A method that trains on a classification dataset itself (DMCP, slimming, stripes...) cannot
+    take a task: SearchError."""
+    if not isinstance(data, Task):
+        return None, data
+    if optimizer_cls.needs_data or optimizer_cls.granularity == "stripe":
+        raise SearchError(f"method '{method}' trains on a classification dataset itself and cannot take task "
+                          f"'{data.name}'; use a method that proposes widths (random, abc, tpe, uniform...)")
+    if len(tuple(data.input_shape)) != 3:
+        raise SearchError(f"task '{data.name}': input_shape must be (channels, height, width), "
+                          f"got {data.input_shape!r}")
+    return data, None
 
 
 def _open_base(base, out: Path, needs_base: bool) -> tuple[dict | None, Path | None]:
@@ -345,9 +363,10 @@ def _load_data(data, ckpt, base_path, seed, device, needed: bool, *, scores_on_v
     return loaded
 
 
-def _build(config: ModelConfig, data, seed: int, pretrained: bool = False):
+def _build(config: ModelConfig, data, seed: int, pretrained: bool = False, task: Task | None = None):
     """The model (from the registry, with its library's pretrained weights, or as given) and its
-    search space: (name, kwargs, model, space, the record of the pretrained weights or {})."""
+    search space, traced at the data's or the task's input shape: (name, kwargs, model, space,
+    the record of the pretrained weights or {})."""
     model, made = config.name, {}
     if isinstance(model, nn.Module):
         name, kwargs = f"{type(model).__module__}:{type(model).__name__}", {}
@@ -366,6 +385,11 @@ def _build(config: ModelConfig, data, seed: int, pretrained: bool = False):
         if config.input_size is not None and shape[1:] != (config.input_size, config.input_size):
             raise SearchError(f"--input-size {config.input_size} does not match the {shape[1]}x{shape[2]} images of "
                               f"dataset '{data.meta.get('name', 'given')}' (images are not resized)")
+    elif task is not None:
+        shape = tuple(int(n) for n in task.input_shape)
+        if config.input_size is not None and shape[1:] != (config.input_size, config.input_size):
+            raise SearchError(f"--input-size {config.input_size} does not match task '{task.name}''s "
+                              f"{shape[1]}x{shape[2]} inputs")
     else:
         size = config.input_size or default_input_size(name)
         shape = (kwargs.get("in_channels", 3), size, size)
@@ -428,7 +452,9 @@ def _place(s: _Setup, model: nn.Module, data, ckpt, path, base: BaseConfig, made
     else:
         info = _place_base(s, model, data, ckpt, path, base.pretrain_epochs, progress)
     model.to(s.device)
-    if data is not None and data.num_examples("val") > 0:
+    if isinstance(data, Task):
+        info["score"] = score_model(model, data, s.device)
+    elif data is not None and data.num_examples("val") > 0:
         info["score"] = split_accuracy(model, data, "val", device=s.device)
     return info
 
@@ -450,10 +476,17 @@ def _place_base(s: _Setup, model: nn.Module, data, ckpt, path, pretrain_epochs: 
         kept = s.out / "base" / "model.pt"
         torch.manual_seed(s.seed)
         config = TrainConfig.for_device(s.device, epochs=int(pretrain_epochs), seed=s.seed)
-        train(model, data, config, device=s.device, out_dir=kept.parent, progress=progress,
-              extra={"model_name": s.model_name, "model_kwargs": s.kwargs})
+        if isinstance(data, Task):  # the task's loss, one cosine over the epochs; no resuming
+            steps = int(pretrain_epochs) * data.epoch_steps(config.batch_size)
+            train_steps(model, data, steps=steps, lr=config.lr, batch_size=config.batch_size, device=s.device,
+                        seed=s.seed, momentum=config.momentum, weight_decay=config.weight_decay)
+            record = {"task": data.describe()}
+        else:
+            train(model, data, config, device=s.device, out_dir=kept.parent, progress=progress,
+                  extra={"model_name": s.model_name, "model_kwargs": s.kwargs})
+            record = {"dataset": data.meta}
         save_checkpoint(kept, model, model_name=s.model_name, model_kwargs=s.kwargs,
-                        input_shape=list(data.input_shape), dataset=data.meta, config=asdict(config))
+                        input_shape=list(data.input_shape), config=asdict(config), **record)
         info = {"path": str(kept), "sha1": file_sha1(kept), "epochs": int(pretrain_epochs)}
     return info
 
@@ -483,7 +516,7 @@ def _objective(s: _Setup, objective, model: nn.Module, data, base_info: dict, op
 
 
 def _open_study(s: _Setup, study: StudyConfig, objective, evaluation: EvalConfig | None, data,
-                base_info: dict) -> tuple[TrialStore, str, str]:
+                base_info: dict, task: Task | None = None) -> tuple[TrialStore, str, str]:
     """The Optuna study, with the settings that make its scores comparable (see TrialStore)."""
     url = study.storage or f"sqlite:///{(s.out / 'study.db').resolve()}"
     name = study.name or re.sub(r"[^A-Za-z0-9_.%-]+", "_",
@@ -497,7 +530,7 @@ def _open_study(s: _Setup, study: StudyConfig, objective, evaluation: EvalConfig
     if evaluation is not None:
         c = evaluation
         meta.update(fine_tune_steps=c.fine_tune_steps, bn_batches=c.bn_batches, eval_batch_size=c.batch_size,
-                    lr=c.lr, keep=c.keep.name)
+                    lr=c.lr, keep=c.keep.name, task=task.name if task is not None else ClassificationTask.name)
     if data is not None:
         m = data.meta
         meta.update(dataset=str(m.get("name")), split_seed=m.get("seed"), val_size=m.get("val_size"),
@@ -573,6 +606,13 @@ def _check_method_options(optimizer_cls, method: str, options: Mapping) -> None:
 def _score_cache(base_info: dict) -> ScoreCache | None:
     """Where data-driven channel scores of the base are kept: beside its checkpoint."""
     return ScoreCache.beside(base_info["path"], base_info["sha1"]) if base_info else None
+
+
+def _evaluator_record(evaluation: EvalConfig | None, score_fn, data, device) -> dict:
+    """The ``search.evaluator`` record: the evaluator's settings and task, or the objective's kind."""
+    if evaluation is None:
+        return {"kind": type(score_fn).__name__}
+    return {"device": str(device), **evaluation.to_dict(), "task": as_task(data).describe()}
 
 
 def _objective_kind(objective) -> str:

@@ -27,21 +27,12 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autoprune import cost
-from autoprune.errors import SearchError, TrainingError, one_line
+from autoprune.errors import SearchError, one_line
 from autoprune.keep import KeepRule, ScoreCache, get_keep_rule
 from autoprune.runtime import autocast
 from autoprune.surgery import materialise
-from autoprune.toolkit import (
-    batch_stream,
-    lr_schedule,
-    param_groups,
-    prepare_model,
-    rng_scope,
-    seed_step,
-    set_lr,
-    sgd_step,
-)
-from autoprune.train import split_accuracy
+from autoprune.task import ClassificationTask, as_task, score_model, train_steps
+from autoprune.toolkit import rng_scope, seed_step
 
 
 @dataclass(frozen=True)
@@ -103,8 +94,10 @@ class EvalConfig:
 
 
 class Evaluator:
-    """Score = validation accuracy of the inherited, recalibrated, briefly fine-tuned model.
+    """Score = the task's score (validation accuracy for a dataset) of the inherited,
+    recalibrated, briefly fine-tuned model.
 
+    ``data``: a :class:`~autoprune.task.Task`, or loaded data for its classification task.
     Called once per candidate by the search driver. Any failure (non-finite loss, out of
     memory, a RuntimeError from an odd shape) is returned as a failed result with its reason;
     the search goes on. The keep rule is fitted to the base once, here: a data-driven rule
@@ -116,10 +109,11 @@ class Evaluator:
                  device="cpu", cache: ScoreCache | None = None):
         self.base = base_model
         self.space = space
-        self.data = data
+        self.task = as_task(data)
         self.device = torch.device(device)
         self.config = (config or EvalConfig()).resolved(device)
-        self.keep = self.config.keep.fit(base_model, space.graph, data, seed=self.config.seed, device=self.device,
+        sample = self.task.data if isinstance(self.task, ClassificationTask) else self.task
+        self.keep = self.config.keep.fit(base_model, space.graph, sample, seed=self.config.seed, device=self.device,
                                          cache=cache)
 
     def __call__(self, widths: Sequence[int]) -> EvalResult:
@@ -130,12 +124,12 @@ class Evaluator:
         try:
             model = materialise(self.base, self.space, widths, keep=self.keep, seed=c.seed).to(self.device)
             if c.bn_batches > 0:
-                recalibrate_bn(model, self.data, batches=c.bn_batches, batch_size=c.batch_size,
+                recalibrate_bn(model, self.task, batches=c.bn_batches, batch_size=c.batch_size,
                                device=self.device, seed=c.seed)
             if c.fine_tune_steps > 0:
-                fine_tune(model, self.data, steps=c.fine_tune_steps, lr=c.lr, batch_size=c.batch_size,
+                fine_tune(model, self.task, steps=c.fine_tune_steps, lr=c.lr, batch_size=c.batch_size,
                           device=self.device, seed=c.seed)
-            score = float(split_accuracy(model, self.data, "val", device=self.device))
+            score = score_model(model, self.task, self.device)
             if not math.isfinite(score):
                 raise RuntimeError(f"non-finite score {score}")
             return EvalResult(score, "ok", "", time.perf_counter() - start)
@@ -156,30 +150,33 @@ def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int
     After surgery the inherited statistics describe channels that no longer feed each layer;
     re-estimating them is what makes a pruned model's accuracy a usable proxy (EagleEye, Li et
     al. 2020). Statistics are reset and then averaged cumulatively (``momentum=None``) over
-    ``batches`` un-augmented, shuffled training batches, with no gradient. The modules'
-    train/eval modes and momenta are restored afterwards.
+    ``batches`` un-augmented training batches of ``data`` (a :class:`~autoprune.task.Task`, or
+    a dataset for its classification task), with no gradient. The modules' train/eval modes
+    and momenta are restored afterwards.
 
-    The batches are the first ``batches`` of a :func:`~autoprune.toolkit.batch_stream` seeded
-    ``seed`` that draws every pass from one generator (``reseed=False``), the order candidates
-    have always been scored with.
+    A dataset's batches are the first ``batches`` of a :func:`~autoprune.toolkit.batch_stream`
+    seeded ``seed`` that draws every pass from one generator (``reseed=False``), the order
+    candidates have always been scored with.
     """
     device = torch.device(device)
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not bns:
         return model
+    task = as_task(data)
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns}
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, stop=batches, device=device, augment=False,
-                          channels_last=device.type == "cuda", reseed=False)
+    stream = task.batches(batch_size=batch_size, seed=seed, steps=batches, device=device, augment=False)
     try:
         with rng_scope(device), autocast(device):
-            for step, xb, _ in stream:
+            for step, batch in enumerate(stream):
+                if step >= batches:
+                    break
                 seed_step(seed, step)
-                model(xb)
+                model(task.inputs(batch))
     finally:
         for m in bns:
             m.momentum = momenta[m]
@@ -189,35 +186,19 @@ def recalibrate_bn(model: nn.Module, data, *, batches: int = 40, batch_size: int
 
 
 def fine_tune(model: nn.Module, data, *, steps: int, lr: float = 0.01, batch_size: int = 256, device="cpu",
-              seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4,
-              label_smoothing: float = 0.0) -> float:
-    """A few augmented SGD steps on the training split; returns the mean training loss.
+              seed: int = 0, momentum: float = 0.9, weight_decay: float = 5e-4) -> float:
+    """A few augmented SGD steps on the task's loss (``data``: a :class:`~autoprune.task.Task`,
+    or a dataset for its classification task); returns the mean training loss.
 
     The learning rate decays from ``lr`` to zero along a half cosine, so the last steps do
-    not leave the weights in a noisy spot. Batches come from a
+    not leave the weights in a noisy spot. A dataset's batches come from a
     :func:`~autoprune.toolkit.batch_stream` seeded ``seed`` that draws every pass from one
     generator (``reseed=False``), so that candidate scores stay what they have always been.
     Raises :class:`TrainingError` when the loss is not finite (the caller may treat the
     candidate as failed).
     """
-    device = torch.device(device)
-    prepare_model(model, device)
-    model.train()
-    opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=momentum > 0)
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    loss_sum = torch.zeros((), device=device)
-    stream = batch_stream(data, batch_size=batch_size, seed=seed, stop=steps, device=device,
-                          channels_last=device.type == "cuda", reseed=False)
-    with rng_scope(device):
-        for step, xb, yb in stream:
-            seed_step(seed, step)
-            set_lr(opt, lr * lr_schedule(step, steps))
-            loss_sum += sgd_step(model, xb, yb, opt, criterion, device)[0].detach()
-    mean = (loss_sum / max(1, steps)).item()
-    if not math.isfinite(mean):
-        raise TrainingError(f"fine-tuning diverged (mean loss {mean}) at lr {lr}; use a lower lr")
-    return mean
-
+    return train_steps(model, as_task(data), steps=steps, lr=lr, batch_size=batch_size, device=device, seed=seed,
+                       momentum=momentum, weight_decay=weight_decay)
 
 
 class SyntheticObjective:

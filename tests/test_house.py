@@ -26,12 +26,13 @@ REPO = ROOT.parent
 
 # Floors, bottom up. A module may import its own floor or lower ones, never a higher one.
 FLOORS = [
-    ("autoprune.version", "autoprune.errors", "autoprune.checks", "autoprune.files", "autoprune.runtime"),
+    ("autoprune.version", "autoprune.errors", "autoprune.checks", "autoprune.files", "autoprune.runtime",
+     "autoprune.imports"),
     ("autoprune.graph", "autoprune.models"),
     ("autoprune.space", "autoprune.cost", "autoprune.keep", "autoprune.budget", "autoprune.latency"),
     ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
     ("autoprune.data", "autoprune.toolkit", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
-     "autoprune.export"),
+     "autoprune.export", "autoprune.task"),
     ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver", "autoprune.report"),
     ("autoprune.api", "autoprune.finish"),
     ("autoprune.commands", "autoprune.cli"),

@@ -301,10 +301,18 @@ def pool_layer_scores(graph: ChannelGraph, per_layer: dict[str, torch.Tensor],
 
 
 def sample_batches(data, *, seed: int, images: int, batch_size: int):
-    """The fixed sample: un-augmented training batches in a seeded order, ``images`` in all."""
-    gen = torch.Generator().manual_seed(seed)
+    """The fixed sample: un-augmented training batches in a seeded order, ``images`` in all.
+    ``data``: a dataset, or a :class:`~autoprune.task.Task` (the model inputs of its batches)."""
+    if hasattr(data, "inputs"):  # a task
+        steps = -(-images // batch_size)
+        batches = (data.inputs(b) for b in data.batches(batch_size=batch_size, seed=seed, steps=steps, device="cpu",
+                                                        augment=False))
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        batches = (xb for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen,
+                                                augment=False))
     seen = 0
-    for xb, _ in data.batches("train", batch_size=batch_size, train=True, generator=gen, augment=False):
+    for xb in batches:
         xb = xb[:images - seen]
         yield xb
         seen += len(xb)

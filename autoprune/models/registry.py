@@ -14,7 +14,6 @@ Three kinds of name are understood by :func:`create_model`:
 from __future__ import annotations
 
 import difflib
-import importlib
 import json
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch.nn as nn
 
 from autoprune.checks import check_count
 from autoprune.errors import UnknownModelError
+from autoprune.imports import import_callable
 
 _ZOO: dict[str, Callable[..., nn.Module]] = {}
 _ZOO_INPUT_SIZE = 32
@@ -89,15 +89,7 @@ def _timm_builder(name: str) -> Callable[..., nn.Module]:
 
 
 def _import_builder(name: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UnknownModelError(f"model '{name}': cannot import module '{module_name}' ({exc})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise UnknownModelError(f"model '{name}': module '{module_name}' has no callable '{attr}'")
-    return fn
+    return import_callable(name, "model", UnknownModelError)
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:
