@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from autoprune.arch import arch_space, load_arch
 from autoprune.checkpoint import file_sha1, load_checkpoint, load_weights, save_checkpoint
@@ -33,6 +33,7 @@ from autoprune.keep import ScoreCache, get_keep_rule
 from autoprune.models import create_pretrained
 from autoprune.runtime import autocast, log, resolve_device
 from autoprune.surgery import materialise
+from autoprune.task import ClassificationTask, Task, score_model, train_steps
 from autoprune.train import TrainConfig, prepare_model, split_accuracy, train
 
 DEFAULT_TEMPERATURE = 4.0
@@ -41,11 +42,12 @@ DEFAULT_TEMPERATURE = 4.0
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` wrote and measured: the fine-tuned ``model``, its accuracies on the
-    validation and test splits, the ``checkpoint`` file and the run's ``metrics``."""
+    validation and test splits (for a :class:`~autoprune.task.Task`: its score, and no test
+    accuracy), the ``checkpoint`` file and the run's ``metrics``."""
 
     model: nn.Module
     val_acc: float | None
-    test_acc: float
+    test_acc: float | None
     checkpoint: Path | None
     metrics: dict = field(default_factory=dict)
 
@@ -54,25 +56,11 @@ def distillation_loss(teacher: nn.Module, *, temperature: float = DEFAULT_TEMPER
                       device="cpu"):
     """``extra_loss(x, logits, y)`` for :func:`~autoprune.train.train`: ``weight · T² ·
     KL(teacher ‖ student)`` at temperature ``T`` (the T² keeps its gradients on the scale of the
-    cross-entropy's). The teacher runs in eval mode without gradients, under the same autocast."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise TrainingError(f"temperature must be a positive number, got {temperature}")
-    if not (math.isfinite(weight) and weight >= 0):
-        raise TrainingError(f"distill weight must be a number >= 0, got {weight}")
-    device = torch.device(device)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def loss(x, logits, y):
-        with torch.no_grad(), autocast(device):
-            target = teacher(x)
-        student = F.log_softmax(logits.float() / temperature, dim=1)
-        kl = F.kl_div(student, F.log_softmax(target.float() / temperature, dim=1), log_target=True,
-                      reduction="batchmean")
-        return weight * temperature ** 2 * kl
-
-    return loss
+    cross-entropy's; :meth:`ClassificationTask.distill`). The teacher runs in eval mode without
+    gradients, under the same autocast."""
+    distill = task_distillation(ClassificationTask(None), teacher, temperature=temperature, weight=weight,
+                                device=device)
+    return lambda x, logits, y: distill(x, logits, (x, y))
 
 
 def inherit(arch: dict, base=None, *, pretrained: bool = False, data: Dataset | None = None,
@@ -117,8 +105,11 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
 
     ``data``: a dataset name or path, a :class:`~autoprune.dataspec.DataSpec` or loaded data;
     unset settings take what an autoprune base checkpoint records, so the validation split is
-    images the base never trained on. ``config``: the training (default: 5 epochs of cosine
-    from lr 0.01 without warm-up, the device's batch size).
+    images the base never trained on. Or a :class:`~autoprune.task.Task`: the model is trained
+    ``config.epochs`` passes of :meth:`~autoprune.task.Task.epoch_steps` on the task's loss (one
+    cosine, no resuming), distilled through :meth:`~autoprune.task.Task.distill`, and scored by it.
+    ``config``: the training (default: 5 epochs of cosine from lr 0.01 without warm-up, the
+    device's batch size).
     """
     source = str(arch) if not isinstance(arch, dict) else "architecture"
     arch = load_arch(arch) if not isinstance(arch, dict) else arch
@@ -127,6 +118,10 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     if base is None and not pretrained:
         base, pretrained = recorded_base(arch, source)
     _check_base(base, pretrained)  # before any data are loaded
+    if isinstance(data, Task):
+        settings = {"distill": bool(distill), "temperature": temperature if distill else None,
+                    "distill_weight": distill_weight if distill else None}
+        return _finetune_task(arch, source, data, base, pretrained, settings, config, out, device, seed)
     recorded = _recorded_dataset(base)
     loaded = _load(data, recorded, base, seed, device)
     _check_fit(loaded, arch, source)
@@ -146,6 +141,64 @@ def finetune(arch, base=None, data=None, *, pretrained: bool = False, distill: b
     history = train(model, loaded, config, device=device, out_dir=out, resume=resume, progress=progress, arch=arch,
                     extra=extra, extra_loss=extra_loss)
     return _finish(model, loaded, config, history, out, arch, extra, device)
+
+
+def _finetune_task(arch: dict, source: str, task: Task, base, pretrained: bool, settings: dict, config, out,
+                   device, seed: int) -> FinetuneResult:
+    """:func:`finetune` on a task: the task's loss for the configured epochs, its teacher signal,
+    its score; ``OUT/model.pt`` and ``OUT/metrics.json``."""
+    if tuple(arch["input_shape"]) != tuple(task.input_shape):
+        raise DataError(f"{source} is for {'x'.join(map(str, arch['input_shape']))} inputs but task '{task.name}' "
+                        f"has {'x'.join(map(str, task.input_shape))} inputs")
+    config = config or TrainConfig.for_device(device, epochs=5, lr=0.01, schedule="cosine", warmup=0.0, seed=seed)
+    torch.manual_seed(config.seed)
+    model, teacher, record = inherit(arch, base, pretrained=pretrained, data=task, device=device)
+    settings = {**settings, "base": record.get("path"), "base_sha1": record.get("sha1"), "keep": record["keep"]}
+    extra_loss = None
+    if settings["distill"]:
+        extra_loss = task_distillation(task, prepare_model(teacher, device), temperature=settings["temperature"],
+                                       weight=settings["distill_weight"], device=device)
+    steps = config.epochs * task.epoch_steps(config.batch_size)
+    start = time.perf_counter()
+    loss = train_steps(model, task, steps=steps, lr=config.lr, batch_size=config.batch_size, device=device,
+                       seed=config.seed, momentum=config.momentum, weight_decay=config.weight_decay,
+                       extra_loss=extra_loss)
+    score = score_model(model, task, device)
+    summary = {"score": score, "task": task.describe(), "epochs": config.epochs, "steps": steps, "mean_loss": loss,
+               "seconds": round(time.perf_counter() - start, 2)}
+    path = None
+    if out is not None:
+        path = Path(out) / "model.pt"
+        save_checkpoint(path, model, config=asdict(config), arch=arch, metrics=summary, model_name=arch["model"]["name"],
+                        model_kwargs=arch["model"].get("kwargs", {}), input_shape=list(task.input_shape),
+                        mode="finetune", finetune=settings)
+        write_json({**summary, "out": str(out), "device": str(device), "torch": torch.__version__,
+                    "config": asdict(config), "finetune": settings}, Path(out) / "metrics.json")
+    return FinetuneResult(model, score, None, path, summary)
+
+
+def task_distillation(task: Task, teacher: nn.Module, *, temperature: float, weight: float, device):
+    """``extra_loss(inputs, outputs, batch)`` of :func:`~autoprune.task.train_steps`: ``weight`` times
+    the task's teacher signal between the student's outputs and the teacher's (eval mode, no gradient)."""
+    _check_distill(temperature, weight)
+    device = torch.device(device)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(x, outputs, batch):
+        with torch.no_grad(), autocast(device):
+            target = teacher(x)
+        return weight * task.distill(outputs, target, batch, temperature=temperature)
+
+    return loss
+
+
+def _check_distill(temperature: float, weight: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise TrainingError(f"temperature must be a positive number, got {temperature}")
+    if not (math.isfinite(weight) and weight >= 0):
+        raise TrainingError(f"distill weight must be a number >= 0, got {weight}")
 
 
 def recorded_base(arch: dict, source: str) -> tuple[str | None, bool]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from autoprune.checkpoint import load_weights
-from autoprune.errors import AutopruneError
+from autoprune.dataspec import DataSpec
+from autoprune.errors import AutopruneError, SearchError
 from autoprune.files import atomic_write
 from autoprune.models import create_model, create_pretrained, default_input_size, merge_kwargs, model_kwargs, parse_model_args
 from autoprune.runtime import log
 from autoprune.space import SearchSpace
+from autoprune.task import load_task
 
 
 def add_model_args(p) -> None:
@@ -99,3 +101,28 @@ def save_figure(plt, fig, path: str) -> None:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
     finally:
         plt.close(fig)
+
+
+def add_task_args(p) -> None:
+    """--task MODULE:CALLABLE and --task-arg KEY=VALUE: the user's task in place of a dataset."""
+    p.add_argument("--task", default=None, metavar="MODULE:CALLABLE",
+                   help="your own task instead of a classification dataset: a package.module:callable returning "
+                        "an autoprune.Task (its data, loss and score)")
+    p.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", dest="task_args",
+                   help="argument of the task's callable, repeatable; VALUE read as JSON where it parses")
+
+
+def data_or_task(args):
+    """The task ``--task`` names (it brings its own data, so no data option goes with it), else
+    the data options as a DataSpec."""
+    data = DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size,
+                    seed=args.seed)
+    if args.task is None:
+        if args.task_args:
+            raise SearchError("--task-arg goes with --task")
+        return data
+    given = [f"--{k.replace('_', '-')}" for k in ("dataset", "data_dir", "limit", "val_size")
+             if getattr(args, k) is not None]
+    if given:
+        raise SearchError(f"--task brings its own data: drop {', '.join(given)}")
+    return load_task(args.task, **parse_model_args(args.task_args))

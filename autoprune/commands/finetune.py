@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from autoprune.commands._training import add_data_args, add_train_args, train_config
-from autoprune.dataspec import DataSpec
+from autoprune.commands.common import add_task_args, data_or_task
 from autoprune.finish import DEFAULT_TEMPERATURE, finetune
 
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--distill-weight", type=float, default=1.0,
                    help="with --distill: weight of the divergence, times temperature squared (default %(default)s)")
     add_data_args(p, dataset_default=None)
+    add_task_args(p)
     add_train_args(p, epochs=5)
     # Fine-tuning starts from trained weights: a small rate, no warm-up, a cosine down to zero.
     p.set_defaults(func=run, lr=0.01, schedule="cosine", warmup=0.0)
@@ -34,8 +35,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.arch).resolve().parent / ("distill" if args.distill else "finetune")
-    spec = DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size, seed=args.seed)
-    result = finetune(args.arch, args.base, spec, pretrained=args.pretrained, distill=args.distill,
+    result = finetune(args.arch, args.base, data_or_task(args), pretrained=args.pretrained, distill=args.distill,
                       temperature=args.temperature, distill_weight=args.distill_weight,
                       config=train_config(args, args.epochs), out=out, device=args.device, resume=not args.no_resume,
                       progress=not args.quiet, seed=args.seed)
@@ -44,8 +44,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({**result.metrics, "checkpoint": str(result.checkpoint)}))
         return 0
-    val = "n/a" if result.val_acc is None else f"{result.val_acc:.4f}"
-    print(f"{'distilled' if args.distill else 'fine-tuned'}: val acc {val}  test acc {result.test_acc:.4f}  "
-          f"({result.metrics['steps']} steps)")
-    print(f"wrote {result.checkpoint}, {out / 'checkpoint.pt'}, {out / 'metrics.json'}")
+    done = "distilled" if args.distill else "fine-tuned"
+    if result.test_acc is None:  # a task's score
+        print(f"{done}: {result.metrics['task']['name']} score {result.val_acc:.4f}  ({result.metrics['steps']} steps)")
+    else:
+        val = "n/a" if result.val_acc is None else f"{result.val_acc:.4f}"
+        print(f"{done}: val acc {val}  test acc {result.test_acc:.4f}  ({result.metrics['steps']} steps)")
+    resumable = [out / "checkpoint.pt"] if result.test_acc is not None else []  # a task's run does not resume
+    print(f"wrote {', '.join(map(str, [result.checkpoint, *resumable, out / 'metrics.json']))}")
     return 0

@@ -16,17 +16,14 @@ from autoprune.api import (
     StudyConfig,
     search,
 )
-from autoprune.commands.common import add_model_args, model_args
+from autoprune.commands.common import add_model_args, add_task_args, data_or_task, model_args
 from autoprune.commands.latency_table import add_table_args
-from autoprune.dataspec import DataSpec
 from autoprune.errors import BudgetError, SearchError
 from autoprune.evaluator import EvalConfig
 from autoprune.keep import list_keep_rules
-from autoprune.models import parse_model_args
 from autoprune.optimizers import list_methods
 from autoprune.profile import TableConfig, set_threads
 from autoprune.study import DEFAULT_HEARTBEAT_TIMEOUT
-from autoprune.task import load_task
 
 # The option groups of `search --help`, in order: (title, what the group's options set).
 GROUPS = (
@@ -73,27 +70,7 @@ def add_data_args(g) -> None:
     g.add_argument("--limit", type=int, default=None, help="use only this many training images")
     g.add_argument("--val-size", type=int, default=None,
                    help="validation images held out of the training split (default: the base's split)")
-    g.add_argument("--task", default=None, metavar="MODULE:CALLABLE",
-                   help="score candidates on your own task instead of a classification dataset: a "
-                        "package.module:callable returning an autoprune.Task (its data, loss and score)")
-    g.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE", dest="task_args",
-                   help="argument of the task's callable, repeatable; VALUE read as JSON where it parses")
-
-
-def data_or_task(args):
-    """The task ``--task`` names (a task brings its own data, so no data option goes with it),
-    else the data options as a DataSpec."""
-    data = DataSpec(name=args.dataset, data_dir=args.data_dir, limit=args.limit, val_size=args.val_size,
-                    seed=args.seed)
-    if getattr(args, "task", None) is None:
-        if getattr(args, "task_args", None):
-            raise SearchError("--task-arg goes with --task")
-        return data
-    given = [f"--{k.replace('_', '-')}" for k in ("dataset", "data_dir", "limit", "val_size")
-             if getattr(args, k) is not None]
-    if given:
-        raise SearchError(f"--task brings its own data: drop {', '.join(given)}")
-    return load_task(args.task, **parse_model_args(args.task_args))
+    add_task_args(g)
 
 
 def add_study_args(g) -> None:
