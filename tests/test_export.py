@@ -219,7 +219,6 @@ def test_onnx_without_the_extra_names_the_install(tmp_path, monkeypatch):
 NAMES = {"tuple": ["0", "1"], "list": ["0", "1"], "dict": ["out", "aux"], "namedtuple": ["logits", "features"],
          "dataclass": ["logits", "features"], "nested": ["0", "1.maps.0", "1.maps.1"]}
 # The tracer does not yet see the tensors inside a dataclass as outputs, so it frees their widths.
-TRACER_MISSES = {"dataclass"}
 SMALL = (3, 16, 16)
 
 
@@ -231,8 +230,7 @@ def structured(kind):
     return materialise(model, space, space.uniform(0.5)).eval(), model
 
 
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="tracer work pending"))
-                                  if k in TRACER_MISSES else k for k in KINDS])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_output_structure_traces_and_prunes_keeping_its_shapes(kind):
     small, model = structured(kind)
     x = torch.randn(2, *SMALL)

@@ -3,6 +3,7 @@ the tensor arguments of a node, where a node sits in the model (for error messag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -66,6 +67,11 @@ def parameter_behind(arg) -> tuple[str, int] | None:
 
 def is_namedtuple_class(target) -> bool:
     return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def is_record_class(target) -> bool:
+    """A namedtuple or a dataclass: a model's outputs gathered under field names."""
+    return is_namedtuple_class(target) or (isinstance(target, type) and dataclasses.is_dataclass(target))
 
 
 def same_kind(seq, items: list):

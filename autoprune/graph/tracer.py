@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.assemble import assemble
 from autoprune.graph.fxtrace import NeedsLeaf, first_trace, same_in_both_modes, shaped_graph_module
-from autoprune.graph.nodes import HOW_TO_ADD, is_namedtuple_class, same_kind, shape_of, source_line, unsupported_function, where
+from autoprune.graph.nodes import HOW_TO_ADD, is_record_class, same_kind, shape_of, source_line, unsupported_function, where
 from autoprune.graph.registry import keeps_order, module_rule, rule_for
 from autoprune.graph.result import ChannelGraph
 from autoprune.graph.rewrites import plain
@@ -146,8 +146,8 @@ class Tracer:
         if node.op == "call_module" and node.target in self.leaves:
             return self.visit_frozen(node, values)
         if node.op == "call_function":
-            if is_namedtuple_class(node.target):
-                # A model's namedtuple output (GoogLeNet's and Inception's in training mode).
+            if is_record_class(node.target):
+                # A model's namedtuple or dataclass output (GoogLeNet's and Inception's in training mode).
                 args = [self.resolve(a, values) for a in node.args]
                 kwargs = {k: self.resolve(v, values) for k, v in node.kwargs.items()}
                 self.parts[node] = node.target(*args, **kwargs)
@@ -187,6 +187,8 @@ class Tracer:
                 stack += x.values()
             elif isinstance(x, (list, tuple)):
                 stack += x
+            elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+                stack += [getattr(x, f.name) for f in dataclasses.fields(x)]
         return out
 
     def visit_frozen(self, node: fx.Node, values: dict) -> ChannelTensor | None:
