@@ -108,3 +108,44 @@ def test_a_bad_target_is_one_line_rule_error(target):
 def test_unregistering_a_rule_that_was_never_added_is_a_rule_error():
     with pytest.raises(RuleError, match="no rule was registered for ChannelGate"):
         unregister_rule(ChannelGate)
+
+
+class ParamGated(nn.Module):
+    """A per-channel gate parameter read through indexing, elementwise functions and reshapes."""
+
+    READS = {
+        "index": lambda g: g[None, :, None, None],
+        "sigmoid-view": lambda g: torch.sigmoid(g).view(1, -1, 1, 1),
+        "method-index": lambda g: g.sigmoid()[None, :, None, None],
+        "unsqueeze": lambda g: g.unsqueeze(-1).unsqueeze(-1),
+    }
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+        self.gate = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return self.b(self.a(x) * self.READS[self.how](self.gate))
+
+
+@pytest.mark.parametrize("how", sorted(ParamGated.READS))
+def test_a_gate_parameter_read_through_indexing_or_functions_is_sliced_with_its_channels(how):
+    torch.manual_seed(0)
+    model = ParamGated(how).eval()
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    assert space.max_widths() == (16,)
+    small = materialise(model, space, space.uniform(0.5))
+    # the kept channels, found by their filters, carry their own gate values
+    kept = [int((model.a.weight == w).all(dim=(1, 2, 3)).nonzero()) for w in small.a.weight]
+    assert len(kept) == 8 and torch.equal(small.gate.detach(), model.gate.detach()[kept])
+    x = torch.randn(2, 3, 8, 8)
+    zeroed = ParamGated(how).eval()
+    zeroed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        dropped = [c for c in range(16) if c not in kept]
+        zeroed.a.weight[dropped] = 0
+        zeroed.a.bias[dropped] = 0
+        torch.testing.assert_close(small(x), zeroed(x))

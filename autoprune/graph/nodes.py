@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import os
 import re
 import traceback
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 
 from autoprune.errors import TraceError
 
@@ -47,16 +49,33 @@ def tensor_args(arg) -> list[fx.Node]:
     return []
 
 
+def _adds_axes_only(index) -> bool:
+    """Whether indexing with ``index`` keeps every value in order, only adding axes."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in items)
+
+
 def first_tensor_arg(node: fx.Node) -> fx.Node | None:
     """The first argument of ``node`` that holds a tensor; None where none does."""
     found = tensor_args(node.args)
     return found[0] if found else None
 
 
+# Ops through which a parameter keeps one value per channel in order: reshapes, and
+# elementwise functions of it alone (a gate's sigmoid, a scale's exp).
+_VALUE_METHODS = frozenset({"reshape", "view", "unsqueeze", "sigmoid", "exp", "tanh", "abs", "neg", "float"})
+_VALUE_FUNCTIONS = frozenset({torch.sigmoid, torch.exp, torch.tanh, torch.abs, torch.neg, torch.unsqueeze,
+                              torch.reshape, F.softplus, F.relu, operator.neg})
+
+
 def parameter_behind(arg) -> tuple[str, int] | None:
     """(target, size) of a parameter with more than one value that ``arg`` reads, directly
-    or through reshapes; None for anything else."""
-    while isinstance(arg, fx.Node) and arg.op == "call_method" and arg.target in ("reshape", "view"):
+    or through reshapes, indexing that only adds axes (``p[None, :, None, None]``) and
+    elementwise functions of it alone; None for anything else."""
+    while isinstance(arg, fx.Node) and arg.args and isinstance(arg.args[0], fx.Node) and (
+            (arg.op == "call_method" and arg.target in _VALUE_METHODS)
+            or (arg.op == "call_function" and arg.target in _VALUE_FUNCTIONS and len(tensor_args(arg.args)) == 1)
+            or (arg.op == "call_function" and arg.target is operator.getitem and _adds_axes_only(arg.args[1]))):
         arg = arg.args[0]
     if not isinstance(arg, fx.Node) or arg.op != "get_attr":
         return None
