@@ -73,7 +73,7 @@ class SearchResult:
                          f"budget {s['budget']}, {100 * (s['utilisation'] or 0):.1f} % used)"),
                 ("params", f"{cost.human(s['params'])} ({s['params'] / s['params_base']:.3f} of base)"),
                 *([("latency", _latency_line(s["latency"]))] if s["latency"] else []),
-                ("score", "-" if s["score"] is None else f"{s['score']:.4f} (validation)"),
+                ("score", "-" if s["score"] is None else f"{s['score']:.4f} ({_scored_on(self.arch)})"),
                 *([("base", _base_line(self.arch["search"]))] if s["base"] else []),
                 ("candidates", f"{s['candidates']} scored, {s['failed']} failed"
                                + (f", {s['reclaimed']} claims of dead workers re-queued" if s["reclaimed"] else "")),
@@ -132,7 +132,14 @@ def _base_line(record: dict) -> str:
     kind = {"pretrained": f"pretrained {record.get('base_weights')}", "weights": "weights file"}
     score = record.get("base_score")
     return (f"{record['base']} ({kind.get(record.get('base_kind'), 'checkpoint')}), "
-            + ("score not measured (no validation data)" if score is None else f"{score:.4f} (validation)"))
+            + ("score not measured (no validation data)" if score is None else f"{score:.4f} ({_scored_on(record)})"))
+
+
+def _scored_on(record: dict) -> str:
+    """What a score was measured on: the validation split, or a task's own held-out data."""
+    record = record.get("search", record)
+    task = (record.get("evaluator") or {}).get("task") or {}
+    return "validation" if task.get("name", "classification") == "classification" else f"task {task['name']}"
 
 
 def _base_record(base: dict) -> dict:

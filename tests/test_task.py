@@ -76,6 +76,8 @@ def test_a_search_on_a_task_trains_and_scores_on_it_and_records_its_name(tmp_pat
     search = result.arch["search"]
     assert search["evaluator"]["task"] == {"name": "toy-mask", "input_shape": [3, 16, 16]}
     assert 0 <= search["base_score"] <= 1
+    summary = str(result)
+    assert summary.count("(task toy-mask)") == 2 and "(validation)" not in summary  # the score and the base's
     store = TrialStore(f"sqlite:///{tmp_path / 'study.db'}", result.arch["search"]["study"], meta={})
     assert store.study.user_attrs["task"] == "toy-mask"
 
