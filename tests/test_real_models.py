@@ -29,23 +29,32 @@ def _share(space) -> float:
 
 
 @pytest.mark.parametrize("yaml", ["yolov8n.yaml", "yolo11n.yaml"])
-def test_yolo_detection_model_traces_as_built_with_its_c2f_blocks_searchable(yaml):
+def test_yolo_detection_model_traces_as_built_with_its_c2f_blocks_and_head_searchable(yaml):
     tasks = pytest.importorskip("ultralytics.nn.tasks")
     model = tasks.DetectionModel(yaml, verbose=False)
     space, pruned = _pruned(model, (3, 64, 64))
     # list(self.cv1(x).chunk(2, 1)) in C2f / C3k2: its halves follow the cv1 group
     assert any(g.name == "model.2.cv1.conv" for g in space.groups), [g.name for g in space.groups][:8]
-    assert "model.2" not in {f.path for f in space.graph.frozen}
-    assert _share(space) < 0.6
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert pruned(x)[0].shape == model.eval()(x)[0].shape
+    head = f"model.{len(model.model) - 1}"
+    # Detect makes its anchors from its maps' sizes: its conv branches are searched, only the
+    # DFL (a view of its channels into 4 x 16) and YOLO11's attention stay whole
+    assert {f.path for f in space.graph.frozen} <= {f"{head}.dfl", "model.10.m.0.attn"}
+    free = {space.graph.groups[g].name for g in space.free}
+    assert f"{head}.cv2.0.0.conv" in free and any(n.startswith(f"{head}.cv3.2.") for n in free)
+    assert model.model[-1].shape is None  # the trace cached nothing on the head
+    assert _share(space) < 0.45
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 128)):  # the pruned head makes anchors for any size
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert pruned(x)[0].shape == model.eval()(x)[0].shape
 
 
 def test_yolo_segmentation_model_traces_and_a_pruned_yolo_predicts():
     ultralytics = pytest.importorskip("ultralytics")
     from ultralytics.nn.tasks import SegmentationModel  # deferred: an optional package
-    _pruned(SegmentationModel("yolov8n-seg.yaml", verbose=False), (3, 64, 64))
+    space, _ = _pruned(SegmentationModel("yolov8n-seg.yaml", verbose=False), (3, 64, 64))
+    assert "model.22.cv4.0.0.conv" in {space.graph.groups[g].name for g in space.free}  # mask coefficients
+    assert _share(space) < 0.45
     yolo = ultralytics.YOLO("yolov8n.yaml")
     space = SearchSpace.from_model(yolo.model.eval(), (3, 64, 64))
     yolo.model = materialise(yolo.model, space, space.uniform(0.5)).eval()

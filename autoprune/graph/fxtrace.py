@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.nodes import failed_line
 from autoprune.graph.result import ChannelGraph
-from autoprune.graph.tracers import LeafTracer
+from autoprune.graph.tracers import ExampleTracer, LeafTracer, attributes_kept
 
 # Layers whose MACs are counted (the cost model's convention), inside a frozen leaf.
 MAC_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
@@ -47,21 +47,29 @@ def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.G
 
 def first_trace(model: nn.Module, leaves: Iterable[str], input_shape: tuple[int, ...] | None,
                 stack_traces: bool = False):
-    """(tracer, fx graph) of ``model``: traced with no shape known, else, where that fails,
-    with the input's shape known (see PartsProxy); the second attempt's exception if both fail.
+    """(tracer, fx graph) of ``model``: traced with no shape known; else, where that fails,
+    with the input's shape known (see PartsProxy); else with every node run on examples of
+    the input (see ExampleTracer). The last attempt's exception if all fail. The model's
+    attributes are left as they were (see attributes_kept).
     ``stack_traces``: every node records the model code that made it (slower; for errors)."""
     leaves = tuple(leaves)
-    tracers = [LeafTracer(leaves)] + ([LeafTracer(leaves, input_shape)] if input_shape is not None else [])
+    tracers = [LeafTracer(leaves)]
+    if input_shape is not None:
+        param = next(model.parameters(), None)
+        tracers += [LeafTracer(leaves, input_shape),
+                    ExampleTracer(leaves, input_shape, param.device if param is not None else None)]
     for tracer in tracers:
         tracer.record_stack_traces = stack_traces
     for tracer in tracers[:-1]:
         try:
-            return tracer, tracer.trace(model)
+            with attributes_kept(model, tracer):
+                return tracer, tracer.trace(model)
         except Exception:  # noqa: BLE001 — fx raises many kinds; the next attempt knows more
             continue
     tracer = tracers[-1]
     try:
-        return tracer, tracer.trace(model)
+        with attributes_kept(model, tracer):
+            return tracer, tracer.trace(model)
     except Exception as exc:
         exc.autoprune_tracer = tracer  # whose failed_module tells where it failed
         raise
