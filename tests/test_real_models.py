@@ -2,11 +2,15 @@
 CNN classifiers, segmentation_models_pytorch. Each traces, its analytic MACs equal a hook count
 of the pruned model, and the pruned model is the original class and keeps its outputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from test_cost import hook_macs_and_thop
 
+from autoprune.arch import build, load_arch
+from autoprune.cli import main
 from autoprune.cost import macs
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -83,3 +87,36 @@ def test_smp_deeplabv3plus_with_its_shape_check_is_fully_searchable():
     with torch.no_grad():
         assert pruned(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
     assert _share(space) < 0.45
+
+
+def test_yolov8n_from_the_command_line_flops_search_export_and_run(tmp_path, capsys, one_thread):
+    """As a user runs it: flops, a short search, an ONNX export of the pruned model, then the
+    pruned model in ultralytics' predictor and the ONNX file in onnxruntime at another batch."""
+    ultralytics = pytest.importorskip("ultralytics")
+    ort = pytest.importorskip("onnxruntime")
+    model = ["--model", "ultralytics.nn.tasks:DetectionModel", "--model-arg", "cfg=yolov8n.yaml", "--model-arg",
+             "verbose=false", "--input-size", "64", "--mode", "eval"]
+    assert main(["flops", *model, "--json"]) == 0
+    flops = json.loads(capsys.readouterr().out)
+    assert [f["path"] for f in flops["frozen"]] == ["model.22.dfl"] and flops["free_groups"] >= 40
+    out = tmp_path / "search"
+    assert main(["search", *model, "--budget", "0.5", "--objective", "synthetic", "--method", "random", "--trials", "3",
+                 "--out", str(out), "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    arch = load_arch(out / "arch.json")
+    assert arch["model"]["mode"] == "eval" and arch["macs"]["pruned"] <= 0.5 * arch["macs"]["base"] == 0.5 * flops["macs"]
+    pruned = build(arch).eval()
+    torch.save(pruned.state_dict(), tmp_path / "model.pt")
+    assert main(["export", str(out / "arch.json"), "--checkpoint", str(tmp_path / "model.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-4
+    x = torch.randn(2, 3, 64, 64)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got, *_) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, pruned(x)[0].numpy(), atol=1e-4, rtol=1e-4)
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    yolo.model = pruned
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    (result,) = yolo.predict(image, imgsz=64, verbose=False, device="cpu")
+    assert result.boxes.data.shape[1] == 6
