@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 from autoprune.data import Dataset, load_data
 from autoprune.errors import DataError
-from autoprune.models import model_kwargs
+from autoprune.models import model_kwargs, takes_kwarg
 
 DEFAULT_DATASET = "cifar10"
 DEFAULT_VAL_SIZE = 5000
@@ -109,7 +109,9 @@ def kwargs_for_data(model: str, data: Dataset, *, num_classes: int | None = None
                     in_channels: int | None = None) -> dict:
     """Constructor kwargs of registry model ``model`` for ``data``'s classes and image channels.
 
-    ``num_classes`` / ``in_channels``, when given, must agree with the data (DataError).
+    ``num_classes`` / ``in_channels``, when given, must agree with the data (DataError). A
+    constructor that takes no ``num_classes`` (or ``in_channels``) is not given it unless the
+    caller names it: ultralytics' ``DetectionModel`` takes ``nc``, set with ``--model-arg``.
     """
     name = data.meta.get("name", "given")
     if num_classes is not None and num_classes != data.num_classes:
@@ -118,7 +120,9 @@ def kwargs_for_data(model: str, data: Dataset, *, num_classes: int | None = None
     channels = data.input_shape[0]
     if in_channels is not None and in_channels != channels:
         raise DataError(f"--in-channels {in_channels} does not match the {channels}-channel images of dataset '{name}'")
-    kwargs = {"num_classes": data.num_classes}
-    if channels != 3:
+    kwargs = {}
+    if num_classes is not None or takes_kwarg(model, "num_classes"):
+        kwargs["num_classes"] = data.num_classes
+    if channels != 3 and (in_channels is not None or takes_kwarg(model, "in_channels")):
         kwargs["in_channels"] = channels
     return model_kwargs(model, **kwargs)

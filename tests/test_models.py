@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import REGISTRY
 
+from autoprune.data import load_data
+from autoprune.dataspec import kwargs_for_data
 from autoprune.errors import UnknownModelError
 from autoprune.models import (
     create_model,
@@ -15,6 +17,7 @@ from autoprune.models import (
     model_kwargs,
     parse_model_arg,
     parse_model_args,
+    takes_kwarg,
 )
 
 
@@ -54,6 +57,31 @@ def test_user_constructor_by_import_path(tmp_path, monkeypatch):
     with pytest.raises(UnknownModelError, match="no callable"):
         create_model("usernets:nope")
     sys.modules.pop("usernets", None)
+
+
+def test_data_give_num_classes_only_to_a_constructor_that_takes_it(tmp_path, monkeypatch):
+    """ultralytics' DetectionModel takes ``nc``: the data's classes would be an unknown argument."""
+    (tmp_path / "usernets_nc.py").write_text(
+        "import torch.nn as nn\n"
+        "def detector(cfg='n', ch=3, nc=None):\n"
+        "    return nn.Conv2d(ch, nc or 80, 1)\n"
+        "def classifier(num_classes=3, in_channels=3):\n"
+        "    return nn.Conv2d(in_channels, num_classes, 1)\n"
+        "def anything(**kwargs):\n"
+        "    return nn.Conv2d(kwargs.get('in_channels', 3), kwargs.get('num_classes', 3), 1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = load_data("synthetic", val_size=8, n_train=32, n_test=8, image_size=8, channels=1)
+    assert not takes_kwarg("usernets_nc:detector", "num_classes") and takes_kwarg("usernets_nc:anything", "x")
+    assert kwargs_for_data("usernets_nc:detector", data) == {}
+    assert create_model("usernets_nc:detector", **kwargs_for_data("usernets_nc:detector", data)).out_channels == 80
+    both = {"num_classes": data.num_classes, "in_channels": 1}
+    assert kwargs_for_data("usernets_nc:classifier", data) == both
+    assert kwargs_for_data("usernets_nc:anything", data) == both
+    # named by the caller (--num-classes), it is passed, for the constructor to refuse
+    assert kwargs_for_data("usernets_nc:detector", data, num_classes=data.num_classes) == {"num_classes": data.num_classes}
+    assert kwargs_for_data("resnet20", data)["num_classes"] == data.num_classes
+    sys.modules.pop("usernets_nc", None)
 
 
 def test_unknown_names_suggest_close_ones():

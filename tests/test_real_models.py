@@ -2,11 +2,15 @@
 CNN classifiers, segmentation_models_pytorch. Each traces, its analytic MACs equal a hook count
 of the pruned model, and the pruned model is the original class and keeps its outputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from test_cost import hook_macs_and_thop
 
+from autoprune.arch import build, load_arch
+from autoprune.cli import main
 from autoprune.cost import macs
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
@@ -29,23 +33,32 @@ def _share(space) -> float:
 
 
 @pytest.mark.parametrize("yaml", ["yolov8n.yaml", "yolo11n.yaml"])
-def test_yolo_detection_model_traces_as_built_with_its_c2f_blocks_searchable(yaml):
+def test_yolo_detection_model_traces_as_built_with_its_c2f_blocks_and_head_searchable(yaml):
     tasks = pytest.importorskip("ultralytics.nn.tasks")
     model = tasks.DetectionModel(yaml, verbose=False)
     space, pruned = _pruned(model, (3, 64, 64))
     # list(self.cv1(x).chunk(2, 1)) in C2f / C3k2: its halves follow the cv1 group
     assert any(g.name == "model.2.cv1.conv" for g in space.groups), [g.name for g in space.groups][:8]
-    assert "model.2" not in {f.path for f in space.graph.frozen}
-    assert _share(space) < 0.6
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert pruned(x)[0].shape == model.eval()(x)[0].shape
+    head = f"model.{len(model.model) - 1}"
+    # Detect makes its anchors from its maps' sizes: its conv branches are searched, only the
+    # DFL (a view of its channels into 4 x 16) and YOLO11's attention stay whole
+    assert {f.path for f in space.graph.frozen} <= {f"{head}.dfl", "model.10.m.0.attn"}
+    free = {space.graph.groups[g].name for g in space.free}
+    assert f"{head}.cv2.0.0.conv" in free and any(n.startswith(f"{head}.cv3.2.") for n in free)
+    assert model.model[-1].shape is None  # the trace cached nothing on the head
+    assert _share(space) < 0.45
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 128)):  # the pruned head makes anchors for any size
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert pruned(x)[0].shape == model.eval()(x)[0].shape
 
 
 def test_yolo_segmentation_model_traces_and_a_pruned_yolo_predicts():
     ultralytics = pytest.importorskip("ultralytics")
     from ultralytics.nn.tasks import SegmentationModel  # deferred: an optional package
-    _pruned(SegmentationModel("yolov8n-seg.yaml", verbose=False), (3, 64, 64))
+    space, _ = _pruned(SegmentationModel("yolov8n-seg.yaml", verbose=False), (3, 64, 64))
+    assert "model.22.cv4.0.0.conv" in {space.graph.groups[g].name for g in space.free}  # mask coefficients
+    assert _share(space) < 0.45
     yolo = ultralytics.YOLO("yolov8n.yaml")
     space = SearchSpace.from_model(yolo.model.eval(), (3, 64, 64))
     yolo.model = materialise(yolo.model, space, space.uniform(0.5)).eval()
@@ -74,3 +87,36 @@ def test_smp_deeplabv3plus_with_its_shape_check_is_fully_searchable():
     with torch.no_grad():
         assert pruned(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
     assert _share(space) < 0.45
+
+
+def test_yolov8n_from_the_command_line_flops_search_export_and_run(tmp_path, capsys, one_thread):
+    """As a user runs it: flops, a short search, an ONNX export of the pruned model, then the
+    pruned model in ultralytics' predictor and the ONNX file in onnxruntime at another batch."""
+    ultralytics = pytest.importorskip("ultralytics")
+    ort = pytest.importorskip("onnxruntime")
+    model = ["--model", "ultralytics.nn.tasks:DetectionModel", "--model-arg", "cfg=yolov8n.yaml", "--model-arg",
+             "verbose=false", "--input-size", "64", "--mode", "eval"]
+    assert main(["flops", *model, "--json"]) == 0
+    flops = json.loads(capsys.readouterr().out)
+    assert [f["path"] for f in flops["frozen"]] == ["model.22.dfl"] and flops["free_groups"] >= 40
+    out = tmp_path / "search"
+    assert main(["search", *model, "--budget", "0.5", "--objective", "synthetic", "--method", "random", "--trials", "3",
+                 "--out", str(out), "--no-progress", "--json"]) == 0
+    capsys.readouterr()
+    arch = load_arch(out / "arch.json")
+    assert arch["model"]["mode"] == "eval" and arch["macs"]["pruned"] <= 0.5 * arch["macs"]["base"] == 0.5 * flops["macs"]
+    pruned = build(arch).eval()
+    torch.save(pruned.state_dict(), tmp_path / "model.pt")
+    assert main(["export", str(out / "arch.json"), "--checkpoint", str(tmp_path / "model.pt"), "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_abs_diff"] <= 1e-4
+    x = torch.randn(2, 3, 64, 64)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got, *_) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, pruned(x)[0].numpy(), atol=1e-4, rtol=1e-4)
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    yolo.model = pruned
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    (result,) = yolo.predict(image, imgsz=64, verbose=False, device="cpu")
+    assert result.boxes.data.shape[1] == 6

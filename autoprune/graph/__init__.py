@@ -21,8 +21,8 @@ Where to look:
 - :mod:`.result`: what a trace returns (ChannelGraph, ChannelGroup, Layer, Follow, Rewrite,
   FrozenLeaf);
 - :mod:`.tracer`: :func:`trace` and the walk over the fx graph, which hands every node to a
-  rule; :mod:`.fxtrace`: the fx graph with shapes, frozen leaves; :mod:`.assemble`: the
-  finished table as a ChannelGraph;
+  rule; :mod:`.fxtrace`: the fx graph with shapes, frozen leaves; :mod:`.tracers`: the fx
+  tracers that record it; :mod:`.assemble`: the finished table as a ChannelGraph;
 - :mod:`.table`: the :class:`GroupTable` rules work through (new group, union, fix, members,
   producers, layers, rewrites, follows), one :class:`GroupRecord` per group;
   :mod:`.tensor`: the :class:`ChannelTensor` a rule receives and returns;

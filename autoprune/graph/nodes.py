@@ -16,6 +16,26 @@ import torch.nn.functional as F
 
 from autoprune.errors import TraceError
 
+# Tensor attributes that say nothing of its values.
+META_ATTRS = frozenset({"dtype", "device", "layout", "is_cuda"})
+# Ops that read only the shape, dtype and device of the tensors at these argument positions:
+# such an argument brings neither its values nor its channels into the result.
+META_ARGS = {
+    **dict.fromkeys((("call_method", m) for m in ("size", "dim", "numel", "new_zeros", "new_ones", "new_full",
+                                                   "new_tensor")), frozenset({0})),
+    ("call_method", "type_as"): frozenset({1}),
+    **dict.fromkeys((("call_function", f) for f in (torch.zeros_like, torch.ones_like, torch.full_like)),
+                    frozenset({0})),
+}
+
+
+def metadata_args(node: fx.Node) -> frozenset[int]:
+    """The positions of ``node``'s arguments it reads the shape, dtype or device of alone."""
+    if node.op == "call_function" and node.target is getattr and len(node.args) == 2:
+        return frozenset({0}) if node.args[1] in META_ATTRS | {"shape", "ndim"} else frozenset()
+    return META_ARGS.get((node.op, node.target), frozenset())
+
+
 # Appended to every error about an op without a rule.
 HOW_TO_ADD = ("add a rule with autoprune.graph.register_rule, or move the op into a submodule, which the "
               "tracer then freezes (runs whole, its channels fixed)")

@@ -22,7 +22,16 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.assemble import assemble
 from autoprune.graph.fxtrace import NeedsLeaf, first_trace, same_in_both_modes, shaped_graph_module
-from autoprune.graph.nodes import HOW_TO_ADD, is_record_class, same_kind, shape_of, source_line, unsupported_function, where
+from autoprune.graph.nodes import (
+    HOW_TO_ADD,
+    is_record_class,
+    metadata_args,
+    same_kind,
+    shape_of,
+    source_line,
+    unsupported_function,
+    where,
+)
 from autoprune.graph.registry import keeps_order, module_rule, rule_for
 from autoprune.graph.result import ChannelGraph
 from autoprune.graph.rewrites import plain
@@ -223,7 +232,8 @@ class Tracer:
             return ChannelTensor([self.table.new_group(shape[1], fixed=True)])
         if node.op == "get_attr":
             return None  # constants: an op mixing them with channel tensors is caught below
-        inputs = flat_values(node.args, values) + flat_values(tuple(node.kwargs.values()), values)
+        read = [a for i, a in enumerate(node.args) if i not in metadata_args(node)]  # not x in x.size()
+        inputs = flat_values(read, values) + flat_values(tuple(node.kwargs.values()), values)
         if node.op == "call_module":
             return self.visit_module(node, self.modules[node.target], inputs)
         if not inputs:

@@ -14,6 +14,7 @@ from autoprune.models.registry import (
     parse_model_arg,
     parse_model_args,
     register_model,
+    takes_kwarg,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "parse_model_arg",
     "parse_model_args",
     "register_model",
+    "takes_kwarg",
 ]

@@ -14,6 +14,7 @@ Three kinds of name are understood by :func:`create_model`:
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 from typing import Callable
 
@@ -118,6 +119,18 @@ def model_kwargs(name: str, **kwargs) -> dict:
     if "num_classes" not in out and (name in _ZOO or _imagenet(name)):
         out["num_classes"] = default_num_classes(name)
     return out
+
+
+def takes_kwarg(name: str, key: str) -> bool:
+    """Whether the constructor ``name`` stands for takes the keyword argument ``key``, by name
+    or through ``**kwargs`` (True where its signature cannot be read). ultralytics'
+    ``DetectionModel`` takes ``nc``, not ``num_classes``."""
+    try:
+        params = inspect.signature(get_builder(name)).parameters.values()
+    except (TypeError, ValueError):  # a builtin or extension callable without a signature
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == key and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               for p in params)
 
 
 def parse_model_arg(text: str) -> tuple[str, object]:

@@ -10,7 +10,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from autoprune.errors import TraceError
-from autoprune.graph.nodes import parameter_behind, shape_of, where
+from autoprune.graph.nodes import parameter_behind, shape_of
 from autoprune.graph.result import Follow, Layer
 from autoprune.graph.rewrites import plain
 from autoprune.graph.table import GroupTable
@@ -140,17 +140,28 @@ def layer_norm(table: GroupTable, node: fx.Node, m: nn.LayerNorm, inputs: list[C
 
 def scale_parameters(table: GroupTable, node: fx.Node, x: ChannelTensor) -> None:
     """A parameter with one value per channel that scales or shifts ``x`` (ConvNeXt's
-    layer scale) is a layer of its own: surgery slices it with the channels."""
+    layer scale) is a layer of its own: surgery slices it with the channels. Any other
+    tensor of several values along the channels (a detection head's grid of anchor points
+    added to its boxes) fixes them: surgery could not slice it to match."""
     width = sum(table.widths(x.layout))
     for arg in node.args:
         param = parameter_behind(arg)
         if param is None:
             continue
         target, size = param
-        if size != width * x.spatial or width == 1 or x.spatial != 1 or shape_of(node) is None:
-            raise TraceError(f"node '{node.name}' ({where(node)}) combines channels with parameter "
-                             f"'{target}' of {size} values; only one value per channel is supported")
-        table.add_layer(Layer(target, "scale", tuple(x.layout), in_perm=x.perm))
+        if size == width * x.spatial and width != 1 and x.spatial == 1 and shape_of(node) is not None:
+            table.add_layer(Layer(target, "scale", tuple(x.layout), in_perm=x.perm))
+        elif spans_channels(shape_of(arg), shape_of(node), x):
+            table.fix(*x.layout)
+
+
+def spans_channels(const: tuple[int, ...] | None, out: tuple[int, ...] | None, x: ChannelTensor) -> bool:
+    """Whether a tensor of shape ``const``, broadcast against ``x`` into ``out``, holds more
+    than one value along ``x``'s channel dimension (or where the shapes do not say)."""
+    if const is None or out is None or x.split or x.dim not in (1, -1, len(out) - 1):
+        return True
+    i = (x.dim % len(out)) - (len(out) - len(const))  # broadcasting aligns the last dimensions
+    return i >= 0 and const[i] != 1
 
 
 MODULES = {
