@@ -22,7 +22,7 @@ The full setting (full CIFAR-10, a base of real length; a GPU):
     python experiments/bench_finish.py --data-dir ../shared/datasets/cifar10-jpg.tar.gz
 
 ``--cpu-scale`` shrinks everything so that the whole comparison runs in about 20 minutes on two
-CPU cores (2,000 training images, a 4-epoch base, 8 random candidates, E = 3, 2,000 test images,
+CPU cores (1,500 training images, a 4-epoch base, 8 random candidates, E = 3, 2,000 test images,
 one seed): its accuracies only indicate. Any setting of either preset can be given explicitly.
 """
 
@@ -56,7 +56,7 @@ WAYS = ("scratch-e", "finetune", "finetune+distill", "scratch-b")
 FULL = {"limit": None, "val_size": 5000, "test_limit": None, "base_epochs": 100, "method": "abc", "trials": 100,
         "eval_bn_batches": None, "eval_steps": None, "eval_batch_size": None, "epochs": 40, "seeds": [0, 1, 2],
         "threads": None}
-CPU_SCALE = {"limit": 2000, "val_size": 500, "test_limit": 2000, "base_epochs": 4, "method": "random", "trials": 8,
+CPU_SCALE = {"limit": 1500, "val_size": 500, "test_limit": 2000, "base_epochs": 4, "method": "random", "trials": 8,
              "eval_bn_batches": 4, "eval_steps": 5, "eval_batch_size": 64, "epochs": 3, "seeds": [0],
              "threads": 1}
 
