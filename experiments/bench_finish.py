@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
 import statistics
 import sys
@@ -200,7 +201,7 @@ def table(summary: list[dict]) -> str:
 
 def run(args) -> dict:
     """The whole comparison; returns the record that main() writes."""
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), _load_average()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -231,9 +232,18 @@ def run(args) -> dict:
                        "seconds": round(result.seconds, 1), "widths": result.widths, "macs": arch["macs"],
                        "macs_ratio": ratio, "arch": str(out / "search" / "arch.json")},
             "rows": rows, "summary": summary, "table": table(summary),
-            "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "device": str(device),
-            "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": _processor(),
+            "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time(), 1),
+            "load_average": {"start": load_before, "end": _load_average()}, "torch": torch.__version__,
+            "device": str(device), "threads": torch.get_num_threads(), "platform": platform.platform(), "processor": _processor(),
             "date": datetime.date.today().isoformat()}
+
+
+def _load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages: on a shared machine, how much of it the run had."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _processor() -> str:
