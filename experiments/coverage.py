@@ -407,9 +407,10 @@ def _cell(value) -> str:
 
 def real_table(rows: list[dict], parts=None) -> str:
     """The Markdown table of :func:`real_row` rows and the comparisons' columns, with a summary line.
-    ``parts`` (of :data:`PARTS`) picks the column groups; by default autoprune's and Torch-Pruning's,
-    and ModelOpt's where a row has them."""
-    parts = parts or ("autoprune", "tp") + (("modelopt",) if any(k.startswith("mo_") for r in rows for k in r) else ())
+    ``parts`` (of :data:`PARTS`) picks the column groups; by default those some row has."""
+    keys = {k for r in rows for k in r}
+    parts = parts or tuple(part for part, has in zip(PARTS, ({"trace_s", "error"}, {"tp_runs", "tp_error"},
+                                                              {"mo_hparams", "mo_error"})) if keys & has)
     head = ["model", "built as"]
     if "autoprune" in parts:
         head += ["traced as built", "searchable share of MACs", "MACs at uniform(0.5)", "MACs exact (full / pruned)",
