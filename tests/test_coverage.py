@@ -109,14 +109,17 @@ def test_real_table_reports_errors_per_column(coverage):
 def test_real_table_adds_the_modelopt_columns(coverage):
     rows = [{"model": "yolov8n", "mo_error": "ApplyModeError: no configurable hparams"},
             {"model": "smp-unet", "mo_hparams": 30, "mo_convert_s": 1.0, "mo_half": 0.3, "mo_runs": True},
-            {"model": "hf-resnet", "mo_hparams": 35, "mo_broke": "RuntimeError: boom"}]
+            {"model": "hf-resnet", "mo_hparams": 35, "mo_broke": "RuntimeError: boom"},
+            {"model": "tv-ssd300_vgg16", "mo_error": "ValueError: no", "mo_hparams": 17, "mo_half": 0.4, "mo_runs": True}]
     text = coverage.real_table(rows, ("modelopt",))
     assert text.splitlines()[0] == ("| model | built as | ModelOpt converts (searchable hparams) | ModelOpt MACs at the "
                                     "middle choice | ModelOpt export runs, every output shape kept |")
     assert "| yolov8n | `DetectionModel(cfg=yolov8n.yaml)` | no: ApplyModeError: no configurable hparams |  |  |" in text
     assert "| smp-unet | `Unet(encoder_weights=None)` | yes (30) | 0.300 | yes |" in text
     assert "| yes (35) |  | NO: RuntimeError: boom |" in text
-    assert text.splitlines()[-1] == "ModelOpt: 2 of 3 convert; 1 export at the middle choice and run with every output shape kept"
+    assert "| no: ValueError: no; after one forward, yes (17) | 0.400 | yes |" in text
+    assert text.splitlines()[-1] == ("ModelOpt: 2 of 4 convert (1 more after one forward); 2 export at the middle "
+                                     "choice and run with every output shape kept")
     assert coverage.real_table(rows) == text  # by default the parts that some row has
 
 
