@@ -20,11 +20,15 @@ whether the result runs and keeps its output shape, and its MACs ratio, for comp
 pytorch without encoder weights, torchvision detection and segmentation models without weights),
 with columns of their own: traced as built, the searchable share of the MACs, uniform(0.5)'s MACs
 ratio, exact MACs, whether the pruned model runs with every output's shape kept, whether its ONNX
-export is verified, and whether it still works through its framework's own entry point.
+export is verified, and whether it still works through its framework's own entry point. Where
+NVIDIA ModelOpt is installed, the child also converts a fresh copy with ModelOpt's FastNAS, sets
+every searchable hparam to its middle choice, exports the subnet and reports its MACs ratio and
+whether it runs. ``--only`` runs some of the parts (autoprune, tp, modelopt) and shows their columns.
 
     python experiments/coverage.py --size 64 --timeout 240 > coverage.md
     python experiments/coverage.py --models tv:resnet50 timm:efficientnet_b0
     python experiments/coverage.py --real --size 64 --timeout 600 > coverage-real.md
+    python experiments/coverage.py --real --size 64 --timeout 300 --only modelopt
 """
 
 from __future__ import annotations
