@@ -20,11 +20,15 @@ whether the result runs and keeps its output shape, and its MACs ratio, for comp
 pytorch without encoder weights, torchvision detection and segmentation models without weights),
 with columns of their own: traced as built, the searchable share of the MACs, uniform(0.5)'s MACs
 ratio, exact MACs, whether the pruned model runs with every output's shape kept, whether its ONNX
-export is verified, and whether it still works through its framework's own entry point.
+export is verified, and whether it still works through its framework's own entry point. Where
+NVIDIA ModelOpt is installed, the child also converts a fresh copy with ModelOpt's FastNAS, sets
+every searchable hparam to its middle choice, exports the subnet and reports its MACs ratio and
+whether it runs. ``--only`` runs some of the parts (autoprune, tp, modelopt) and shows their columns.
 
     python experiments/coverage.py --size 64 --timeout 240 > coverage.md
     python experiments/coverage.py --models tv:resnet50 timm:efficientnet_b0
     python experiments/coverage.py --real --size 64 --timeout 600 > coverage-real.md
+    python experiments/coverage.py --real --size 64 --timeout 300 --only modelopt
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
 
 HAVE_TP = importlib.util.find_spec("torch_pruning") is not None
+HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
+# What one child runs: autoprune's columns and the comparisons' (--only, with --real).
+PARTS = ("autoprune", "tp", "modelopt")
 
 # Transformers and hybrids are out of scope for channel search.
 TV_SKIP = ("vit_", "swin_", "maxvit_")
@@ -64,8 +71,9 @@ TIMM_MODELS = (
 MIN_SIZE = {"tv:inception_v3": 75, "timm:inception_v3": 75}
 
 
-def hook_macs(model: nn.Module, shape) -> int:
-    """Conv/Linear MACs of one sample, from the output sizes and the weights' shapes."""
+def hook_macs(model: nn.Module, shape, x=None) -> int:
+    """Conv/Linear MACs of one sample, from the output sizes and the weights' shapes; ``x`` is the
+    input where it is not a zero tensor of ``shape`` (a detector's list of images, batch 1)."""
     total = []
 
     def hook(m, inp, out):
@@ -79,7 +87,7 @@ def hook_macs(model: nn.Module, shape) -> int:
     for m in norms:
         m.eval()
     with torch.no_grad():
-        model(torch.zeros(1, *shape, device=next(model.parameters()).device))
+        model(torch.zeros(1, *shape, device=next(model.parameters()).device) if x is None else x)
     for h in handles:
         h.remove()
     for m in norms:
@@ -335,6 +343,68 @@ def real_tp_row(name: str, size: int) -> dict:
     return {"tp_runs": after == before, "tp_half": round(ratio, 3)}
 
 
+def middle_choices(model: nn.Module) -> dict:
+    """Every searchable hparam of a converted ModelOpt search space at the choice nearest half its
+    largest (the larger of two equally near): ModelOpt's analogue of uniform(0.5)."""
+    # Deferred on purpose: ModelOpt is an optional comparison, not a dependency of the sweep.
+    import modelopt.torch.nas as mtn
+    from modelopt.torch.opt.utils import get_hparam
+
+    middle = {}
+    for name in mtn.get_subnet_config(model, configurable=True):
+        hp = get_hparam(model, name)
+        middle[name] = min(hp.choices, key=lambda c: (abs(c - hp.max / 2), -c))
+    return middle
+
+
+def real_modelopt_row(name: str, size: int, emit=lambda row: None) -> dict:
+    """NVIDIA ModelOpt's FastNAS as its documentation sets it up: the model converted with mode
+    "fastnas" (its default rules), the searchable hparams counted, each set to its middle choice
+    (:func:`middle_choices`), the subnet exported with ``mtn.export``, its Conv/Linear MACs against the
+    original's (:func:`hook_macs` on the same example), and whether it runs with every output kept.
+    ``emit`` is called with the columns so far after each step."""
+    # Deferred on purpose: ModelOpt is an optional comparison, not a dependency of the sweep.
+    import modelopt.torch.nas as mtn
+
+    torch.set_num_threads(1)
+    shape = (3, size, size)
+    model = build_real(name).eval()
+    original = copy.deepcopy(model)  # the model converted has run no forward, as in ModelOpt's examples
+    x = example(name, size)
+    detector = isinstance(x, list)  # its boxes vary in number: the outputs' names are compared, not shapes
+    row = {}
+    with torch.no_grad():
+        before = shapes(original(x))
+    full = hook_macs(original, shape, x)
+    t = time.perf_counter()
+    try:
+        model = mtn.convert(model, mode="fastnas")  # the conversion traces symbolically: it takes no input
+    except Exception as exc:  # ModelOpt's failures are its own column's
+        row["mo_error"] = _line(exc)
+        emit(row)
+        try:  # some models convert once a forward has run (torchvision's RoI pooling sets itself up then)
+            model = mtn.convert(copy.deepcopy(original), mode="fastnas")
+        except Exception:  # the first error is the one to report
+            return row
+    row["mo_hparams"] = len(mtn.get_subnet_config(model, configurable=True))
+    row["mo_convert_s"] = round(time.perf_counter() - t, 2)
+    emit(row)
+    try:
+        mtn.select(model, middle_choices(model), strict=False)  # the others follow the searchable ones
+        model = mtn.export(model).eval()
+        row["mo_half"] = round(hook_macs(model, shape, x) / full, 3)
+        emit(row)
+        with torch.no_grad():
+            after = shapes(model(x))
+        if detector:
+            before, after = [n for n, _ in before], [n for n, _ in after]
+        row["mo_runs"] = after == before
+    except Exception as exc:  # the column says what broke after the conversion
+        row["mo_broke"] = _line(exc)
+    emit(row)
+    return row
+
+
 def _cell(value) -> str:
     if value is True:
         return "yes"
@@ -343,37 +413,65 @@ def _cell(value) -> str:
     return "" if value is None else f"NO: {value}"
 
 
-def real_table(rows: list[dict]) -> str:
-    """The Markdown table of :func:`real_row` rows, with a summary line."""
-    head = ["model", "built as", "traced as built", "searchable share of MACs", "MACs at uniform(0.5)",
-            "MACs exact (full / pruned)", "pruned runs, every output shape kept", "ONNX verified",
-            "works in its framework", "TP prunes and runs", "TP MACs ratio"]
+def real_table(rows: list[dict], parts=None) -> str:
+    """The Markdown table of :func:`real_row` rows and the comparisons' columns, with a summary line.
+    ``parts`` (of :data:`PARTS`) picks the column groups; by default those some row has."""
+    keys = {k for r in rows for k in r}
+    parts = parts or tuple(part for part, has in zip(PARTS, ({"trace_s", "error"}, {"tp_runs", "tp_error"},
+                                                              {"mo_hparams", "mo_error"})) if keys & has)
+    head = ["model", "built as"]
+    if "autoprune" in parts:
+        head += ["traced as built", "searchable share of MACs", "MACs at uniform(0.5)", "MACs exact (full / pruned)",
+                 "pruned runs, every output shape kept", "ONNX verified", "works in its framework"]
+    if "tp" in parts:
+        head += ["TP prunes and runs", "TP MACs ratio"]
+    if "modelopt" in parts:
+        head += ["ModelOpt converts (searchable hparams)", "ModelOpt MACs at the middle choice",
+                 "ModelOpt export runs, every output shape kept"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         family, path, kwargs = REAL.get(r["model"], ("", "?", {}))
         args = ", ".join(f"{k}={v.rpartition(':')[2] + '()' if isinstance(v, str) and ':' in v else v}"
                          for k, v in kwargs.items() if k != "verbose")
         cells = [r["model"], f"`{path.rpartition(':')[2]}({args})`"]
-        if "error" in r:
+        if "autoprune" in parts and "error" in r:
             cells += [f"no: {r['error']}"] + [""] * 6
-        else:
+        elif "autoprune" in parts:
             frozen = f" ({len(r['leaves'])} frozen leaves)" if r.get("leaves") else ""
             cells += [f"yes, {r['free']} groups{frozen}", f"{r['share']:.3f}", f"{r['half']:.3f}",
                       f"{_cell(r.get('exact_full'))} / {_cell(r.get('exact_pruned'))}",
                       _cell(r.get("runs", r.get("broke"))),
                       _cell(r.get("onnx")), _cell(r.get("framework"))]
-        cells += ([f"no: {r['tp_error']}", ""] if "tp_error" in r else
-                  [_cell(r["tp_runs"]) + ("" if r["tp_runs"] else " (output shape)"), f"{r['tp_half']:.3f}"]
-                  if "tp_runs" in r else ["", ""])
+        if "tp" in parts:
+            cells += ([f"no: {r['tp_error']}", ""] if "tp_error" in r else
+                      [_cell(r["tp_runs"]) + ("" if r["tp_runs"] else " (output shape)"), f"{r['tp_half']:.3f}"]
+                      if "tp_runs" in r else ["", ""])
+        if "modelopt" in parts:
+            converts = (f"yes ({r['mo_hparams']})" if "mo_hparams" in r else "") if "mo_error" not in r else (
+                f"no: {r['mo_error']}" + (f"; after one forward, yes ({r['mo_hparams']})" if "mo_hparams" in r else ""))
+            cells += ([converts, "", ""] if "mo_hparams" not in r else
+                      [converts,
+                       f"{r['mo_half']:.3f}" if "mo_half" in r else "",
+                       _cell(r.get("mo_runs", r.get("mo_broke"))) + (" (output shape)" if r.get("mo_runs") is False
+                                                                     else "")])
         out.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
-    traced = [r for r in rows if "error" not in r]
-    line = (f"{len(traced)} of {len(rows)} trace as built; "
-            f"{sum(r.get('exact_full') is True and r.get('exact_pruned') is True for r in traced)} exact; "
-            f"{sum(r.get('runs') is True for r in traced)} keep every output shape pruned; "
-            f"{sum(r.get('onnx') is True for r in traced)} export to ONNX; "
-            f"{sum(r.get('framework') is True for r in traced)} work in their framework. "
-            f"Torch-Pruning: {sum(r.get('tp_runs') is True for r in rows)} of {len(rows)} prune and run")
-    return "\n".join(out + ["", line])
+    lines = []
+    if "autoprune" in parts:
+        traced = [r for r in rows if "error" not in r]
+        lines.append(f"{len(traced)} of {len(rows)} trace as built; "
+                     f"{sum(r.get('exact_full') is True and r.get('exact_pruned') is True for r in traced)} exact; "
+                     f"{sum(r.get('runs') is True for r in traced)} keep every output shape pruned; "
+                     f"{sum(r.get('onnx') is True for r in traced)} export to ONNX; "
+                     f"{sum(r.get('framework') is True for r in traced)} work in their framework")
+    if "tp" in parts:
+        lines.append(f"Torch-Pruning: {sum(r.get('tp_runs') is True for r in rows)} of {len(rows)} prune and run")
+    if "modelopt" in parts:
+        later = sum("mo_hparams" in r and "mo_error" in r for r in rows)
+        lines.append(f"ModelOpt: {sum('mo_hparams' in r and 'mo_error' not in r for r in rows)} of {len(rows)} convert"
+                     + (f" ({later} more after one forward); " if later else "; ") +
+                     f"{sum(r.get('mo_runs') is True for r in rows)} export at the middle choice and run with "
+                     "every output shape kept")
+    return "\n".join(out + ["", ". ".join(lines)])
 
 
 def models(tv: bool, timm_too: bool) -> list[str]:
@@ -388,34 +486,49 @@ def models(tv: bool, timm_too: bool) -> list[str]:
     return names
 
 
-def run_all(names: list[str], size: int, timeout: float, train: bool = False, real: bool = False) -> list[dict]:
+def default_parts(real: bool = False) -> tuple[str, ...]:
+    """autoprune, and each comparison that is installed (ModelOpt's only on the third-party models)."""
+    return ("autoprune",) + (("tp",) if HAVE_TP else ()) + (("modelopt",) if real and HAVE_MODELOPT else ())
+
+
+def run_all(names: list[str], size: int, timeout: float, train: bool = False, real: bool = False,
+            parts=None) -> list[dict]:
+    """Each model in a child process of its own, cut at ``timeout`` seconds; ``parts`` (of
+    :data:`PARTS`, with ``real``) picks what the child runs."""
+    parts = parts or default_parts(real)
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--size", str(max(size, MIN_SIZE.get(name, 0)))]
-        cmd += (["--train"] if train else []) + (["--real"] if real else [])
+        cmd += (["--train"] if train else []) + (["--real", "--only", *parts] if real else [])
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            row = _merge(name, done.stdout, done.stderr)
+            row = _merge(name, done.stdout, done.stderr, parts)
         except subprocess.TimeoutExpired as exc:  # keep what the child finished in time
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
-            row = _merge(name, out, f"over the {timeout:.0f} s limit")
-            if "tp_runs" not in row:
-                row.setdefault("tp_error", f"over the {timeout:.0f} s limit")
+            row = _merge(name, out, f"over the {timeout:.0f} s limit", parts)
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
 
-def _merge(name: str, stdout: str, stderr: str) -> dict:
-    """One row from the child's JSON lines (autoprune's, then Torch-Pruning's)."""
+def _merge(name: str, stdout: str, stderr: str, parts=("autoprune",)) -> dict:
+    """One row from the child's JSON lines (autoprune's, then each comparison's); a part of
+    ``parts`` the child did not finish says why in its own column (the last line of ``stderr``)."""
     row = {"model": name}
     for line in stdout.splitlines():
         if line.startswith("{"):
             row.update(json.loads(line))
-    if "trace_s" not in row and "error" not in row:
-        row["error"] = stderr.strip().splitlines()[-1][:160] if stderr.strip() else "no output"
-    elif "trace_s" in row and "runs" not in row and "broke" not in row:
-        row["broke"] = stderr.strip().splitlines()[-1][:160] if stderr.strip() else "no output"
+    why = stderr.strip().splitlines()[-1][:160] if stderr.strip() else "no output"
+    if "autoprune" in parts and "trace_s" not in row and "error" not in row:
+        row["error"] = why
+    elif "autoprune" in parts and "trace_s" in row and "runs" not in row and "broke" not in row:
+        row["broke"] = why
+    if "tp" in parts and "tp_runs" not in row:
+        row.setdefault("tp_error", why)
+    if "modelopt" in parts and "mo_hparams" not in row:
+        row.setdefault("mo_error", why)
+    elif "modelopt" in parts and "mo_runs" not in row:
+        row.setdefault("mo_broke", why)
     return row
 
 
@@ -479,15 +592,26 @@ def main(argv=None) -> None:
     p.add_argument("--no-tv", action="store_true")
     p.add_argument("--train", action="store_true", help="trace the models in training mode")
     p.add_argument("--real", action="store_true", help="the third-party models of REAL, in a table of their own")
+    p.add_argument("--only", nargs="+", choices=PARTS,
+                   help="with --real, the parts to run (default: autoprune and each comparison installed)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    parts = tuple(part for part in PARTS if part in (args.only or default_parts(args.real)))
+    if args.only and not args.real:
+        p.error("--only goes with --real")
     if args.one and args.real:
-        real_row(args.one, args.size, emit=lambda row: print(json.dumps(row), flush=True))
-        if HAVE_TP:
-            print(json.dumps(real_tp_row(args.one, args.size)), flush=True)
+        def emit(row):  # one line per step, flushed, so a time limit keeps the steps before it
+            print(json.dumps(row), flush=True)
+
+        if "autoprune" in parts:
+            real_row(args.one, args.size, emit=emit)
+        if "tp" in parts:
+            emit(real_tp_row(args.one, args.size))
+        if "modelopt" in parts:
+            real_modelopt_row(args.one, args.size, emit=emit)
         return
     if args.real:
-        print(real_table(run_all(args.models or list(REAL), args.size, args.timeout, real=True)))
+        print(real_table(run_all(args.models or list(REAL), args.size, args.timeout, real=True, parts=parts), parts))
         return
     if args.one:
         # One line per part, each flushed, so a time limit in the second keeps the first.

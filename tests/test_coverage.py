@@ -104,3 +104,35 @@ def test_real_table_reports_errors_per_column(coverage):
     assert "| yes / yes | yes | NO: ExportError: no | yes | NO (output shape) | 0.300 |" in text
     assert text.splitlines()[-1] == ("1 of 2 trace as built; 1 exact; 1 keep every output shape pruned; 0 export to "
                                      "ONNX; 1 work in their framework. Torch-Pruning: 0 of 2 prune and run")
+
+
+def test_real_table_adds_the_modelopt_columns(coverage):
+    rows = [{"model": "yolov8n", "mo_error": "ApplyModeError: no configurable hparams"},
+            {"model": "smp-unet", "mo_hparams": 30, "mo_convert_s": 1.0, "mo_half": 0.3, "mo_runs": True},
+            {"model": "hf-resnet", "mo_hparams": 35, "mo_broke": "RuntimeError: boom"},
+            {"model": "tv-ssd300_vgg16", "mo_error": "ValueError: no", "mo_hparams": 17, "mo_half": 0.4, "mo_runs": True}]
+    text = coverage.real_table(rows, ("modelopt",))
+    assert text.splitlines()[0] == ("| model | built as | ModelOpt converts (searchable hparams) | ModelOpt MACs at the "
+                                    "middle choice | ModelOpt export runs, every output shape kept |")
+    assert "| yolov8n | `DetectionModel(cfg=yolov8n.yaml)` | no: ApplyModeError: no configurable hparams |  |  |" in text
+    assert "| smp-unet | `Unet(encoder_weights=None)` | yes (30) | 0.300 | yes |" in text
+    assert "| yes (35) |  | NO: RuntimeError: boom |" in text
+    assert "| no: ValueError: no; after one forward, yes (17) | 0.400 | yes |" in text
+    assert text.splitlines()[-1] == ("ModelOpt: 2 of 4 convert (1 more after one forward); 2 export at the middle "
+                                     "choice and run with every output shape kept")
+    assert coverage.real_table(rows) == text  # by default the parts that some row has
+
+
+def test_a_child_past_its_time_limit_marks_each_part_it_did_not_finish(coverage):
+    converted = json.dumps({"mo_hparams": 3, "mo_convert_s": 1.0})
+    row = coverage._merge("m", converted, "over the 9 s limit", ("tp", "modelopt"))
+    assert row["tp_error"] == row["mo_broke"] == "over the 9 s limit" and "error" not in row
+    assert coverage._merge("m", "", "Killed", ("modelopt",))["mo_error"] == "Killed"
+
+
+def test_middle_choices_are_nearest_half_the_largest(coverage):
+    mtn = pytest.importorskip("modelopt.torch.nas")
+    model = mtn.convert(nn.Sequential(nn.Conv2d(3, 128, 3), nn.BatchNorm2d(128), nn.ReLU(), nn.Conv2d(128, 96, 1),
+                                      nn.BatchNorm2d(96), nn.ReLU(), nn.Conv2d(96, 10, 1)), mode="fastnas")
+    middle = coverage.middle_choices(model)
+    assert sorted(middle.values()) == [64, 64]  # 128 -> 64; 96 (choices 32, 64, 96) -> 64, the larger of 32 and 64
