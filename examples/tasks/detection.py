@@ -155,7 +155,8 @@ class DetectionTask(autoprune.Task):
 
     def loss(self, outputs, batch, *, model):
         raw = _raw(outputs)
-        raw = {**raw, "boxes": raw["boxes"].float(), "scores": raw["scores"].float()}
+        if isinstance(raw, dict):  # float32: the loss sums over every anchor, whatever autocast made
+            raw = {**raw, "boxes": raw["boxes"].float(), "scores": raw["scores"].float()}
         total, _ = model.loss(batch, raw)  # (box, cls, dfl), each gain-scaled and times the batch size
         return total.sum() / len(batch["img"])
 
