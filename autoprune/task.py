@@ -39,7 +39,7 @@ from autoprune.runtime import autocast
 from autoprune.toolkit import batch_stream, lr_schedule, param_groups, prepare_model, rng_scope, seed_step, set_lr
 from autoprune.train import split_accuracy
 
-__all__ = ["ClassificationTask", "Task", "as_task", "load_task", "score_model", "task_step", "train_steps"]
+__all__ = ["ClassificationTask", "Task", "as_task", "index_batches", "load_task", "score_model", "task_step", "train_steps"]
 
 
 class Task:
@@ -123,6 +123,21 @@ class ClassificationTask(Task):
 
     def describe(self):
         return {**super().describe(), "dataset": str(self.data.meta.get("name"))}
+
+
+def index_batches(n: int, *, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """``steps`` batches of indices into ``n`` examples, for a task's :meth:`Task.batches`: passes
+    in the orders ``generator`` shuffles, each pass's ragged end dropped (a ``batch_size`` over
+    ``n`` takes all ``n``). The generator may be drawn from between batches (augmentation)."""
+    batch_size = min(batch_size, n)
+    step = 0
+    while step < steps:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            if step >= steps:
+                return
+            yield order[start:start + batch_size]
+            step += 1
 
 
 def as_task(data) -> Task:

@@ -35,6 +35,7 @@ except ImportError:
     from ultralytics.utils.ops import non_max_suppression
 
 import autoprune
+from autoprune.task import index_batches
 
 MODEL = "examples.tasks.detection:build_model"
 COLOURS = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.3, 0.9]])  # class 0 red, class 1 blue
@@ -137,18 +138,10 @@ class DetectionTask(autoprune.Task):
     def batches(self, *, batch_size, seed, steps, device, augment=True):
         images, labels = self.train
         g = torch.Generator().manual_seed(seed)
-        batch_size = min(batch_size, len(images))
-        step = 0
-        while True:
-            order = torch.randperm(len(images), generator=g)
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                if step >= steps:
-                    return
-                idx = order[start:start + batch_size]
-                flip = torch.rand(len(idx), generator=g) < 0.5 if augment else None
-                batch = collate(images[idx], [labels[i] for i in idx.tolist()], flip)
-                yield {k: v.to(device) for k, v in batch.items()}
-                step += 1
+        for idx in index_batches(len(images), batch_size=batch_size, steps=steps, generator=g):
+            flip = torch.rand(len(idx), generator=g) < 0.5 if augment else None
+            batch = collate(images[idx], [labels[i] for i in idx.tolist()], flip)
+            yield {k: v.to(device) for k, v in batch.items()}
 
     def inputs(self, batch):
         return batch["img"]

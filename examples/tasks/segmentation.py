@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchvision
 
 import autoprune
+from autoprune.task import index_batches
 
 MODEL = "examples.tasks.segmentation:build_model"
 NUM_CLASSES = 3
@@ -71,20 +72,12 @@ class SegmentationTask(autoprune.Task):
     def batches(self, *, batch_size, seed, steps, device, augment=True):
         images, masks = self.train
         g = torch.Generator().manual_seed(seed)
-        batch_size = min(batch_size, len(images))
-        step = 0
-        while True:
-            order = torch.randperm(len(images), generator=g)
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                if step >= steps:
-                    return
-                idx = order[start:start + batch_size]
-                x, y = images[idx], masks[idx]
-                if augment:  # the same horizontal flip for an image and its mask
-                    flip = torch.rand(len(idx), generator=g) < 0.5
-                    x, y = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
-                yield x.to(device), y.to(device)
-                step += 1
+        for idx in index_batches(len(images), batch_size=batch_size, steps=steps, generator=g):
+            x, y = images[idx], masks[idx]
+            if augment:  # the same horizontal flip for an image and its mask
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x, y = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
+            yield x.to(device), y.to(device)
 
     def loss(self, outputs, batch, *, model):
         return F.cross_entropy(outputs["out"].float(), batch[1])
