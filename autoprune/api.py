@@ -72,7 +72,8 @@ class SpaceOptions:
     """Overrides of the model's search space, applied over its per-model YAML (see
     :meth:`SearchSpace.from_model`): ``file`` a YAML of overrides, ``round_to``, ``min_ratio``,
     ``step`` and ``frozen`` (glob patterns of group names kept whole). None keeps the model's own.
-    ``mode``: the forward traced, ``"eval"`` or ``"train"`` (None: the mode the model is in)."""
+    ``mode``: the forward traced, ``"eval"`` or ``"train"`` (None: eval for a model built by
+    name, the mode it is in for an nn.Module)."""
 
     file: str | os.PathLike | None = None
     round_to: int | None = None
@@ -393,7 +394,10 @@ def _build(config: ModelConfig, data, seed: int, pretrained: bool = False, task:
     else:
         size = config.input_size or default_input_size(name)
         shape = (kwargs.get("in_channels", 3), size, size)
-    space = SearchSpace.from_model(model, shape, model_name=name, **config.space.overrides())
+    overrides = config.space.overrides()
+    if not isinstance(config.name, nn.Module):  # built here, in the constructor's mode: trace the deployed one
+        overrides.setdefault("mode", "eval")
+    space = SearchSpace.from_model(model, shape, model_name=name, **overrides)
     return name, kwargs, model, space, made
 
 

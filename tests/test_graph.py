@@ -11,6 +11,7 @@ from autoprune.errors import TraceError
 from autoprune.graph import Follow, passthrough, register_rule, spatial_reduce, trace, unregister_rule
 from autoprune.models import create_model
 from autoprune.space import SearchSpace
+from autoprune.surgery import materialise
 
 
 def _groups_by_name(graph):
@@ -389,3 +390,33 @@ def test_errors_at_top_level_name_the_models_line_and_what_to_do():
         trace(_TopLevelErf(), (3, 4, 4))
     with pytest.raises(TraceError, match=r"cannot trace _TopLevelBranch with torch\.fx at test_graph\.py:\d+: .*submodule"):
         trace(_TopLevelBranch(), (3, 4, 4))
+
+
+class _AuxHead(nn.Module):
+    """A trunk whose training forward also runs an auxiliary classifier on a middle block."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.aux = nn.Conv2d(16, 4, 1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        out = self.fc(self.b(h).mean((2, 3)))
+        return (out, self.aux(h).mean((2, 3))) if self.training else out
+
+
+def test_an_eval_trace_keeps_whole_what_the_training_forward_alone_reads():
+    model = _AuxHead()
+    evaluated = SearchSpace.from_model(model, (3, 8, 8), mode="eval")
+    trained = SearchSpace.from_model(model, (3, 8, 8), mode="train")
+    # a.0's channels feed the auxiliary conv, which only the training forward runs: kept whole
+    assert [g.name for g in evaluated.groups] == ["b.0"]
+    assert {g.name for g in trained.groups} == {"a.0", "b.0"}
+    assert "aux" not in {layer.name for layer in evaluated.graph.layers}  # MACs: the deployed forward's
+    small = materialise(model, evaluated, evaluated.uniform(0.5))
+    small.train()
+    out, aux = small(torch.randn(2, 3, 8, 8))
+    assert out.shape == aux.shape == (2, 4)

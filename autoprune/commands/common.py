@@ -19,8 +19,9 @@ def add_model_args(p) -> None:
     p.add_argument("--input-size", type=int, default=None, help="input height/width (default: 32 zoo, 224 tv: and timm:)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: 10 zoo, 1000 tv: and timm:)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default 3)")
-    p.add_argument("--mode", choices=("eval", "train"), default=None,
-                   help="trace the model's eval or train forward (default: the mode it is built in)")
+    p.add_argument("--mode", choices=("eval", "train"), default="eval",
+                   help="trace the model's eval forward, the deployed one (default), or its train forward; "
+                        "channels a train-only branch reads stay whole either way")
     p.add_argument("--space", default=None, metavar="YAML", help="search-space overrides file")
     p.add_argument("--round-to", type=int, default=None, help="widths rounded to a multiple of this (default 8)")
     p.add_argument("--min-ratio", type=float, default=None, help="smallest width as a ratio (default 0.1)")
@@ -52,7 +53,7 @@ def model_and_space(args):
     size = args.input_size or default_input_size(args.model)
     channels = kwargs.get("in_channels", 3)
     space = SearchSpace.from_model(model, (channels, size, size), model_name=args.model, space_file=args.space,
-                                   round_to=args.round_to, min_ratio=args.min_ratio, mode=getattr(args, "mode", None))
+                                   round_to=args.round_to, min_ratio=args.min_ratio, mode=getattr(args, "mode", "eval"))
     return args.model, kwargs, model, space
 
 

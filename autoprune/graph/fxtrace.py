@@ -129,6 +129,11 @@ def _count_macs(leaf_macs: dict[str, int], path: str):
     return hook
 
 
+def called_modules(graph: fx.Graph) -> set[str]:
+    """The paths of the modules an fx graph calls."""
+    return {n.target for n in graph.nodes if n.op == "call_module"}
+
+
 def same_in_both_modes(model: nn.Module, gm: fx.GraphModule, leaves: Iterable[str],
                        input_shape: tuple[int, ...] | None = None) -> bool:
     """Whether fx traces ``model``'s forward alike in train and in eval mode (``F.dropout(x,

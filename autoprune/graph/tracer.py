@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.assemble import assemble
-from autoprune.graph.fxtrace import NeedsLeaf, first_trace, same_in_both_modes, shaped_graph_module
+from autoprune.graph.fxtrace import NeedsLeaf, called_modules, first_trace, same_in_both_modes, shaped_graph_module
 from autoprune.graph.nodes import (
     HOW_TO_ADD,
     is_record_class,
@@ -57,9 +57,40 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), mode: st
     if mode is not None:
         model.train(mode == "train")
     try:
-        return dataclasses.replace(_trace(model, input_shape), mode="train" if model.training else "eval")
+        graph = dataclasses.replace(_trace(model, input_shape), mode="train" if model.training else "eval")
+        return graph if model.training else _kept_for_training(model, input_shape, graph)
     finally:
         model.train(was)
+
+
+def _kept_for_training(model: nn.Module, input_shape: tuple[int, ...], graph: ChannelGraph) -> ChannelGraph:
+    """The eval-mode ``graph`` with the channels the training forward needs whole fixed too.
+
+    A pruned model is fine-tuned in training mode, whose forward may run layers the deployed
+    one does not (GoogLeNet's and Inception's auxiliary classifiers): surgery, following the
+    eval graph, would not slice them. So where the training forward calls modules the eval
+    forward does not, it is traced too, and every group that feeds a layer of the training
+    forward alone, or that the training forward fixes, is fixed here (matched by name). The
+    MACs stay the eval graph's, the deployed model's."""
+    leaves = [f.path for f in graph.frozen]
+    try:
+        _, deployed = first_trace(model, leaves, input_shape)
+        model.train(True)
+        _, training = first_trace(model, leaves, input_shape)
+        if called_modules(training) <= called_modules(deployed):
+            return graph
+        trained = _trace(model, input_shape)
+    except Exception:  # noqa: BLE001 — a training forward that cannot be traced is the user's to fix at fine-tuning
+        return graph
+    finally:
+        model.train(False)
+    layers = {layer.name for layer in graph.layers}
+    needed = {trained.groups[g].name for layer in trained.layers if layer.name not in layers for g in layer.in_layout}
+    needed |= {g.name for g in trained.groups if g.fixed}
+    if not any(g.name in needed and not g.fixed for g in graph.groups):
+        return graph
+    return dataclasses.replace(graph, groups=tuple(dataclasses.replace(g, fixed=True) if g.name in needed else g
+                                                   for g in graph.groups))
 
 
 def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
