@@ -51,13 +51,26 @@ slimming, dmcp and hrank beside them; every winner from scratch with seeds 0, 1,
 and a paired t-test per seed against uniform-fill); a tau test over 24 vectors (the winners,
 early-heavy, late-heavy and bottlenecked allocations, random draws to fill), each from scratch
 with seeds 0 and 1, tau against the seed mean with a bootstrap interval, and tau between the
-two seeds as the ceiling. Stages STAGE/MODEL/BUDGET[/sSEED] (proofstages/cells.py), in 29 parts
-sized to under 10 minutes each on one H200 (estimated, not yet measured; --budget-minutes 9
-keeps a sitting within its limit either way):
+two seeds as the ceiling. Proxies scored on the same vectors, each timed: BatchNorm
+re-estimation only, fine-tunes of 25, 100 and 400 steps, a multi-fidelity proxy (Optuna's
+SuccessiveHalvingPruner over fine-tunes of 25, 100 and 400 steps: all get the cheap score, the top
+quarter goes on) and 2 epochs from scratch; each ranked by tau (and tau per second) against both
+finishes, from scratch and fine-tuned from the base (autoprune.finetune, 5 epochs). Stages
+STAGE/MODEL/BUDGET[/sSEED] (proofstages/cells.py, proofstages/proxies.py), in 45 parts: a model's
+base, then per budget its search, proxies, retrain, tau seeds and fine-tunes. Each part is sized
+to under 8 minutes on one H200 (estimated, not yet measured; --budget-minutes 8 keeps a sitting
+within its limit either way):
 
-    python experiments/proof.py --config v2 --out runs/proof-v2 --data-dir D --part 1 --budget-minutes 9
-    ...                                                                     --part 29
-    python experiments/proof.py --config v2 --out runs/proof-v2-smoke --smoke    # CPU, under a minute
+    python experiments/proof.py --config v2 --out runs/proof-v2 --data-dir D --part 1 --budget-minutes 8
+    ...                                                                     --part 45
+    python experiments/proof.py --config v2 --out runs/proof-v2-smoke --smoke    # CPU, about a minute
+
+``--config v2-cpu`` runs the same stages at CPU scale (ResNet-20 and MobileNetV2 at 0.1 and 0.3 on
+10,000 CIFAR-10 images, one-epoch retrains, 8 tau vectors; proofstages/config.py says how it was
+sized), for when no GPU is at hand; without --part it runs every part in order and resumes:
+
+    nohup nice -n 10 python experiments/proof.py --config v2-cpu --out runs/proof-v2-cpu \
+        --data-dir ../shared/datasets/cifar10-jpg.tar.gz > runs/proof-v2-cpu.log 2>&1 &
 
 The code is the package experiments/proofstages/: one module per stage, the settings as data in
 its config module (the v2 settings and parts beside the first proof's); this file is the command.

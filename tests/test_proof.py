@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
@@ -279,6 +280,59 @@ def test_v2_smoke_runs_every_stage_of_every_cell(v2_run, proof_module):
             assert len(tau["tests"]) == len(vectors)
             # The winners' runs come from the retrain stage of the same seed, not trained twice.
             assert not set(tau["units"]) & set(st[f"retrain/{cell}/s{seed}"]["units"])
+        proxies = st[f"proxies/{cell}"]["proxies"]
+        assert list(proxies) == list(s["proxies"])
+        for name, row in proxies.items():
+            assert row["kind"] == s["proxies"][name]["kind"] and len(row["scores"]) == len(vectors)
+            assert all(x is not None for x in row["scores"]) and all(t > 0 for t in row["seconds"])
+        for seed in s["finetune"]["seeds"]:
+            ft = st[f"finetune/{cell}/s{seed}"]
+            assert len(ft["tests"]) == len(vectors) and all(0 <= x <= 1 for x in ft["tests"])
+            assert ft["epochs"] == s["finetune"]["epochs"]
+
+
+def test_v2_multi_fidelity_proxy_promotes_by_optunas_successive_halving(v2_run, proof_module):
+    r = v2_run.results
+    s = r["settings"]
+    proxies = importlib.import_module("proofstages.proxies")
+    name, spec = next((k, v) for k, v in s["proxies"].items() if v["kind"] == "halving")
+    (model, budgets), = s["models"].items()
+    row = r["stages"][f"proxies/{model}/{budgets[0]}"]["proxies"][name]
+    steps = proxies.halving_steps(spec)
+    assert row["rung_steps"] == steps == [spec["min_steps"] * spec["reduction_factor"] ** k for k in range(spec["rungs"])]
+    # Every vector got the cheapest score; the ones promoted got more steps; the first trial in
+    # the seeded order always goes on (nothing to compare it with), and not every vector does.
+    assert all(row["steps"][i] == steps[rung] for i, rung in enumerate(row["rungs"]))
+    assert 0 in row["rungs"] and max(row["rungs"]) == len(steps) - 1
+    assert row["scores"] == pytest.approx([rung + x for rung, x in zip(row["rungs"], row["rung_scores"])])
+
+
+def test_v2_results_name_every_model_proxy_reference_tau_and_seed(v2_run):
+    r = v2_run.results
+    s, summary = r["settings"], r["summary"]
+    assert summary["models"] == list(s["models"]) and summary["reference"] == "uniform-fill"
+    assert summary["seeds"] == s["seeds"] and summary["tau_seeds"] == s["tau"]["seeds"]
+    assert summary["finetune_seeds"] == s["finetune"]["seeds"]
+    kinds = summary["proxies"]
+    assert {"evaluator", "halving", "scratch"} <= set(kinds.values())
+    assert "multi-fidelity" in kinds and any(k.startswith("scratch-") for k in kinds)
+    cells = [(m, b) for m, budgets in s["models"].items() for b in budgets]
+    assert [(c["model"], c["budget"]) for c in summary["cells"]] == cells
+    for c in summary["cells"]:
+        assert len(c["methods"]["uniform-fill"]["tests"]) == len(s["seeds"])
+        assert c["methods"]["uniform-fill"]["vs_reference"] is None
+        assert set(c["proxies"]) == {"search evaluator", *kinds}
+        for row in c["proxies"].values():
+            assert row["mean_s"] > 0
+            for finish in ("scratch", "finetune"):
+                t = row[finish]
+                assert t["n"] == len(r["stages"][f"proxy/{c['model']}/{c['budget']}"]["vectors"])
+                assert "tau" in t and "p" in t
+                if t["tau"] is not None:
+                    assert row[f"{finish}_tau_per_s"] == pytest.approx(t["tau"] / row["mean_s"])
+        assert set(c["best_proxy"]) == {"scratch", "finetune"}
+    md = (v2_run.out / "proof.md").read_text()
+    assert "multi-fidelity" in md and "τ vs fine-tuned" in md
 
 
 def test_v2_summary_compares_each_seed_with_uniform_fill_and_ranks_the_tau_vectors(v2_run, proof_module):
@@ -316,9 +370,15 @@ def test_v2_rerun_reads_every_stage_back(v2_run):
 def test_v2_parts_need_the_stages_they_read(proof_module, tmp_path, capsys):
     pm = proof_module
     parts = pm.v2_parts(pm.V2_FULL)
-    assert parts[1] == ("base/mobilenetv2", "base/resnet56", "base/vgg16")
+    assert parts[1] == ("base/mobilenetv2",) and parts[2] == ("search/mobilenetv2/0.3", "proxy/mobilenetv2/0.3")
     assert sum(len(p) for k, p in parts.items() if k is not None) == len(parts[None]) == len(set(parts[None]))
     assert pm.v2_needs("tau/vgg16/0.1/s1") == ["proxy/vgg16/0.1", "retrain/vgg16/0.1/s1"]
+    assert pm.v2_needs("proxies/vgg16/0.1") == pm.v2_needs("finetune/vgg16/0.1/s0") == ["proxy/vgg16/0.1"]
+    # A cell's parts come together, in the order their stages read each other.
+    names = list(parts[None])
+    for name in names:
+        assert all(names.index(n) < names.index(name) for n in pm.v2_needs(name))
+    assert names.index("finetune/mobilenetv2/0.3/s0") < names.index("search/mobilenetv2/0.1")
     smoke = pm.v2_parts(pm.V2_SMOKE)
     retrain = next(k for k, p in smoke.items() if k is not None and p[0].startswith("retrain/"))
     assert pm.open_results(_args(retrain), tmp_path, pm.V2_SMOKE, {}, []) is None
@@ -327,6 +387,18 @@ def test_v2_parts_need_the_stages_they_read(proof_module, tmp_path, capsys):
     # A v1 results file is not resumed as v2, nor the other way round.
     assert pm.open_results(_args(1), tmp_path, pm.SMOKE, pm.PART3_SMOKE, []) is None
     assert "other settings" in capsys.readouterr().err
+
+
+def test_the_cpu_study_needs_the_data_and_keeps_the_v2_stages(proof_module, tmp_path, capsys):
+    pm = proof_module
+    assert pm.main(["--config", "v2-cpu", "--out", str(tmp_path / "out")]) == 2
+    assert "give --data-dir" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    cpu, full = pm.V2_CPU, pm.V2_FULL
+    assert cpu["config"] == "v2-cpu" and cpu["data"]["val_size"] + cpu["data"]["limit"] == 10000
+    assert set(cpu) == set(full) and set(cpu["models"]) == {"resnet20", "mobilenetv2"}
+    assert {spec["kind"] for spec in cpu["proxies"].values()} == {"evaluator", "halving", "scratch"}
+    kinds = {name.split("/")[0] for name in pm.v2_parts(cpu)[None]}
+    assert kinds == {name.split("/")[0] for name in pm.v2_parts(full)[None]}
 
 
 def test_an_unknown_part_is_refused(proof_module, tmp_path, capsys):
@@ -359,6 +431,12 @@ def test_tau_interval_and_paired_test(proof_module):
     assert t["tau"] == pytest.approx(kendalltau([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5]).statistic)
     assert -1 <= t["lo"] <= t["tau"] <= t["hi"] <= 1 and t["lo"] < t["hi"]
     assert stats.tau_ci([1, 2], [3, 3], resamples=10)["tau"] is None  # all ties: undefined, no interval
+    # The bootstrap's vectorised tau-b is scipy's, ties and all.
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 4, (40, 9)).astype(float), rng.normal(size=(40, 9))
+    y[5] = 1.0
+    expected = [kendalltau(a, b).statistic for a, b in zip(x, y)]
+    assert np.allclose(stats.kendall_tau_b(x, y), expected, equal_nan=True) and np.isnan(expected[5])
     d = stats.paired([0.9, 0.8, 0.85], [0.8, 0.8, 0.8])
     assert d["diffs"] == pytest.approx([0.1, 0.0, 0.05]) and d["wins"] == 2 and 0 < d["p"] < 1
     assert stats.paired([0.9], [0.8])["p"] is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 from bench_search import test_acc
@@ -19,6 +19,8 @@ from .runner import Proof
 
 def stage_base(p: Proof) -> dict:
     config = train_config(p.s)
+    if p.s.get("base_epochs"):  # a base trained longer than the retrains (the CPU study's)
+        config = replace(config, epochs=p.s["base_epochs"])
     model = create_model(p.s["model"], **p.kwargs)
     hist = None
     if p.base_path.is_file():  # trained by an invocation killed before it could record the result

@@ -7,15 +7,18 @@ of the run (``Proof.at``): its base in OUT/MODEL/base, its search folders in OUT
     search/MODEL/B             the searched methods (each with several scorer processes on one
                                study) and the one-shot methods; an unreachable budget is recorded
     proxy/MODEL/B              the tau vectors (winners, lopsided, random) and their proxy scores
+    proxies/MODEL/B            the tau vectors under every proxy of the settings (proxies.py)
     retrain/MODEL/B/sS         every winner from scratch with seed S
     tau/MODEL/B/sS             the tau vectors the retrain stage did not train, with seed S
+    finetune/MODEL/B/sS        the tau vectors fine-tuned from the base with seed S (proxies.py)
 
-The comparisons (mean ± std, the paired test against the reference, tau and its interval) are
-computed from these by ``cell_summary``, for the report.
+The comparisons (mean ± std, the paired test against the reference, tau and its interval, per
+proxy against both finishes) are computed from these by ``cell_summary``, for the report.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ from autoprune.evaluator import EvalConfig, Evaluator
 
 from .base import stage_base
 from .common import free, log
+from .proxies import cell_finetune, cell_proxies, timed
 from .retrain import ok_rows, unit_payload, wkey
 from .runner import Proof
 from .search import eval_settings, search_unit
@@ -77,8 +81,11 @@ def cell_proxy(q: Proof, budget: str) -> dict:
     torch.backends.cudnn.benchmark = q.s["search_cudnn_benchmark"]
     ev = Evaluator(q.base_model(), q.space, q.data, config=EvalConfig.for_device(q.device, **q.s["eval"]),
                    device=q.device)
-    out = [{"kind": label, "widths": list(w), "macs_ratio": q.macs_ratio(w), "proxy": ev(w).score}
-           for label, w in vectors]
+    ev(vectors[0][1])  # the first candidate of a process pays for lazy initialisation: untimed
+    out = []
+    for label, w in vectors:
+        proxy, seconds = timed(lambda v: ev(v).score, w, q.device)
+        out.append({"kind": label, "widths": list(w), "macs_ratio": q.macs_ratio(w), "proxy": proxy, "seconds": seconds})
     free(q.device)
     return {"vectors": out, "eval": eval_settings(q)}
 
@@ -123,8 +130,8 @@ def run_cell_stage(p: Proof, name: str) -> dict:
     return CELL_STAGES[kind](p.at(model), *args)
 
 
-CELL_STAGES = {"base": cell_base, "search": cell_search, "proxy": cell_proxy, "retrain": cell_retrain,
-               "tau": cell_tau}
+CELL_STAGES = {"base": cell_base, "search": cell_search, "proxy": cell_proxy, "proxies": cell_proxies,
+               "retrain": cell_retrain, "tau": cell_tau, "finetune": cell_finetune}
 
 
 def _retrained(st: dict, cell: str, seeds: list[int]) -> dict:
@@ -136,11 +143,49 @@ def _retrained(st: dict, cell: str, seeds: list[int]) -> dict:
     return out
 
 
+def _finishes(st: dict, s: dict, cell: str) -> dict:
+    """Per tau vector the mean test accuracy of each finish whose seeds are all done (else None):
+    ``scratch`` over the tau seeds, ``finetune`` over the fine-tune seeds."""
+    out = {}
+    for finish, stage, seeds in (("scratch", "tau", s["tau"]["seeds"]), ("finetune", "finetune", s["finetune"]["seeds"])):
+        runs = [st.get(f"{stage}/{cell}/s{seed}") for seed in seeds]
+        out[finish] = ([sum(r["tests"][i] for r in runs) / len(runs) for i in range(len(runs[0]["tests"]))]
+                       if runs and all(r and "tests" in r for r in runs) else None)
+    return out
+
+
+def _proxy_rows(st: dict, s: dict, cell: str, finishes: dict) -> list[dict]:
+    """Per proxy (the search's evaluator first) its seconds per candidate and, against each finish,
+    Kendall tau with its bootstrap interval and tau per second of proxy time."""
+    proxy = st.get(f"proxy/{cell}") or {}
+    rows = []
+    if proxy.get("vectors"):
+        seconds = [v["seconds"] for v in proxy["vectors"] if "seconds" in v]
+        rows.append({"name": "search evaluator", "kind": "evaluator", "settings": proxy.get("eval"),
+                     "scores": [v["proxy"] for v in proxy["vectors"]],
+                     "mean_s": statistics.mean(seconds) if seconds else None,
+                     "s_per_candidate": statistics.median(seconds) if seconds else None})
+    rows += list(((st.get(f"proxies/{cell}") or {}).get("proxies") or {}).values())
+    out = []
+    for r in rows:
+        row = {k: r.get(k) for k in ("name", "kind", "settings", "mean_s", "s_per_candidate")}
+        for finish, accs in finishes.items():
+            ok = [i for i, x in enumerate(r["scores"]) if x is not None]
+            t = None if accs is None else tau_ci([r["scores"][i] for i in ok], [accs[i] for i in ok],
+                                                 resamples=s["tau"]["bootstrap"])
+            row[finish] = t
+            row[f"{finish}_tau_per_s"] = (t["tau"] / r["mean_s"] if t and t["tau"] is not None and r.get("mean_s")
+                                          else None)
+        out.append(row)
+    return out
+
+
 def cell_summary(results: dict, model: str, budget: str) -> dict:
     """What the v2 report shows of a cell, from results.json: per method the test accuracy over the
     seeds (mean ± std) and the paired comparison with the reference per seed; the tau test over
-    the proxy scores and the mean of the tau seeds, with its bootstrap interval, and tau between
-    two seeds (how well one seed ranks the vectors: the ceiling a proxy can reach)."""
+    the search evaluator's scores and the mean of the tau seeds, with its bootstrap interval, and
+    tau between two seeds (how well one seed ranks the vectors: the ceiling a proxy can reach);
+    per proxy, tau against each finish (from scratch, fine-tuned) and tau per second."""
     s, st, cell = results["settings"], results["stages"], f"{model}/{budget}"
     search = st.get(f"search/{cell}") or {}
     methods = _retrained(st, cell, s["seeds"])
@@ -153,16 +198,14 @@ def cell_summary(results: dict, model: str, budget: str) -> dict:
     out = {"model": model, "budget": budget, "unreachable": search.get("unreachable"), "search": search.get("rows", []),
            "retrained": rows, "reference": s["reference"], "tau": None}
     proxy = st.get(f"proxy/{cell}") or {}
-    runs = [st.get(f"tau/{cell}/s{seed}") for seed in s["tau"]["seeds"]]
-    if proxy.get("vectors") and all(r and "tests" in r for r in runs):
+    out["finishes"] = _finishes(st, s, cell) if proxy.get("vectors") else {"scratch": None, "finetune": None}
+    out["proxies"] = _proxy_rows(st, s, cell, out["finishes"])
+    if out["finishes"]["scratch"] is not None:
         vectors = proxy["vectors"]
-        accs = [sum(r["tests"][i] for r in runs) / len(runs) for i in range(len(vectors))]
-        ok = [i for i, v in enumerate(vectors) if v["proxy"] is not None]
-        out["tau"] = {**tau_ci([vectors[i]["proxy"] for i in ok], [accs[i] for i in ok],
-                               resamples=s["tau"]["bootstrap"]),
-                      "seeds": tau_ci(runs[0]["tests"], runs[1]["tests"], resamples=s["tau"]["bootstrap"])
-                      if len(runs) > 1 else None,
-                      "kinds": [v["kind"] for v in vectors], "accs": accs,
+        runs = [st[f"tau/{cell}/s{seed}"]["tests"] for seed in s["tau"]["seeds"]]
+        out["tau"] = {**out["proxies"][0]["scratch"],
+                      "seeds": tau_ci(runs[0], runs[1], resamples=s["tau"]["bootstrap"]) if len(runs) > 1 else None,
+                      "kinds": [v["kind"] for v in vectors], "accs": out["finishes"]["scratch"],
                       "macs_ratio_min": min(v["macs_ratio"] for v in vectors),
                       "macs_ratio_max": max(v["macs_ratio"] for v in vectors)}
     return out

@@ -94,6 +94,23 @@ V2_FULL = {
     # in network order, scaled onto the budget), then random equal-MACs draws up to `vectors`.
     "tau": {"vectors": 24, "seeds": [0, 1], "bootstrap": 2000,
             "lopsided": {"early-heavy": [2.0, 4.0], "late-heavy": [2.0, 4.0], "bottleneck": [0.5, 0.25]}},
+    # The proxies scored on every tau vector, each timed per candidate, each ranked against both
+    # finishes. "evaluator": the search's evaluator with these fine-tune steps (0: BatchNorm
+    # re-estimation only). "halving": Optuna's SuccessiveHalvingPruner over a trial's reports after
+    # min_steps x reduction_factor^k fine-tune steps (k < rungs): every vector gets the cheapest
+    # score, the top fraction goes on. "scratch": the candidate built freshly initialised, trained
+    # `epochs` epochs of the retrain recipe, scored on validation (what Scratch-E measures); its seed
+    # is none of the finishes' seeds, so that it shares no initialisation with them.
+    "proxies": {"bn-only": {"kind": "evaluator", "fine_tune_steps": 0},
+                "ft-25": {"kind": "evaluator", "fine_tune_steps": 25},
+                "ft-100": {"kind": "evaluator", "fine_tune_steps": 100},
+                "ft-400": {"kind": "evaluator", "fine_tune_steps": 400},
+                "multi-fidelity": {"kind": "halving", "min_steps": 25, "reduction_factor": 4, "rungs": 3, "seed": 0},
+                "scratch-2ep": {"kind": "scratch", "epochs": 2, "seed": 100}},
+    # The second finish: every tau vector fine-tuned from the weights it inherits (autoprune.finetune),
+    # cosine from lr 0.01, as `autoprune finetune` does by default.
+    "finetune": {"epochs": 5, "lr": 0.01, "seeds": [0]},
+    "base_epochs": None,  # the base trains as long as the retrains
 }
 
 V2_SMOKE = {
@@ -110,30 +127,75 @@ V2_SMOKE = {
     "one_shot": ["uniform", "uniform-fill"],
     "dmcp": SMOKE["dmcp"],
     "tau": {"vectors": 5, "seeds": [0, 1], "bootstrap": 200, "lopsided": {"early-heavy": [2.0]}},
+    "proxies": {"bn-only": {"kind": "evaluator", "fine_tune_steps": 0},
+                "ft-2": {"kind": "evaluator", "fine_tune_steps": 2},
+                "multi-fidelity": {"kind": "halving", "min_steps": 1, "reduction_factor": 2, "rungs": 2, "seed": 0},
+                "scratch-1": {"kind": "scratch", "epochs": 1, "seed": 100}},
+    "finetune": {"epochs": 1, "lr": 0.01, "seeds": [0]},
 }
+
+# The CPU study (--config v2-cpu): the v2 stages at CPU scale, for when no GPU is at hand. Measured
+# on a 2-core EPYC VM (torch 2.14.1, batch 128, ~1 CPU-second per 85 training images of ResNet-20
+# and per 20 of MobileNetV2, whose depthwise convolutions train slowly on a CPU): ResNet-20's two
+# budgets take about an hour and a quarter of two unloaded cores (its base ~4 min, each budget ~35:
+# searches 3, proxies 9, from-scratch runs 17, fine-tunes 5); each MobileNetV2 budget about four
+# times one of ResNet-20's. ResNet-20 comes first, so a sitting that ends early leaves its cells
+# whole. Data: 10,000 CIFAR-10 training images (9,000 to train, 1,000 to validate; --data-dir) and
+# 2,000 test images. Training is one epoch (70 steps, one-cycle) from scratch, the base four; the
+# candidates' fine-tunes scale the GPU's 25/100/400 steps at batch 512 to 2/8/32 at batch 128 (the
+# search's evaluator: 8 steps on 4 BatchNorm batches); the from-scratch proxy is a quarter of the
+# from-scratch finish (18 steps), the fine-tuned finish one epoch at lr 0.01.
+V2_CPU = {
+    **V2_FULL,
+    "config": "v2-cpu",
+    "models": {"resnet20": ["0.1", "0.3"], "mobilenetv2": ["0.1", "0.3"]},
+    "data": {"name": "cifar10", "val_size": 1000, "limit": 9000, "options": {}}, "test_limit": 2000,
+    "threads": None,
+    "train": {"epochs": 1, "batch_size": 128, "lr": 0.05, "max_steps": None}, "base_epochs": 4,
+    "eval": {"fine_tune_steps": 8, "bn_batches": 4, "batch_size": 128},
+    "searched": ["abc", "tpe"], "candidates": 8, "scorers": 1,
+    "one_shot": ["uniform", "uniform-fill", "l1-global"],
+    "seeds": [0, 1],
+    "tau": {"vectors": 8, "seeds": [0, 1], "bootstrap": 2000,
+            "lopsided": {"early-heavy": [4.0], "late-heavy": [4.0], "bottleneck": [0.25]}},
+    "proxies": {"bn-only": {"kind": "evaluator", "fine_tune_steps": 0},
+                "ft-2": {"kind": "evaluator", "fine_tune_steps": 2},
+                "ft-8": {"kind": "evaluator", "fine_tune_steps": 8},
+                "ft-32": {"kind": "evaluator", "fine_tune_steps": 32},
+                "multi-fidelity": {"kind": "halving", "min_steps": 2, "reduction_factor": 4, "rungs": 3, "seed": 0},
+                "scratch-18": {"kind": "scratch", "epochs": 1, "max_steps": 18, "seed": 100}},
+    "finetune": {"epochs": 1, "lr": 0.01, "seeds": [0]},
+}
+
+CONFIGS = {"v2": (V2_FULL, V2_SMOKE), "v2-cpu": (V2_CPU, V2_SMOKE)}  # --config: (settings, --smoke settings)
 
 
 def v2_parts(settings: dict) -> dict:
-    """--part of a v2 run: the stages each part runs, named STAGE/MODEL[/BUDGET[/sSEED]]. First the
-    bases, then a search part per model and budget (the searches, then the tau vectors' proxy
-    scores), then a retrain part per model and budget (every seed), then a tau part per model,
-    budget and tau seed; each is sized to stay under 10 minutes on one H200 (estimated, not yet
-    measured: --budget-minutes guards it)."""
-    models = settings["models"]
-    cells = [(m, b) for m, budgets in models.items() for b in budgets]
-    parts = [[f"base/{m}" for m in models]]
-    parts += [[f"search/{m}/{b}", f"proxy/{m}/{b}"] for m, b in cells]
-    parts += [[f"retrain/{m}/{b}/s{s}" for s in settings["seeds"]] for m, b in cells]
-    parts += [[f"tau/{m}/{b}/s{s}"] for m, b in cells for s in settings["tau"]["seeds"]]
+    """--part of a v2 run: the stages each part runs, named STAGE/MODEL[/BUDGET[/sSEED]]. Per model
+    its base, then per budget: a search part (the searches, then the tau vectors), a proxy part
+    (every proxy on the tau vectors), a retrain part (every seed), a part per tau seed and a
+    fine-tune part (every fine-tune seed). A model's parts and a cell's come together, so a run
+    stopped early leaves whole cells behind; each part is sized to stay under 8 minutes on one H200
+    (estimated from the first proof's speeds: --budget-minutes guards it)."""
+    parts = []
+    for m, budgets in settings["models"].items():
+        parts.append([f"base/{m}"])
+        for b in budgets:
+            parts += [[f"search/{m}/{b}", f"proxy/{m}/{b}"], [f"proxies/{m}/{b}"],
+                      [f"retrain/{m}/{b}/s{s}" for s in settings["seeds"]]]
+            parts += [[f"tau/{m}/{b}/s{s}"] for s in settings["tau"]["seeds"]]
+            parts += [[f"finetune/{m}/{b}/s{s}" for s in settings["finetune"]["seeds"]]]
     out = {i + 1: tuple(part) for i, part in enumerate(parts)}
     return {None: tuple(name for part in parts for name in part), **out}
 
 
 def v2_needs(name: str) -> list[str]:
-    """The stages a v2 stage reads: a search its model's base, proxy and retrain their search, a
-    tau seed the proxy vectors and that seed's retrains (whose vectors it does not train again)."""
+    """The stages a v2 stage reads: a search its model's base, the proxies, the retrains and the
+    fine-tunes their cell's search or tau vectors, a tau seed the vectors and that seed's retrains
+    (whose vectors it does not train again)."""
     kind, model, *rest = name.split("/")
     cell = "/".join([model, *rest[:1]])
     if kind == "tau":
         return [f"proxy/{cell}", f"retrain/{cell}/{rest[-1]}"]
-    return {"base": [], "search": [f"base/{model}"], "proxy": [f"search/{cell}"], "retrain": [f"search/{cell}"]}[kind]
+    return {"base": [], "search": [f"base/{model}"], "proxy": [f"search/{cell}"], "retrain": [f"search/{cell}"],
+            "proxies": [f"proxy/{cell}"], "finetune": [f"proxy/{cell}"]}[kind]

@@ -18,12 +18,12 @@ from autoprune.files import write_text
 from .base import stage_base
 from .cells import run_cell_stage
 from .common import Clock, OutOfTime, Results, environment, log, now
-from .config import AIMS, FULL, PART1, PART2, PART3_FULL, PART3_SMOKE, PARTS, SMOKE, V2_FULL, V2_SMOKE, v2_needs, v2_parts
+from .config import AIMS, CONFIGS, FULL, PART1, PART2, PART3_FULL, PART3_SMOKE, PARTS, SMOKE, v2_needs, v2_parts
 from .criteria import stage_criteria
 from .latency import stage_latency
 from .producers import stage_producers
 from .report import report
-from .report2 import report_v2
+from .report2 import report_v2, summary_v2
 from .retrain import stage_retrain
 from .runner import Proof
 from .search import stage_search
@@ -44,20 +44,22 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny settings on the synthetic dataset, CPU")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="stop cleanly before a stage or unit whose estimate does not fit in this many minutes")
-    p.add_argument("--config", choices=("v1", "v2"), default="v1",
+    p.add_argument("--config", choices=("v1", *CONFIGS), default="v1",
                    help="v1: the first proof (VGG16; default); v2: MobileNetV2, ResNet-56 and VGG16 at low budgets, "
-                        "three seeds, paired tests, the tau test with lopsided vectors")
+                        "three seeds, paired tests, the tau test with lopsided vectors, proxies against both finishes; "
+                        "v2-cpu: the v2 stages scaled to two CPU cores and about an hour (ResNet-20 and MobileNetV2 on "
+                        "10,000 CIFAR-10 images; needs --data-dir)")
     p.add_argument("--part", type=int, default=None, help="v1: 1: throughput, base, search, sweep, "
                    "tau; 2: retrain, latency (needs part 1's results in OUT); 3: criteria, producers (needs parts 1 "
                    "and 2). v2: 1 the bases, then per model and budget a search, a retrain and a tau part per seed "
-                   "(29 parts; each needs the parts before it that its stages read)")
+                   "(each needs the parts before it that its stages read; v2 has 45, v2-cpu 26)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10: torchvision folder, ImageFolder folder or .tar.gz")
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available; --smoke: cpu)")
     p.add_argument("--workers", type=int, default=None, help="concurrent retrain processes (default 3 on CUDA, 1 on CPU)")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     args = p.parse_args(argv)
     if args.device is None:
-        args.device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+        args.device = "cpu" if args.smoke or args.config == "v2-cpu" or not torch.cuda.is_available() else "cuda"
     if args.workers is None:
         args.workers = 3 if torch.device(args.device).type == "cuda" else 1
     return args
@@ -68,12 +70,13 @@ def open_results(args, out: Path, settings: dict, part3: dict, argv) -> Results 
     results = Results(out / "results.json", uuid.uuid4().hex[:12])
     full = {**settings, "device": args.device}
     stored, stored3 = results.data.get("settings"), results.data.get("settings_part3")
-    runs3 = args.part in (None, 3) and settings.get("config") != "v2"  # v2 has no part-3 settings
+    v2 = settings.get("config") in CONFIGS
+    runs3 = args.part in (None, 3) and not v2  # v2 has no part-3 settings
     if (stored is not None and stored != full) or (runs3 and stored3 is not None and stored3 != part3):
         print(f"proof: error: {out / 'results.json'} was written with other settings (smoke vs full, another --config, or "
               "another device); use another --out", file=sys.stderr)
         return None
-    if settings.get("config") == "v2":
+    if v2:
         stages = v2_parts(settings)[args.part]
         missing = sorted({n for name in stages for n in v2_needs(name) if n not in stages and not results.done(n)})
         if missing:
@@ -100,12 +103,16 @@ def open_results(args, out: Path, settings: dict, part3: dict, argv) -> Results 
 def main(argv=None) -> int:
     args = parse_args(argv)
     clock = Clock(args.budget_minutes)
-    v2 = args.config == "v2"
-    settings = json.loads(json.dumps((V2_SMOKE if args.smoke else V2_FULL) if v2 else SMOKE if args.smoke else FULL))
+    v2 = args.config in CONFIGS
+    settings = json.loads(json.dumps(CONFIGS[args.config][1 if args.smoke else 0] if v2 else SMOKE if args.smoke else FULL))
     part3 = json.loads(json.dumps(PART3_SMOKE if args.smoke else PART3_FULL))
     parts = v2_parts(settings) if v2 else PARTS
     if args.part not in parts:
         print(f"proof: error: --part {args.part}: config {args.config} has parts 1-{len(parts) - 1}", file=sys.stderr)
+        return 2
+    if not args.smoke and settings.get("config") == "v2-cpu" and args.data_dir is None:
+        print("proof: error: --config v2-cpu trains on a CIFAR-10 subset: give --data-dir (a torchvision folder, an "
+              "ImageFolder folder or the .tar.gz)", file=sys.stderr)
         return 2
     if args.smoke and args.data_dir is not None:
         # The smoke settings on a small seeded subset of real CIFAR-10: checks the real-data path.
@@ -123,7 +130,14 @@ def main(argv=None) -> int:
     stages = parts[args.part]
     proof = Proof(args, settings, results, clock, part3)
     run = (lambda name: run_cell_stage(proof, name)) if v2 else (lambda name: STAGES[name](proof))
-    render = report_v2 if v2 else report
+
+    def publish():
+        """OUT/proof.md, and for v2 the summary its tables show, stored in results.json."""
+        if v2:
+            results.data["summary"] = summary_v2(results.data)
+            results.save()
+        write_text((report_v2 if v2 else report)(results.data), out / "proof.md")
+
     # SIGTERM (a time limit, `timeout`) unwinds like Ctrl-C, so that child processes are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -135,14 +149,14 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             res = run(name)
             results.finish(name, {**res, "stage_s": round(time.perf_counter() - start, 1)})
-            write_text(render(results.data), out / "proof.md")
+            publish()
             log(f"{name}: done in {time.perf_counter() - start:.1f} s")
     except OutOfTime as exc:
-        write_text(render(results.data), out / "proof.md")
+        publish()
         log(f"stopping: {exc}")
         print(f"Stopped within --budget-minutes; results so far are in {out / 'results.json'}. "
               "resume with the same command", flush=True)
         return 0
-    write_text(render(results.data), out / "proof.md")
+    publish()
     log(f"finished in {time.perf_counter() - clock.start:.1f} s: {out / 'proof.md'}")
     return 0

@@ -47,6 +47,34 @@ def _tau_lines(c: dict) -> list[str]:
                     fmt(t["tau"], "{:+.2f}"), ci, fmt(t["p"], "{:.3f}"), fmt(seeds.get("tau"), "{:+.2f}")]]) + [""]
 
 
+def _tau_cell(t: dict | None) -> str:
+    if not t or t["tau"] is None:
+        return "-"
+    ci = "" if t["lo"] is None else f" [{t['lo']:+.2f}, {t['hi']:+.2f}]"
+    return f"{t['tau']:+.2f}{ci}, p {t['p']:.3f}"
+
+
+def _proxy_lines(c: dict) -> list[str]:
+    t = c["tau"] or {}
+    ratio = f"{t['macs_ratio_min']:.3f}-{t['macs_ratio_max']:.3f}" if t else "-"
+    rows = [[r["name"], ratio, fmt(r["s_per_candidate"], "{:.2f}"), _tau_cell(r["scratch"]),
+             fmt(r["scratch_tau_per_s"], "{:.3f}"), _tau_cell(r["finetune"]), fmt(r["finetune_tau_per_s"], "{:.3f}")]
+            for r in c["proxies"]]
+    return _table(["proxy", "MACs ratio", "s/candidate", "τ vs from scratch [95 %], p", "τ/s",
+                   "τ vs fine-tuned [95 %], p", "τ/s"], rows) + [""]
+
+
+def best_proxies(c: dict, alpha: float = 0.05) -> dict:
+    """Per finish, the timed proxy with the most tau per second among those whose tau is above 0
+    with p < ``alpha`` (None when none is)."""
+    out = {}
+    for finish in ("scratch", "finetune"):
+        ok = [r for r in c["proxies"] if r[f"{finish}_tau_per_s"] is not None and r[finish]["tau"] > 0
+              and r[finish]["p"] is not None and r[finish]["p"] < alpha]
+        out[finish] = max(ok, key=lambda r: r[f"{finish}_tau_per_s"])["name"] if ok else None
+    return out
+
+
 def cell_lines(results: dict, model: str, budget: str) -> list[str]:
     c = cell_summary(results, model, budget)
     lines = [f"## {model} at budget {budget}", ""]
@@ -60,6 +88,14 @@ def cell_lines(results: dict, model: str, budget: str) -> list[str]:
         lines += ["Evaluator fidelity over the tau vectors (proxy score against the mean test accuracy of the "
                   f"tau seeds {results['settings']['tau']['seeds']}; bootstrap over the vectors):", ""]
         lines += _tau_lines(c)
+    if any(r["scratch"] or r["finetune"] for r in c["proxies"]):
+        best = best_proxies(c)
+        lines += [f"Proxies over the same vectors against each finish (from scratch: the tau seeds' mean; fine-tuned "
+                  f"from the base, {results['settings']['finetune']['epochs']} epochs: the mean of seeds "
+                  f"{results['settings']['finetune']['seeds']}); τ/s is τ over the mean seconds per candidate. "
+                  f"Most τ/s with τ > 0 at p < 0.05: {best['scratch'] or 'none'} (from scratch), "
+                  f"{best['finetune'] or 'none'} (fine-tuned).", ""]
+        lines += _proxy_lines(c)
     return lines
 
 
@@ -86,7 +122,7 @@ def best_lines(results: dict) -> list[str]:
 def report_v2(results: dict) -> str:
     st, meta, s = results["stages"], results.get("meta", {}), results["settings"]
     env = meta.get("environment", {})
-    lines = [f"# autoprune proof run, config v2{' (smoke settings)' if meta.get('smoke') else ''}", "",
+    lines = [f"# autoprune proof run, config {s['config']}{' (smoke settings)' if meta.get('smoke') else ''}", "",
              f"{env.get('date')}, commit {env.get('git_commit')}, torch {env.get('torch')}, "
              f"{env.get('gpu') or 'no GPU'}, {env.get('cpu')} ({env.get('cpu_cores')} cores), "
              f"device {env.get('device')}. Every setting is in results.json.", ""]
@@ -106,3 +142,27 @@ def report_v2(results: dict) -> str:
         lines += [f"Not yet run: {', '.join(missing)}.", ""]
     return "\n".join(lines)
 
+
+
+def summary_v2(results: dict) -> dict:
+    """What results.json says in brief: the models, seeds and proxies, and per model and budget each
+    method's test accuracy per seed against the reference (uniform-fill) and each proxy's tau
+    against both finishes, with its seconds per candidate."""
+    s = results["settings"]
+    cells = []
+    for model, budgets in s["models"].items():
+        for budget in budgets:
+            c = cell_summary(results, model, budget)
+            cells.append({
+                "model": model, "budget": budget, "unreachable": c["unreachable"],
+                "methods": {r["method"]: {"macs_ratio": r["macs_ratio"], "tests": r["tests"], "mean": r["test_mean"],
+                                          "std": r["test_std"], "vs_reference": r["vs_reference"]}
+                            for r in c["retrained"]},
+                "proxies": {r["name"]: {k: r[k] for k in ("kind", "s_per_candidate", "mean_s", "scratch",
+                                                          "scratch_tau_per_s", "finetune", "finetune_tau_per_s")}
+                            for r in c["proxies"]},
+                "tau_seed_vs_seed": (c["tau"] or {}).get("seeds"),
+                "best_proxy": best_proxies(c) if c["proxies"] else None})
+    return {"config": s["config"], "models": list(s["models"]), "budgets": s["models"], "reference": s["reference"],
+            "seeds": s["seeds"], "tau_seeds": s["tau"]["seeds"], "finetune_seeds": s["finetune"]["seeds"],
+            "proxies": {name: spec["kind"] for name, spec in s["proxies"].items()}, "cells": cells}

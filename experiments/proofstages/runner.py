@@ -115,18 +115,26 @@ class Proof:
         imgs = 3 * c.fine_tune_steps * c.batch_size + c.bn_batches * c.batch_size + len(self.data.val_y)
         return imgs / (2 * self.train_rate()) + (0.5 if self.device.type == "cuda" else 0.2)
 
-    def unit_estimate(self, stage: str) -> float:
-        """Seconds per retrain unit: median of finished ones (any retrain stage), else from the rate."""
+    def unit_estimate(self, stage: str, default: float | None = None) -> float:
+        """Seconds per unit of ``stage``: the median of finished ones of its kind (from-scratch
+        retrains: the retrain and tau stages; a fine-tune: the finetune stages), else ``default``,
+        else from the training rate."""
+        kinds = ("finetune",) if stage.split("/")[0] == "finetune" else ("retrain", "tau")
         done = []
-        for st in _named(self.r.data["partial"], "retrain", "tau"):
+        for st in _named(self.r.data["partial"], *kinds):
             done += [u["seconds"] for u in self.r.data["partial"][st].values() if "seconds" in u]
-        for st in _named(self.r.data["stages"], "retrain", "tau"):
+        for st in _named(self.r.data["stages"], *kinds):
             done += [u["seconds"] for u in (self.r.stage(st).get("units") or {}).values() if "seconds" in u]
-        return statistics.median(done) if done else self.train_estimate(speedup=2.0)
+        if done:
+            return statistics.median(done)
+        return default if default is not None else self.train_estimate(speedup=2.0)
 
     # -- the retrain runner, sequential or a spawn pool --------------------------------------
-    def run_units(self, stage: str, units: list[tuple[str, dict]]) -> dict:
-        """Train every (key, payload) not yet saved; each result is saved as it arrives."""
+    def run_units(self, stage: str, units: list[tuple[str, dict]], fn=None, estimate: float | None = None) -> dict:
+        """Train every (key, payload) not yet saved with ``fn(payload) -> result`` (a module-level
+        function; default: from scratch); each result is saved as it arrives. ``estimate``:
+        seconds per unit until units of the stage's kind have been timed."""
+        fn = fn or _retrain_unit
         todo = [(k, p) for k, p in units if self.r.unit(stage, k) is None]
         workers = max(1, min(self.args.workers, len(todo)))
         start = time.perf_counter()
@@ -134,8 +142,8 @@ class Proof:
             log(f"{stage}: {len(todo)} of {len(units)} units to train, {workers} at a time")
         if workers == 1:
             for key, payload in todo:
-                self.clock.check(self.unit_estimate(stage), f"{stage} unit {key}")
-                res = _retrain_unit({**payload, "data": self.data, "device": str(self.device)})
+                self.clock.check(self.unit_estimate(stage, estimate), f"{stage} unit {key}")
+                res = fn({**payload, "data": self.data, "device": str(self.device)})
                 self.r.save_unit(stage, key, res)
                 log(f"{stage} {key}: test {res['test']:.4f} in {res['seconds']:.1f} s")
         else:
@@ -149,12 +157,13 @@ class Proof:
                         key, payload = queue[0]
                         try:
                             # Concurrent units share the device: each takes about `workers` times longer.
-                            self.clock.check(self.unit_estimate(stage) * (1 + 0.5 * (workers - 1)), f"{stage} unit {key}")
+                            self.clock.check(self.unit_estimate(stage, estimate) * (1 + 0.5 * (workers - 1)),
+                                             f"{stage} unit {key}")
                         except OutOfTime as exc:
                             stopped = exc
                             break
                         queue.pop(0)
-                        pending.append((key, pool.apply_async(_retrain_unit, ({**payload, "device": str(self.device)},))))
+                        pending.append((key, pool.apply_async(fn, ({**payload, "device": str(self.device)},))))
                     if stopped is not None and not pending:
                         break
                     time.sleep(0.2)
@@ -185,10 +194,15 @@ def _pool_init(spec, device, threads):
     _WORKER["data"] = load(spec, device)
 
 
+def worker_data(p: dict):
+    """The data of a unit: handed over in-process, else the pool worker's own load."""
+    return p.get("data") or _WORKER["data"]
+
+
 def _retrain_unit(p: dict) -> dict:
     """Build ``p['arch']`` freshly initialised, train it from scratch, and measure test accuracy."""
 
-    data = p.get("data") or _WORKER["data"]
+    data = worker_data(p)
     device = torch.device(p["device"])
     config = TrainConfig.from_dict(p["config"])
     torch.manual_seed(config.seed)
