@@ -123,6 +123,17 @@ def test_tpe_incremental_proposes_what_a_rebuilt_tpe_proposes(space, lag):
     assert got == rebuilt
 
 
+@pytest.mark.parametrize("lag", [0, 2])
+def test_tpe_repeats_are_dropped_without_a_rebuild(lag):
+    # Three widths per group: TPE often samples vectors that repair onto scored ones. Each is
+    # told its known score for the rest of its ask, then dropped: the proposals stay those of
+    # a rebuilt study, and the incremental study is never rebuilt for it.
+    space = SearchSpace.from_model(create_model("resnet20"), step=0.5, min_ratio=0.25)
+    got, rebuilt, opt = _tpe_run(space, int(0.3 * base_macs(space)), 30, lag)
+    assert got == rebuilt
+    assert opt.dropped > 0 and opt.rebuilds == 0
+
+
 def test_tpe_bounded_history_keeps_the_best_and_the_latest(space):
     max_macs = int(0.3 * base_macs(space))
     _, _, opt = _tpe_run(space, max_macs, 0, 0, history=50)

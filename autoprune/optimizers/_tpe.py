@@ -9,9 +9,11 @@ last ask (rebuilding it from every result at each ask cost seconds per candidate
 thousand). Each ask gets a fresh sampler seeded from the ask's rng, as a rebuilt study would,
 and proposes exactly what a study rebuilt from the same results would: the trials an ask adds
 for itself (candidates in flight elsewhere, its own samples) are closed as failed when it
-returns, which TPE ignores. One case cannot be closed that way, a sample that repaired onto
-an already-scored vector and was told that score as complete: the study is then rebuilt at
-the next ask.
+returns, which TPE ignores. A sample that repaired onto an already-scored vector is told that
+score as complete, so that the ask's next samples move away from it; a rebuilt study would
+not hold it, so it is turned into a failed trial too when the ask returns (a finished trial
+cannot be told again: its stored record is replaced; where the storage does not allow that,
+the study is rebuilt at the next ask instead).
 
 Optuna's sampling itself reads every result in the study at each ask, so a long search keeps
 a bounded history (``history``, default 256): the :data:`BEST` best results, whatever their
@@ -23,6 +25,7 @@ Up to ``history`` results the proposals are exactly those of an unbounded TPE.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import optuna
@@ -55,7 +58,7 @@ class TPEOptimizer(Optimizer):
         self._study: optuna.Study | None = None  # TPE's history (see _kept), then closed extras
         self._added = self._in_study = 0  # results of history looked at; of them, in the study
         self._space_memo = None  # the sampler's intersection search space, carried over between asks
-        self.rebuilds = 0
+        self.rebuilds = self.dropped = 0  # studies rebuilt beyond the bound's; repeats turned into failures
 
     def observe(self, widths, score, role):
         self.history.append((widths, score))
@@ -84,9 +87,16 @@ class TPEOptimizer(Optimizer):
             try:
                 return self._sample(study, rng, taken, pending)
             finally:
-                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    if t.number >= extras:
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
+                    if t.number < extras:
+                        continue
+                    if t.state == TrialState.RUNNING:
                         study.tell(t.number, state=TrialState.FAIL)
+                    elif self._fail_finished(study, t):  # a repeat's known score (see _sample)
+                        self.dropped += 1
+                    else:
+                        self._study, self._space_memo = None, None
+                        self.rebuilds += 1
 
     def _history_study(self, sampler) -> optuna.Study:
         """The in-memory study of every told result, with ``sampler`` as its sampler."""
@@ -124,11 +134,19 @@ class TPEOptimizer(Optimizer):
                 return widths, role
             # A repeat after repair: tell TPE what it already scored there and sample again.
             known = self.seen.get(widths)
-            if known is None:
-                study.tell(trial, state=TrialState.FAIL)
-            else:
-                study.tell(trial, known)
-                # A complete trial stays: the study is rebuilt at the next ask, without it.
-                self._study, self._space_memo = None, None
-                self.rebuilds += 1
+            study.tell(trial, known, state=TrialState.FAIL if known is None else None)
         return self.random_unseen(rng, pending), "random"
+
+    @staticmethod
+    def _fail_finished(study, trial) -> bool:
+        """Turn the finished ``trial`` of the in-memory study into a failed one, which TPE
+        ignores as a rebuilt study would ignore its absence; False where the storage has no
+        way to (then the study must be rebuilt)."""
+        storage = study._storage
+        if not (hasattr(storage, "_set_trial") and hasattr(storage, "_lock")):
+            return False
+        failed = copy.copy(trial)
+        failed.state, failed.values = TrialState.FAIL, None
+        with storage._lock:
+            storage._set_trial(trial._trial_id, failed)
+        return True
