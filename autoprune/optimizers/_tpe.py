@@ -56,6 +56,7 @@ class TPEOptimizer(Optimizer):
         self.history: list[tuple[tuple[int, ...], float | None]] = []
         self._dists = {f"g{j}": FloatDistribution(0.0, 1.0) for j in range(len(space.choices))}
         self._study: optuna.Study | None = None  # TPE's history (see _kept), then closed extras
+        self._memory = None  # the study's storage
         self._added = self._in_study = 0  # results of history looked at; of them, in the study
         self._space_memo = None  # the sampler's intersection search space, carried over between asks
         self.rebuilds = self.dropped = 0  # studies rebuilt beyond the bound's; repeats turned into failures
@@ -92,7 +93,7 @@ class TPEOptimizer(Optimizer):
                         continue
                     if t.state == TrialState.RUNNING:
                         study.tell(t.number, state=TrialState.FAIL)
-                    elif self._fail_finished(study, t):  # a repeat's known score (see _sample)
+                    elif self._fail_finished(study, t.number):  # a repeat's known score (see _sample)
                         self.dropped += 1
                     else:
                         self._study, self._space_memo = None, None
@@ -102,7 +103,9 @@ class TPEOptimizer(Optimizer):
         """The in-memory study of every told result, with ``sampler`` as its sampler."""
         new = self.history[self._added:]
         if self._study is None or (self.window and self._in_study + len(new) > self.window * 3 // 2):
-            self._study, self._space_memo = optuna.create_study(direction="maximize", sampler=sampler), None
+            self._memory = optuna.storages.InMemoryStorage()
+            self._study = optuna.create_study(storage=self._memory, direction="maximize", sampler=sampler)
+            self._space_memo = None
             new, self._in_study = self._kept(), 0
         self._study.sampler = sampler
         if self._space_memo is not None and hasattr(sampler, "_search_space"):
@@ -137,16 +140,18 @@ class TPEOptimizer(Optimizer):
             study.tell(trial, known, state=TrialState.FAIL if known is None else None)
         return self.random_unseen(rng, pending), "random"
 
-    @staticmethod
-    def _fail_finished(study, trial) -> bool:
-        """Turn the finished ``trial`` of the in-memory study into a failed one, which TPE
-        ignores as a rebuilt study would ignore its absence; False where the storage has no
-        way to (then the study must be rebuilt)."""
-        storage = study._storage
+    def _fail_finished(self, study, number: int) -> bool:
+        """Turn the finished trial ``number`` of the in-memory study into a failed one, which
+        TPE ignores as a rebuilt study would ignore its absence; False where the storage has no
+        way to (then the study must be rebuilt). Optuna offers no public way to change a
+        finished trial: this replaces its record through the in-memory storage's own setter."""
+        storage = self._memory
         if not (hasattr(storage, "_set_trial") and hasattr(storage, "_lock")):
             return False
-        failed = copy.copy(trial)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), number)
+        failed = copy.copy(storage.get_trial(trial_id))
         failed.state, failed.values = TrialState.FAIL, None
         with storage._lock:
-            storage._set_trial(trial._trial_id, failed)
+            storage._set_trial(trial_id, failed)
         return True
