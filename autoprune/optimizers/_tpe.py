@@ -132,7 +132,8 @@ class TPEOptimizer(Optimizer):
         role = "startup" if len(self.history) < self.n_startup else "tpe"
         for _ in range(20):
             trial = study.ask(self._dists)
-            widths = self.repair(self.space.decode([trial.params[k] for k in self._dists]), rng)
+            params = trial.params  # a copy at each access
+            widths = self.repair(self.space.decode([params[k] for k in self._dists]), rng)
             if widths not in taken:
                 return widths, role
             # A repeat after repair: tell TPE what it already scored there and sample again.
