@@ -50,7 +50,7 @@ from autoprune.optimizers import Optimizer  # noqa: E402
 # Steps nest (repair runs inside ask, records inside replay and claim): each is timed whole.
 STEPS = [(driver._Loop, "replay", "replay"), (Optimizer, "ask", "ask"), (Optimizer, "repair", "repair"),
          (study.TrialStore, "records", "records"), (study.TrialStore, "claim", "claim"),
-         (study._Heartbeat, "start", "heartbeat start"), (study._Heartbeat, "stop", "heartbeat stop"),
+         (study._Heartbeat, "add", "heartbeat start"), (study._Heartbeat, "discard", "heartbeat stop"),
          (study.TrialStore, "finish", "finish"), (Optimizer, "tell", "tell")]
 
 

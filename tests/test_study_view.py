@@ -8,7 +8,9 @@ in-memory study; each proposal must equal that of a TPE rebuilt from every resul
 
 import numpy as np
 import pytest
+import sqlalchemy
 
+import autoprune.study
 from autoprune.budget import Limits
 from autoprune.cost import base_macs
 from autoprune.evaluator import SyntheticObjective
@@ -93,6 +95,51 @@ def test_claim_counts_equal_a_full_count(tmp_path, space):
     assert more[-1] == FULL and FULL not in more[:-1]
     trial = store.study.get_trials()[claimed[0]]
     assert len(trial.params) == len(space.choices)  # the params written in one insert are Optuna's
+
+
+def _cycle(store, space, rng, cursor):
+    """One candidate's bookkeeping: the driver's read of changes, a claim, a finish."""
+    _, _, cursor = store.changes(cursor)
+    number = store.claim(tuple(space.sample(rng)), "random", macs=1, params=1, space=space)
+    store.finish(number, float(rng.random()), "ok")
+    return cursor
+
+
+def test_sql_bookkeeping_is_a_fixed_number_of_statements(tmp_path, space):
+    store = TrialStore(f"sqlite:///{tmp_path / 'study.db'}", "s", meta={})
+    statements, rows = [], []
+    sqlalchemy.event.listen(store.storage.engine, "before_cursor_execute",
+                            lambda *args: statements.append(args[2].split()[0]))
+    read = store._sql.read
+    store._sql.read = lambda *a: rows.append(len(out := read(*a))) or out
+    rng, cursor = np.random.default_rng(3), 0
+    per_cycle = []
+    for i in range(60):
+        statements.clear(), rows.clear()
+        cursor = _cycle(store, space, rng, cursor)
+        per_cycle.append((len(statements), sum(rows)))
+    # The same statements in the 60th candidate as in the 2nd, each read returning only the
+    # trial that changed since the last one: the bookkeeping does not grow with the study.
+    assert set(per_cycle[1:]) == {per_cycle[1]}
+    assert per_cycle[1][0] <= 16 and per_cycle[1][1] == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_records_are_built_only_for_changed_trials(tmp_path, space, kind, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    store, other = TrialStore(url, "s", meta={}), TrialStore(url, "s", meta={})
+    built = []
+    for name in ("_record", "_record_of"):
+        inner = getattr(autoprune.study, name)
+        monkeypatch.setattr(autoprune.study, name, lambda *a, inner=inner: built.append(1) or inner(*a))
+    rng, cursors = np.random.default_rng(4), [0, 0]
+    for i in range(40):
+        cursors[i % 2] = _cycle((store, other)[i % 2], space, rng, cursors[i % 2])
+    built.clear()
+    new, _, cursors[0] = store.changes(cursors[0])
+    # Only what the other worker finished since this store's last read, and this store's own
+    # last finish: not the 40 trials of the study.
+    assert len(new) == 2 and len(built) <= 2 * (1 + (kind == "journal"))
 
 
 def _tpe_run(space, max_macs, steps, lag, **options):
