@@ -114,7 +114,7 @@ def test_sql_bookkeeping_is_a_fixed_number_of_statements(tmp_path, space):
     store._sql.read = lambda *a: rows.append(len(out := read(*a))) or out
     rng, cursor = np.random.default_rng(3), 0
     per_cycle = []
-    for i in range(60):
+    for _ in range(60):
         statements.clear(), rows.clear()
         cursor = _cycle(store, space, rng, cursor)
         per_cycle.append((len(statements), sum(rows)))
