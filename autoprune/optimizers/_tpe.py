@@ -15,12 +15,17 @@ not hold it, so it is turned into a failed trial too when the ask returns (a fin
 cannot be told again: its stored record is replaced; where the storage does not allow that,
 the study is rebuilt at the next ask instead).
 
-Optuna's sampling itself reads every result in the study at each ask, so a long search keeps
-a bounded history (``history``, default 256): the :data:`BEST` best results, whatever their
-age, and the most recent others, told in order. TPE's "good" model is built from the best
-min(10 %, 25) results, so it is unchanged; only the oldest of the rest, which TPE already
-weighs least, are dropped. The study is rebuilt so whenever it has grown by half the bound.
-Up to ``history`` results the proposals are exactly those of an unbounded TPE.
+Optuna's sampling itself reads every result in the study at each sample, so a long search
+keeps a bounded history (``history``, default 64): the :data:`BEST` best results, whatever
+their age, and the most recent others, told in order. The study is rebuilt so whenever it
+has grown by half the bound. Up to ``history`` results the proposals are exactly those of an
+unbounded TPE. Beyond, TPE's "good" model is the best tenth of the kept results (the best 7
+to 10 of 64 to 96 kept) rather than of every result (at most 25): it exploits the best region
+a little more. The cost decides the default: a converged TPE samples several times per ask
+(samples that repair onto scored vectors), each sample reads the whole kept history, and
+with 256 kept an ask took 65 to 125 ms of CPU after 600 results against 20 to 25 ms with 64;
+on the synthetic objective (resnet56 at 40 %, seeds 0 to 2) both found the same best at 400
+and 600 candidates, 64 as good or better at 200. ``history=256`` (or None) keeps more.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class TPEOptimizer(Optimizer):
     summary = "Optuna's TPE over the encoded widths"
 
     def __init__(self, space, limits, *, seed=0, n_startup: int = 10, multivariate: bool = True,
-                 history: int | None = 256):
+                 history: int | None = 64):
         super().__init__(space, limits, seed=seed)
         if history is not None and (isinstance(history, bool) or int(history) < 2 * BEST):
             raise ValueError(f"history must be at least {2 * BEST} results (or None), got {history!r}")
