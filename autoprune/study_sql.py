@@ -5,8 +5,8 @@ three system attributes, each with a query and an insert, then the params and a 
 trial number), a finish two transactions, and every read of what changed went through the ORM
 with every new trial's params. Here a claim, a finish, a heartbeat and a read of what changed
 are each one transaction of a few statements on the same tables, written as Optuna writes them:
-the trial's number is the count of the study's earlier trials, taken in the transaction that
-creates it after locking the study's row (as Optuna does); datetimes are naive UTC; a value
+the trial's number follows the study's latest trial's, taken in the statement that creates
+it after locking the study's row (as Optuna does); datetimes are naive UTC; a value
 carries its type. Optuna, its cached storage and optuna-dashboard read these trials as their
 own. The claim's key is in the transaction that creates the trial, and a close changes only a
 trial that is still running, so two workers never both close one trial.
@@ -49,9 +49,8 @@ class SQLTrials:
             # are serial anyway): the count below then numbers trials in creation order.
             conn.execute(sa.select(self.studies.c.study_id).where(self.studies.c.study_id == self.study_id)
                          .with_for_update())
-            count = sa.select(sa.func.count(t.c.trial_id)).where(t.c.study_id == self.study_id).scalar_subquery()
-            insert = sa.insert(t).values(number=count, study_id=self.study_id, state=TrialState.RUNNING,
-                                         datetime_start=_utcnow())
+            insert = sa.insert(t).values(number=self._next_number(), study_id=self.study_id,
+                                         state=TrialState.RUNNING, datetime_start=_utcnow())
             if self.engine.dialect.insert_returning:
                 trial_id, number = conn.execute(insert.returning(t.c.trial_id, t.c.number)).one()
             else:
@@ -65,6 +64,14 @@ class SQLTrials:
                     {"trial_id": trial_id, "param_name": k, "param_value": float(dists[k].to_internal_repr(v)),
                      "distribution_json": distribution_to_json(dists[k])} for k, v in params.items()])
         return trial_id, number
+
+    def _next_number(self):
+        """The new trial's number, evaluated inside its insert: the study's latest trial's number
+        plus one (an index lookup; Optuna numbers a study's trials 0, 1, 2...), else the count
+        of the study's trials (an empty study, or a latest trial not yet numbered)."""
+        t, mine = self.trials, self.trials.c.study_id == self.study_id
+        latest = sa.select(t.c.number + 1).where(mine).order_by(t.c.trial_id.desc()).limit(1).scalar_subquery()
+        return sa.func.coalesce(latest, sa.select(sa.func.count(t.c.trial_id)).where(mine).scalar_subquery())
 
     def close(self, trial_id: int, state: TrialState, value: float | None, result: dict) -> bool:
         """Finish a running trial with its ``result`` attribute (and value, when complete) in

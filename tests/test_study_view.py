@@ -122,6 +122,8 @@ def test_sql_bookkeeping_is_a_fixed_number_of_statements(tmp_path, space):
     # trial that changed since the last one: the bookkeeping does not grow with the study.
     assert set(per_cycle[1:]) == {per_cycle[1]}
     assert per_cycle[1][0] <= 16 and per_cycle[1][1] == 1
+    trials = store.study.get_trials()
+    assert [t.number for t in trials] == list(range(60)), "numbered as Optuna numbers them"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
