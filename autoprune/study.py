@@ -5,18 +5,21 @@ A trial's user attributes hold the candidate (``widths``, ``key``), its cost (``
 ``reason``, ``seconds``}. The trial value is the score (maximised).
 
 Claiming. Before a worker scores a candidate it creates a RUNNING trial that carries the
-candidate's key *in the same storage write* (``create_new_trial`` with a template), then
-reads the trials back: if an earlier-created trial (smaller trial id) holds the same key and
-is running or finished, the claim is lost and closed as a duplicate. Because every storage
+candidate's key *in the same storage write* (one transaction on an RDB storage, see
+:mod:`autoprune.study_sql`; ``create_new_trial`` with a template on others). Where no
+:class:`ClaimLock` orders the claims, it then reads the trials back: if an earlier-created
+trial (smaller trial id) holds the same key and is running or finished, the claim is lost and
+closed as a duplicate. Because every storage
 orders trial creation (SQLite serialises writes; a journal file is an append-only log), of
 two workers that claim one key at once exactly the first-created wins — the later one
 always sees it, and the earlier one may not see the later one but wins anyway.
 
 Reading. A finished trial never changes again, so a store keeps the records of finished
-trials and rereads only the trials that were new or running at its last read (through the
-study, whose storage itself fetches only those); the driver asks for what finished since its
-last look (:meth:`TrialStore.changes`) and a claim counts from the same view. A candidate's
-bookkeeping therefore costs about the same in the ten-thousandth trial as in the first.
+trials and rereads only the trials that were new or running at its last read (in SQL on an
+RDB storage; on others through the study, whose storage itself fetches only those); the
+driver asks for what finished since its last look (:meth:`TrialStore.changes`) and a claim
+counts from the same view. A candidate's bookkeeping therefore costs about the same in the
+ten-thousandth trial as in the first.
 
 Storage: an Optuna RDB URL (``sqlite:///out/study.db``, the default, or a server database)
 or a journal file (``journal:PATH``, or a path ending in ``.log`` / ``.journal``) for

@@ -6,6 +6,8 @@ interrupted, lost and running claims two workers leave. TPE adds only new result
 in-memory study; each proposal must equal that of a TPE rebuilt from every result.
 """
 
+import time
+
 import numpy as np
 import pytest
 import sqlalchemy
@@ -142,6 +144,22 @@ def test_records_are_built_only_for_changed_trials(tmp_path, space, kind, monkey
     # Only what the other worker finished since this store's last read, and this store's own
     # last finish: not the 40 trials of the study.
     assert len(new) == 2 and len(built) <= 2 * (1 + (kind == "journal"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_live_claim_keeps_its_heartbeat_and_is_not_reclaimed(tmp_path, space, kind):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    store = TrialStore(url, "s", meta={}, heartbeat_timeout=0.4)
+    number = store.claim(tuple(space.sample(np.random.default_rng(5))), "random", macs=1, params=1, space=space)
+    first = store.study.get_trials()[number].system_attrs["autoprune:heartbeat"]
+    time.sleep(1.0)  # several heartbeat intervals (0.1 s), two and a half timeouts
+    other = TrialStore(url, "s", meta={}, heartbeat_timeout=0.4)
+    other.worker = "another-host:1"  # judges the claim by its heartbeat alone
+    other.release_abandoned()
+    trial = store.study.get_trials()[number]
+    assert trial.system_attrs["autoprune:heartbeat"] > first and not other.reclaimed
+    store.finish(number, 0.5, "ok")
+    assert store.study.get_trials()[number].state.is_finished()
 
 
 def _tpe_run(space, max_macs, steps, lag, **options):
