@@ -35,7 +35,6 @@ from autoprune.study import (
     STATUS_FAILED,
     STATUS_INTERRUPTED,
     STATUS_OK,
-    STATUS_RUNNING,
     Record,
     TrialStore,
     widths_key,
@@ -235,12 +234,13 @@ def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalRe
     """
     space, limits = optimizer.space, optimizer.limits
     budget = limits.latency_budget or Budget(limits.max_ms, "ms", f"{limits.max_ms}ms")
-    earlier = [limits.predicted_ms(space, r.widths) for r in store.records()
+    known = _Known(store).update()
+    earlier = [limits.predicted_ms(space, r.widths) for r in known.finished
                if r.role == HOLD_ROLE and r.status == STATUS_OK]
     if earlier:
         limits = limits.tightened(min(earlier))
     loop = _Loop(optimizer, store, optimizer.seed, Context(), None, WAIT_S)
-    held = Held(_allowed_best(store.records(), space, limits) or best_record(store.records()), [], limits=limits)
+    held = Held(_allowed_best(known.finished, space, limits) or best_record(known.finished), [], limits=limits)
     while True:
         step = _measure_held(limits, space, model, budget, held.best.widths, rounds)
         held.steps.append(step)
@@ -253,8 +253,8 @@ def hold_latency(optimizer: Optimizer, score: Callable[[tuple[int, ...]], EvalRe
         except BudgetError:  # not even the smallest network is predicted under the tighter limit
             return held
         held.limits = limits
-        held.scored += _score_hold(loop, widths, score)
-        best = _allowed_best(store.records(), space, limits)
+        held.scored += _score_hold(loop, widths, score, known)
+        best = _allowed_best(known.update().finished, space, limits)
         if best is None:  # the hold's candidate failed and no other one meets the tighter limit
             return held
         held.best = best
@@ -266,19 +266,35 @@ def _allowed_best(records: list[Record], space, limits: Limits) -> Record | None
     return best_record(ok) if ok else None
 
 
-def _score_hold(loop: _Loop, widths, score) -> int:
+def _score_hold(loop: _Loop, widths, score, known: "_Known") -> int:
     """Score the hold's candidate unless the study has it; where another worker is scoring it,
     wait for its result. How many candidates this process scored (0 or 1)."""
     key = widths_key(widths)
-    if any(r.finished and r.key == key for r in loop.store.records()):
+    if key in known.update().keys:
         return 0
     if loop.score(widths, HOLD_ROLE, score, trials=None) is not None:
         return 1
-    while True:
-        running = {r.key: r for r in loop.store.records() if r.status == STATUS_RUNNING}
-        if key not in running:
-            return 0
-        loop.wait_for(running)
+    while key in known.update().running:
+        loop.wait_for(known.running)
+    return 0
+
+
+class _Known:
+    """The study's finished records and running claims, kept up to date from what changed
+    since the last look (:meth:`TrialStore.changes`), not from every record."""
+
+    def __init__(self, store: TrialStore):
+        self.store, self.cursor = store, 0
+        self.finished: list[Record] = []
+        self.keys: set[str] = set()
+        self.running: dict[str, Record] = {}
+
+    def update(self) -> "_Known":
+        new, running, self.cursor = self.store.changes(self.cursor)
+        self.finished += [r for r in new if r.finished]
+        self.keys.update(r.key for r in new if r.finished)
+        self.running = {r.key: r for r in running}
+        return self
 
 
 def _measure_held(limits: Limits, space, model: nn.Module, budget: Budget, widths, rounds: int) -> dict:

@@ -5,18 +5,21 @@ A trial's user attributes hold the candidate (``widths``, ``key``), its cost (``
 ``reason``, ``seconds``}. The trial value is the score (maximised).
 
 Claiming. Before a worker scores a candidate it creates a RUNNING trial that carries the
-candidate's key *in the same storage write* (``create_new_trial`` with a template), then
-reads the trials back: if an earlier-created trial (smaller trial id) holds the same key and
-is running or finished, the claim is lost and closed as a duplicate. Because every storage
+candidate's key *in the same storage write* (one transaction on an RDB storage, see
+:mod:`autoprune.study_sql`; ``create_new_trial`` with a template on others). Where no
+:class:`ClaimLock` orders the claims, it then reads the trials back: if an earlier-created
+trial (smaller trial id) holds the same key and is running or finished, the claim is lost and
+closed as a duplicate. Because every storage
 orders trial creation (SQLite serialises writes; a journal file is an append-only log), of
 two workers that claim one key at once exactly the first-created wins — the later one
 always sees it, and the earlier one may not see the later one but wins anyway.
 
 Reading. A finished trial never changes again, so a store keeps the records of finished
-trials and rereads only the trials that were new or running at its last read (through the
-study, whose storage itself fetches only those); the driver asks for what finished since its
-last look (:meth:`TrialStore.changes`) and a claim counts from the same view. A candidate's
-bookkeeping therefore costs about the same in the ten-thousandth trial as in the first.
+trials and rereads only the trials that were new or running at its last read (in SQL on an
+RDB storage; on others through the study, whose storage itself fetches only those); the
+driver asks for what finished since its last look (:meth:`TrialStore.changes`) and a claim
+counts from the same view. A candidate's bookkeeping therefore costs about the same in the
+ten-thousandth trial as in the first.
 
 Storage: an Optuna RDB URL (``sqlite:///out/study.db``, the default, or a server database)
 or a journal file (``journal:PATH``, or a path ending in ``.log`` / ``.journal``) for
@@ -42,13 +45,13 @@ import optuna
 import sqlalchemy
 import sqlalchemy.event
 import sqlalchemy.pool
-from optuna.distributions import IntDistribution, distribution_to_json
+from optuna.distributions import IntDistribution
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models as _rdb_models
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import SearchError, one_line
+from autoprune.study_sql import SQLTrials
 
 STATUS_OK, STATUS_FAILED, STATUS_RUNNING = "ok", "failed", "running"
 STATUS_DUPLICATE, STATUS_INTERRUPTED = "duplicate", "interrupted"
@@ -202,11 +205,8 @@ class TrialStore:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.reclaimed: list[int] = []  # claims of dead workers this process failed and re-queued
-        self._beats: dict[int, _Heartbeat] = {}
         self._view = _View()
         self._ids: dict[int, int] = {}  # storage trial id of each claim of this process, by number
-        # Optuna's table of trial params, which claims write in one statement (RDB storages only).
-        self._params_table = _rdb_models.TrialParamModel.__table__ if isinstance(storage, RDBStorage) else None
         try:
             self.study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                              load_if_exists=True)
@@ -214,6 +214,9 @@ class TrialStore:
             raise SearchError(f"cannot open study '{study_name}': {one_line(exc)[:200]}") from None
         self.study_id = storage.get_study_id_from_name(study_name)
         self.name = study_name
+        # RDB storages: each step of a claim's life in one transaction (see autoprune.study_sql).
+        self._sql = SQLTrials(storage, self.study_id) if isinstance(storage, RDBStorage) else None
+        self._beat = _Heartbeat(self._sql.beat if self._sql is not None else self._stamp, self.heartbeat_timeout / 4)
         self._check_meta(meta)
         self._close_abandoned()
 
@@ -256,8 +259,9 @@ class TrialStore:
             else:
                 continue
             try:
-                self._close(t.number, TrialState.PRUNED, None, STATUS_INTERRUPTED, reason)
-            except Exception:  # noqa: BLE001 — another worker closed it first (or its owner finished)
+                if not self._close(t.number, TrialState.PRUNED, None, STATUS_INTERRUPTED, reason):
+                    continue  # another worker closed it first (or its owner finished)
+            except Exception:  # noqa: BLE001 — the same, seen as a storage error
                 continue
             self.reclaimed.append(t.number)
 
@@ -289,28 +293,13 @@ class TrialStore:
         return view.log[cursor:], sorted(view.running.values(), key=lambda r: r.trial_id), len(view.log)
 
     def _sync(self) -> None:
-        """Bring the view up to date. Through the study, whose storage caches finished trials
-        and reads only newer or unfinished ones; of its list (by number) only the trials not
-        finished at the last read are looked at."""
-        trials = self.study.get_trials(deepcopy=False)
-        if trials and trials[-1].number != len(trials) - 1:  # numbers are 0..n-1; guard anyway
-            trials = {t.number: t for t in trials}
-            top = max(trials) + 1
+        """Bring the view up to date, reading only the trials that are new or were running at
+        the last read: through SQL on an RDB storage, else through the study, whose storage
+        caches finished trials and reads only newer or unfinished ones."""
+        if self._sql is not None:
+            self._view.update_rows(self._sql.read(self._view.after, self._view.open_ids()))
         else:
-            top = len(trials)
-        view = self._view
-        for n in sorted(view.open) + list(range(view.seen, top)):
-            t = trials[n] if n < top and (isinstance(trials, list) or n in trials) else None
-            if t is None:
-                continue
-            record = _record(t)
-            if t.state.is_finished():
-                view.finish(n, record)
-            else:
-                view.open.add(n)
-                if record is not None:
-                    view.running[n] = record
-        view.seen = max(view.seen, top)
+            self._view.update_trials(self.study.get_trials(deepcopy=False))
 
     # -- writing ---------------------------------------------------------------------------
     def claim(self, widths, role: str, *, macs: int, params: int, retry: frozenset = frozenset(),
@@ -334,45 +323,29 @@ class TrialStore:
                 if self._view.holds(key, retry):
                     return None
             names, dists = trial_params(space, widths) if space is not None else ({}, {})
-            later = bool(names) and self._params_table is not None  # written after the lock, in one statement
-            trial_id = self.storage.create_new_trial(self.study_id, template_trial=self._template(
-                widths, key, role, macs, params, ({}, {}) if later else (names, dists)))
-            number = self.storage.get_trial_number_from_id(trial_id)
+            user = {"widths": [int(w) for w in widths], "key": key, "role": role, "macs": int(macs),
+                    "params": int(params)}
+            system = {"autoprune:key": key, "autoprune:worker": self.worker, "autoprune:heartbeat": time.time()}
+            if self._sql is not None:
+                trial_id, number = self._sql.create(user, system, names, dists)
+            else:
+                trial_id = self.storage.create_new_trial(self.study_id, template_trial=FrozenTrial(
+                    number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(),
+                    datetime_complete=None, params=names, distributions=dists, user_attrs=user,
+                    system_attrs=system, intermediate_values={}, trial_id=-1))
+                number = self.storage.get_trial_number_from_id(trial_id)
         self._ids[number] = trial_id
-        if later:
-            self._write_params(trial_id, names, dists)
         if self.lock.kind is None and self._lost(number, key, retry):
             return None
-        beat = self._beats[number] = _Heartbeat(self.storage, trial_id, self.heartbeat_timeout / 4)
-        beat.start()
+        self._beat.add(trial_id)
         return number
 
-    def _write_params(self, trial_id: int, names: dict, dists: dict) -> None:
-        """The claim's Optuna params in one insert: through the storage, Optuna checks each one
-        against the study's earlier distributions in queries of its own (most of a claim's
-        time). Our distributions are the same for every trial of a study (its space is in
-        ``meta``). Falls back to one storage call per parameter if the table is not Optuna's."""
-        rows = [{"trial_id": trial_id, "param_name": k, "param_value": float(dists[k].to_internal_repr(v)),
-                 "distribution_json": distribution_to_json(dists[k])} for k, v in names.items()]
-        try:
-            with self.storage.engine.begin() as conn:
-                conn.execute(sqlalchemy.insert(self._params_table), rows)
-            return
-        except Exception:  # noqa: BLE001 — another Optuna schema: its own, slower, path from now on
-            self._params_table = None
-        for row in rows:  # the failed insert wrote nothing (one transaction)
-            self.storage.set_trial_param(trial_id, row["param_name"], row["param_value"], dists[row["param_name"]])
-
-    def _template(self, widths, key, role, macs, params, optuna_params) -> FrozenTrial:
-        now = datetime.datetime.now()
-        names, dists = optuna_params
-        return FrozenTrial(
-            number=-1, state=TrialState.RUNNING, value=None, datetime_start=now, datetime_complete=None,
-            params=names, distributions=dists,
-            user_attrs={"widths": [int(w) for w in widths], "key": key, "role": role, "macs": int(macs),
-                        "params": int(params)},
-            system_attrs={"autoprune:key": key, "autoprune:worker": self.worker, "autoprune:heartbeat": time.time()},
-            intermediate_values={}, trial_id=-1)
+    def _stamp(self, trial_ids, stamp: float) -> None:
+        for trial_id in trial_ids:  # through the storage: one write each
+            try:
+                self.storage.set_trial_system_attr(trial_id, "autoprune:heartbeat", stamp)
+            except Exception:  # noqa: BLE001 — finished meanwhile
+                continue
 
     def _lost(self, number: int, key: str, retry) -> bool:
         """Without a lock: did an earlier-created trial claim ``key``? (then close ours)."""
@@ -389,33 +362,33 @@ class TrialStore:
 
     def finish(self, trial_id: int, score: float | None, status: str, reason: str = "", seconds: float = 0.0) -> None:
         """Record the outcome of claim ``trial_id`` (an interrupted one is pruned, not failed)."""
-        beat = self._beats.pop(trial_id, None)
-        if beat is not None:
-            beat.stop()
+        self._beat.discard(self._ids.get(trial_id))
         state = {STATUS_OK: TrialState.COMPLETE, STATUS_INTERRUPTED: TrialState.PRUNED}.get(status, TrialState.FAIL)
-        try:
-            self._close(trial_id, state, score, status, reason, seconds)
-        except Exception:  # noqa: BLE001
-            if not self._trial_finished(trial_id):
-                raise
+        if not self._close(trial_id, state, score, status, reason, seconds):
             # Another worker re-queued this claim (our heartbeat was late): the candidate will
             # be scored again there, and this result is dropped rather than written twice.
             warnings.warn(f"trial {trial_id} was re-queued by another worker before it finished here", stacklevel=2)
-
-    def _trial_finished(self, number: int) -> bool:
-        return self.storage.get_trial(self._id_of(number)).state.is_finished()
 
     def _id_of(self, number: int) -> int:
         if number in self._ids:
             return self._ids[number]
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
-    def _close(self, number: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> None:
+    def _close(self, number: int, state: TrialState, score, status: str, reason: str, seconds: float = 0.0) -> bool:
+        """Finish trial ``number``; False when it was already finished (by another worker)."""
         trial_id = self._id_of(number)
         # One attribute for the whole outcome: each storage write is a transaction.
         result = {"score": score, "status": status, "reason": reason[:500], "seconds": round(float(seconds), 4)}
-        self.storage.set_trial_user_attr(trial_id, "result", result)
-        self.storage.set_trial_state_values(trial_id, state, [float(score)] if state == TrialState.COMPLETE else None)
+        if self._sql is not None:
+            return self._sql.close(trial_id, state, score, result)
+        try:
+            self.storage.set_trial_user_attr(trial_id, "result", result)
+            self.storage.set_trial_state_values(trial_id, state, [float(score)] if state == TrialState.COMPLETE else None)
+        except Exception:  # noqa: BLE001
+            if not self.storage.get_trial(trial_id).state.is_finished():
+                raise
+            return False
+        return True
 
 
 FULL = -1  # claim(): the study already holds the asked-for number of candidates
@@ -423,17 +396,19 @@ FULL = -1  # claim(): the study already holds the asked-for number of candidates
 
 def _record(t: FrozenTrial) -> Record | None:
     """The record of trial ``t``; None for a trial that is no candidate or a lost claim."""
-    ua = t.user_attrs
+    return _record_of(t.number, t.state, t.user_attrs, t.system_attrs.get("autoprune:worker", ""))
+
+
+def _record_of(number: int, state: TrialState, ua: dict, worker: str) -> Record | None:
     if "widths" not in ua:
         return None
     res = ua.get("result") or {}
-    status = STATUS_RUNNING if t.state == TrialState.RUNNING else res.get("status", STATUS_FAILED)
+    status = STATUS_RUNNING if state == TrialState.RUNNING else res.get("status", STATUS_FAILED)
     if status == STATUS_DUPLICATE:
         return None
-    return Record(trial_id=t.number, number=t.number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
+    return Record(trial_id=number, number=number, widths=tuple(ua["widths"]), role=ua.get("role", ""),
                   status=status, score=res.get("score"), macs=ua.get("macs", 0), params=ua.get("params", 0),
-                  seconds=res.get("seconds", 0.0), reason=res.get("reason", ""),
-                  worker=t.system_attrs.get("autoprune:worker", ""))
+                  seconds=res.get("seconds", 0.0), reason=res.get("reason", ""), worker=worker)
 
 
 class _View:
@@ -441,22 +416,53 @@ class _View:
 
     ``done``: every finished trial's record by number (None: no candidate); ``log``: the
     candidate records in the order they were seen finished; ``open``: numbers seen
-    unfinished; ``running``: their records; ``seen``: trials 0..seen-1 were read at least
-    once. ``keys`` and ``n_counted`` (scored candidates that count toward the trials) answer
-    the claim's questions without a pass over the study.
+    unfinished, with their storage trial ids; ``running``: their records; ``seen``: trials
+    0..seen-1 were read at least once; ``after``: the largest storage trial id read. ``keys``
+    and ``n_counted`` (scored candidates that count toward the trials) answer the claim's
+    questions without a pass over the study.
     """
 
     def __init__(self):
         self.done: dict[int, Record | None] = {}
         self.log: list[Record] = []
-        self.open: set[int] = set()
+        self.open: dict[int, int | None] = {}
         self.running: dict[int, Record] = {}
-        self.seen = 0
+        self.seen, self.after = 0, -1
         self.keys: dict[str, list[int]] = {}
         self.n_counted = 0
 
+    def open_ids(self) -> list[int]:
+        return list(self.open.values())
+
+    def update_trials(self, trials: list[FrozenTrial]) -> None:
+        """From the study's every trial (by number): only the new and the unfinished are read."""
+        if trials and trials[-1].number != len(trials) - 1:  # numbers are 0..n-1; guard anyway
+            trials = {t.number: t for t in trials}
+            top = max(trials) + 1
+        else:
+            top = len(trials)
+        for n in sorted(self.open) + list(range(self.seen, top)):
+            t = trials[n] if n < top and (isinstance(trials, list) or n in trials) else None
+            if t is not None:
+                self.update(n, None, t.state, _record(t))  # ids are the SQL reads' only
+        self.seen = max(self.seen, top)
+
+    def update_rows(self, rows) -> None:
+        """From :meth:`SQLTrials.read` rows: the new and the unfinished trials, in creation order."""
+        for trial_id, n, state, user_attrs, worker in rows:
+            self.update(n, trial_id, state, _record_of(n, state, user_attrs, worker))
+            self.after = max(self.after, trial_id)
+
+    def update(self, n: int, trial_id: int | None, state: TrialState, record: Record | None) -> None:
+        if state.is_finished():
+            self.finish(n, record)
+        else:
+            self.open[n] = trial_id
+            if record is not None:
+                self.running[n] = record
+
     def finish(self, n: int, record: Record | None) -> None:
-        self.open.discard(n)
+        self.open.pop(n, None)
         self.running.pop(n, None)
         self.done[n] = record
         if record is None:
@@ -501,14 +507,15 @@ class ClaimLock:
     """
 
     def __init__(self, url: str | None, study_name: str):
-        self.kind, self.path, self.engine = None, None, None
+        self.kind, self.path, self.engine, self.conn = None, None, None, None
         self.key = int.from_bytes(hashlib.sha1(study_name.encode()).digest()[:8], "big", signed=True)
         file = storage_path(url) if url is not None else None
         if file is not None:
             self.kind, self.path = "file", file.with_name(file.name + ".claim-lock")
         elif url is not None and url.startswith(("postgresql", "postgres:")):
             self.kind = "postgresql"
-            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                                   isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
     def held(self):
@@ -520,36 +527,73 @@ class ClaimLock:
                 finally:
                     fcntl.flock(f, fcntl.LOCK_UN)
         elif self.kind == "postgresql":
-            with self.engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            conn = self._locked()
+            try:
+                yield
+            finally:
                 try:
-                    yield
-                finally:
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                except sqlalchemy.exc.DBAPIError:  # the session is gone, and its lock with it
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    self.conn = None
         else:
             yield
 
+    def _locked(self):
+        """The lock's connection, kept open between claims (a new one per claim was a server
+        process start each time), with the lock taken; reconnects once if it was lost."""
+        for attempt in (0, 1):
+            try:
+                if self.conn is None:
+                    self.conn = self.engine.connect()
+                self.conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+                return self.conn
+            except sqlalchemy.exc.DBAPIError:
+                if attempt or self.conn is None:
+                    raise
+                with contextlib.suppress(Exception):
+                    self.conn.close()
+                self.conn = None
+
 
 class _Heartbeat:
-    """A thread that stamps ``autoprune:heartbeat`` on a running claim every ``interval`` s."""
+    """One thread per store that stamps ``autoprune:heartbeat`` on every running claim of this
+    process every ``interval`` s, through ``beat(trial_ids, stamp)``.
 
-    def __init__(self, storage, trial_id: int, interval: float):
-        self.storage, self.trial_id, self.interval = storage, trial_id, max(0.05, interval)
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"autoprune-heartbeat-{trial_id}")
+    A claim is stamped when it is created; the thread stamps it again within ``interval``. It
+    runs while the process holds claims and ends at a wake-up that finds none, so a search
+    starts it about once instead of a thread per candidate.
+    """
 
-    def start(self) -> None:
-        self.thread.start()
+    def __init__(self, beat, interval: float):
+        self.beat, self.interval = beat, max(0.05, interval)
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
 
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
+    def add(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.add(trial_id)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, daemon=True, name="autoprune-heartbeat")
+                self.thread.start()
+
+    def discard(self, trial_id: int | None) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
 
     def _run(self) -> None:
-        while not self.done.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
+            with self.lock:
+                ids = sorted(self.ids)
+                if not ids:
+                    self.thread = None
+                    return
             try:
-                self.storage.set_trial_system_attr(self.trial_id, "autoprune:heartbeat", time.time())
-            except Exception:  # noqa: BLE001 — finished meanwhile, or a transient storage error: try again
+                self.beat(ids, time.time())
+            except Exception:  # noqa: BLE001 — a transient storage error: try again at the next beat
                 continue
 
 

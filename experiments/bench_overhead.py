@@ -50,17 +50,17 @@ from autoprune.optimizers import Optimizer  # noqa: E402
 # Steps nest (repair runs inside ask, records inside replay and claim): each is timed whole.
 STEPS = [(driver._Loop, "replay", "replay"), (Optimizer, "ask", "ask"), (Optimizer, "repair", "repair"),
          (study.TrialStore, "records", "records"), (study.TrialStore, "claim", "claim"),
-         (study._Heartbeat, "start", "heartbeat start"), (study._Heartbeat, "stop", "heartbeat stop"),
+         (study._Heartbeat, "add", "heartbeat start"), (study._Heartbeat, "discard", "heartbeat stop"),
          (study.TrialStore, "finish", "finish"), (Optimizer, "tell", "tell")]
 
 
 class Profile:
-    """Wall time of each step, stamped with the candidate being prepared when it ran."""
+    """Wall and CPU time of each step, stamped with the candidate being prepared when it ran."""
 
     def __init__(self):
         self.starts: list[float] = []  # perf_counter at each scoring start
         self.cpu: list[float] = []  # this process's CPU time at each scoring start
-        self.calls: list[tuple[str, int, float]] = []  # (step, candidate index, seconds)
+        self.calls: list[tuple[str, int, float, float]] = []  # (step, candidate index, wall s, CPU s)
         self.saved = []
 
     def install(self) -> None:
@@ -85,22 +85,25 @@ class Profile:
     def _timed(self, fn, name):
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.calls.append((name, len(self.starts), time.perf_counter() - t))
+                self.calls.append((name, len(self.starts), time.perf_counter() - t, time.process_time() - c))
         return timed
 
     def window(self, lo: int, hi: int) -> dict:
-        """ms per candidate between scoring starts lo..hi, and each step's ms per candidate there."""
+        """ms per candidate between scoring starts lo..hi, and each step's wall and CPU ms per
+        candidate there."""
         n = hi - lo
-        steps = collections.defaultdict(float)
-        for name, i, s in self.calls:
+        steps, cpu = collections.defaultdict(float), collections.defaultdict(float)
+        for name, i, s, c in self.calls:
             if lo < i <= hi:  # calls made while preparing candidates lo+1 .. hi
                 steps[name] += s
+                cpu[name] += c
         return {"ms": 1e3 * (self.starts[hi] - self.starts[lo]) / n, "cpu_ms": 1e3 * (self.cpu[hi] - self.cpu[lo]) / n,
-                "steps": {k: round(1e3 * v / n, 2) for k, v in steps.items()}}
+                "steps": {k: round(1e3 * v / n, 2) for k, v in steps.items()},
+                "cpu_steps": {k: round(1e3 * v / n, 2) for k, v in cpu.items()}}
 
 
 def one_process(method: str, storage: str, trials: int, out: Path, model: str, budget: float) -> dict:
@@ -124,7 +127,8 @@ def one_process(method: str, storage: str, trials: int, out: Path, model: str, b
             "first_ms": round(first["ms"], 1), "last_ms": round(last["ms"], 1),
             "growth": round(last["ms"] / first["ms"], 2), "best": result.score,
             "first_cpu_ms": round(first["cpu_ms"], 1), "last_cpu_ms": round(last["cpu_ms"], 1),
-            "first_steps": first["steps"], "last_steps": last["steps"]}
+            "first_steps": first["steps"], "last_steps": last["steps"],
+            "first_cpu_steps": first["cpu_steps"], "last_cpu_steps": last["cpu_steps"]}
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------

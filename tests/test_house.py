@@ -33,7 +33,8 @@ FLOORS = [
     ("autoprune.surgery", "autoprune.stripe", "autoprune.arch", "autoprune.profile"),
     ("autoprune.data", "autoprune.toolkit", "autoprune.train", "autoprune.checkpoint", "autoprune.dataspec",
      "autoprune.export", "autoprune.task"),
-    ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study", "autoprune.driver", "autoprune.report"),
+    ("autoprune.optimizers", "autoprune.evaluator", "autoprune.study_sql", "autoprune.study", "autoprune.driver",
+     "autoprune.report"),
     ("autoprune.api", "autoprune.finish"),
     ("autoprune.commands", "autoprune.cli"),
 ]

@@ -6,9 +6,13 @@ interrupted, lost and running claims two workers leave. TPE adds only new result
 in-memory study; each proposal must equal that of a TPE rebuilt from every result.
 """
 
+import time
+
 import numpy as np
 import pytest
+import sqlalchemy
 
+import autoprune.study
 from autoprune.budget import Limits
 from autoprune.cost import base_macs
 from autoprune.evaluator import SyntheticObjective
@@ -95,6 +99,69 @@ def test_claim_counts_equal_a_full_count(tmp_path, space):
     assert len(trial.params) == len(space.choices)  # the params written in one insert are Optuna's
 
 
+def _cycle(store, space, rng, cursor):
+    """One candidate's bookkeeping: the driver's read of changes, a claim, a finish."""
+    _, _, cursor = store.changes(cursor)
+    number = store.claim(tuple(space.sample(rng)), "random", macs=1, params=1, space=space)
+    store.finish(number, float(rng.random()), "ok")
+    return cursor
+
+
+def test_sql_bookkeeping_is_a_fixed_number_of_statements(tmp_path, space):
+    store = TrialStore(f"sqlite:///{tmp_path / 'study.db'}", "s", meta={})
+    statements, rows = [], []
+    sqlalchemy.event.listen(store.storage.engine, "before_cursor_execute",
+                            lambda *args: statements.append(args[2].split()[0]))
+    read = store._sql.read
+    store._sql.read = lambda *a: rows.append(len(out := read(*a))) or out
+    rng, cursor = np.random.default_rng(3), 0
+    per_cycle = []
+    for _ in range(60):
+        statements.clear(), rows.clear()
+        cursor = _cycle(store, space, rng, cursor)
+        per_cycle.append((len(statements), sum(rows)))
+    # The same statements in the 60th candidate as in the 2nd, each read returning only the
+    # trial that changed since the last one: the bookkeeping does not grow with the study.
+    assert set(per_cycle[1:]) == {per_cycle[1]}
+    assert per_cycle[1][0] <= 16 and per_cycle[1][1] == 1
+    trials = store.study.get_trials()
+    assert [t.number for t in trials] == list(range(60)), "numbered as Optuna numbers them"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_records_are_built_only_for_changed_trials(tmp_path, space, kind, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    store, other = TrialStore(url, "s", meta={}), TrialStore(url, "s", meta={})
+    built = []
+    for name in ("_record", "_record_of"):
+        inner = getattr(autoprune.study, name)
+        monkeypatch.setattr(autoprune.study, name, lambda *a, inner=inner: built.append(1) or inner(*a))
+    rng, cursors = np.random.default_rng(4), [0, 0]
+    for i in range(40):
+        cursors[i % 2] = _cycle((store, other)[i % 2], space, rng, cursors[i % 2])
+    built.clear()
+    new, _, cursors[0] = store.changes(cursors[0])
+    # Only what the other worker finished since this store's last read, and this store's own
+    # last finish: not the 40 trials of the study.
+    assert len(new) == 2 and len(built) <= 2 * (1 + (kind == "journal"))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_live_claim_keeps_its_heartbeat_and_is_not_reclaimed(tmp_path, space, kind):
+    url = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    store = TrialStore(url, "s", meta={}, heartbeat_timeout=0.4)
+    number = store.claim(tuple(space.sample(np.random.default_rng(5))), "random", macs=1, params=1, space=space)
+    first = store.study.get_trials()[number].system_attrs["autoprune:heartbeat"]
+    time.sleep(1.0)  # several heartbeat intervals (0.1 s), two and a half timeouts
+    other = TrialStore(url, "s", meta={}, heartbeat_timeout=0.4)
+    other.worker = "another-host:1"  # judges the claim by its heartbeat alone
+    other.release_abandoned()
+    trial = store.study.get_trials()[number]
+    assert trial.system_attrs["autoprune:heartbeat"] > first and not other.reclaimed
+    store.finish(number, 0.5, "ok")
+    assert store.study.get_trials()[number].state.is_finished()
+
+
 def _tpe_run(space, max_macs, steps, lag, **options):
     """(proposals, optimizer) of one TPE told its results ``lag`` asks late, and the proposals
     a fresh TPE told the same results makes at each ask (its study built from all of them)."""
@@ -121,6 +188,17 @@ def test_tpe_incremental_proposes_what_a_rebuilt_tpe_proposes(space, lag):
     max_macs = int(0.3 * base_macs(space))
     got, rebuilt, _ = _tpe_run(space, max_macs, 30, lag)
     assert got == rebuilt
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_tpe_repeats_are_dropped_without_a_rebuild(lag):
+    # Three widths per group: TPE often samples vectors that repair onto scored ones. Each is
+    # told its known score for the rest of its ask, then dropped: the proposals stay those of
+    # a rebuilt study, and the incremental study is never rebuilt for it.
+    space = SearchSpace.from_model(create_model("resnet20"), step=0.5, min_ratio=0.25)
+    got, rebuilt, opt = _tpe_run(space, int(0.3 * base_macs(space)), 30, lag)
+    assert got == rebuilt
+    assert opt.dropped > 0 and opt.rebuilds == 0
 
 
 def test_tpe_bounded_history_keeps_the_best_and_the_latest(space):

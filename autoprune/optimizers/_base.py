@@ -9,6 +9,7 @@ from the same trials.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -172,9 +173,10 @@ class Optimizer:
         """A uniformly drawn grid point, repaired onto the budget boundary."""
         return self.repair(self.space.sample(rng), rng)
 
-    def taken(self, pending) -> set:
-        """Widths already scored or being scored: proposing them again wastes a trial."""
-        return set(self.seen) | {w for w, _ in pending}
+    def taken(self, pending) -> Set:
+        """Widths already scored or being scored: proposing them again wastes a trial. A view
+        of the scored ones, not a copy (a long search holds thousands)."""
+        return _Taken(self.seen, pending)
 
     def random_unseen(self, rng: np.random.Generator, pending, tries: int = 50) -> Widths:
         taken = self.taken(pending)
@@ -194,6 +196,27 @@ class Optimizer:
         if self.n_told or widths in self.taken(pending):
             return None
         return widths, role
+
+
+class _Taken(Set):
+    """The scored widths (the optimizer's record, as it is) and the pending ones, as one set."""
+
+    def __init__(self, seen: dict, pending):
+        self.seen, self.pending = seen, {w for w, _ in pending}
+
+    def __contains__(self, widths) -> bool:
+        return widths in self.seen or widths in self.pending
+
+    def __iter__(self):
+        yield from self.seen
+        yield from (w for w in self.pending if w not in self.seen)
+
+    def __len__(self) -> int:
+        return len(self.seen) + sum(1 for w in self.pending if w not in self.seen)
+
+    @classmethod
+    def _from_iterable(cls, it) -> set:
+        return set(it)
 
 
 # --------------------------------------------------------------------------------------------
