@@ -18,8 +18,8 @@ package.module:callable`` on the command line and as ``data=`` in Python (a task
 own data); :func:`load_task` resolves the former. ``examples/tasks/`` holds a segmentation and
 a detection task.
 
->>> from autoprune.data import load_dataset
->>> task = ClassificationTask(load_dataset("synthetic", num_classes=3, size=8, limit=32))
+>>> from autoprune.data import load_data
+>>> task = ClassificationTask(load_data("synthetic", num_classes=3, image_size=8, n_train=32, n_test=8, val_size=8))
 >>> task.name, task.input_shape
 ('classification', (3, 8, 8))
 """
