@@ -134,17 +134,18 @@ V2_SMOKE = {
     "finetune": {"epochs": 1, "lr": 0.01, "seeds": [0]},
 }
 
-# The CPU study (--config v2-cpu): the v2 stages at CPU scale, for when no GPU is at hand. Measured
-# on a 2-core EPYC VM (torch 2.14.1, batch 128, ~1 CPU-second per 85 training images of ResNet-20
-# and per 20 of MobileNetV2, whose depthwise convolutions train slowly on a CPU): ResNet-20's two
-# budgets take about an hour and a quarter of two unloaded cores (its base ~4 min, each budget ~35:
-# searches 3, proxies 9, from-scratch runs 17, fine-tunes 5); each MobileNetV2 budget about four
-# times one of ResNet-20's. ResNet-20 comes first, so a sitting that ends early leaves its cells
-# whole. Data: 10,000 CIFAR-10 training images (9,000 to train, 1,000 to validate; --data-dir) and
-# 2,000 test images. Training is one epoch (70 steps, one-cycle) from scratch, the base four; the
-# candidates' fine-tunes scale the GPU's 25/100/400 steps at batch 512 to 2/8/32 at batch 128 (the
-# search's evaluator: 8 steps on 4 BatchNorm batches); the from-scratch proxy is a quarter of the
-# from-scratch finish (18 steps), the fine-tuned finish one epoch at lr 0.01.
+# The CPU study (--config v2-cpu): the v2 stages at CPU scale, for when no GPU is at hand. Sized from
+# step times measured on a 2-core EPYC VM busy with other jobs (torch 2.14.1, batch 128: about 85
+# ResNet-20 training images per CPU-second and 20 of MobileNetV2, whose depthwise convolutions
+# train slowly on a CPU). Run there at nice 10 (BENCHMARKS, "Proof v2 (CPU study)"), ResNet-20's
+# base and two budgets took 69 minutes (base 9, budgets 28 and 32), the same one-epoch retrain 8 s
+# with the cores free and up to 165 s beside the other jobs; each MobileNetV2 budget costs about
+# four times one of ResNet-20's. ResNet-20 comes first, so a sitting that ends early leaves its
+# cells whole. Data: 10,000 CIFAR-10 training images (9,000 to train, 1,000 to validate;
+# --data-dir) and 2,000 test images. Training is one epoch (70 steps, one-cycle) from scratch, the
+# base four; the candidates' fine-tunes scale the GPU's 25/100/400 steps at batch 512 to 2/8/32 at
+# batch 128 (the search's evaluator: 8 steps on 4 BatchNorm batches); the from-scratch proxy is a
+# quarter of the from-scratch finish (18 steps), the fine-tuned finish one epoch at lr 0.01.
 V2_CPU = {
     **V2_FULL,
     "config": "v2-cpu",

@@ -54,6 +54,10 @@ def _tau_cell(t: dict | None) -> str:
     return f"{t['tau']:+.2f}{ci}, p {t['p']:.3f}"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
 def _proxy_lines(c: dict) -> list[str]:
     t = c["tau"] or {}
     ratio = f"{t['macs_ratio_min']:.3f}-{t['macs_ratio_max']:.3f}" if t else "-"
@@ -91,7 +95,7 @@ def cell_lines(results: dict, model: str, budget: str) -> list[str]:
     if any(r["scratch"] or r["finetune"] for r in c["proxies"]):
         best = best_proxies(c)
         lines += [f"Proxies over the same vectors against each finish (from scratch: the tau seeds' mean; fine-tuned "
-                  f"from the base, {results['settings']['finetune']['epochs']} epochs: the mean of seeds "
+                  f"from the base, {_epochs(results['settings']['finetune']['epochs'])}: the mean of seeds "
                   f"{results['settings']['finetune']['seeds']}); τ/s is τ over the mean seconds per candidate. "
                   f"Most τ/s with τ > 0 at p < 0.05: {best['scratch'] or 'none'} (from scratch), "
                   f"{best['finetune'] or 'none'} (fine-tuned).", ""]
