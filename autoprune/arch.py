@@ -48,6 +48,16 @@ _REQUIRED = {
 }
 
 
+def frozen_records(graph) -> list[dict]:
+    """What ``arch.json`` and ``flops --json`` record of the graph's frozen submodules."""
+    return [{"path": f.path, "class": f.kind, "reason": f.reason} for f in graph.frozen]
+
+
+def frozen_line(f: dict) -> str:
+    """One frozen record as a line; the empty path is the model's own forward (traced in parts)."""
+    return f"{f['path'] or 'forward'} ({f['class']}): {f['reason']}"
+
+
 def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: Sequence[int], *,
               budget: dict | None = None, method: str | None = None, seed: int | None = None,
               score: float | None = None, extra: dict | None = None, stripes: dict | None = None) -> dict:
@@ -77,7 +87,7 @@ def make_arch(model_name: str, model_kwargs: dict, space: SearchSpace, widths: S
         "version": __version__,
     }
     if space.graph.frozen:  # submodules the tracer could not look into, kept as they are
-        arch["frozen"] = [{"path": f.path, "class": f.kind, "reason": f.reason} for f in space.graph.frozen]
+        arch["frozen"] = frozen_records(space.graph)
     if stripes is not None:
         arch["stripes"] = encode_masks(stripes)
         arch["macs"]["pruned"] = stripe_macs(space.graph, stripes)

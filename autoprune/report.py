@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprune import cost
-from autoprune.arch import make_arch, save_arch
+from autoprune.arch import frozen_line, make_arch, save_arch
 from autoprune.files import write_text
 from autoprune.study import STATUS_FAILED, STATUS_OK, Record
 
@@ -81,7 +81,7 @@ class SearchResult:
                 ("widths", " ".join(map(str, s["widths"])))]
         rows += _stripe_rows(self.arch)
         for i, f in enumerate(s["frozen"]):  # one line per submodule the tracer could not look into
-            rows.append(("frozen" if i == 0 else "", f"{f['path']} ({f['class']}): {f['reason']}"))
+            rows.append(("frozen" if i == 0 else "", frozen_line(f)))
         if s["arch"]:
             rows.append(("wrote", s["arch"]))
         width = max(len(k) for k, _ in rows)

@@ -18,14 +18,15 @@ N_RANDOM = 20
 
 def hook_macs_and_thop(model: nn.Module, shape) -> tuple[int, float]:
     """Conv/Linear MACs counted by forward hooks, and thop's count over the same layers
-    (thop's other counters are switched off so both follow the Conv/Linear convention)."""
+    (thop's other counters are switched off so both follow the Conv/Linear convention), on one
+    zero input: every row of an output counts (a detector's box head runs once per proposal)."""
     counted = []
 
     def conv_hook(m, inp, out):
-        counted.append(out[0].numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size)))
+        counted.append(out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size)))
 
     def linear_hook(m, inp, out):
-        counted.append(out[0].numel() * m.in_features)
+        counted.append(out.numel() * m.in_features)
 
     handles = []
     zero_ops = {}

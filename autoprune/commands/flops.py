@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from autoprune.arch import arch_space, arch_stripes, load_arch
+from autoprune.arch import arch_space, arch_stripes, frozen_line, frozen_records, load_arch
 from autoprune.commands.common import add_model_args, model_and_space
 from autoprune.cost import human, macs, params
 from autoprune.errors import ArchError
@@ -39,7 +39,7 @@ def run(args) -> int:
         m, p = stripe_macs(space.graph, masks), stripe_params(space.graph, masks)
     row = {"model": args.model, "input_shape": list(space.graph.input_shape), "macs": m, "flops": 2 * m,
            "params": p, "macs_ratio": m / base_m, "params_ratio": p / base_p, "free_groups": len(space)}
-    row["frozen"] = [{"path": f.path, "class": f.kind, "reason": f.reason} for f in space.graph.frozen]
+    row["frozen"] = frozen_records(space.graph)
     if args.groups:
         row["groups"] = [{"name": g.name, "width": g.width, "kept": w, "choices": list(c)}
                          for g, w, c in zip(space.groups, widths, space.choices)]
@@ -57,7 +57,7 @@ def run(args) -> int:
               + (":" if args.groups else " (--groups lists them)"))
     if args.groups:
         for f in row["frozen"]:
-            print(f"  {f['path']} ({f['class']}): {f['reason']}")
+            print(f"  {frozen_line(f)}")
         name_w = max(len(g["name"]) for g in row["groups"]) if row["groups"] else 5
         for g in row["groups"]:
             c = g["choices"]

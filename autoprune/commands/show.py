@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autoprune.arch import arch_space, build, load_arch
+from autoprune.arch import arch_space, build, frozen_line, load_arch
 from autoprune.checks import check_count
 from autoprune.commands.common import pyplot, save_figure
 from autoprune.cost import human
@@ -39,7 +39,7 @@ def run(args) -> int:
     print(f"MACs   {human(m['pruned'])} / {human(m['base'])} = {m['pruned'] / m['base']:.1%}")
     print(f"params {human(p['pruned'])} / {human(p['base'])} = {p['pruned'] / p['base']:.1%}")
     for f in arch.get("frozen", []):
-        print(f"frozen {f['path']} ({f['class']}): {f['reason']}")
+        print(f"frozen {frozen_line(f)}")
     if args.latency:
         report_latency(arch, args)
     if args.plot:

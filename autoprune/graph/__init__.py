@@ -11,8 +11,11 @@ A submodule that fx cannot trace (control flow on a tensor's value), or in which
 meets an op it has no rule for, becomes a :class:`FrozenLeaf`: it runs as one opaque step,
 its input and output channels are fixed, its MACs are measured once and counted as a
 constant, and the rest of the model is searched as usual. The smallest such submodule is
-frozen, never the whole model. What cannot be handled that way (an unsupported op in the
-model's own ``forward``, or a model with nothing left to search) raises
+frozen. A model whose own ``forward`` cannot be traced (a whole detector, which iterates its
+list of images and runs non-maximum suppression) is traced in parts: every submodule it calls
+with one tensor, as a model of its own, joined into one graph with fixed channels where the
+parts meet. What cannot be handled that way (an unsupported op in the model's own
+``forward`` with no part to search, or a model with nothing left to search) raises
 :class:`~autoprune.errors.TraceError` naming the node and module, rather than producing a
 silently wrong model.
 
@@ -21,8 +24,9 @@ Where to look:
 - :mod:`.result`: what a trace returns (ChannelGraph, ChannelGroup, Layer, Follow, Rewrite,
   FrozenLeaf);
 - :mod:`.tracer`: :func:`trace` and the walk over the fx graph, which hands every node to a
-  rule; :mod:`.fxtrace`: the fx graph with shapes, frozen leaves; :mod:`.tracers`: the fx
-  tracers that record it; :mod:`.assemble`: the finished table as a ChannelGraph;
+  rule; :mod:`.parts`: a model whose own forward cannot be traced, searched through its parts;
+  :mod:`.fxtrace`: the fx graph with shapes, frozen leaves; :mod:`.tracers`: the fx tracers that
+  record it; :mod:`.assemble`: the finished table as a ChannelGraph;
 - :mod:`.table`: the :class:`GroupTable` rules work through (new group, union, fix, members,
   producers, layers, rewrites, follows), one :class:`GroupRecord` per group;
   :mod:`.tensor`: the :class:`ChannelTensor` a rule receives and returns;

@@ -39,8 +39,11 @@ class NeedsLeaf(Exception):
 def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.GraphModule:
     """``model`` traced by torch.fx as :func:`~autoprune.graph.trace` sees it, without shapes:
     every module with a rule, and every frozen leaf of ``graph``, is one ``call_module`` node
-    named by its path."""
+    named by its path. TraceError for a model traced in parts (its own forward untraceable)."""
     leaves = [f.path for f in graph.frozen] if graph is not None else []
+    if "" in leaves:  # see autoprune.graph.parts
+        raise TraceError(f"{type(model).__name__} was traced in parts, since its own forward cannot be traced; "
+                         "this needs one graph of the whole model")
     tracer, traced = first_trace(model, leaves, graph.input_shape if graph is not None else None)
     return fx.GraphModule(tracer.root, traced, type(model).__name__)
 
@@ -120,13 +123,18 @@ def shaped_graph_module(model: nn.Module, input_shape: tuple[int, ...],
 
 
 def _count_macs(leaf_macs: dict[str, int], path: str):
-    """A forward hook adding a Conv/Linear layer's MACs (per sample) to the leaf at ``path``."""
+    """A forward hook adding a Conv/Linear layer's MACs to the leaf at ``path``."""
     def hook(m, args, out):
-        # Output elements x multiply-accumulates per element (in_channels / groups x kernel
-        # for a conv, in_features for a linear layer), as thop counts these layers.
-        per = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
-        leaf_macs[path] += out[0].numel() * per
+        leaf_macs[path] += mac_count(m, out)
     return hook
+
+
+def mac_count(m: nn.Module, out: torch.Tensor) -> int:
+    """The MACs of one call of a Conv/Linear layer ``m`` that returned ``out``: output
+    elements x multiply-accumulates per element (in_channels / groups x kernel for a conv,
+    in_features for a linear layer), as thop counts these layers."""
+    per = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
+    return out.numel() * per
 
 
 def called_modules(graph: fx.Graph) -> set[str]:

@@ -32,6 +32,7 @@ from autoprune.graph.nodes import (
     unsupported_function,
     where,
 )
+from autoprune.graph.parts import trace_parts
 from autoprune.graph.registry import keeps_order, module_rule, rule_for
 from autoprune.graph.result import ChannelGraph
 from autoprune.graph.rewrites import plain
@@ -48,8 +49,10 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), mode: st
     (it is put back afterwards).
 
     A submodule that cannot be traced is frozen (see :class:`~autoprune.graph.FrozenLeaf`) and
-    the trace starts again, up to :data:`MAX_FROZEN_LEAVES` times. TraceError if the model's
-    own ``forward`` cannot be traced, or if nothing is left to search.
+    the trace starts again, up to :data:`MAX_FROZEN_LEAVES` times. A model whose own
+    ``forward`` cannot be traced is traced in parts (:mod:`~autoprune.graph.parts`: a whole
+    detector's backbone, box head, prediction heads). TraceError if no part has anything to
+    search either (the model's own error), or if nothing is left to search.
     """
     if mode not in (None, "eval", "train"):
         raise TraceError(f"trace mode must be 'eval' or 'train', got {mode!r}")
@@ -57,7 +60,11 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), mode: st
     if mode is not None:
         model.train(mode == "train")
     try:
-        graph = dataclasses.replace(_trace(model, input_shape), mode="train" if model.training else "eval")
+        try:
+            graph = _trace(model, input_shape)
+        except TraceError as why:
+            graph = trace_parts(model, input_shape, why, _trace)
+        graph = dataclasses.replace(graph, mode="train" if model.training else "eval")
         return graph if model.training else _kept_for_training(model, input_shape, graph)
     finally:
         model.train(was)

@@ -1,0 +1,132 @@
+"""A model whose own forward cannot be traced is searched through its parts that can: a
+torchvision detector as built keeps its class, takes a list of images, returns boxes and
+trains on targets after pruning; MACs count every call of a part."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from test_cost import hook_macs_and_thop
+
+from autoprune.arch import build, load_arch
+from autoprune.cli import main
+from autoprune.cost import macs
+from autoprune.errors import TraceError
+from autoprune.graph import fx_graph_module, trace
+from autoprune.space import SearchSpace
+from autoprune.surgery import materialise
+
+SHAPE = (3, 16, 16)
+
+
+class _Looped(nn.Module):
+    """A root forward fx cannot follow (it loops over the batch), a body called once, and a head
+    shared by two scales, as a detector's head is by its pyramid levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 4, 1))
+
+    def forward(self, x):
+        outs = []
+        for image in x:  # one image at a time: the batch's length is a Proxy's
+            y = self.body(image[None])
+            outs.append([self.head(y), self.head(nn.functional.max_pool2d(y, 2))])
+        return outs
+
+
+def test_a_root_fx_cannot_trace_is_searched_through_its_parts_and_keeps_its_forward():
+    model = _Looped().eval()
+    space = SearchSpace.from_model(model, SHAPE)
+    assert {g.name for g in space.groups} == {"body.0", "head.0"}
+    (root,) = space.graph.frozen
+    assert root.path == "" and "traced in parts: body, head" in root.reason and root.macs == 0
+    widths = space.uniform(0.5)
+    pruned = materialise(model, space, widths).eval()
+    assert type(pruned) is _Looped
+    for w in (space.max_widths(), widths):  # the head's MACs are counted at both scales
+        counted, by_thop = hook_macs_and_thop(materialise(model, space, w).eval(), SHAPE)
+        assert macs(space, w) == counted == by_thop
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert [[t.shape for t in o] for o in pruned(x)] == [[t.shape for t in o] for o in model(x)]
+    with pytest.raises(TraceError, match="in parts.*one graph of the whole model"):
+        fx_graph_module(model, space.graph)
+
+
+def test_parts_with_nothing_to_search_leave_the_roots_error_standing():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    with pytest.raises(TraceError, match="cannot trace Tiny with torch.fx"):
+        trace(Tiny(), SHAPE)
+
+
+def _detector(name: str, **kwargs):
+    detection = pytest.importorskip("torchvision.models.detection")
+    torch.manual_seed(0)
+    return getattr(detection, name)(weights=None, weights_backbone=None, **kwargs).eval()
+
+
+def test_a_torchvision_faster_rcnn_as_built_prunes_and_still_detects_and_trains():
+    model = _detector("fasterrcnn_mobilenet_v3_large_fpn", min_size=64, max_size=64, num_classes=3)
+    shape = (3, 64, 64)
+    space = SearchSpace.from_model(model, shape)
+    names = [g.name for g in space.groups]
+    assert any(n.startswith("backbone.body.") for n in names) and "roi_heads.box_head.fc6" in names
+    # The box head runs once per proposal: its MACs are the example's proposals'.
+    counted, by_thop = hook_macs_and_thop(model, shape)
+    assert macs(space, space.max_widths()) == counted == by_thop
+    widths = space.uniform(0.5)
+    assert macs(space, widths) < 0.6 * macs(space, space.max_widths())
+    pruned = materialise(model, space, widths)
+    assert type(pruned) is type(model)
+    assert pruned.roi_heads.box_head.fc6.out_features < 1024
+    images = list(torch.rand(2, *shape))
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
+    losses = pruned.train()(images, targets)
+    sum(losses.values()).backward()
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
+    detections = pruned.eval()(images)
+    assert len(detections) == 2 and all(set(d) == {"boxes", "labels", "scores"} for d in detections)
+
+
+def test_a_retinanet_head_shared_by_the_pyramid_levels_is_searched_with_exact_macs():
+    model = _detector("retinanet_resnet50_fpn", min_size=64, max_size=64, num_classes=3)
+    shape = (3, 64, 64)
+    space = SearchSpace.from_model(model, shape)
+    heads = [g for g in space.groups if g.name.startswith("head.classification_head.conv")]
+    assert heads and not any(g.fixed for g in heads)
+    for w in (space.max_widths(), space.uniform(0.5)):  # no proposals: exact at every width
+        counted, by_thop = hook_macs_and_thop(materialise(model, space, w).eval(), shape)
+        assert macs(space, w) == counted == by_thop
+    assert macs(space, space.uniform(0.5)) < 0.5 * macs(space, space.max_widths())
+
+
+def test_a_whole_detector_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("torchvision.models.detection")
+    model = ["--model", "torchvision.models.detection:ssdlite320_mobilenet_v3_large", "--model-arg", "weights=null",
+             "--model-arg", "weights_backbone=null", "--input-size", "96"]
+    assert main(["flops", *model, "--json"]) == 0
+    flops = json.loads(capsys.readouterr().out)
+    assert flops["free_groups"] >= 20 and [f["path"] for f in flops["frozen"]] == [""]
+    out = tmp_path / "search"
+    assert main(["search", *model, "--budget", "0.5", "--objective", "synthetic", "--method", "random", "--trials", "2",
+                 "--out", str(out), "--no-progress", "--json"]) == 0
+    arch = load_arch(out / "arch.json")
+    assert arch["macs"]["pruned"] <= 0.5 * arch["macs"]["base"] and arch["frozen"][0]["path"] == ""
+    pruned = build(arch).eval()
+    assert type(pruned).__name__ == "SSD"
+    with torch.no_grad():
+        (detections,) = pruned([torch.rand(3, 96, 96)])
+    assert set(detections) == {"boxes", "scores", "labels"}
+    assert main(["show", str(out / "arch.json")]) == 0
+    assert "frozen forward (SSD): cannot trace SSD with torch.fx" in capsys.readouterr().out
