@@ -85,9 +85,13 @@ def test_a_head_that_makes_its_grid_from_shapes_is_searched_and_left_as_it_was()
 def test_the_traced_graph_keeps_the_batch_and_the_grid_as_a_constant():
     torch.manual_seed(0)
     model = _Detector().eval()
+    attributes = set(vars(model))
     graph = trace(model, SHAPE)
     gm = fx_graph_module(model, graph)
     assert not any(n.op == "call_function" and n.target is torch.meshgrid for n in gm.graph.nodes)
+    constants = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
+    assert constants and all(isinstance(getattr(gm, c), torch.Tensor) for c in constants)
+    assert set(vars(model)) == attributes  # the graph holds its constants, not the user's model
     x = torch.randn(3, *SHAPE)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x))

@@ -45,7 +45,19 @@ def fx_graph_module(model: nn.Module, graph: ChannelGraph | None = None) -> fx.G
         raise TraceError(f"{type(model).__name__} was traced in parts, since its own forward cannot be traced; "
                          "this needs one graph of the whole model")
     tracer, traced = first_trace(model, leaves, graph.input_shape if graph is not None else None)
-    return fx.GraphModule(tracer.root, traced, type(model).__name__)
+    return graph_module(tracer, traced, type(model).__name__)
+
+
+def graph_module(tracer: fx.Tracer, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """The GraphModule of ``graph`` over the model ``tracer`` traced (what fx.symbolic_trace
+    returns), holding the constants the trace made, which the model itself does not keep."""
+    root, constants = tracer.root, getattr(tracer, "constants", {})
+    vars(root).update(constants)
+    try:
+        return fx.GraphModule(root, graph, name)
+    finally:
+        for k in constants:
+            vars(root).pop(k, None)
 
 
 def first_trace(model: nn.Module, leaves: Iterable[str], input_shape: tuple[int, ...] | None,
@@ -87,7 +99,7 @@ def shaped_graph_module(model: nn.Module, input_shape: tuple[int, ...],
     name = type(model).__name__
     try:
         tracer, graph = first_trace(model, leaves, input_shape)
-        gm = fx.GraphModule(tracer.root, graph, name)  # what fx.symbolic_trace does
+        gm = graph_module(tracer, graph, name)
     except Exception as exc:  # fx raises many kinds; all mean the same to the user
         tracer = getattr(exc, "autoprune_tracer", None)
         path = tracer.failed_module(exc) if tracer is not None else None

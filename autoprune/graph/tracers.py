@@ -374,7 +374,8 @@ def buffers_kept(module: nn.Module):
 def attributes_kept(model: nn.Module, tracer: fx.Tracer):
     """Trace ``model`` with ``tracer`` leaving its modules' attributes as they were: a forward
     that caches a value on its module (a detection head's input shape and anchors) would
-    otherwise keep a proxy there. The constants fx stores on the model for its graph stay."""
+    otherwise keep a proxy there. The constants fx stores on the model for its graph are taken
+    off it too, into ``tracer.constants`` (name -> value), for the GraphModule that needs them."""
     before = {m: dict(vars(m)) for m in model.modules()}
     traced = False
     try:
@@ -382,9 +383,10 @@ def attributes_kept(model: nn.Module, tracer: fx.Tracer):
         traced = True
     finally:
         used = {n.target for n in tracer.graph.nodes if n.op == "get_attr"} if traced else set()
+        tracer.constants = {k: v for k, v in vars(model).items() if k not in before[model] and k in used}
         for m, old in before.items():
             now = vars(m)
-            for k in [k for k in now if k not in old and not (m is model and k in used)]:
+            for k in [k for k in now if k not in old]:
                 del now[k]
             for k, v in old.items():
                 if now.get(k, UNKNOWN) is not v:
