@@ -65,6 +65,16 @@ within its limit either way):
     ...                                                                     --part 45
     python experiments/proof.py --config v2 --out runs/proof-v2-smoke --smoke    # CPU, about a minute
 
+``--config v2-short`` is the part of v2 that fits one GPU session of about 15 minutes: MobileNetV2
+at 0.1 only, abc and tpe with 150 candidates each, uniform, uniform-fill and l1-global, every
+winner from scratch with seeds 0, 1, 2 for 10 epochs (base 15), 12 tau vectors with seeds 0 and 1,
+the proxies without ft-400 and with 1 epoch from scratch, a 2-epoch fine-tuned finish; in two
+parts of about 6.5 and 5.5 minutes (estimated from the first proof's speeds), each under the
+device's 10-minute command limit. OUT must travel between them where the machine is not kept:
+
+    python experiments/proof.py --config v2-short --out runs/proof-v2-short --data-dir D --part 1 --budget-minutes 8
+    python experiments/proof.py --config v2-short --out runs/proof-v2-short --data-dir D --part 2 --budget-minutes 8
+
 ``--config v2-cpu`` runs the same stages at CPU scale (ResNet-20 and MobileNetV2 at 0.1 and 0.3 on
 10,000 CIFAR-10 images, one-epoch retrains, 8 tau vectors; proofstages/config.py says how it was
 sized), for when no GPU is at hand; without --part it runs every part in order and resumes:

@@ -402,6 +402,20 @@ def test_the_cpu_study_needs_the_data_and_keeps_the_v2_stages(proof_module, tmp_
     assert kinds == {name.split("/")[0] for name in pm.v2_parts(full)[None]}
 
 
+def test_the_short_gpu_plan_runs_one_cell_in_two_sittings(proof_module, tmp_path, capsys):
+    pm = proof_module
+    short = pm.CONFIGS["v2-short"][0]
+    parts = pm.v2_parts(short)
+    assert set(parts) == {None, 1, 2} and set(short["models"]) == {"mobilenetv2"}
+    assert short["candidates"] >= 150 and len(short["seeds"]) == 3
+    assert {name.split("/")[0] for name in parts[1]} == {"base", "search", "proxy", "proxies"}
+    for name in parts[2]:  # the second sitting reads only the first's stages and its own earlier ones
+        assert all(n in parts[1] or parts[2].index(n) < parts[2].index(name) for n in pm.v2_needs(name))
+    smoke = pm.CONFIGS["v2-short"][1]
+    assert pm.open_results(_args(2), tmp_path, smoke, {}, []) is None
+    assert "needs proxy/resnet20/0.3, search/resnet20/0.3" in capsys.readouterr().err
+
+
 def test_an_unknown_part_is_refused(proof_module, tmp_path, capsys):
     for config, last in (("v1", 3), ("v2", len(proof_module.v2_parts(proof_module.V2_SMOKE)) - 1)):
         argv = ["--smoke", "--device", "cpu", "--config", config, "--out", str(tmp_path / "out"), "--part", str(last + 1)]

@@ -168,7 +168,31 @@ V2_CPU = {
     "finetune": {"epochs": 1, "lr": 0.01, "seeds": [0]},
 }
 
-CONFIGS = {"v2": (V2_FULL, V2_SMOKE), "v2-cpu": (V2_CPU, V2_SMOKE)}  # --config: (settings, --smoke settings)
+# The part of v2 that fits one GPU sitting of about 15 minutes (--config v2-short): the cell where
+# the literature puts the win, MobileNetV2 at 0.1, with 150 candidates per search and 3 retrain
+# seeds as v2 asks, but 10-epoch retrains, 12 tau vectors (the five winners, three lopsided, four
+# random), the one-shot baselines that need no training of their own, the proxies at the GPU's
+# scale without ft-400, and a 2-epoch fine-tuned finish; in two parts, both shorter than 8 minutes
+# by the estimate (BENCHMARKS, "Proof v2"): 1 = base, searches, proxies; 2 = retrains, tau seeds,
+# fine-tunes. Estimated from the first proof's H200 speeds, not measured.
+V2_SHORT = {
+    **V2_FULL,
+    "config": "v2-short",
+    "models": {"mobilenetv2": ["0.1"]},
+    "train": {**FULL["train"], "epochs": 10}, "base_epochs": 15,
+    "candidates": 150,
+    "one_shot": ["uniform", "uniform-fill", "l1-global"],
+    "tau": {**V2_FULL["tau"], "vectors": 12, "lopsided": {"early-heavy": [4.0], "late-heavy": [4.0], "bottleneck": [0.25]}},
+    "proxies": {name: spec for name, spec in V2_FULL["proxies"].items() if name != "ft-400"}
+    | {"scratch-1ep": {"kind": "scratch", "epochs": 1, "seed": 100}},
+    "finetune": {**V2_FULL["finetune"], "epochs": 2},
+    "sittings": [["base", "search", "proxy", "proxies"], ["retrain", "tau", "finetune"]],
+}
+del V2_SHORT["proxies"]["scratch-2ep"]
+
+CONFIGS = {"v2": (V2_FULL, V2_SMOKE), "v2-cpu": (V2_CPU, V2_SMOKE),
+           "v2-short": (V2_SHORT, {**V2_SMOKE, "sittings": V2_SHORT["sittings"]})}
+# --config: (settings, --smoke settings)
 
 
 def v2_parts(settings: dict) -> dict:
@@ -177,7 +201,8 @@ def v2_parts(settings: dict) -> dict:
     (every proxy on the tau vectors), a retrain part (every seed), a part per tau seed and a
     fine-tune part (every fine-tune seed). A model's parts and a cell's come together, so a run
     stopped early leaves whole cells behind; each part is sized to stay under 8 minutes on one H200
-    (estimated from the first proof's speeds: --budget-minutes guards it)."""
+    (estimated from the first proof's speeds: --budget-minutes guards it). Settings with
+    ``sittings`` (lists of stage kinds) have one part per sitting instead, in that order."""
     parts = []
     for m, budgets in settings["models"].items():
         parts.append([f"base/{m}"])
@@ -186,6 +211,9 @@ def v2_parts(settings: dict) -> dict:
                       [f"retrain/{m}/{b}/s{s}" for s in settings["seeds"]]]
             parts += [[f"tau/{m}/{b}/s{s}"] for s in settings["tau"]["seeds"]]
             parts += [[f"finetune/{m}/{b}/s{s}" for s in settings["finetune"]["seeds"]]]
+    if settings.get("sittings"):  # a few long parts instead: each one's kinds of stage, every cell's
+        names = [name for part in parts for name in part]
+        parts = [[n for n in names if n.split("/")[0] in kinds] for kinds in settings["sittings"]]
     out = {i + 1: tuple(part) for i, part in enumerate(parts)}
     return {None: tuple(name for part in parts for name in part), **out}
 
