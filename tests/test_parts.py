@@ -118,6 +118,12 @@ def test_a_whole_detector_from_the_command_line(tmp_path, capsys):
     assert main(["flops", *model, "--json"]) == 0
     flops = json.loads(capsys.readouterr().out)
     assert flops["free_groups"] >= 20 and [f["path"] for f in flops["frozen"]] == [""]
+    assert main(["flops", *model]) == 0
+    assert "traced      in parts: backbone, head." in capsys.readouterr().out
+    # A tv: name is a classifier; a detector's name says how to build it without fetching weights.
+    assert main(["flops", "--model", "tv:ssdlite320_mobilenet_v3_large"]) == 2
+    assert "--model torchvision.models.detection:ssdlite320_mobilenet_v3_large --model-arg weights_backbone=null" in (
+        capsys.readouterr().err)
     out = tmp_path / "search"
     assert main(["search", *model, "--budget", "0.5", "--objective", "synthetic", "--method", "random", "--trials", "2",
                  "--out", str(out), "--no-progress", "--json"]) == 0

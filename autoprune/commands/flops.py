@@ -52,8 +52,12 @@ def run(args) -> int:
     print(f"FLOPs       {human(2 * m)} (2 x MACs)")
     print(f"params      {human(p)} ({p:,})" + (f"  {p / base_p:.1%} of base" if args.arch else ""))
     print(f"free groups {len(space)}")
-    if row["frozen"]:
-        print(f"frozen      {len(row['frozen'])} submodule(s) traced as one step, channels fixed"
+    leaves = [f for f in row["frozen"] if f["path"]]
+    whole = next((f for f in row["frozen"] if not f["path"]), None)  # its own forward could not be traced
+    if whole is not None:
+        print(f"traced      in parts: {whole['reason'].rpartition('traced in parts: ')[2]}")
+    if leaves:
+        print(f"frozen      {len(leaves)} submodule(s) traced as one step, channels fixed"
               + (":" if args.groups else " (--groups lists them)"))
     if args.groups:
         for f in row["frozen"]:

@@ -62,6 +62,11 @@ def _tv_builder(name: str) -> Callable[..., nn.Module]:
 
     available = tvm.list_models(module=tvm)
     if name not in available:
+        for task in ("detection", "segmentation"):
+            if name in tvm.list_models(module=getattr(tvm, task)):
+                # Their builders fetch backbone weights by default: the callable form says otherwise.
+                raise UnknownModelError(f"tv: names are torchvision's classifiers; its {task} model '{name}' is "
+                                        f"--model torchvision.models.{task}:{name} --model-arg weights_backbone=null")
         close = difflib.get_close_matches(name, available, n=3)
         hint = f"; did you mean {', '.join('tv:' + c for c in close)}?" if close else ""
         raise UnknownModelError(f"unknown torchvision model 'tv:{name}'{hint}")
