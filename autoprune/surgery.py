@@ -27,6 +27,40 @@ from autoprune.space import SearchSpace
 _L1, _FIRST = L1(), First()
 
 
+def _ultralytics_halves(pruned: nn.Module, original: nn.Module) -> None:
+    """ultralytics' blocks that split ``cv1``'s output into two halves of ``c`` channels (C2f,
+    C3k2, C2fAttn, RepNCSPELAN4, ELAN1, PSA, C2PSA) keep ``c`` for the forwards that split by it
+    (``forward_split``, which ultralytics' exporter runs): it follows the pruned halves."""
+    conv = getattr(getattr(original, "cv1", None), "conv", None)
+    c = getattr(original, "c", None)
+    if isinstance(c, int) and isinstance(conv, nn.Conv2d) and conv.out_channels == 2 * c:
+        pruned.c = pruned.cv1.conv.out_channels // 2
+
+
+# What brings a pruned module's own records of its widths in line with its sliced layers:
+# (which modules, how), run after slicing; see register_resize.
+_RESIZERS: list[tuple] = [(lambda m: type(m).__module__.startswith("ultralytics."), _ultralytics_halves)]
+
+
+def register_resize(cls: type, fn) -> None:
+    """After surgery, call ``fn(pruned_module, original_module)`` for every module of class
+    ``cls`` (subclasses too), so that attributes recording a width (a block's hidden width,
+    which another of its forwards reads) follow the sliced layers. ultralytics' blocks that
+    split by ``self.c`` are handled already."""
+    if not isinstance(cls, type) or not callable(fn):
+        raise TypeError(f"register_resize takes a class and a function, got {cls!r} and {fn!r}")
+    _RESIZERS.append((lambda m: isinstance(m, cls), fn))
+
+
+def _resized(pruned: nn.Module, model: nn.Module) -> nn.Module:
+    original = dict(model.named_modules())
+    for name, m in pruned.named_modules():
+        for applies, fn in _RESIZERS:
+            if name in original and applies(m):
+                fn(m, original[name])
+    return pruned
+
+
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
     return nn.Parameter(t.detach().clone().contiguous(), requires_grad=requires_grad)
 
@@ -127,6 +161,7 @@ def slice_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.
         m = pruned.get_submodule(layer.name)
         out_idx = kept[layer.out_group] if layer.out_group is not None else None
         _slice_layer(m, layer.kind, in_idx, out_idx, layer.depthwise)
+    _resized(pruned, model)
     return _rewritten(pruned, graph, kept) if graph.rewrites else pruned
 
 

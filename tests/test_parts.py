@@ -57,6 +57,14 @@ def test_a_root_fx_cannot_trace_is_searched_through_its_parts_and_keeps_its_forw
         fx_graph_module(model, space.graph)
 
 
+def test_tracing_in_parts_in_training_mode_leaves_the_running_statistics_alone():
+    model = _Looped().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graph = trace(model, SHAPE)
+    assert graph.mode == "train" and graph.frozen[-1].path == "" and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_parts_with_nothing_to_search_leave_the_roots_error_standing():
     class Tiny(nn.Module):
         def __init__(self):

@@ -82,7 +82,8 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
 
 
 def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceError) -> dict[str, _Calls]:
-    """One forward of ``model`` on a zero batch of one, recording every submodule's calls."""
+    """One forward of ``model`` on a zero batch of one, recording every submodule's calls; its
+    buffers (running statistics) are left as they were."""
     calls: dict[str, _Calls] = {}
     paths = {m: p for p, m in model.named_modules() if p}
     macs: dict[str, int] = {}
@@ -99,6 +100,7 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
 
     hooks = [m.register_forward_hook(hook, with_kwargs=True) for m in paths]
     param = next(model.parameters(), None)
+    buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training forward updates running statistics
     try:
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             model(torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu"))
@@ -108,6 +110,9 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
     for path, n in macs.items():  # a module's MACs are those of the Conv/Linear layers inside it
         parts = path.split(".")
         for i in range(1, len(parts) + 1):
