@@ -57,6 +57,62 @@ def test_a_root_fx_cannot_trace_is_searched_through_its_parts_and_keeps_its_forw
         fx_graph_module(model, space.graph)
 
 
+class _Levels(nn.Module):
+    """A body returning two levels, handed as they are to a head shared by both, then decoded
+    in Python per image (fx cannot follow it): the levels' channels are the head's."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _Pyramid()
+        self.head = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 4, 1))
+
+    def forward(self, x):
+        levels = self.body(x)
+        outs = [self.head(level) for level in levels.values()]
+        return [[o[i] for o in outs] for i in range(len(x))]
+
+
+class _Pyramid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.p1, self.p2 = nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return {"p1": self.p1(y), "p2": self.p2(y)}
+
+
+def test_a_part_fed_another_parts_output_as_it_is_shares_its_channels():
+    model = _Levels().eval()
+    space = SearchSpace.from_model(model, SHAPE)
+    by_layer = {l.name: space.graph.groups[l.in_layout[0]] for l in space.graph.layers}
+    levels = by_layer["head.0"]  # the head's input: both levels, which its one conv reads
+    assert not levels.fixed and {"body.p1", "body.p2"} <= set(levels.producers)
+    assert by_layer["head.2"].name == "head.0" and not by_layer["head.2"].fixed
+    widths = space.uniform(0.5)
+    pruned = materialise(model, space, widths).eval()
+    assert pruned.body.p1.out_channels == pruned.head[0].in_channels < 8
+    counted, by_thop = hook_macs_and_thop(pruned, SHAPE)
+    assert macs(space, widths) == counted == by_thop
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert [[t.shape for t in o] for o in pruned(x)] == [[t.shape for t in o] for o in model(x)]
+
+
+def test_a_parts_output_the_code_between_computes_with_keeps_its_width():
+    class Scaled(_Levels):
+        def forward(self, x):
+            levels = self.body(x)
+            outs = [self.head(level * 2) for level in levels.values()]  # not as it is: fixed
+            return [[o[i] for o in outs] for i in range(len(x))]
+
+    space = SearchSpace.from_model(Scaled().eval(), SHAPE)
+    head = next(l for l in space.graph.layers if l.name == "head.0")
+    assert space.graph.groups[head.in_layout[0]].fixed
+    assert {g.name for g in space.groups} == {"body.stem.0", "head.0"}
+
+
 def test_tracing_in_parts_in_training_mode_leaves_the_running_statistics_alone():
     model = _Looped().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -113,10 +169,16 @@ def test_a_retinanet_head_shared_by_the_pyramid_levels_is_searched_with_exact_ma
     space = SearchSpace.from_model(model, shape)
     heads = [g for g in space.groups if g.name.startswith("head.classification_head.conv")]
     assert heads and not any(g.fixed for g in heads)
+    # The pyramid's levels go to both heads as they are: one group, searched with the heads' towers.
+    by_layer = {l.name: space.graph.groups[l.in_layout[0]] for l in space.graph.layers}
+    levels = by_layer["head.classification_head.conv.0.0"]
+    assert levels is by_layer["head.regression_head.conv.0.0"] and not levels.fixed
+    assert {"backbone.fpn.layer_blocks.0.0", "backbone.fpn.extra_blocks.p6"} <= set(levels.producers)
+    assert by_layer["head.classification_head.cls_logits"].fixed is False  # the tower's last width too
     for w in (space.max_widths(), space.uniform(0.5)):  # no proposals: exact at every width
         counted, by_thop = hook_macs_and_thop(materialise(model, space, w).eval(), shape)
         assert macs(space, w) == counted == by_thop
-    assert macs(space, space.uniform(0.5)) < 0.5 * macs(space, space.max_widths())
+    assert macs(space, space.uniform(0.5)) < 0.35 * macs(space, space.max_widths())
 
 
 def test_a_whole_detector_from_the_command_line(tmp_path, capsys):

@@ -15,10 +15,13 @@ from autoprune.graph.table import GroupTable
 
 
 def assemble(table: GroupTable, model: nn.Module, input_shape: tuple[int, ...], modules: dict[str, nn.Module],
-             leaves: dict[str, str], leaf_macs: dict[str, int], leaf_rank: dict[str, float]) -> ChannelGraph:
+             leaves: dict[str, str], leaf_macs: dict[str, int], leaf_rank: dict[str, float],
+             ends: list | None = None):
     """The result of a trace of ``model`` whose rules filled ``table``. ``modules`` are the
     traced module's submodules by path, ``leaves`` the frozen paths and why, ``leaf_macs``
-    the MACs of those the graph calls, ``leaf_rank`` where each sits among the layers."""
+    the MACs of those the graph calls, ``leaf_rank`` where each sits among the layers.
+    Given ``ends`` (table group ids, or None), also their ids in the result (None where a
+    group was dropped): (graph, ids)."""
     settle_follows(table)
     records = table.records()
     roots = sorted({table.find(g) for g in range(len(table))}, key=lambda g: records[g].first_seen)
@@ -48,7 +51,10 @@ def assemble(table: GroupTable, model: nn.Module, input_shape: tuple[int, ...], 
     other = sum(p.numel() for p in model.parameters() if id(p) not in covered)
     frozen = tuple(FrozenLeaf(path, type(modules[path]).__name__, leaves[path], macs)
                    for path, macs in leaf_macs.items())
-    return ChannelGraph(tuple(groups), layers, input_shape, other, sum(f.macs for f in frozen), frozen, rewrites)
+    graph = ChannelGraph(tuple(groups), layers, input_shape, other, sum(f.macs for f in frozen), frozen, rewrites)
+    if ends is None:
+        return graph
+    return graph, [None if g is None else new_id.get(table.find(g)) for g in ends]
 
 
 def final_groups(table: GroupTable, roots: list[int], new_id: dict[int, int],

@@ -163,3 +163,17 @@ def unsupported_function(node: fx.Node) -> TraceError:
     """The error for a function with no rule applied to a channel tensor."""
     return TraceError(f"node '{node.name}' ({where(node)}): function {fn_name(node.target)} on a channel "
                       f"tensor is not supported; {HOW_TO_ADD}")
+
+
+def flat_leaves(value, leaf: type | tuple = ()) -> list:
+    """The leaves of an output structure in order: dict values, list and tuple items and
+    dataclass fields, walked depth first; anything else, or an instance of ``leaf``, is a leaf."""
+    if isinstance(value, leaf):
+        return [value]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in flat_leaves(v, leaf)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in flat_leaves(v, leaf)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [x for f in dataclasses.fields(value) for x in flat_leaves(getattr(value, f.name), leaf)]
+    return [value]

@@ -1,20 +1,23 @@
 """A model whose own ``forward`` cannot be traced, searched through the parts that can.
 
 A whole detector's forward iterates its list of images, samples boxes and runs
-non-maximum suppression: fx follows none of that, yet its backbone, feature pyramid and box
-head are plain layers. :func:`trace_parts` runs the model once on an example input, noting
-which submodules are called and with what, then traces, from the top down, every submodule
-called with one tensor as a model of its own (a part), and looks inside those it
-cannot trace. The parts' graphs are joined into one :class:`~autoprune.graph.ChannelGraph`
-whose layer and group names are paths in the whole model, so surgery slices the model's own
-modules and it keeps its class, its forward and what it returns.
+non-maximum suppression: fx follows none of that, yet its backbone, feature pyramid and heads
+are plain layers. :func:`trace_parts` runs the model once on an example input, noting which
+submodules are called and with what, then traces, from the top down, every submodule called
+with one tensor as a model of its own (a part), and looks inside those it cannot trace. The
+parts' graphs are joined into one :class:`~autoprune.graph.ChannelGraph` whose layer and group
+names are paths in the whole model, so surgery slices the model's own modules and it keeps its
+class, its forward and what it returns.
 
-Where the parts meet, through the untraceable code, channels are fixed: every part's inputs
-and outputs keep their width. Layers outside every part keep theirs too; their MACs on the
-example are a constant.
-A part called more than once (a head shared by all pyramid levels) is traced once, its
-channels alike in every call; MACs are counted for every call the example made, so a box
-head's are those of the example's proposals, which depend on the data.
+Where the parts meet, a second run of the example, watched op by op (a torch function mode),
+decides. A part whose input *is* a tensor another part returned (a pyramid level handed to a
+head as it is) shares that tensor's channel group. A part's output that the code between the
+parts computes with (anything but reading its shape), or that the model returns, keeps its
+width, as does a part's input that no part made. Layers outside every part keep theirs too;
+their MACs on the example are a constant. A part called more than once (a head shared by all
+pyramid levels) is traced once, its channels alike in every call; MACs are counted for every
+call the example made, so a box head's are those of the example's proposals, which depend on
+the data.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from autoprune.errors import TraceError, one_line
 from autoprune.graph.fxtrace import MAC_LAYERS, mac_count
-from autoprune.graph.result import ChannelGraph, ChannelGroup, FrozenLeaf, Layer
+from autoprune.graph.nodes import flat_leaves
+from autoprune.graph.registry import module_rule
+from autoprune.graph.result import ChannelGraph, ChannelGroup, FrozenLeaf
 
 
 @dataclasses.dataclass
@@ -51,13 +57,13 @@ class _Calls:
         return self.shapes[0][1:]
 
 
-def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
-                trace_part: Callable[[nn.Module, tuple[int, ...]], ChannelGraph]) -> ChannelGraph:
-    """The graph of ``model``, whose forward failed to trace with ``why``, joined from the
-    graphs ``trace_part(submodule, shape)`` returns for its traceable parts (see the module
-    docs). ``why`` itself if no part has a channel group left to search."""
+def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError, trace_part: Callable) -> ChannelGraph:
+    """The graph of ``model``, whose forward failed to trace with ``why``, joined from what
+    ``trace_part(submodule, shape, ends=True)`` returns for its traceable parts (see
+    :class:`~autoprune.graph.tracer.Tracer`'s ``ends``, and the module docs). ``why`` itself
+    if no part has a channel group left to search."""
     calls = _record_calls(model, input_shape, why)
-    parts: list[tuple[str, ChannelGraph]] = []
+    parts: list[_Part] = []
     left: list[str] = []  # untraced submodules with MACs of their own, by path
 
     def visit(path: str, module: nn.Module) -> None:
@@ -67,8 +73,11 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
             if c is None or not c.macs:
                 continue  # no Conv/Linear inside it ran: nothing to search or count
             if c.one_input() is not None:
+                # A lone layer is traced as the one step of a Sequential, named "0" there.
+                alone = module_rule(type(child)) is not None
                 with contextlib.suppress(TraceError):
-                    parts.append((p, trace_part(child, c.one_input())))
+                    graph, ends = trace_part(nn.Sequential(child) if alone else child, c.one_input(), ends=True)
+                    parts.append(_Part(p, _as_called(graph, p, alone, calls), ends, alone))
                     continue
             if isinstance(child, MAC_LAYERS) or not any(True for _ in child.children()):
                 left.append(p)
@@ -76,14 +85,69 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
                 visit(p, child)
 
     visit("", model)
-    if not any(not g.fixed for _, g in parts for g in g.groups):
+    flows = _record_flows(model, input_shape, [part.path for part in parts])
+    graph = _joined(model, input_shape, parts, flows, sum(calls[p].macs for p in left), why)
+    if all(g.fixed for g in graph.groups):
         raise why
-    return _joined(model, input_shape, parts, left, calls, why)
+    return graph
+
+
+@dataclasses.dataclass
+class _Part:
+    """A traced part: its path, its graph (names relative to it, MACs of every call), its end
+    groups (input, then each output leaf; None for one that is not a single group), and
+    whether it is a lone layer (traced as the step "0" of a Sequential)."""
+
+    path: str
+    graph: ChannelGraph
+    ends: list
+    alone: bool
+
+    def name(self, name: str) -> str:
+        """A name in the part as a path in the whole model."""
+        if self.alone:
+            return self.path + name[1:] if name == "0" or name.startswith("0.") else f"{self.path}.{name}"
+        return f"{self.path}.{name}" if name else self.path
+
+
+@dataclasses.dataclass
+class _Flows:
+    """Where the parts' tensors went in one run: per part path, each call's input as the
+    (part path, output leaf) that made it, or None; the outputs the code between the parts
+    computed with or the model returned."""
+
+    inputs: dict[str, list]
+    outside: set
+
+
+# Reading these tells nothing of a tensor's channels that the pruned model would not read anew.
+_METADATA = [torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.dim, torch.Tensor.ndim.__get__,
+             torch.Tensor.dtype.__get__, torch.Tensor.device.__get__, torch.Tensor.is_cuda.__get__,
+             torch.Tensor.__len__]
+
+
+def _run_example(model: nn.Module, input_shape: tuple[int, ...], why: TraceError, hooks: list, watch=None):
+    """Run ``model`` once on a zero batch of one with ``hooks`` (handles, removed after) and
+    inside the torch function mode ``watch``; its buffers (running statistics) are left as
+    they were; TraceError (``why``, and what failed) if it cannot run."""
+    param = next(model.parameters(), None)
+    buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training forward updates running statistics
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), watch or contextlib.nullcontext():
+            return model(torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu"))
+    except Exception as exc:  # noqa: BLE001 — the model cannot run on the example: the trace error stands
+        raise TraceError(f"{one_line(why)}; nor does a forward pass on a zero input of shape {input_shape} "
+                         f"run: {one_line(exc)[:200]}") from None
+    finally:
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
 
 
 def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceError) -> dict[str, _Calls]:
-    """One forward of ``model`` on a zero batch of one, recording every submodule's calls; its
-    buffers (running statistics) are left as they were."""
+    """One run of the example, recording every submodule's calls."""
     calls: dict[str, _Calls] = {}
     paths = {m: p for p, m in model.named_modules() if p}
     macs: dict[str, int] = {}
@@ -98,21 +162,7 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
             macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, out)
             c.positions += out.numel() // out.shape[-1 if isinstance(m, nn.Linear) else 1]
 
-    hooks = [m.register_forward_hook(hook, with_kwargs=True) for m in paths]
-    param = next(model.parameters(), None)
-    buffers = {k: b.clone() for k, b in model.named_buffers()}  # a training forward updates running statistics
-    try:
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            model(torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu"))
-    except Exception as exc:  # noqa: BLE001 — the model cannot run on the example: the trace error stands
-        raise TraceError(f"{one_line(why)}; nor does a forward pass on a zero input of shape {input_shape} "
-                         f"run: {one_line(exc)[:200]}") from None
-    finally:
-        for h in hooks:
-            h.remove()
-        with torch.no_grad():
-            for k, b in model.named_buffers():
-                b.copy_(buffers[k])
+    _run_example(model, input_shape, why, [m.register_forward_hook(hook, with_kwargs=True) for m in paths])
     for path, n in macs.items():  # a module's MACs are those of the Conv/Linear layers inside it
         parts = path.split(".")
         for i in range(1, len(parts) + 1):
@@ -120,12 +170,48 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
     return calls
 
 
-def _as_called(graph: ChannelGraph, path: str, calls: dict[str, _Calls]) -> ChannelGraph:
+def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[str]) -> _Flows:
+    """A second run of the example, following the tensors the parts at ``paths`` return."""
+    of = {model.get_submodule(p): p for p in paths}
+    made: dict[int, tuple] = {}  # id -> (tensor, (part path, output leaf)); the tensor keeps the id unique
+    flows = _Flows({p: [] for p in paths}, set())
+    inside = [0]
+
+    def maker(t):
+        hit = made.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return hit[1] if hit is not None and hit[0] is t else None
+
+    def pre(m, args, kwargs):
+        flows.inputs[of[m]].append(maker(args[0]) if args else None)
+        inside[0] += 1
+
+    def post(m, args, kwargs, out):
+        inside[0] -= 1
+        for i, t in enumerate(flat_leaves(out)):
+            if isinstance(t, torch.Tensor):
+                made[id(t)] = (t, (of[m], i))
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if not inside[0] and func not in _METADATA:
+                flows.outside.update(k for k in map(maker, flat_leaves([args, kwargs or {}])) if k is not None)
+            return func(*args, **(kwargs or {}))
+
+    hooks = [h for m in of for h in (m.register_forward_pre_hook(pre, with_kwargs=True),
+                                      m.register_forward_hook(post, with_kwargs=True))]
+    out = _run_example(model, input_shape, TraceError("the example ran once but not twice"), hooks, Watch())
+    flows.outside.update(k for k in map(maker, flat_leaves(out)) if k is not None)
+    return flows
+
+
+def _as_called(graph: ChannelGraph, path: str, alone: bool, calls: dict[str, _Calls]) -> ChannelGraph:
     """``graph`` of the part at ``path``, traced on one example row, with the MACs of every
     call the model made: each Conv/Linear layer's output positions and each frozen leaf's
     MACs as recorded (pyramid levels of a shared head, proposals of a box head)."""
-    def recorded(name: str) -> _Calls | None:
-        return calls.get(f"{path}.{name}")
+    name = _Part(path, graph, [], alone).name
+
+    def recorded(n: str) -> _Calls | None:
+        return calls.get(name(n))
 
     layers = tuple(l if l.kind not in ("conv", "linear") or recorded(l.name) is None
                    else dataclasses.replace(l, out_positions=recorded(l.name).positions) for l in graph.layers)
@@ -134,31 +220,49 @@ def _as_called(graph: ChannelGraph, path: str, calls: dict[str, _Calls]) -> Chan
     return dataclasses.replace(graph, layers=layers, frozen=frozen, other_macs=sum(f.macs for f in frozen))
 
 
-def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[tuple[str, ChannelGraph]],
-            left: list[str], calls: dict[str, _Calls], why: TraceError) -> ChannelGraph:
-    """One ChannelGraph of the ``parts`` (path, graph), with names as paths in ``model``."""
+def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], flows: _Flows, rest: int,
+            why: TraceError) -> ChannelGraph:
+    """One ChannelGraph of the ``parts``, names as paths in ``model``, groups joined where
+    ``flows`` says a part's input is another's output; ``rest``: the MACs outside the parts."""
     groups: list[ChannelGroup] = []
-    layers: list[Layer] = []
-    frozen: list[FrozenLeaf] = []
-    for path, graph in parts:
-        graph = _as_called(graph, path, calls)
-        offset = len(groups)
+    offset: dict[str, int] = {}
+    fixed: set[int] = set()  # by the joins: ends that meet the untraced code
+    for part in parts:
+        offset[part.path] = base = len(groups)
         # Surgery of a part's shuffles and constant cuts re-traces the part's forward, which
         # the whole model's cannot host: their channels keep their width.
-        kept_whole = {g for r in graph.rewrites for g in r.layout}
-        for g in graph.groups:
-            follows = None if g.follows is None else dataclasses.replace(g.follows, parent=g.follows.parent + offset)
+        fixed |= {g + base for r in part.graph.rewrites for g in r.layout}
+        for g in part.graph.groups:
+            follows = None if g.follows is None else dataclasses.replace(g.follows, parent=g.follows.parent + base)
             groups.append(dataclasses.replace(
-                g, id=g.id + offset, name=f"{path}.{g.name}", fixed=g.fixed or g.id in kept_whole,
-                members=tuple(f"{path}.{m}" for m in g.members), producers=tuple(f"{path}.{m}" for m in g.producers),
-                follows=follows if g.id not in kept_whole else None, cuts=() if g.id in kept_whole else g.cuts))
-        layers += [dataclasses.replace(l, name=f"{path}.{l.name}", in_layout=tuple(g + offset for g in l.in_layout),
-                                       out_group=None if l.out_group is None else l.out_group + offset)
-                   for l in graph.layers]
-        frozen += [dataclasses.replace(f, path=f"{path}.{f.path}") for f in graph.frozen]
-    groups = _fixed_followers(groups)
-    rest = sum(calls[p].macs for p in left)
-    traced = ", ".join(p for p, _ in parts)
+                g, id=g.id + base, members=tuple(map(part.name, g.members)), follows=follows,
+                producers=tuple(part.name(m) if m else "" for m in g.producers)))
+    parent = list(range(len(groups)))
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    ends = {p.path: [None if e is None else e + offset[p.path] for e in p.ends] for p in parts}
+    for part in parts:
+        own = ends[part.path][0]
+        for made in flows.inputs[part.path]:
+            theirs = ends[made[0]][1 + made[1]] if made is not None and 1 + made[1] < len(ends[made[0]]) else None
+            if own is None:
+                continue
+            if theirs is None or groups[theirs].width != groups[own].width:
+                fixed.add(own)
+            else:
+                parent[find(own)] = find(theirs)
+        fixed |= {e for i, e in enumerate(ends[part.path][1:]) if e is not None and (part.path, i) in flows.outside}
+    groups, remap = _merged(groups, find, fixed)
+    layers = [dataclasses.replace(l, name=p.name(l.name), in_layout=tuple(remap[g + offset[p.path]] for g in l.in_layout),
+                                  out_group=None if l.out_group is None else remap[l.out_group + offset[p.path]])
+              for p in parts for l in p.graph.layers]
+    frozen = [dataclasses.replace(f, path=p.name(f.path)) for p in parts for f in p.graph.frozen]
+    traced = ", ".join(p.path for p in parts)
     frozen.append(FrozenLeaf("", type(model).__name__, f"{one_line(why)[:300]}; traced in parts: {traced}", rest))
     covered = set()
     for layer in layers:
@@ -168,6 +272,38 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[tuple[st
     other = sum(p.numel() for p in model.parameters() if id(p) not in covered)
     return ChannelGraph(tuple(groups), tuple(layers), tuple(input_shape), other,
                         sum(f.macs for f in frozen), tuple(frozen))
+
+
+def _merged(groups: list[ChannelGroup], find, fixed: set[int]) -> tuple[list[ChannelGroup], dict[int, int]]:
+    """One group per set ``find`` joins, in order of first appearance, and the new id of every
+    old one. A set is fixed if any of its groups is, or is in ``fixed``, or has no producer but
+    the untraced code ``""``; one of several groups that follows or is cut keeps its width."""
+    sets: dict[int, list[ChannelGroup]] = {}
+    for g in groups:
+        sets.setdefault(find(g.id), []).append(g)
+    remap = {g.id: i for i, same in enumerate(sets.values()) for g in same}
+    out = []
+    for i, same in enumerate(sets.values()):
+        first = same[0]
+        producers = tuple(p for g in same for p in g.producers if p)
+        members = tuple(dict.fromkeys(m for g in same for m in g.members))
+        plain = len(same) == 1 or all(g.follows is None and not g.cuts and g.blocks == first.blocks for g in same)
+        lock = not plain or not producers or any(g.fixed or g.id in fixed for g in same)
+        follows = None if first.follows is None or len(same) > 1 else dataclasses.replace(
+            first.follows, parent=remap[first.follows.parent])
+        out.append(dataclasses.replace(first, id=i, name=producers[0] if producers else members[0] if members else
+                                       first.name, fixed=lock, members=members, producers=producers,
+                                       follows=None if lock else follows, cuts=() if lock else first.cuts))
+    return _unique_names(_fixed_followers(out)), remap
+
+
+def _unique_names(groups: list[ChannelGroup]) -> list[ChannelGroup]:
+    seen: dict[str, int] = {}
+    out = []
+    for g in groups:
+        seen[g.name] = seen.get(g.name, -1) + 1
+        out.append(g if not seen[g.name] else dataclasses.replace(g, name=f"{g.name}#{seen[g.name]}"))
+    return out
 
 
 def _fixed_followers(groups: list[ChannelGroup]) -> list[ChannelGroup]:

@@ -24,6 +24,7 @@ from autoprune.graph.assemble import assemble
 from autoprune.graph.fxtrace import NeedsLeaf, called_modules, first_trace, same_in_both_modes, shaped_graph_module
 from autoprune.graph.nodes import (
     HOW_TO_ADD,
+    flat_leaves,
     is_record_class,
     metadata_args,
     same_kind,
@@ -100,11 +101,14 @@ def _kept_for_training(model: nn.Module, input_shape: tuple[int, ...], graph: Ch
                                                    for g in graph.groups))
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
+def _trace(model: nn.Module, input_shape: tuple[int, ...], ends: bool = False):
+    """The graph of ``model``, freezing what cannot be traced; with ``ends`` (a part of a
+    model, see :mod:`~autoprune.graph.parts`), (graph, end group ids) of Tracer.run."""
     leaves: dict[str, str] = {}
     while True:
         try:
-            graph = Tracer(model, input_shape, leaves).run()
+            result = Tracer(model, input_shape, leaves, ends=ends).run()
+            graph = result[0] if ends else result
         except NeedsLeaf as need:
             if len(leaves) >= MAX_FROZEN_LEAVES:
                 raise TraceError(f"more than {MAX_FROZEN_LEAVES} submodules of {type(model).__name__} cannot be "
@@ -115,7 +119,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
             why = "; ".join(f"'{f.path}' ({f.kind}): {f.reason}" for f in graph.frozen)
             raise TraceError(f"nothing in {type(model).__name__} can be searched: every channel group is fixed "
                              f"by the submodules that cannot be traced: {why}")
-        return graph
+        return result
 
 
 def flat_values(args, values: dict) -> list[ChannelTensor]:
@@ -137,9 +141,17 @@ def flat_values(args, values: dict) -> list[ChannelTensor]:
 
 class Tracer:
     """One pass over the fx graph of ``model`` with the submodules at the paths of ``leaves``
-    frozen (path -> why); :meth:`run` returns the ChannelGraph or raises NeedsLeaf."""
+    frozen (path -> why); :meth:`run` returns the ChannelGraph or raises NeedsLeaf.
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], leaves: dict[str, str] | None = None):
+    With ``ends`` the model is a part of a larger one whose other parts may share its input's
+    and outputs' channels: those are left free (the input group is produced by ``""``), and
+    :meth:`run` returns (graph, ids) where ids are the input's group, then the group of each
+    output in :func:`flat_leaves` order (None for one that is not a single group)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], leaves: dict[str, str] | None = None,
+                 ends: bool = False):
+        self.ends = ends
+        self.end_groups: list[int | None] = []
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
         self.leaves = dict(leaves or {})  # path -> why it is frozen
@@ -155,6 +167,13 @@ class Tracer:
         for node in gm.graph.nodes:
             self.table.position += 1
             if node.op == "output":
+                if self.ends:  # each output a single group, left free; the rest fixed
+                    for t in flat_leaves(self.resolve(node.args[0], values), ChannelTensor):
+                        one = isinstance(t, ChannelTensor) and len(t.layout) == 1 and t.perm is None and t.dim == 1
+                        self.end_groups.append(t.layout[0] if one else None)
+                        if isinstance(t, ChannelTensor) and not one:
+                            self.table.fix(*t.layout)
+                    continue
                 for t in self.channel_tensors(node.args, values):
                     self.table.fix(*t.layout)
                 continue
@@ -167,7 +186,7 @@ class Tracer:
             for r in self.table.rewrites:
                 self.table.fix(*r.layout)
         return assemble(self.table, self.model, self.input_shape, self.modules, self.leaves, leaf_macs,
-                        self.leaf_rank)
+                        self.leaf_rank, self.end_groups if self.ends else None)
 
     def leaf_for(self, node: fx.Node, exc: TraceError) -> Exception:
         """What to raise when the rules fail at ``node``: a request to freeze the innermost
@@ -266,7 +285,15 @@ class Tracer:
         if node.op == "placeholder":
             shape = shape_of(node)
             if shape is None or len(shape) < 2:
+                if self.ends:
+                    self.end_groups.insert(0, None)
                 return None
+            if self.ends:  # produced by whatever feeds the part: "" until parts are joined
+                g = self.table.new_group(shape[1])
+                self.table.add_producer(g, "")
+                self.leaf_rank[""] = -1
+                self.end_groups.insert(0, g)
+                return ChannelTensor([g])
             return ChannelTensor([self.table.new_group(shape[1], fixed=True)])
         if node.op == "get_attr":
             return None  # constants: an op mixing them with channel tensors is caught below
