@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from test_cost import hook_macs_and_thop
 
+import autoprune.graph.parts
 from autoprune.arch import build, load_arch
 from autoprune.cli import main
 from autoprune.cost import macs
@@ -110,6 +111,16 @@ def test_a_parts_output_the_code_between_computes_with_keeps_its_width():
     space = SearchSpace.from_model(Scaled().eval(), SHAPE)
     head = next(l for l in space.graph.layers if l.name == "head.0")
     assert space.graph.groups[head.in_layout[0]].fixed
+    assert {g.name for g in space.groups} == {"body.stem.0", "head.0"}
+
+
+def test_without_the_watched_run_no_part_is_joined(monkeypatch):
+    def fails(*args):
+        raise TraceError("not followed")
+
+    monkeypatch.setattr(autoprune.graph.parts, "_record_flows", fails)
+    space = SearchSpace.from_model(_Levels().eval(), SHAPE)
+    assert all(g.fixed for g in space.graph.groups if "body.p1" in g.producers or "head.2" in g.producers)
     assert {g.name for g in space.groups} == {"body.stem.0", "head.0"}
 
 

@@ -85,7 +85,11 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
                 visit(p, child)
 
     visit("", model)
-    flows = _record_flows(model, input_shape, [part.path for part in parts])
+    try:
+        flows = _record_flows(model, input_shape, [part.path for part in parts])
+    except TraceError:  # not followed op by op (a forward of its own tensor subclasses): no part is joined
+        flows = _Flows({p.path: [None] * calls[p.path].count for p in parts},
+                       {(p.path, i) for p in parts for i in range(len(p.ends) - 1)})
     graph = _joined(model, input_shape, parts, flows, sum(calls[p].macs for p in left), why)
     if all(g.fixed for g in graph.groups):
         raise why
