@@ -238,9 +238,10 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], 
         fixed |= {g + base for r in part.graph.rewrites for g in r.layout}
         for g in part.graph.groups:
             follows = None if g.follows is None else dataclasses.replace(g.follows, parent=g.follows.parent + base)
-            groups.append(dataclasses.replace(
-                g, id=g.id + base, members=tuple(map(part.name, g.members)), follows=follows,
-                producers=tuple(part.name(m) if m else "" for m in g.producers)))
+            producers = tuple(part.name(m) if m else "" for m in g.producers)  # "": the code before the part
+            name = next((p for p in producers if p), part.name(g.name) if g.name else f"{part.path}.input")
+            groups.append(dataclasses.replace(g, id=g.id + base, name=name, members=tuple(map(part.name, g.members)),
+                                              follows=follows, producers=producers))
     parent = list(range(len(groups)))
 
     def find(g: int) -> int:
