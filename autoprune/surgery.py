@@ -68,10 +68,12 @@ def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
 def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.Tensor | None,
                  depthwise: bool) -> None:
     if kind == "norm":
-        if m.weight is not None:
-            m.weight = _param(m.weight[in_idx], m.weight.requires_grad)
-        if getattr(m, "bias", None) is not None:
-            m.bias = _param(m.bias[in_idx], m.bias.requires_grad)
+        for name in ("weight", "bias"):  # parameters, or buffers in a frozen BatchNorm
+            t = getattr(m, name, None)
+            if isinstance(t, nn.Parameter):
+                setattr(m, name, _param(t[in_idx], t.requires_grad))
+            elif t is not None:
+                setattr(m, name, t[in_idx].clone())
         if getattr(m, "running_mean", None) is not None:
             m.running_mean = m.running_mean[in_idx].clone()
             m.running_var = m.running_var[in_idx].clone()
@@ -81,7 +83,7 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
             m.num_channels = len(in_idx)  # num_groups stays: every block lost the same channels
         elif isinstance(m, nn.LayerNorm):
             m.normalized_shape = (len(in_idx),)
-        else:
+        elif hasattr(m, "num_features"):
             m.num_features = len(in_idx)
         return
     w = m.weight

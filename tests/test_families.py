@@ -222,3 +222,41 @@ def test_timm_hgnetv2_stem_pads_and_prunes():
     stem = [g for g in space.groups if g.name.startswith("stem.")]
     assert stem, [g.name for g in space.groups][:5]
     check_pruned(model, (3, 64, 64), space=space, zero_masking=False)
+
+
+# -- frozen BatchNorm (every pretrained torchvision detector's backbone) ----------------------
+
+def test_a_frozen_batchnorm_is_a_norm_whose_buffers_stay_buffers():
+    misc = pytest.importorskip("torchvision.ops.misc")
+    models = pytest.importorskip("torchvision.models")
+    model = models.resnet18(norm_layer=misc.FrozenBatchNorm2d, num_classes=5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, misc.FrozenBatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    space = check_pruned(model, (3, 32, 32))
+    plain = SearchSpace.from_model(models.resnet18(num_classes=5).eval(), (3, 32, 32))
+    assert space.names == plain.names and not space.graph.frozen
+    pruned = materialise(model, space, space.uniform(0.5))
+    assert not any(isinstance(m, misc.FrozenBatchNorm2d) and isinstance(m.weight, nn.Parameter)
+                   for m in pruned.modules())
+    assert pruned.bn1.weight.shape == pruned.bn1.running_mean.shape == (pruned.conv1.out_channels,)
+
+
+class _BufferScale(nn.Module):
+    """Channels scaled by a per-channel buffer through its own arithmetic: not a parameter surgery
+    could slice by name, so its channels keep their width."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 8))
+
+    def forward(self, x):
+        return self.b(self.a(x) * (self.gain * 2).reshape(1, -1, 1, 1))
+
+
+def test_a_per_channel_buffer_fixes_its_channels():
+    graph = trace(_BufferScale().eval(), (3, 8, 8))
+    assert not any(layer.kind == "scale" for layer in graph.layers) and all(g.fixed for g in graph.groups)

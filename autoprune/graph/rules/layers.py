@@ -109,6 +109,20 @@ def norm(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTen
     return x
 
 
+def frozen_norm(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """A BatchNorm whose statistics and affine values are buffers (torchvision's and timm's
+    FrozenBatchNorm2d, in every pretrained torchvision detector): a norm with no parameters."""
+    x = inputs[0]
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' ({type(m).__name__}) normalises a flattened or permuted tensor; "
+                         "only per-channel norms are supported")
+    check_channels(table, node, x, m.weight.shape[0])
+    table.add_layer(Layer(node.target, "norm", tuple(x.layout), affine=False, in_perm=x.perm))
+    for g in x.layout:
+        table.add_member(g, node.target)
+    return x
+
+
 def group_norm(table: GroupTable, node: fx.Node, m: nn.GroupNorm, inputs: list[ChannelTensor]) -> ChannelTensor:
     x = inputs[0]
     if x.spatial != 1 or len(x.layout) != 1:
@@ -149,10 +163,18 @@ def scale_parameters(table: GroupTable, node: fx.Node, x: ChannelTensor) -> None
         if param is None:
             continue
         target, size = param
-        if size == width * x.spatial and width != 1 and x.spatial == 1 and shape_of(node) is not None:
+        if (size == width * x.spatial and width != 1 and x.spatial == 1 and shape_of(node) is not None
+                and _is_parameter(node, target)):
             table.add_layer(Layer(target, "scale", tuple(x.layout), in_perm=x.perm))
         elif spans_channels(shape_of(arg), shape_of(node), x):
             table.fix(*x.layout)
+
+
+def _is_parameter(node: fx.Node, target: str) -> bool:
+    """Whether ``target`` is a parameter of the traced model (not a buffer, nor a constant fx
+    computed from buffers, which the pruned model computes anew from its sliced buffers)."""
+    owner, _, name = target.rpartition(".")
+    return name in node.graph.owning_module.get_submodule(owner)._parameters
 
 
 def spans_channels(const: tuple[int, ...] | None, out: tuple[int, ...] | None, x: ChannelTensor) -> bool:
@@ -173,5 +195,6 @@ MODULES = {
 }
 FUNCTIONS: dict = {}
 METHODS: dict = {}
+BY_CLASS_NAME = {"FrozenBatchNorm2d": frozen_norm}  # torchvision.ops.misc and timm.layers
 # Rules that follow a shuffled tensor's channel positions (see ChannelTensor.perm).
-KEEP_ORDER = frozenset({conv, norm})
+KEEP_ORDER = frozenset({conv, norm, frozen_norm})
