@@ -217,3 +217,85 @@ def test_a_whole_detector_from_the_command_line(tmp_path, capsys):
     assert set(detections) == {"boxes", "scores", "labels"}
     assert main(["show", str(out / "arch.json")]) == 0
     assert "frozen forward (SSD): cannot trace SSD with torch.fx" in capsys.readouterr().out
+
+
+class _PerImage(nn.Module):
+    """A root that loops over its images, so that it is traced in parts; ``step`` says what it
+    does with one image (a batch of one)."""
+
+    def forward(self, x):
+        return [self.step(image[None]) for image in x]
+
+
+class _SizeFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        return y.shape[-2:], self.c2(x), y  # a shape the trace takes for one value: three leaves, not four
+
+
+class _ReadsASize(_PerImage):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _SizeFirst(), nn.Conv2d(8, 4, 3)
+
+    def step(self, x):
+        _, z, _ = self.a(x)
+        return self.b(z)
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1))
+
+    def forward(self, x):
+        return self.block(self.stem(x))
+
+
+class _CalledFromOutside(_PerImage):
+    def __init__(self):
+        super().__init__()
+        self.body, self.pre = _Block(), nn.Conv2d(3, 8, 1)
+
+    def step(self, x):
+        return self.body(x), self.body.block(torch.relu(self.pre(x)))  # body's block also runs on its own
+
+
+class _Flattened(_PerImage):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.b = nn.Linear(8 * 16 * 16, 10)
+
+    def step(self, x):
+        return self.b(self.a(x))  # the linear layer reads 8 x 256 features: no group of 2048 channels
+
+
+@pytest.mark.parametrize("model", [_ReadsASize(), _CalledFromOutside(), _Flattened()],
+                         ids=["size-leaf", "called-from-outside", "flattened"])
+def test_parts_whose_channels_cannot_be_matched_keep_them(model):
+    """Either nothing is left to search (the model's own error), or every vector gives a model
+    that runs and MACs that a count of it matches."""
+    model.eval()
+    try:
+        space = SearchSpace.from_model(model, SHAPE)
+    except TraceError as exc:
+        assert "cannot trace" in str(exc)
+        return
+    for widths in (space.uniform(0.5), space.min_widths()):
+        pruned = materialise(model, space, widths).eval()
+        counted, _ = hook_macs_and_thop(pruned, SHAPE)
+        assert macs(space, widths) == counted
+        with torch.no_grad():
+            assert len(pruned(torch.randn(2, *SHAPE))) == 2
+
+
+def test_a_shape_among_a_parts_outputs_does_not_shift_the_others():
+    space = SearchSpace.from_model(_ReadsASize().eval(), SHAPE)
+    b = next(l for l in space.graph.layers if l.name == "b")
+    assert space.graph.groups[b.in_layout[0]].name == "a.c2"  # the tensor it reads, not c1

@@ -29,6 +29,7 @@ def assemble(table: GroupTable, model: nn.Module, input_shape: tuple[int, ...], 
     used = {table.find(g) for layer in table.layers for g in layer.in_layout}
     used |= {table.find(g) for r in table.rewrites for g in r.layout}
     used |= {table.find(layer.out_group) for layer in table.layers if layer.out_group is not None}
+    used |= {table.find(g) for g in ends or () if g is not None}  # a part's ends, which other parts may read
     used = with_parents(table, used)
     roots = [r for r in roots if r in used]
     new_id = {r: i for i, r in enumerate(roots)}

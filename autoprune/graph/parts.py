@@ -22,6 +22,7 @@ the data.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -42,12 +43,14 @@ from autoprune.graph.result import ChannelGraph, ChannelGroup, FrozenLeaf
 class _Calls:
     """What one forward of the model did with a submodule: how often it ran, the shapes of
     its one tensor input (None once a call takes anything else), the Conv/Linear MACs inside
-    it and, for a Conv/Linear layer, its output positions (all calls together)."""
+    it, for a Conv/Linear layer its output positions (all calls together), and whether code
+    outside it called one of its submodules."""
 
     count: int = 0
     shapes: list[tuple[int, ...]] | None = dataclasses.field(default_factory=list)
     macs: int = 0
     positions: int = 0
+    entered: bool = False  # a module inside it ran outside its own calls
 
     def one_input(self) -> tuple[int, ...] | None:
         """The shape of its input without the rows, where every call took one tensor with the
@@ -59,12 +62,14 @@ class _Calls:
 
 def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError, trace_part: Callable) -> ChannelGraph:
     """The graph of ``model``, whose forward failed to trace with ``why``, joined from what
-    ``trace_part(submodule, shape, ends=True)`` returns for its traceable parts (see
-    :class:`~autoprune.graph.tracer.Tracer`'s ``ends``, and the module docs). ``why`` itself
-    if no part has a channel group left to search."""
+    ``trace_part(submodule, shape)`` returns for its traceable parts, (graph, end ids) as
+    :class:`~autoprune.graph.tracer.Tracer` with ``ends`` does (see the module docs).
+    ``why`` itself if no part has a channel group left to search."""
     calls = _record_calls(model, input_shape, why)
     parts: list[_Part] = []
     left: list[str] = []  # untraced submodules with MACs of their own, by path
+    seen = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    shared = {i for i, n in seen.items() if n > 1}  # one module at several paths: surgery would slice it twice
 
     def visit(path: str, module: nn.Module) -> None:
         for name, child in module.named_children():
@@ -72,11 +77,12 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
             c = calls.get(p)
             if c is None or not c.macs:
                 continue  # no Conv/Linear inside it ran: nothing to search or count
-            if c.one_input() is not None:
+            # A part runs its submodules itself alone, and shares none of them.
+            if c.one_input() is not None and not c.entered and not any(id(m) in shared for m in child.modules()):
                 # A lone layer is traced as the one step of a Sequential, named "0" there.
                 alone = module_rule(type(child)) is not None
-                with contextlib.suppress(TraceError):
-                    graph, ends = trace_part(nn.Sequential(child) if alone else child, c.one_input(), ends=True)
+                with contextlib.suppress(Exception):  # whatever fails in a part leaves it out, not the model
+                    graph, ends = trace_part(nn.Sequential(child) if alone else child, c.one_input())
                     parts.append(_Part(p, _as_called(graph, p, alone, calls), ends, alone))
                     continue
             if isinstance(child, MAC_LAYERS) or not any(True for _ in child.children()):
@@ -122,6 +128,7 @@ class _Flows:
 
     inputs: dict[str, list]
     outside: set
+    leaves: dict[str, int] = dataclasses.field(default_factory=dict)  # output leaves per part, as run
 
 
 # Reading these tells nothing of a tensor's channels that the pruned model would not read anew.
@@ -155,8 +162,18 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
     calls: dict[str, _Calls] = {}
     paths = {m: p for p, m in model.named_modules() if p}
     macs: dict[str, int] = {}
+    running: list[str] = []
+
+    def enter(m, args, kwargs):
+        path = paths[m]
+        steps = path.split(".")
+        for i in range(1, len(steps)):  # each enclosing module not running now was entered from outside
+            if ".".join(steps[:i]) not in running:
+                calls.setdefault(".".join(steps[:i]), _Calls()).entered = True
+        running.append(path)
 
     def hook(m, args, kwargs, out):
+        running.pop()
         c = calls.setdefault(paths[m], _Calls())
         c.count += 1
         x = args[0] if len(args) == 1 and not kwargs else None
@@ -166,7 +183,8 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
             macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, out)
             c.positions += out.numel() // out.shape[-1 if isinstance(m, nn.Linear) else 1]
 
-    _run_example(model, input_shape, why, [m.register_forward_hook(hook, with_kwargs=True) for m in paths])
+    _run_example(model, input_shape, why, [h for m in paths for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
+                                                                       m.register_forward_hook(hook, with_kwargs=True))])
     for path, n in macs.items():  # a module's MACs are those of the Conv/Linear layers inside it
         parts = path.split(".")
         for i in range(1, len(parts) + 1):
@@ -191,7 +209,9 @@ def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[st
 
     def post(m, args, kwargs, out):
         inside[0] -= 1
-        for i, t in enumerate(flat_leaves(out)):
+        leaves = flat_leaves(out, torch.Size)  # a shape is one value, as the trace sees it
+        flows.leaves[of[m]] = len(leaves)
+        for i, t in enumerate(leaves):
             if isinstance(t, torch.Tensor):
                 made[id(t)] = (t, (of[m], i))
 
@@ -204,8 +224,23 @@ def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[st
     hooks = [h for m in of for h in (m.register_forward_pre_hook(pre, with_kwargs=True),
                                       m.register_forward_hook(post, with_kwargs=True))]
     out = _run_example(model, input_shape, TraceError("the example ran once but not twice"), hooks, Watch())
-    flows.outside.update(k for k in map(maker, flat_leaves(out)) if k is not None)
+    flows.outside.update(k for k in map(maker, _returned(out)) if k is not None)
     return flows
+
+
+def _returned(out, depth: int = 4) -> list:
+    """The tensors in what a model returned, inside containers and plain objects (an ImageList)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if depth == 0:
+        return []
+    if isinstance(out, dict):
+        items = list(out.values())
+    elif isinstance(out, (list, tuple)):
+        items = list(out)
+    else:
+        items = list(getattr(out, "__dict__", {}).values())
+    return [t for x in items for t in _returned(x, depth - 1)]
 
 
 def _as_called(graph: ChannelGraph, path: str, alone: bool, calls: dict[str, _Calls]) -> ChannelGraph:
@@ -251,17 +286,19 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], 
         return g
 
     ends = {p.path: [None if e is None else e + offset[p.path] for e in p.ends] for p in parts}
+    # A part whose run returned other leaves than its trace (a value the trace took for one)
+    # cannot be matched leaf by leaf: every output of it keeps its width.
+    unmatched = {p.path for p in parts if flows.leaves.get(p.path, len(p.ends) - 1) != len(p.ends) - 1}
     for part in parts:
         own = ends[part.path][0]
         for made in flows.inputs[part.path]:
-            theirs = ends[made[0]][1 + made[1]] if made is not None and 1 + made[1] < len(ends[made[0]]) else None
-            if own is None:
-                continue
-            if theirs is None or groups[theirs].width != groups[own].width:
-                fixed.add(own)
-            else:
+            theirs = ends[made[0]][1 + made[1]] if made is not None and made[0] not in unmatched else None
+            if own is not None and theirs is not None and groups[theirs].width == groups[own].width:
                 parent[find(own)] = find(theirs)
-        fixed |= {e for i, e in enumerate(ends[part.path][1:]) if e is not None and (part.path, i) in flows.outside}
+            else:  # both sides keep their width where the channels are not known to match
+                fixed |= {g for g in (own, theirs) if g is not None}
+        fixed |= {e for i, e in enumerate(ends[part.path][1:]) if e is not None
+                  and ((part.path, i) in flows.outside or part.path in unmatched)}
     groups, remap = _merged(groups, find, fixed)
     layers = [dataclasses.replace(l, name=p.name(l.name), in_layout=tuple(remap[g + offset[p.path]] for g in l.in_layout),
                                   out_group=None if l.out_group is None else remap[l.out_group + offset[p.path]])
@@ -282,24 +319,37 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], 
 def _merged(groups: list[ChannelGroup], find, fixed: set[int]) -> tuple[list[ChannelGroup], dict[int, int]]:
     """One group per set ``find`` joins, in order of first appearance, and the new id of every
     old one. A set is fixed if any of its groups is, or is in ``fixed``, or has no producer but
-    the untraced code ``""``; one of several groups that follows or is cut keeps its width."""
+    the untraced code ``""``, or joins several groups one of which follows, is cut or is cut
+    into other blocks; a group that follows another is fixed with it, both ways (a chunk's
+    part and the tensor it is cut from keep their widths together)."""
     sets: dict[int, list[ChannelGroup]] = {}
     for g in groups:
         sets.setdefault(find(g.id), []).append(g)
     remap = {g.id: i for i, same in enumerate(sets.values()) for g in same}
+    same_sets = list(sets.values())
+    lock, parent = [], []
+    for same in same_sets:
+        first = same[0]
+        plain = len(same) == 1 or all(g.follows is None and not g.cuts and g.blocks == first.blocks for g in same)
+        lock.append(not plain or not any(p for g in same for p in g.producers)
+                    or any(g.fixed or g.id in fixed for g in same))
+        parent.append(remap[first.follows.parent] if first.follows is not None and len(same) == 1 else None)
+    changed = True
+    while changed:
+        changed = False
+        for i, j in enumerate(parent):
+            if j is not None and lock[i] != lock[j]:
+                lock[i] = lock[j] = changed = True
     out = []
-    for i, same in enumerate(sets.values()):
+    for i, same in enumerate(same_sets):
         first = same[0]
         producers = tuple(p for g in same for p in g.producers if p)
         members = tuple(dict.fromkeys(m for g in same for m in g.members))
-        plain = len(same) == 1 or all(g.follows is None and not g.cuts and g.blocks == first.blocks for g in same)
-        lock = not plain or not producers or any(g.fixed or g.id in fixed for g in same)
-        follows = None if first.follows is None or len(same) > 1 else dataclasses.replace(
-            first.follows, parent=remap[first.follows.parent])
+        follows = None if lock[i] or parent[i] is None else dataclasses.replace(first.follows, parent=parent[i])
         out.append(dataclasses.replace(first, id=i, name=producers[0] if producers else members[0] if members else
-                                       first.name, fixed=lock, members=members, producers=producers,
-                                       follows=None if lock else follows, cuts=() if lock else first.cuts))
-    return _unique_names(_fixed_followers(out)), remap
+                                       first.name, fixed=lock[i], members=members, producers=producers,
+                                       follows=follows, cuts=() if lock[i] else first.cuts))
+    return _unique_names(out), remap
 
 
 def _unique_names(groups: list[ChannelGroup]) -> list[ChannelGroup]:
@@ -308,17 +358,4 @@ def _unique_names(groups: list[ChannelGroup]) -> list[ChannelGroup]:
     for g in groups:
         seen[g.name] = seen.get(g.name, -1) + 1
         out.append(g if not seen[g.name] else dataclasses.replace(g, name=f"{g.name}#{seen[g.name]}"))
-    return out
-
-
-def _fixed_followers(groups: list[ChannelGroup]) -> list[ChannelGroup]:
-    """A group that follows a fixed one is fixed too (its parent keeps every channel)."""
-    out = list(groups)
-    changed = True
-    while changed:
-        changed = False
-        for i, g in enumerate(out):
-            if g.follows is not None and out[g.follows.parent].fixed:
-                out[i] = dataclasses.replace(g, fixed=True, follows=None)
-                changed = True
     return out

@@ -64,11 +64,18 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), mode: st
         try:
             graph = _trace(model, input_shape)
         except TraceError as why:
-            graph = trace_parts(model, input_shape, why, _trace)
+            graph = trace_parts(model, input_shape, why, _trace_part)
         graph = dataclasses.replace(graph, mode="train" if model.training else "eval")
         return graph if model.training else _kept_for_training(model, input_shape, graph)
     finally:
         model.train(was)
+
+
+def _trace_part(part: nn.Module, input_shape: tuple[int, ...]):
+    """(graph, end ids) of a part of a model (see :mod:`~autoprune.graph.parts`), in eval
+    mode with the channels its training forward needs whole fixed, as for a whole model."""
+    graph, ends = _trace(part, input_shape, ends=True)
+    return (graph if part.training else _kept_for_training(part, input_shape, graph)), ends
 
 
 def _kept_for_training(model: nn.Module, input_shape: tuple[int, ...], graph: ChannelGraph) -> ChannelGraph:
@@ -169,7 +176,8 @@ class Tracer:
             if node.op == "output":
                 if self.ends:  # each output a single group, left free; the rest fixed
                     for t in flat_leaves(self.resolve(node.args[0], values), ChannelTensor):
-                        one = isinstance(t, ChannelTensor) and len(t.layout) == 1 and t.perm is None and t.dim == 1
+                        one = (isinstance(t, ChannelTensor) and len(t.layout) == 1 and t.perm is None and t.dim == 1
+                               and t.spatial == 1)
                         self.end_groups.append(t.layout[0] if one else None)
                         if isinstance(t, ChannelTensor) and not one:
                             self.table.fix(*t.layout)
@@ -284,11 +292,12 @@ class Tracer:
         """A node by its op: the network input, a constant, or a call, handed to its rule."""
         if node.op == "placeholder":
             shape = shape_of(node)
+            first = self.ends and len(self.end_groups) == 0  # the first placeholder: the part's input
             if shape is None or len(shape) < 2:
-                if self.ends:
+                if first:
                     self.end_groups.insert(0, None)
                 return None
-            if self.ends:  # produced by whatever feeds the part: "" until parts are joined
+            if first:  # produced by whatever feeds the part: "" until parts are joined
                 g = self.table.new_group(shape[1])
                 self.table.add_producer(g, "")
                 self.leaf_rank[""] = -1
