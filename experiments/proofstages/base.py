@@ -39,7 +39,8 @@ def stage_base(p: Proof) -> dict:
     res = {"model": p.s["model"], "macs_ratio": 1.0, "macs": cost.macs(p.space, p.space.max_widths()),
            "params": cost.params(p.space, p.space.max_widths()), "config": asdict(config),
            "test": test_acc(model, p.data, p.device, p.s["test_limit"]),
-           "val": split_accuracy(model, p.data, "val", device=p.device), "checkpoint": "base/model.pt"}
+           "val": split_accuracy(model, p.data, "val", device=p.device),
+           "checkpoint": p.base_path.relative_to(p.out).as_posix()}
     if hist is not None:
         res.update(train_s=round(seconds, 1), img_per_s=hist["img_per_s"], steps=hist["steps"])
     log(f"base: test {res['test']:.4f}")
