@@ -446,6 +446,9 @@ def test_tau_interval_and_paired_test(proof_module):
     assert t["tau"] == pytest.approx(kendalltau([1, 2, 3, 4, 5, 6], [1, 3, 2, 4, 6, 5]).statistic)
     assert -1 <= t["lo"] <= t["tau"] <= t["hi"] <= 1 and t["lo"] < t["hi"]
     assert stats.tau_ci([1, 2], [3, 3], resamples=10)["tau"] is None  # all ties: undefined, no interval
+    # A perfect inverse order: every resample's tau is -1 as well, float noise and all.
+    t = stats.tau_ci([0.1, 0.7, 0.3, 0.9, 0.2], [5.5, 1.1, 3.3, 0.7, 4.9], resamples=200)
+    assert t["lo"] == t["tau"] == t["hi"] == -1.0
     # The bootstrap's vectorised tau-b is scipy's, ties and all.
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 4, (40, 9)).astype(float), rng.normal(size=(40, 9))

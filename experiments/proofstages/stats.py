@@ -35,6 +35,7 @@ def tau_ci(x: list[float], y: list[float], *, resamples: int, level: float = 0.9
     (seeded; resamples where tau is undefined, all ties, are left out)."""
     stat = kendalltau(x, y) if len(x) > 1 else None
     tau = None if stat is None else _finite(stat.statistic)
+    tau = None if tau is None else round(tau, 12)  # a ratio of pair counts: past 12 digits is float noise
     out = {"tau": tau, "p": None if tau is None else _finite(stat.pvalue), "lo": None, "hi": None, "n": len(x),
            "level": level}
     if tau is None:
@@ -42,7 +43,7 @@ def tau_ci(x: list[float], y: list[float], *, resamples: int, level: float = 0.9
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(x), (resamples, len(x)))
     taus = kendall_tau_b(np.asarray(x, dtype=float)[idx], np.asarray(y, dtype=float)[idx])
-    taus = taus[np.isfinite(taus)]
+    taus = np.round(taus[np.isfinite(taus)], 12)
     if taus.size:
         out["lo"], out["hi"] = (float(v) for v in np.quantile(taus, [(1 - level) / 2, (1 + level) / 2]))
     return out
