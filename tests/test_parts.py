@@ -114,6 +114,55 @@ def test_a_parts_output_the_code_between_computes_with_keeps_its_width():
     assert {g.name for g in space.groups} == {"body.stem.0", "head.0"}
 
 
+class _Pooled(nn.Module):
+    """Boxes pooled from both levels into one fresh tensor, level by level, as torchvision's
+    MultiScaleRoIAlign does, then a box head that flattens them: the levels' channels reach
+    the head through the code between."""
+
+    def __init__(self, channels: int | None = None):
+        super().__init__()
+        self.body, self.channels = _Pyramid(), channels
+        self.box_head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 5))
+
+    def forward(self, x):
+        from torchvision.ops import roi_align
+
+        levels = list(self.body(x).values())  # a Proxy's values cannot be listed: fx fails here
+        boxes = torch.tensor([[0, 0.0, 0.0, 8.0, 8.0], [0, 2.0, 2.0, 6.0, 6.0], [0, 1.0, 1.0, 4.0, 4.0]])
+        pooled = torch.zeros(3, self.channels or levels[0].shape[1], 2, 2)  # the width read, or written in
+        for i, level in enumerate(levels):
+            pooled[i::2] = roi_align(level, boxes[i::2], 2, spatial_scale=0.5 ** i).to(pooled.dtype)
+        return self.box_head(pooled)
+
+
+def test_a_parts_output_pooled_into_another_parts_input_shares_its_channels():
+    pytest.importorskip("torchvision.ops")
+    model = _Pooled().eval()
+    space = SearchSpace.from_model(model, SHAPE)
+    by_layer = {l.name: space.graph.groups[l.in_layout[0]] for l in space.graph.layers}
+    levels = by_layer["box_head.1"]  # the flattened boxes' channels are the levels'
+    assert not levels.fixed and {"body.p1", "body.p2"} <= set(levels.producers)
+    widths = space.uniform(0.5)
+    pruned = materialise(model, space, widths).eval()
+    assert pruned.body.p1.out_channels == pruned.body.p2.out_channels < 8
+    assert pruned.box_head[1].in_features == 4 * pruned.body.p1.out_channels
+    counted, by_thop = hook_macs_and_thop(pruned, SHAPE)
+    assert macs(space, widths) == counted == by_thop
+    with torch.no_grad():
+        assert pruned(torch.randn(1, *SHAPE)).shape == (3, 5)
+
+
+def test_code_between_that_writes_a_width_in_keeps_the_channels_it_carries():
+    pytest.importorskip("torchvision.ops")
+    space = SearchSpace.from_model(_Pooled(channels=8).eval(), SHAPE)  # a pruned body would not fit
+    by_layer = {l.name: space.graph.groups[l.in_layout[0]] for l in space.graph.layers}
+    assert by_layer["box_head.1"].fixed
+    assert all(g.fixed for g in space.graph.groups if "body.p1" in g.producers)
+    pruned = materialise(_Pooled(channels=8).eval(), space, space.uniform(0.5)).eval()
+    with torch.no_grad():
+        assert pruned(torch.randn(1, *SHAPE)).shape == (3, 5)
+
+
 def test_without_the_watched_run_no_part_is_joined(monkeypatch):
     def fails(*args):
         raise TraceError("not followed")
@@ -165,6 +214,9 @@ def test_a_torchvision_faster_rcnn_as_built_prunes_and_still_detects_and_trains(
     pruned = materialise(model, space, widths)
     assert type(pruned) is type(model)
     assert pruned.roi_heads.box_head.fc6.out_features < 1024
+    # RoI pooling carries the pyramid's channels to the box head, which reads them flattened.
+    fpn = pruned.backbone.fpn.layer_blocks[0][0].out_channels
+    assert fpn < 256 and pruned.roi_heads.box_head.fc6.in_features == fpn * 7 * 7
     images = list(torch.rand(2, *shape))
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
     losses = pruned.train()(images, targets)

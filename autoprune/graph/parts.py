@@ -11,8 +11,12 @@ class, its forward and what it returns.
 
 Where the parts meet, a second run of the example, watched op by op (a torch function mode),
 decides. A part whose input *is* a tensor another part returned (a pyramid level handed to a
-head as it is) shares that tensor's channel group. A part's output that the code between the
-parts computes with (anything but reading its shape), or that the model returns, keeps its
+head as it is) shares that tensor's channel group, as does one fed what the code between made
+from such tensors channel for channel: a cast, RoI pooling, rows written into a fresh tensor
+(the pyramid's levels pooled per box into a box head). Where the input came so, a third run of
+the example with those outputs one channel narrower checks that the code between follows
+their width rather than writing one in. A part's output that the code between the parts
+computes with in any other way (reading its shape aside), or that the model returns, keeps its
 width, as does a part's input that no part made. Layers outside every part keep theirs too;
 their MACs on the example are a constant. A part called more than once (a head shared by all
 pyramid levels) is traced once, its channels alike in every call; MACs are counted for every
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import io
 from collections.abc import Callable
@@ -122,19 +127,36 @@ class _Part:
 
 @dataclasses.dataclass
 class _Flows:
-    """Where the parts' tensors went in one run: per part path, each call's input as the
-    (part path, output leaf) that made it, or None; the outputs the code between the parts
-    computed with or the model returned."""
+    """Where the parts' tensors went in one run: per part path, each call's input as the set
+    of (part path, output leaf) whose channels it carries, or None; which of those inputs came
+    through code between the parts (RoI pooling) rather than as they were made, each input's
+    width; the outputs the code between the parts computed with or the model returned."""
 
     inputs: dict[str, list]
     outside: set
     leaves: dict[str, int] = dataclasses.field(default_factory=dict)  # output leaves per part, as run
+    carried: set = dataclasses.field(default_factory=set)  # (part path, call) fed through code between
+    widths: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 # Reading these tells nothing of a tensor's channels that the pruned model would not read anew.
 _METADATA = [torch.Tensor.shape.__get__, torch.Tensor.size, torch.Tensor.dim, torch.Tensor.ndim.__get__,
              torch.Tensor.dtype.__get__, torch.Tensor.device.__get__, torch.Tensor.is_cuda.__get__,
              torch.Tensor.__len__]
+# A tensor these make holds no channels yet: what is written into it along the rows gives it theirs.
+_FACTORIES = {torch.zeros, torch.empty, torch.ones, torch.full, torch.zeros_like, torch.empty_like,
+              torch.Tensor.new_zeros, torch.Tensor.new_empty, torch.Tensor.new_ones, torch.Tensor.new_full}
+
+
+def _channel_wise() -> set:
+    """Ops whose output has their first argument's channels, channel for channel (a cast, and
+    torchvision's RoI pooling of one feature map's channels per box)."""
+    ops = {torch.Tensor.to, torch.Tensor.contiguous, torch.Tensor.clone, torch.Tensor.detach, torch.Tensor.float}
+    for name in ("roi_align", "roi_pool"):
+        with contextlib.suppress(AttributeError, RuntimeError):  # torchvision's ops are not loaded
+            op = getattr(torch.ops.torchvision, name)
+            ops |= {op, op.default}
+    return ops
 
 
 def _run_example(model: nn.Module, input_shape: tuple[int, ...], why: TraceError, hooks: list, watch=None):
@@ -193,18 +215,34 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
 
 
 def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[str]) -> _Flows:
-    """A second run of the example, following the tensors the parts at ``paths`` return."""
+    """A second run of the example, following the tensors the parts at ``paths`` return, as
+    they are and through ops that carry their channels on (:func:`_channel_wise`, and a write
+    along the rows into a fresh tensor); checked by :func:`_narrowed` where any input came so."""
     of = {model.get_submodule(p): p for p in paths}
-    made: dict[int, tuple] = {}  # id -> (tensor, (part path, output leaf)); the tensor keeps the id unique
-    flows = _Flows({p: [] for p in paths}, set())
+    made: dict[int, tuple] = {}  # id -> (tensor, its origins); the tensor keeps the id unique
+    carried: dict[int, tuple] = {}  # the same for tensors made between the parts (empty: fresh)
+    flows = _Flows({p: [] for p in paths}, set(), widths={p: [] for p in paths})
     inside = [0]
+    channel_wise = _channel_wise()
 
-    def maker(t):
-        hit = made.get(id(t)) if isinstance(t, torch.Tensor) else None
-        return hit[1] if hit is not None and hit[0] is t else None
+    def origins(t, where: dict = None) -> frozenset | None:
+        tables = (made, carried) if where is None else (where,)
+        for table in tables:
+            hit = table.get(id(t)) if isinstance(t, torch.Tensor) else None
+            if hit is not None and hit[0] is t:
+                return hit[1]
+        return None
+
+    def used(values) -> None:
+        flows.outside.update(o for t in flat_leaves(values) for o in origins(t) or ())
 
     def pre(m, args, kwargs):
-        flows.inputs[of[m]].append(maker(args[0]) if args else None)
+        x = args[0] if args else None
+        came = origins(x) or None
+        flows.inputs[of[m]].append(came)
+        flows.widths[of[m]].append(x.shape[1] if isinstance(x, torch.Tensor) and x.dim() >= 2 else None)
+        if came is not None and origins(x, made) is None:
+            flows.carried.add((of[m], len(flows.inputs[of[m]]) - 1))
         inside[0] += 1
 
     def post(m, args, kwargs, out):
@@ -213,19 +251,111 @@ def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[st
         flows.leaves[of[m]] = len(leaves)
         for i, t in enumerate(leaves):
             if isinstance(t, torch.Tensor):
-                made[id(t)] = (t, (of[m], i))
+                made[id(t)] = (t, frozenset({(of[m], i)}))
+
+    def rows_into(target, key, value) -> bool:
+        """Whether ``target[key] = value`` writes ``value``'s channels into a tensor made
+        between the parts, whole, along the rows."""
+        if origins(target, carried) is None or origins(target, made) is not None or not origins(value):
+            return False
+        if isinstance(key, tuple) and len(key) > 1 and key[1] != slice(None):
+            return False
+        return target.dim() == value.dim() >= 2 and target.shape[1] == value.shape[1]
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
-            if not inside[0] and func not in _METADATA:
-                flows.outside.update(k for k in map(maker, flat_leaves([args, kwargs or {}])) if k is not None)
-            return func(*args, **(kwargs or {}))
+            out = func(*args, **(kwargs or {}))
+            if inside[0] or func in _METADATA or getattr(func, "__name__", "") == "__get__" and not isinstance(
+                    out, torch.Tensor):  # an attribute that is no tensor: requires_grad, layout, ...
+                return out
+            if func in _FACTORIES and isinstance(out, torch.Tensor):
+                carried[id(out)] = (out, frozenset())
+            elif func in channel_wise and args and origins(args[0]) and isinstance(out, torch.Tensor):
+                used([args[1:], kwargs or {}])
+                carried[id(out)] = (out, origins(args[0]))
+            elif func is torch.Tensor.__setitem__ and rows_into(*args):
+                carried[id(args[0])] = (args[0], origins(args[0]) | origins(args[2]))
+            else:
+                used([args, kwargs or {}])
+            return out
 
     hooks = [h for m in of for h in (m.register_forward_pre_hook(pre, with_kwargs=True),
                                       m.register_forward_hook(post, with_kwargs=True))]
     out = _run_example(model, input_shape, TraceError("the example ran once but not twice"), hooks, Watch())
-    flows.outside.update(k for k in map(maker, _returned(out)) if k is not None)
+    used(_returned(out))
+    if flows.carried and not _narrowed(model, input_shape, flows, of):
+        for path, call in flows.carried:  # what the code between does with them is not known: fixed
+            flows.outside |= flows.inputs[path][call]
+            flows.inputs[path][call] = None
     return flows
+
+
+def _narrowed(model: nn.Module, input_shape: tuple[int, ...], flows: _Flows, of: dict) -> bool:
+    """Whether the code between the parts carries channels as :func:`_record_flows` saw: a third
+    run of the example in which every part output that reached a part's input through that
+    code is one channel narrower, as a pruned model's would be, and every part so fed must get
+    one channel fewer (and is handed the width it was traced with, zeros added)."""
+    narrow = {o for path, call in flows.carried for o in flows.inputs[path][call]} - flows.outside
+    calls = collections.Counter()
+    wrong: list[str] = []
+
+    def cut(m, args, kwargs, out):
+        path = of[m]
+
+        def one(i, t):
+            if (path, i) not in narrow:
+                return t
+            if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[1] < 2:
+                wrong.append(path)
+                return t
+            return t[:, :-1]
+        return _map_leaves(out, one, torch.Size)
+
+    def check(m, args, kwargs):
+        path = of[m]
+        came, width = flows.inputs[path][calls[path]], flows.widths[path][calls[path]]
+        calls[path] += 1
+        if not came or not came & narrow:
+            return None
+        x = args[0]
+        if width is None or came <= narrow and x.shape[1] != width - 1:
+            wrong.append(path)
+            return None
+        pad = x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])
+        return (torch.cat([x, pad], 1), *args[1:]), kwargs
+
+    hooks = [h for m in of for h in (m.register_forward_pre_hook(check, with_kwargs=True),
+                                      m.register_forward_hook(cut, with_kwargs=True))]
+    try:
+        _run_example(model, input_shape, TraceError("the example ran twice but not with narrower parts"), hooks)
+    except TraceError:
+        return False
+    return not wrong
+
+
+def _map_leaves(value, fn: Callable, leaf: type | tuple = ()):
+    """``value`` with each leaf, in :func:`~autoprune.graph.nodes.flat_leaves`' order, replaced
+    by ``fn(index, leaf)``; containers are copied, never changed."""
+    count = iter(range(1 << 30))
+
+    def walk(v):
+        if isinstance(v, leaf):
+            return fn(next(count), v)
+        if isinstance(v, dict):
+            new = copy.copy(v)
+            for k, x in v.items():
+                new[k] = walk(x)
+            return new
+        if isinstance(v, (list, tuple)):
+            items = [walk(x) for x in v]
+            return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            new = copy.copy(v)
+            for f in dataclasses.fields(v):
+                setattr(new, f.name, walk(getattr(v, f.name)))
+            return new
+        return fn(next(count), v)
+    return walk(value)
 
 
 def _returned(out, depth: int = 4) -> list:
@@ -291,12 +421,14 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], 
     unmatched = {p.path for p in parts if flows.leaves.get(p.path, len(p.ends) - 1) != len(p.ends) - 1}
     for part in parts:
         own = ends[part.path][0]
-        for made in flows.inputs[part.path]:
-            theirs = ends[made[0]][1 + made[1]] if made is not None and made[0] not in unmatched else None
-            if own is not None and theirs is not None and groups[theirs].width == groups[own].width:
-                parent[find(own)] = find(theirs)
-            else:  # both sides keep their width where the channels are not known to match
-                fixed |= {g for g in (own, theirs) if g is not None}
+        for came in flows.inputs[part.path]:
+            theirs = [None if path in unmatched else ends[path][1 + leaf] for path, leaf in came or ()]
+            if own is not None and theirs and all(t is not None and groups[t].width == groups[own].width
+                                                  for t in theirs):
+                for t in theirs:
+                    parent[find(t)] = find(own)
+            else:  # every side keeps its width where the channels are not known to match
+                fixed |= {g for g in (own, *theirs) if g is not None}
         fixed |= {e for i, e in enumerate(ends[part.path][1:]) if e is not None
                   and ((part.path, i) in flows.outside or part.path in unmatched)}
     groups, remap = _merged(groups, find, fixed)
