@@ -4,6 +4,7 @@ trains on targets after pruning; MACs count every call of a part."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -161,6 +162,55 @@ def test_code_between_that_writes_a_width_in_keeps_the_channels_it_carries():
     pruned = materialise(_Pooled(channels=8).eval(), space, space.uniform(0.5)).eval()
     with torch.no_grad():
         assert pruned(torch.randn(1, *SHAPE)).shape == (3, 5)
+
+
+class _Crossed(nn.Module):
+    """Each level pooled for a head of its own, but the second level's boxes written into a
+    tensor as wide as the first level: the two levels' widths are not free of each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = _Pyramid()
+        self.h1, self.h2 = (nn.Sequential(nn.Flatten(), nn.Linear(8 * 2 * 2, 5)) for _ in range(2))
+
+    def forward(self, x):
+        from torchvision.ops import roi_align
+
+        p1, p2 = list(self.body(x).values())
+        boxes = torch.tensor([[0, 0.0, 0.0, 8.0, 8.0], [0, 2.0, 2.0, 6.0, 6.0]])
+        second = torch.zeros(2, p1.shape[1], 2, 2)
+        second[:] = roi_align(p2, boxes, 2, spatial_scale=0.5)
+        return self.h1(roi_align(p1, boxes, 2)), self.h2(second)
+
+
+def test_a_pooled_tensor_seen_through_a_view_taken_before_the_write_keeps_its_width():
+    class Viewed(_Pooled):
+        def forward(self, x):
+            from torchvision.ops import roi_align
+
+            level = list(self.body(x).values())[0]
+            boxes = torch.tensor([[0, 0.0, 0.0, 8.0, 8.0]] * 3)
+            pooled = torch.zeros(3, level.shape[1], 2, 2)
+            first = pooled[:, :1]  # a view of the first channel, taken before the write
+            pooled[:] = roi_align(level, boxes, 2)
+            first.zero_()  # the box head then reads a channel the pruned model would not zero
+            return self.box_head(pooled)
+
+    pytest.importorskip("torchvision.ops")
+    space = SearchSpace.from_model(Viewed().eval(), SHAPE)
+    by_layer = {l.name: space.graph.groups[l.in_layout[0]] for l in space.graph.layers}
+    assert by_layer["box_head.1"].fixed
+
+
+def test_a_tensor_sized_by_one_part_and_filled_from_another_keeps_both_widths():
+    pytest.importorskip("torchvision.ops")
+    model = _Crossed().eval()
+    space = SearchSpace.from_model(model, SHAPE)
+    assert all(g.fixed for g in space.graph.groups if {"body.p1", "body.p2"} & set(g.producers))
+    for seed in range(3):  # any widths the space draws, not only uniform ones
+        pruned = materialise(model, space, space.sample(np.random.default_rng(seed))).eval()
+        with torch.no_grad():
+            assert [o.shape for o in pruned(torch.randn(1, *SHAPE))] == [(2, 5)] * 2
 
 
 def test_without_the_watched_run_no_part_is_joined(monkeypatch):

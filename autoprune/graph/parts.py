@@ -14,7 +14,7 @@ decides. A part whose input *is* a tensor another part returned (a pyramid level
 head as it is) shares that tensor's channel group, as does one fed what the code between made
 from such tensors channel for channel: a cast, RoI pooling, rows written into a fresh tensor
 (the pyramid's levels pooled per box into a box head). Where the input came so, a third run of
-the example with those outputs one channel narrower checks that the code between follows
+the example with those outputs about half as wide checks that the code between follows
 their width rather than writing one in. A part's output that the code between the parts
 computes with in any other way (reading its shape aside), or that the model returns, keeps its
 width, as does a part's input that no part made. Layers outside every part keep theirs too;
@@ -234,7 +234,10 @@ def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[st
         return None
 
     def used(values) -> None:
-        flows.outside.update(o for t in flat_leaves(values) for o in origins(t) or ())
+        for t in flat_leaves(values):
+            flows.outside.update(origins(t) or ())
+            if origins(t, carried) is not None:  # a view or a change of it would go unseen: it carries no more
+                del carried[id(t)]
 
     def pre(m, args, kwargs):
         x = args[0] if args else None
@@ -293,9 +296,25 @@ def _record_flows(model: nn.Module, input_shape: tuple[int, ...], paths: list[st
 def _narrowed(model: nn.Module, input_shape: tuple[int, ...], flows: _Flows, of: dict) -> bool:
     """Whether the code between the parts carries channels as :func:`_record_flows` saw: a third
     run of the example in which every part output that reached a part's input through that
-    code is one channel narrower, as a pruned model's would be, and every part so fed must get
-    one channel fewer (and is handed the width it was traced with, zeros added)."""
+    code is about half as wide, as a pruned model's would be, and every part so fed must get
+    the narrower width (and is handed the width it was traced with, zeros added). Outputs
+    that meet in no input are narrowed by different amounts, so a tensor sized by one and
+    filled from another does not pass; every part must run as often as before."""
     narrow = {o for path, call in flows.carried for o in flows.inputs[path][call]} - flows.outside
+    # Outputs that feed one input become one group: components of "in the same input".
+    component = {o: o for o in narrow}
+
+    def find(o):
+        while component[o] != o:
+            o = component[o]
+        return o
+
+    for came in (c for inputs in flows.inputs.values() for c in inputs):
+        met = [find(o) for o in came or () if o in narrow]
+        for o in met[1:]:
+            component[o] = met[0]
+    order = {c: k for k, c in enumerate(sorted({find(o) for o in narrow}))}
+    cut_by = {o: order[find(o)] for o in narrow}  # besides half the width, below
     calls = collections.Counter()
     wrong: list[str] = []
 
@@ -305,32 +324,34 @@ def _narrowed(model: nn.Module, input_shape: tuple[int, ...], flows: _Flows, of:
         def one(i, t):
             if (path, i) not in narrow:
                 return t
-            if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[1] < 2:
+            if not isinstance(t, torch.Tensor) or t.dim() < 2 or t.shape[1] // 2 + cut_by[path, i] >= t.shape[1]:
                 wrong.append(path)
                 return t
-            return t[:, :-1]
+            return t[:, :t.shape[1] - t.shape[1] // 2 - cut_by[path, i]]
         return _map_leaves(out, one, torch.Size)
 
     def check(m, args, kwargs):
         path = of[m]
-        came, width = flows.inputs[path][calls[path]], flows.widths[path][calls[path]]
+        k = calls[path]
         calls[path] += 1
+        came = flows.inputs[path][k] if k < len(flows.inputs[path]) else None
         if not came or not came & narrow:
             return None
-        x = args[0]
-        if width is None or came <= narrow and x.shape[1] != width - 1:
+        x, width = args[0], flows.widths[path][k]
+        if width is None or came <= narrow and x.shape[1] != width - width // 2 - cut_by[next(iter(came))]:
             wrong.append(path)
             return None
         pad = x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])
         return (torch.cat([x, pad], 1), *args[1:]), kwargs
 
-    hooks = [h for m in of for h in (m.register_forward_pre_hook(check, with_kwargs=True),
-                                      m.register_forward_hook(cut, with_kwargs=True))]
+    cutting = {path for path, _ in narrow}
+    hooks = [m.register_forward_pre_hook(check, with_kwargs=True) for m in of]
+    hooks += [m.register_forward_hook(cut, with_kwargs=True) for m, path in of.items() if path in cutting]
     try:
         _run_example(model, input_shape, TraceError("the example ran twice but not with narrower parts"), hooks)
     except TraceError:
         return False
-    return not wrong
+    return not wrong and all(calls[path] == len(flows.inputs[path]) for path in flows.inputs)
 
 
 def _map_leaves(value, fn: Callable, leaf: type | tuple = ()):
@@ -352,7 +373,7 @@ def _map_leaves(value, fn: Callable, leaf: type | tuple = ()):
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             new = copy.copy(v)
             for f in dataclasses.fields(v):
-                setattr(new, f.name, walk(getattr(v, f.name)))
+                object.__setattr__(new, f.name, walk(getattr(v, f.name)))  # a frozen one too
             return new
         return fn(next(count), v)
     return walk(value)
