@@ -78,8 +78,10 @@ def hook_macs(model: nn.Module, shape, x=None) -> int:
     total = []
 
     def hook(m, inp, out):
-        per_out = m.weight[0].numel()  # in_channels / groups x kernel, or in_features
-        total.append(out.numel() * per_out)
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):  # every input element to out / groups x kernel
+            total.append(inp[0].numel() * m.weight[0].numel())
+        else:
+            total.append(out.numel() * m.weight[0].numel())  # in_channels / groups x kernel, or in_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]

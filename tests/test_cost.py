@@ -11,6 +11,7 @@ from conftest import REGISTRY, input_shape, random_widths
 
 from autoprune.cost import human, macs, params, parse_count
 from autoprune.keep import First
+from autoprune.space import SearchSpace
 from autoprune.surgery import materialise
 
 N_RANDOM = 20
@@ -23,7 +24,10 @@ def hook_macs_and_thop(model: nn.Module, shape) -> tuple[int, float]:
     counted = []
 
     def conv_hook(m, inp, out):
-        counted.append(out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size)))
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):  # each input element scattered to every output channel
+            counted.append(inp[0].numel() * (m.out_channels // m.groups) * int(np.prod(m.kernel_size)))
+        else:
+            counted.append(out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size)))
 
     def linear_hook(m, inp, out):
         counted.append(out.numel() * m.in_features)
@@ -101,3 +105,13 @@ def test_human():
     assert human(313_463_808) == "313.46M"
     assert human(4.09e9) == "4.09G"
     assert human(12) == "12"
+
+
+def test_a_transposed_conv_counts_each_input_element_once_per_output_channel_and_tap():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 1),
+                          nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(4, 5, 1)).eval()
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    (leaf,) = space.graph.frozen  # no rule: a frozen leaf, its MACs a constant
+    assert leaf.path == "3" and leaf.macs == 8 * 8 * 8 * 4 * 2 * 2
+    counted, by_thop = hook_macs_and_thop(model, (3, 8, 8))
+    assert macs(space, space.max_widths()) == counted == by_thop == 64 * (6 * 27 + 8 * 6) + leaf.macs + 256 * 5 * 4

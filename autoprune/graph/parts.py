@@ -202,7 +202,7 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
         if c.shapes is not None:
             c.shapes = c.shapes + [tuple(x.shape)] if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
         if isinstance(m, MAC_LAYERS):
-            macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, out)
+            macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, args[0], out)
             c.positions += out.numel() // out.shape[-1 if isinstance(m, nn.Linear) else 1]
 
     _run_example(model, input_shape, why, [h for m in paths for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
