@@ -275,6 +275,9 @@ def layer_module(model: nn.Module, layer: Layer, follow: list, cin: int, cout: i
         first = nn.Linear(cin * layer.spatial, cout, bias=m.bias is not None)
     elif layer.kind == "norm":
         first = norm_like(m, cin)
+    elif layer.transposed:
+        first = type(m)(cin, width, m.kernel_size, stride=m.stride, padding=m.padding, output_padding=m.output_padding,
+                        dilation=m.dilation, bias=m.bias is not None, padding_mode=m.padding_mode)
     else:
         conv = next(t for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d) if isinstance(m, t))
         groups = cin if layer.depthwise else m.groups

@@ -96,7 +96,9 @@ def _slice_layer(m: nn.Module, kind: str, in_idx: torch.Tensor, out_idx: torch.T
         m.in_channels = m.groups = len(in_idx)
         m.out_channels = len(out)
         return
-    if kind == "conv" and m.groups > 1:
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):  # its weight holds the input channels first
+        w = w[in_idx][:, out_idx]
+    elif kind == "conv" and m.groups > 1:
         w = _grouped_weight(w, m.groups, m.in_channels, in_idx, out_idx)
     else:
         w = w[out_idx][:, in_idx]
@@ -286,7 +288,10 @@ def zero_channels(model: nn.Module, graph: ChannelGraph, kept: dict[int, torch.T
             else:
                 continue
             if m.weight is not None:
-                m.weight[mask] = 0
+                if layer.transposed:
+                    m.weight[:, mask] = 0
+                else:
+                    m.weight[mask] = 0
             if m.bias is not None:
                 m.bias[mask] = 0
     return out

@@ -111,7 +111,8 @@ def test_a_transposed_conv_counts_each_input_element_once_per_output_channel_and
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 1),
                           nn.ConvTranspose2d(8, 4, 2, stride=2), nn.Conv2d(4, 5, 1)).eval()
     space = SearchSpace.from_model(model, (3, 8, 8))
-    (leaf,) = space.graph.frozen  # no rule: a frozen leaf, its MACs a constant
-    assert leaf.path == "3" and leaf.macs == 8 * 8 * 8 * 4 * 2 * 2
-    counted, by_thop = hook_macs_and_thop(model, (3, 8, 8))
-    assert macs(space, space.max_widths()) == counted == by_thop == 64 * (6 * 27 + 8 * 6) + leaf.macs + 256 * 5 * 4
+    up = 8 * 8 * 8 * 4 * 2 * 2  # 8 x 8 x 8 inputs, each to 4 channels x 2 x 2 taps
+    for layers, widths in ((model, space.max_widths()), (materialise(model, space, space.uniform(0.5)), None)):
+        counted, by_thop = hook_macs_and_thop(layers, (3, 8, 8))
+        assert counted == by_thop == macs(space, widths or space.uniform(0.5))
+    assert macs(space, space.max_widths()) == 64 * (6 * 27 + 8 * 6) + up + 256 * 5 * 4

@@ -15,6 +15,8 @@ from autoprune.errors import TraceError
 from autoprune.graph import trace
 from autoprune.keep import First
 from autoprune.models import create_model
+from autoprune.optimizers._ssl import channel_norms, channel_parameters
+from autoprune.profile import layer_module
 from autoprune.space import SearchSpace
 from autoprune.surgery import materialise, zero_dropped
 
@@ -260,3 +262,59 @@ class _BufferScale(nn.Module):
 def test_a_per_channel_buffer_fixes_its_channels():
     graph = trace(_BufferScale().eval(), (3, 8, 8))
     assert not any(layer.kind == "scale" for layer in graph.layers) and all(g.fixed for g in graph.groups)
+
+
+# -- transposed convs (a U-Net's or a segmentation head's upsampling) ------------------------
+
+class _UpNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.down, self.bn_down = nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16)
+        self.up, self.bn_up = nn.ConvTranspose2d(16, 12, 2, stride=2), nn.BatchNorm2d(12)
+        self.skip = nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(20, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.bn_up(self.up(torch.relu(self.bn_down(self.down(x)))))
+        return self.head(torch.cat([torch.relu(y), self.skip(x)], 1))
+
+
+def test_a_transposed_conv_prunes_both_its_sides_with_exact_macs():
+    space = check_pruned(_UpNet(), (3, 8, 8))
+    assert [g.name for g in space.groups] == ["down", "up", "skip"] and not space.graph.frozen
+    for widths in ((6, 5, 3), (16, 2, 8), space.max_widths()):
+        check_pruned(_UpNet(), (3, 8, 8), widths, space=space)
+    up = materialise(randomize(_UpNet()), space, (6, 5, 3)).up
+    assert (up.in_channels, up.out_channels, tuple(up.weight.shape), tuple(up.bias.shape)) == (6, 5, (6, 5, 2, 2), (5,))
+
+
+def test_a_transposed_convs_filters_are_its_weights_second_dimension():
+    """L1 keeps the output channels whose filters (weight[:, j]) are largest, and SSL's
+    group lasso and a latency table's stand-in layer read them so as well."""
+    model = randomize(_UpNet()).eval()
+    with torch.no_grad():
+        model.up.weight.mul_(0.01)
+        model.up.weight[:, [2, 7, 9]] *= 1000  # three filters far larger than the rest
+    space = SearchSpace.from_model(model, (3, 8, 8))
+    pruned = materialise(model, space, (16, 3, 8))
+    torch.testing.assert_close(pruned.up.weight, model.up.weight[:, [2, 7, 9]])
+    graph = trace(model, (3, 8, 8))
+    gid = next(g.id for g in graph.groups if g.name == "up")
+    pieces = channel_parameters(model, graph, [gid])[gid]
+    expected = torch.cat([model.up.weight.transpose(0, 1).flatten(1), model.up.bias[:, None],
+                          model.bn_up.weight[:, None], model.bn_up.bias[:, None]], 1).detach().double().norm(dim=1)
+    torch.testing.assert_close(channel_norms(pieces, 12), expected)
+    layer = next(l for l in graph.layers if l.name == "up")
+    stand_in = layer_module(model, layer, [], 16, 5)
+    assert isinstance(stand_in[0], nn.ConvTranspose2d) and stand_in(torch.zeros(1, 16, 4, 4)).shape == (1, 5, 8, 8)
+
+
+def test_a_grouped_transposed_conv_is_frozen():
+    class Grouped(_UpNet):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.ConvTranspose2d(16, 12, 2, stride=2, groups=4)
+
+    space = check_pruned(Grouped(), (3, 8, 8))
+    (leaf,) = space.graph.frozen
+    assert leaf.path == "up" and "grouped transposed conv" in leaf.reason

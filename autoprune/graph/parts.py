@@ -203,7 +203,8 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
             c.shapes = c.shapes + [tuple(x.shape)] if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
         if isinstance(m, MAC_LAYERS):
             macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, args[0], out)
-            c.positions += out.numel() // out.shape[-1 if isinstance(m, nn.Linear) else 1]
+            at = args[0] if isinstance(m, nn.modules.conv._ConvTransposeNd) else out  # where it runs: see Layer
+            c.positions += at.numel() // at.shape[-1 if isinstance(m, nn.Linear) else 1]
 
     _run_example(model, input_shape, why, [h for m in paths for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
                                                                        m.register_forward_hook(hook, with_kwargs=True))])

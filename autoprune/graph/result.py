@@ -73,8 +73,10 @@ class Layer:
     for norms and depthwise convs, whose output layout equals their input layout; a depthwise
     conv with a channel multiplier has an ``out_group`` that ``repeat`` s its input). For a
     linear layer after a flatten, every input channel spans ``spatial`` features.
-    ``out_positions`` is the number of output positions (H×W for a 2-d conv), ``kernel`` the
-    kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.
+    ``out_positions`` is the number of output positions (H×W for a 2-d conv; for a
+    ``transposed`` conv, which scatters every input position, its input positions), ``kernel``
+    the kernel volume, ``groups`` the groups of a grouped (not depthwise) conv, which pruning keeps.
+    A transposed conv's weight holds its input channels first.
     ``in_perm``, after a channel shuffle, gives the input position of each channel of
     ``in_layout`` (None: in layout order).
     """
@@ -91,6 +93,7 @@ class Layer:
     bias: bool = False
     affine: bool = False
     in_perm: tuple[int, ...] | None = None
+    transposed: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class L1(KeepRule):
                 if layer.kind == "scale" or layer.out_group is None:
                     continue  # a scale is a parameter path, not a module; it scores nothing
                 w = model.get_submodule(layer.name).weight
+                w = w.transpose(0, 1) if layer.transposed else w  # a transposed conv's filters: its dim 1
                 w = w.detach().double().abs().flatten(1).sum(1).cpu()  # scores live on the CPU
                 scores[layer.out_group] += w / w.mean().clamp_min(1e-12)
                 counts[layer.out_group] += 1

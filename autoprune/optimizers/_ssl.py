@@ -104,7 +104,9 @@ def channel_parameters(model: nn.Module, graph: ChannelGraph, gids) -> dict[int,
     out = {gid: [] for gid in gids}
     for layer in graph.layers:
         m = model.get_submodule(layer.name)
-        params = [p for p in (m.weight, getattr(m, "bias", None)) if p is not None]
+        # A transposed conv's filters are its weight's dim 1: a view puts them first.
+        weight = m.weight.transpose(0, 1) if layer.transposed else m.weight
+        params = [p for p in (weight, getattr(m, "bias", None)) if p is not None]
         if layer.out_group is not None and layer.out_group in wanted:
             rows = torch.arange(graph.groups[layer.out_group].width, device=params[0].device)
             out[layer.out_group] += [(p, rows) for p in params]

@@ -71,6 +71,22 @@ def conv(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTen
     return ChannelTensor([out])
 
 
+def conv_transpose(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """A transposed conv (an upsampling conv) makes a new group as a conv does; it scatters
+    every input position, so its MACs count those. Grouped ones have no rule."""
+    x = inputs[0]
+    if m.groups != 1:
+        raise TraceError(f"module '{node.target}' is a grouped transposed conv ({m.groups} groups), which has no rule")
+    if x.spatial != 1 or x.dim != 1:
+        raise TraceError(f"module '{node.target}' convolves a flattened or permuted tensor")
+    check_channels(table, node, x, m.in_channels)
+    out = table.produce(node, m.out_channels)
+    table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, math.prod(m.kernel_size),
+                          math.prod(shape_of(node.args[0])[2:]), m.bias is not None, in_perm=x.perm,
+                          transposed=True))
+    return ChannelTensor([out])
+
+
 def joined(table: GroupTable, node: fx.Node, x: ChannelTensor) -> int:
     """The one group a depthwise conv with a multiplier repeats: the input's single group, or
     a new fixed group standing for a concatenation (whose parts keep their width)."""
@@ -188,6 +204,7 @@ def spans_channels(const: tuple[int, ...] | None, out: tuple[int, ...] | None, x
 
 MODULES = {
     **dict.fromkeys((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
+    **dict.fromkeys((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose),
     nn.Linear: linear,
     **dict.fromkeys((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), norm),
     nn.GroupNorm: group_norm,
@@ -197,4 +214,4 @@ FUNCTIONS: dict = {}
 METHODS: dict = {}
 BY_CLASS_NAME = {"FrozenBatchNorm2d": frozen_norm}  # torchvision.ops.misc and timm.layers
 # Rules that follow a shuffled tensor's channel positions (see ChannelTensor.perm).
-KEEP_ORDER = frozenset({conv, norm, frozen_norm})
+KEEP_ORDER = frozenset({conv, conv_transpose, norm, frozen_norm})
