@@ -23,9 +23,10 @@ def hook_macs_and_thop(model: nn.Module, shape) -> tuple[int, float]:
     zero input: every row of an output counts (a detector's box head runs once per proposal)."""
     counted = []
 
-    def conv_hook(m, inp, out):
+    def conv_hook(m, inp, kwargs, out):
         if isinstance(m, nn.modules.conv._ConvTransposeNd):  # each input element scattered to every output channel
-            counted.append(inp[0].numel() * (m.out_channels // m.groups) * int(np.prod(m.kernel_size)))
+            x = inp[0] if inp else kwargs["input"]
+            counted.append(x.numel() * (m.out_channels // m.groups) * int(np.prod(m.kernel_size)))
         else:
             counted.append(out.numel() * (m.in_channels // m.groups) * int(np.prod(m.kernel_size)))
 
@@ -36,7 +37,7 @@ def hook_macs_and_thop(model: nn.Module, shape) -> tuple[int, float]:
     zero_ops = {}
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
+            handles.append(m.register_forward_hook(conv_hook, with_kwargs=True))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
         elif not list(m.children()):

@@ -11,9 +11,10 @@ from conftest import randomize
 from test_cost import hook_macs_and_thop
 
 from autoprune.cost import macs, params
+from autoprune.data import load_data
 from autoprune.errors import TraceError
 from autoprune.graph import trace
-from autoprune.keep import First
+from autoprune.keep import First, Reconstruct
 from autoprune.models import create_model
 from autoprune.optimizers._ssl import channel_norms, channel_parameters
 from autoprune.profile import layer_module
@@ -318,3 +319,27 @@ def test_a_grouped_transposed_conv_is_frozen():
     space = check_pruned(Grouped(), (3, 8, 8))
     (leaf,) = space.graph.frozen
     assert leaf.path == "up" and "grouped transposed conv" in leaf.reason
+
+
+def test_a_transposed_conv_called_by_keyword_traces():
+    class Keyword(_UpNet):
+        def forward(self, x):
+            y = self.bn_up(self.up(input=torch.relu(self.bn_down(self.down(x)))))
+            return self.head(torch.cat([torch.relu(y), self.skip(x)], 1))
+
+    space = check_pruned(Keyword(), (3, 8, 8))
+    assert "up" in [g.name for g in space.groups]
+
+
+def test_reconstruct_ranks_a_group_only_a_transposed_conv_reads_by_its_filters():
+    """The rule samples no transposed conv's input; the channels it reads are ranked by their
+    filters, so dead ones go first rather than the first ones."""
+    model = randomize(_UpNet()).eval()
+    with torch.no_grad():
+        for t in (model.down.weight, model.down.bias, model.bn_down.weight, model.bn_down.bias):
+            t[:8] = 0  # the first 8 of 'down' are dead
+    space = SearchSpace.from_model(model, (3, 16, 16))
+    rule = Reconstruct(images=16, batch_size=8)
+    rule = rule.fit(model, space.graph, load_data("synthetic", val_size=16, n_train=32, image_size=16))
+    gid = next(g.id for g in space.graph.groups if g.name == "down")
+    assert rule.keep_indices(model, space.graph, space.full_widths((8, 12, 8)))[gid].tolist() == list(range(8, 16))

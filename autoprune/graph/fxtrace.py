@@ -137,19 +137,28 @@ def shaped_graph_module(model: nn.Module, input_shape: tuple[int, ...],
 def _count_macs(leaf_macs: dict[str, int], path: str):
     """A forward hook adding a Conv/Linear layer's MACs to the leaf at ``path``."""
     def hook(m, args, out):
-        leaf_macs[path] += mac_count(m, args[0], out)
+        leaf_macs[path] += mac_count(m, out)
     return hook
 
 
-def mac_count(m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
-    """The MACs of one call of a Conv/Linear layer ``m`` from ``x`` to ``out``: output elements
+def mac_count(m: nn.Module, out: torch.Tensor) -> int:
+    """The MACs of one call of a Conv/Linear layer ``m`` that returned ``out``: output elements
     x multiply-accumulates per element (in_channels / groups x kernel for a conv, in_features
     for a linear layer), as thop counts these layers; a transposed conv scatters each input
     element to out_channels / groups x kernel outputs."""
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        return x.numel() * m.out_channels // m.groups * math.prod(m.kernel_size)
+        return scattered_positions(m, out) * m.in_channels * m.out_channels // m.groups * math.prod(m.kernel_size)
     per = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
     return out.numel() * per
+
+
+def scattered_positions(m: nn.Module, out: torch.Tensor) -> int:
+    """The input positions (all rows) from which the transposed conv ``m`` made ``out``: each
+    output size inverted, exactly, as the added ``output_padding`` is below the stride."""
+    spatial = out.shape[out.dim() - len(m.kernel_size):]
+    sizes = [(o + 2 * p - d * (k - 1) - 1) // s + 1
+             for o, p, d, k, s in zip(spatial, m.padding, m.dilation, m.kernel_size, m.stride)]
+    return out.numel() // (m.out_channels * math.prod(spatial)) * math.prod(sizes)
 
 
 def called_modules(graph: fx.Graph) -> set[str]:

@@ -38,7 +38,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from autoprune.errors import TraceError, one_line
-from autoprune.graph.fxtrace import MAC_LAYERS, mac_count
+from autoprune.graph.fxtrace import MAC_LAYERS, mac_count, scattered_positions
 from autoprune.graph.nodes import flat_leaves
 from autoprune.graph.registry import module_rule
 from autoprune.graph.result import ChannelGraph, ChannelGroup, FrozenLeaf
@@ -202,9 +202,11 @@ def _record_calls(model: nn.Module, input_shape: tuple[int, ...], why: TraceErro
         if c.shapes is not None:
             c.shapes = c.shapes + [tuple(x.shape)] if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
         if isinstance(m, MAC_LAYERS):
-            macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, args[0], out)
-            at = args[0] if isinstance(m, nn.modules.conv._ConvTransposeNd) else out  # where it runs: see Layer
-            c.positions += at.numel() // at.shape[-1 if isinstance(m, nn.Linear) else 1]
+            macs[paths[m]] = macs.get(paths[m], 0) + mac_count(m, out)
+            if isinstance(m, nn.modules.conv._ConvTransposeNd):  # it runs at its input's positions: see Layer
+                c.positions += scattered_positions(m, out)
+            else:
+                c.positions += out.numel() // out.shape[-1 if isinstance(m, nn.Linear) else 1]
 
     _run_example(model, input_shape, why, [h for m in paths for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
                                                                        m.register_forward_hook(hook, with_kwargs=True))])

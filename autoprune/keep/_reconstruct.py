@@ -23,6 +23,7 @@ from autoprune.keep._base import (
     run_hooked,
     sample_batches,
 )
+from autoprune.keep._weights import L1
 
 # Sampled output positions per image for a conv's input patches: enough rows for a stable
 # second moment (rows ≫ patch size after a few dozen images), few enough to stay cheap.
@@ -108,7 +109,8 @@ def input_rows(module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> torc
 
 def reconstruct_scores(model: nn.Module, graph: ChannelGraph, moments: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Per-group scores: each consumer's LASSO survival of its input channels, pooled over the
-    consumers of a group."""
+    consumers of a group; a group no consumer of which was sampled (read only by a transposed
+    conv, a 1-d conv or a layer too wide) is ranked by its producers' filters, as ``l1`` does."""
     per_layer, layouts = {}, {}
     for layer in graph.layers:
         if layer.name not in moments:
@@ -117,7 +119,12 @@ def reconstruct_scores(model: nn.Module, graph: ChannelGraph, moments: dict[str,
         span = layer.spatial if layer.kind == "linear" else weight[0, 0].numel()
         per_layer[layer.name] = lasso_survival(channel_gram(moments[layer.name], weight, span))
         layouts[layer.name] = layer.in_layout
-    return pool_layer_scores(graph, per_layer, layouts)
+    pooled = pool_layer_scores(graph, per_layer, layouts)
+    scored = {gid for layout in layouts.values() for gid in layout}
+    if all(g.id in scored for g in graph.groups):
+        return pooled
+    by_filters = L1().scores(model, graph)
+    return {gid: s if gid in scored else by_filters[gid] for gid, s in pooled.items()}
 
 
 def channel_gram(moment: torch.Tensor, weight: torch.Tensor, span: int) -> torch.Tensor:

@@ -80,10 +80,13 @@ def conv_transpose(table: GroupTable, node: fx.Node, m: nn.Module, inputs: list[
     if x.spatial != 1 or x.dim != 1:
         raise TraceError(f"module '{node.target}' convolves a flattened or permuted tensor")
     check_channels(table, node, x, m.in_channels)
+    source = node.args[0] if node.args else node.kwargs.get("input")
+    in_shape = shape_of(source) if isinstance(source, fx.Node) else None
+    if in_shape is None:
+        raise TraceError(f"module '{node.target}' (a transposed conv): the shape of its input is not known")
     out = table.produce(node, m.out_channels)
     table.add_layer(Layer(node.target, "conv", tuple(x.layout), out, False, 1, 1, math.prod(m.kernel_size),
-                          math.prod(shape_of(node.args[0])[2:]), m.bias is not None, in_perm=x.perm,
-                          transposed=True))
+                          math.prod(in_shape[2:]), m.bias is not None, in_perm=x.perm, transposed=True))
     return ChannelTensor([out])
 
 
