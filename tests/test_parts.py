@@ -256,7 +256,9 @@ def test_a_torchvision_faster_rcnn_as_built_prunes_and_still_detects_and_trains(
     space = SearchSpace.from_model(model, shape)
     names = [g.name for g in space.groups]
     assert any(n.startswith("backbone.body.") for n in names) and "roi_heads.box_head.fc6" in names
-    # The box head runs once per proposal: its MACs are the example's proposals'.
+    # The box head runs once per proposal: its MACs are the example's proposals', and the model says so.
+    rows = space.graph.frozen[-1].reason.partition(autoprune.graph.parts.ROWS_NOTE)[2]
+    assert rows.startswith("roi_heads.box_head (") and "backbone" not in rows
     counted, by_thop = hook_macs_and_thop(model, shape)
     assert macs(space, space.max_widths()) == counted == by_thop
     widths = space.uniform(0.5)

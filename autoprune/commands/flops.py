@@ -55,7 +55,10 @@ def run(args) -> int:
     leaves = [f for f in row["frozen"] if f["path"]]
     whole = next((f for f in row["frozen"] if not f["path"]), None)  # its own forward could not be traced
     if whole is not None:
-        print(f"traced      in parts: {whole['reason'].rpartition('traced in parts: ')[2]}")
+        traced, _, rows = whole["reason"].rpartition("traced in parts: ")[2].partition("; ")
+        print(f"traced      in parts: {traced}")
+        if rows:  # a box head's MACs are those of the example's proposals
+            print(f"per example {rows}")
     if leaves:
         print(f"frozen      {len(leaves)} submodule(s) traced as one step, channels fixed"
               + (":" if args.groups else " (--groups lists them)"))

@@ -88,7 +88,8 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
                 alone = module_rule(type(child)) is not None
                 with contextlib.suppress(Exception):  # whatever fails in a part leaves it out, not the model
                     graph, ends = trace_part(nn.Sequential(child) if alone else child, c.one_input())
-                    parts.append(_Part(p, _as_called(graph, p, alone, calls), ends, alone))
+                    parts.append(_Part(p, _as_called(graph, p, alone, calls), ends, alone,
+                                       max(shape[0] for shape in c.shapes)))
                     continue
             if isinstance(child, MAC_LAYERS) or not any(True for _ in child.children()):
                 left.append(p)
@@ -107,6 +108,10 @@ def trace_parts(model: nn.Module, input_shape: tuple[int, ...], why: TraceError,
     return graph
 
 
+# How the model's frozen record names the parts whose MACs depend on the example's data.
+ROWS_NOTE = "MACs counted for the rows the example made, which other inputs change: "
+
+
 @dataclasses.dataclass
 class _Part:
     """A traced part: its path, its graph (names relative to it, MACs of every call), its end
@@ -117,6 +122,7 @@ class _Part:
     graph: ChannelGraph
     ends: list
     alone: bool
+    rows: int = 1  # the most rows one call took (a box head: the example's proposals)
 
     def name(self, name: str) -> str:
         """A name in the part as a path in the whole model."""
@@ -461,7 +467,9 @@ def _joined(model: nn.Module, input_shape: tuple[int, ...], parts: list[_Part], 
               for p in parts for l in p.graph.layers]
     frozen = [dataclasses.replace(f, path=p.name(f.path)) for p in parts for f in p.graph.frozen]
     traced = ", ".join(p.path for p in parts)
-    frozen.append(FrozenLeaf("", type(model).__name__, f"{one_line(why)[:300]}; traced in parts: {traced}", rest))
+    rows = ", ".join(f"{p.path} ({p.rows} rows)" for p in parts if p.rows != 1)  # the example is one image
+    rows = f"; {ROWS_NOTE}{rows}" if rows else ""
+    frozen.append(FrozenLeaf("", type(model).__name__, f"{one_line(why)[:300]}; traced in parts: {traced}{rows}", rest))
     covered = set()
     for layer in layers:
         owner = model.get_parameter(layer.name) if layer.kind == "scale" else None
