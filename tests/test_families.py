@@ -343,3 +343,23 @@ def test_reconstruct_ranks_a_group_only_a_transposed_conv_reads_by_its_filters()
     rule = rule.fit(model, space.graph, load_data("synthetic", val_size=16, n_train=32, image_size=16))
     gid = next(g.id for g in space.graph.groups if g.name == "down")
     assert rule.keep_indices(model, space.graph, space.full_widths((8, 12, 8)))[gid].tolist() == list(range(8, 16))
+
+
+# -- softmax and unary maths (YOLO's classification and OBB heads) ---------------------------
+
+class _Normalised(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.a, self.b, self.c, self.d = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 5, 1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        y = self.c(self.b(torch.softmax(self.a(x), self.dim).cos()).exp().softmax(dim=1))
+        return self.d(torch.relu(y))
+
+
+@pytest.mark.parametrize("dim, searchable", [(1, False), (-3, False), (2, True), (-1, True)])
+def test_a_softmax_over_the_channels_keeps_their_width_and_over_positions_searches_them(dim, searchable):
+    space = check_pruned(_Normalised(dim), (3, 8, 8), zero_masking=False)
+    names = [g.name for g in space.groups]
+    assert ("a" in names) is searchable and "b" not in names and "c" in names  # b's softmax is over its channels

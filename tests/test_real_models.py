@@ -68,6 +68,22 @@ def test_yolo_segmentation_model_traces_and_a_pruned_yolo_predicts():
     assert result.boxes.data.shape[1] == 6
 
 
+def test_yolo_obb_and_classification_models_trace_with_their_heads_searchable():
+    """OBB's head takes the cosine of its angle channels, Classify a softmax over its classes:
+    both are followed, so only the DFL stays whole."""
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    space, pruned = _pruned(tasks.OBBModel("yolov8n-obb.yaml", verbose=False), (3, 64, 64))
+    assert {f.path for f in space.graph.frozen} == {"model.22.dfl"}
+    assert "model.22.cv4.0.0.conv" in {space.graph.groups[g].name for g in space.free}  # the angle branch
+    assert _share(space) < 0.45
+    model = tasks.ClassificationModel("yolov8n-cls.yaml", nc=7, verbose=False)
+    space, pruned = _pruned(model, (3, 64, 64))
+    assert not space.graph.frozen and "model.9.conv.conv" in {space.graph.groups[g].name for g in space.free}
+    with torch.no_grad():
+        probs = pruned(torch.randn(2, 3, 64, 64))[0]  # (softmax, logits) in eval mode
+    assert probs.shape == (2, 7) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
 @pytest.mark.parametrize("family", ["ResNet", "ConvNext"])
 def test_transformers_classifiers_trace_and_keep_their_model_output(family):
     transformers = pytest.importorskip("transformers")

@@ -88,6 +88,19 @@ def pad(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -
     return x
 
 
+def normalise(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> ChannelTensor:
+    """softmax / log_softmax: over another dimension each channel is normalised alone; over
+    the channels every channel's value depends on all the others', so they keep their width."""
+    x = inputs[0]
+    shape = shape_of(node)
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if shape is None or not isinstance(dim, int):
+        raise TraceError(f"node '{node.name}' ({where(node)}): {node.target} over a dimension the tracer cannot tell")
+    if x.split or dim % len(shape) == x.dim % len(shape):
+        table.fix(*x.layout)
+    return x
+
+
 def no_channels(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> None:
     """x.size(), x.dim(), x.numel(): numbers, not channel tensors."""
 
@@ -184,7 +197,9 @@ FUNCTIONS = {
         F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
         F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
         F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
-        operator.neg, torch.neg), passthrough),
+        operator.neg, torch.neg, torch.cos, torch.sin, torch.exp, torch.log, torch.abs, torch.sqrt,
+        torch.square), passthrough),
+    **dict.fromkeys((F.softmax, F.log_softmax, torch.softmax, torch.log_softmax), normalise),
     F.pad: pad,
 }
 METHODS = {
@@ -192,7 +207,9 @@ METHODS = {
     **dict.fromkeys(("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"), elementwise),
     **dict.fromkeys(("mean", "sum", "amax"), spatial_reduce),
     **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to",
-                     "type_as", "clamp", "clamp_", "neg"), passthrough),
+                     "type_as", "clamp", "clamp_", "neg", "cos", "sin", "exp", "log", "abs", "sqrt", "square",
+                     "sigmoid_"), passthrough),
+    **dict.fromkeys(("softmax", "log_softmax"), normalise),
 }
 # Modules of packages the tracer does not import (torchvision.ops, timm), matched by class name
 # anywhere in the module's MRO, after any rule keyed by class.
