@@ -363,3 +363,24 @@ def test_a_softmax_over_the_channels_keeps_their_width_and_over_positions_search
     space = check_pruned(_Normalised(dim), (3, 8, 8), zero_masking=False)
     names = [g.name for g in space.groups]
     assert ("a" in names) is searchable and "b" not in names and "c" in names  # b's softmax is over its channels
+
+
+class _Written(nn.Module):
+    """A tensor's first channels overwritten in place by another conv's, as ultralytics writes
+    its decoded keypoints into slices: fx's proxies take no item assignment, the tracer's
+    example run does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.d, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Conv2d(8, 3, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        y = self.b(h).clone()
+        y[:, :3] = self.d(h).sigmoid()
+        return self.c(y)
+
+
+def test_a_tensor_written_through_a_slice_keeps_its_channels_and_the_rest_is_searched():
+    space = check_pruned(_Written(), (3, 8, 8))
+    assert [g.name for g in space.groups] == ["a"] and not space.graph.frozen

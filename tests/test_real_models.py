@@ -68,10 +68,17 @@ def test_yolo_segmentation_model_traces_and_a_pruned_yolo_predicts():
     assert result.boxes.data.shape[1] == 6
 
 
-def test_yolo_obb_and_classification_models_trace_with_their_heads_searchable():
-    """OBB's head takes the cosine of its angle channels, Classify a softmax over its classes:
-    both are followed, so only the DFL stays whole."""
+def test_yolo_pose_obb_and_classification_models_trace_with_their_heads_searchable():
+    """Pose's head writes its decoded keypoints into strided slices, OBB's takes the cosine of
+    its angle channels, Classify a softmax over its classes: all are followed, only the DFL
+    stays whole, and the keypoint and class channels keep their width."""
     tasks = pytest.importorskip("ultralytics.nn.tasks")
+    space, pruned = _pruned(tasks.PoseModel("yolov8n-pose.yaml", verbose=False), (3, 64, 64))
+    assert {f.path for f in space.graph.frozen} == {"model.22.dfl"} and _share(space) < 0.45
+    groups = {g.name: g for g in space.graph.groups}
+    assert groups["model.22.cv4.0.2"].fixed and not groups["model.22.cv4.0.0.conv"].fixed  # 17 x 3 keypoint values
+    with torch.no_grad():
+        assert pruned(torch.zeros(2, 3, 64, 64))[0].shape == (2, 56, 84)
     space, pruned = _pruned(tasks.OBBModel("yolov8n-obb.yaml", verbose=False), (3, 64, 64))
     assert {f.path for f in space.graph.frozen} == {"model.22.dfl"}
     assert "model.22.cv4.0.0.conv" in {space.graph.groups[g].name for g in space.free}  # the angle branch

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 from collections.abc import Iterable
 
 import torch
@@ -320,6 +321,11 @@ class ExampleProxy(PartsProxy):
     def __len__(self) -> int:
         count = example_length(self.tracer.examples.get(self.node))
         return super().__len__() if count is None else count
+
+    def __setitem__(self, key, value) -> None:
+        # An assignment into a slice (ultralytics' keypoint decoding), recorded as fx records
+        # operator.setitem; the examples are written to as the model writes to its tensor.
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
 def nodes_in(arg) -> list[fx.Node]:

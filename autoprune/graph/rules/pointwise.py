@@ -101,6 +101,13 @@ def normalise(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTens
     return x
 
 
+def written(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> None:
+    """``x[key] = value``: which channels go where is not followed, so every channel of both
+    keeps its width (ultralytics' keypoint decoding writes into strided channel slices)."""
+    for x in inputs:
+        table.fix(*x.layout)
+
+
 def no_channels(table: GroupTable, node: fx.Node, target, inputs: list[ChannelTensor]) -> None:
     """x.size(), x.dim(), x.numel(): numbers, not channel tensors."""
 
@@ -201,6 +208,7 @@ FUNCTIONS = {
         torch.square), passthrough),
     **dict.fromkeys((F.softmax, F.log_softmax, torch.softmax, torch.log_softmax), normalise),
     F.pad: pad,
+    operator.setitem: written,
 }
 METHODS = {
     **dict.fromkeys(("size", "dim", "numel"), no_channels),
@@ -219,4 +227,4 @@ BY_CLASS_NAME = {
     "DropPath": same_channels,
 }
 # Rules that follow a shuffled tensor's channel positions (see ChannelTensor.perm).
-KEEP_ORDER = frozenset({same_channels, prelu, pad, passthrough, spatial_reduce, elementwise, no_channels})
+KEEP_ORDER = frozenset({same_channels, prelu, pad, passthrough, spatial_reduce, elementwise, no_channels, written})
