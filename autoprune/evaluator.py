@@ -52,9 +52,11 @@ class EvalConfig:
     a keep rule's name or a :class:`~autoprune.keep.KeepRule`, held as the rule (resolved
     here, once; KeepRuleError naming the known rules for an unknown name).
 
-    ``None`` takes the device's default: on CUDA the measured ones (40 BN batches, 100 steps
-    at batch 512 ranked VGG16 widths with Kendall τ 0.6-0.8 against full training), on the
-    CPU a scaled-down 8 / 20 / 128 so that a candidate takes seconds, not minutes.
+    ``None`` takes the device's default: on CUDA the setting that ranked best in the proof
+    (40 BN batches and 100 steps at batch 512: Kendall τ 0.39, p 0.09, over 12 VGG16 vectors at
+    10 % of the MACs against 25-epoch from-scratch accuracy; BN re-estimation alone and 25 or 50
+    steps were at chance), on the CPU a scaled-down 8 / 20 / 128 so that a candidate takes
+    seconds, not minutes (BENCHMARKS.md, "Proof run" and "Proof v2 (CPU study)").
     """
 
     bn_batches: int | None = None
