@@ -75,6 +75,14 @@ device's 10-minute command limit. OUT must travel between them where the machine
     python experiments/proof.py --config v2-short --out runs/proof-v2-short --data-dir D --part 1 --budget-minutes 8
     python experiments/proof.py --config v2-short --out runs/proof-v2-short --data-dir D --part 2 --budget-minutes 8
 
+``--rehearse`` runs a v2 config's plan with its counts (candidates per search, scorer processes,
+tau vectors, seeds, every proxy and finish) and every training cut to a few steps on the smoke
+data, on the CPU: the plan run to its end in minutes, so that a GPU sitting is not spent finding a
+fault (with --data-dir, on 2,000 real images). Its accuracies mean nothing:
+
+    python experiments/proof.py --config v2-short --rehearse --out runs/rehearse --part 1
+    python experiments/proof.py --config v2-short --rehearse --out runs/rehearse --part 2
+
 ``--config v2-cpu`` runs the same stages at CPU scale (ResNet-20 and MobileNetV2 at 0.1 and 0.3 on
 10,000 CIFAR-10 images, one-epoch retrains, 8 tau vectors; proofstages/config.py says how it was
 sized), for when no GPU is at hand; without --part it runs every part in order and resumes:

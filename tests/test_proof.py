@@ -215,7 +215,7 @@ def test_a_run_without_part_runs_all_three(proof_module):
 
 
 def _args(part, smoke=True):
-    return SimpleNamespace(part=part, device="cpu", smoke=smoke)
+    return SimpleNamespace(part=part, device="cpu", smoke=smoke, rehearse=False)
 
 
 def test_parts_need_the_earlier_parts_and_matching_settings(proof_module, tmp_path, capsys):
@@ -414,6 +414,29 @@ def test_the_short_gpu_plan_runs_one_cell_in_two_sittings(proof_module, tmp_path
     smoke = pm.CONFIGS["v2-short"][1]
     assert pm.open_results(_args(2), tmp_path, smoke, {}, []) is None
     assert "needs proxy/resnet20/0.3, search/resnet20/0.3" in capsys.readouterr().err
+
+
+def test_a_rehearsal_runs_each_plans_counts_with_every_training_cut(proof_module, tmp_path, capsys):
+    pm = proof_module
+    for plan, _ in pm.CONFIGS.values():
+        r = pm.rehearsal(plan)
+        assert pm.v2_parts(r) == pm.v2_parts(plan)
+        assert all(r[k] == plan[k] for k in ("config", "models", "candidates", "scorers", "searched", "one_shot", "seeds",
+                                             "tau"))
+        assert {n: s["kind"] for n, s in r["proxies"].items()} == {n: s["kind"] for n, s in plan["proxies"].items()}
+        assert r["data"]["name"] == "synthetic" and r["train"]["max_steps"] <= 2 and r["finetune"]["epochs"] == 1
+        assert r["eval"]["fine_tune_steps"] <= 2 and r["dmcp"]["steps"] <= 2
+        for spec in r["proxies"].values():
+            assert spec.get("fine_tune_steps", 0) <= 2 and spec.get("max_steps", 2) <= 2 and spec.get("min_steps", 1) == 1
+        # A rehearsal's results file is never resumed by the plan itself, nor the other way round.
+        out = tmp_path / plan["config"]
+        assert pm.open_results(_args(1, smoke=False), out, r, {}, []) is not None
+        assert pm.open_results(_args(1, smoke=False), out, plan, {}, []) is None
+        assert "was written with other settings" in capsys.readouterr().err
+    for argv in (["--rehearse"], ["--rehearse", "--smoke", "--config", "v2-short"]):
+        assert pm.main([*argv, "--out", str(tmp_path / "refused")]) == 2
+        assert "--rehearse takes a v2 config's full settings" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_an_unknown_part_is_refused(proof_module, tmp_path, capsys):

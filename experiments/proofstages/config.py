@@ -195,6 +195,20 @@ CONFIGS = {"v2": (V2_FULL, V2_SMOKE), "v2-cpu": (V2_CPU, V2_SMOKE),
 # --config: (settings, --smoke settings)
 
 
+def rehearsal(settings: dict) -> dict:
+    """``settings`` (a v2 config) with their counts kept (models, budgets, candidates per search,
+    scorer processes, tau vectors, seeds, every proxy and finish) and every training and score cut
+    to a few steps on the smoke data (--rehearse): a GPU plan run to its end on a CPU, in
+    minutes, so that a GPU sitting is not spent finding a fault. Its accuracies mean nothing."""
+    cut = {"evaluator": lambda spec: {**spec, "fine_tune_steps": min(spec["fine_tune_steps"], 2)},
+           "halving": lambda spec: {**spec, "min_steps": 1, "reduction_factor": 2},
+           "scratch": lambda spec: {**spec, "epochs": 1, "max_steps": 2}}
+    return {**settings, "data": V2_SMOKE["data"], "test_limit": None, "threads": 1, "train": V2_SMOKE["train"],
+            "base_epochs": None, "eval": V2_SMOKE["eval"], "dmcp": V2_SMOKE["dmcp"],
+            "proxies": {name: cut[spec["kind"]](spec) for name, spec in settings["proxies"].items()},
+            "finetune": {**settings["finetune"], "epochs": 1}, "rehearsal": True}
+
+
 def v2_parts(settings: dict) -> dict:
     """--part of a v2 run: the stages each part runs, named STAGE/MODEL[/BUDGET[/sSEED]]. Per model
     its base, then per budget: a search part (the searches, then the tau vectors), a proxy part

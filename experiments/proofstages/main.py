@@ -18,7 +18,7 @@ from autoprune.files import write_text
 from .base import stage_base
 from .cells import run_cell_stage
 from .common import Clock, OutOfTime, Results, environment, log, now
-from .config import AIMS, CONFIGS, FULL, PART1, PART2, PART3_FULL, PART3_SMOKE, PARTS, SMOKE, v2_needs, v2_parts
+from .config import AIMS, CONFIGS, FULL, PART1, PART2, PART3_FULL, PART3_SMOKE, PARTS, SMOKE, rehearsal, v2_needs, v2_parts
 from .criteria import stage_criteria
 from .latency import stage_latency
 from .producers import stage_producers
@@ -42,13 +42,17 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=DESCRIPTION)
     p.add_argument("--out", required=True, help="output folder (results.json, proof.md, checkpoints, studies)")
     p.add_argument("--smoke", action="store_true", help="tiny settings on the synthetic dataset, CPU")
+    p.add_argument("--rehearse", action="store_true",
+                   help="a v2 config's counts (candidates, scorers, vectors, seeds, proxies) with every training cut "
+                        "to a few steps on the smoke data, CPU: checks a GPU plan runs to its end before GPU time")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="stop cleanly before a stage or unit whose estimate does not fit in this many minutes")
     p.add_argument("--config", choices=("v1", *CONFIGS), default="v1",
                    help="v1: the first proof (VGG16; default); v2: MobileNetV2, ResNet-56 and VGG16 at low budgets, "
                         "three seeds, paired tests, the tau test with lopsided vectors, proxies against both finishes; "
                         "v2-cpu: the v2 stages scaled to two CPU cores and about an hour (ResNet-20 and MobileNetV2 on "
-                        "10,000 CIFAR-10 images; needs --data-dir)")
+                        "10,000 CIFAR-10 images; needs --data-dir); v2-short: v2's MobileNetV2 at 0.1 alone, in two GPU "
+                        "sittings")
     p.add_argument("--part", type=int, default=None, help="v1: 1: throughput, base, search, sweep, "
                    "tau; 2: retrain, latency (needs part 1's results in OUT); 3: criteria, producers (needs parts 1 "
                    "and 2). v2: 1 the bases, then per model and budget a search, a retrain and a tau part per seed "
@@ -59,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     args = p.parse_args(argv)
     if args.device is None:
-        args.device = "cpu" if args.smoke or args.config == "v2-cpu" or not torch.cuda.is_available() else "cuda"
+        cpu = args.smoke or args.rehearse or args.config == "v2-cpu" or not torch.cuda.is_available()
+        args.device = "cpu" if cpu else "cuda"
     if args.workers is None:
         args.workers = 3 if torch.device(args.device).type == "cuda" else 1
     return args
@@ -93,7 +98,8 @@ def open_results(args, out: Path, settings: dict, part3: dict, argv) -> Results 
     if runs3:  # written once part 3 may run, so that a part-1/2 file stays as it was
         results.data["settings_part3"] = part3
     results.data.setdefault("meta", {})
-    results.data["meta"].update(smoke=args.smoke, environment=environment(torch.device(args.device)), aims=AIMS)
+    results.data["meta"].update(smoke=args.smoke, rehearsal=args.rehearse, environment=environment(torch.device(args.device)),
+                                aims=AIMS)
     results.data["meta"].setdefault("invocations", []).append(
         {"run_id": results.run_id, "started_at": now(), "argv": sys.argv[1:] if argv is None else list(argv)})
     results.save()
@@ -106,15 +112,21 @@ def main(argv=None) -> int:
     v2 = args.config in CONFIGS
     settings = json.loads(json.dumps(CONFIGS[args.config][1 if args.smoke else 0] if v2 else SMOKE if args.smoke else FULL))
     part3 = json.loads(json.dumps(PART3_SMOKE if args.smoke else PART3_FULL))
+    if args.rehearse:
+        if not v2 or args.smoke:
+            print(f"proof: error: --rehearse takes a v2 config's full settings (--config {' or '.join(CONFIGS)}, "
+                  "without --smoke)", file=sys.stderr)
+            return 2
+        settings = rehearsal(settings)
     parts = v2_parts(settings) if v2 else PARTS
     if args.part not in parts:
         print(f"proof: error: --part {args.part}: config {args.config} has parts 1-{len(parts) - 1}", file=sys.stderr)
         return 2
-    if not args.smoke and settings.get("config") == "v2-cpu" and args.data_dir is None:
+    if not (args.smoke or args.rehearse) and settings.get("config") == "v2-cpu" and args.data_dir is None:
         print("proof: error: --config v2-cpu trains on a CIFAR-10 subset: give --data-dir (a torchvision folder, an "
               "ImageFolder folder or the .tar.gz)", file=sys.stderr)
         return 2
-    if args.smoke and args.data_dir is not None:
+    if (args.smoke or args.rehearse) and args.data_dir is not None:
         # The smoke settings on a small seeded subset of real CIFAR-10: checks the real-data path.
         settings.update(data={"name": "cifar10", "val_size": 500, "limit": 2000, "options": {}}, test_limit=1000)
     if settings["threads"]:

@@ -126,7 +126,10 @@ def best_lines(results: dict) -> list[str]:
 def report_v2(results: dict) -> str:
     st, meta, s = results["stages"], results.get("meta", {}), results["settings"]
     env = meta.get("environment", {})
-    lines = [f"# autoprune proof run, config {s['config']}{' (smoke settings)' if meta.get('smoke') else ''}", "",
+    note = (" (smoke settings)" if meta.get("smoke") else
+            " (rehearsal: the plan's counts, every training cut to a few steps; its accuracies mean nothing)"
+            if s.get("rehearsal") else "")
+    lines = [f"# autoprune proof run, config {s['config']}{note}", "",
              f"{env.get('date')}, commit {env.get('git_commit')}, torch {env.get('torch')}, "
              f"{env.get('gpu') or 'no GPU'}, {env.get('cpu')} ({env.get('cpu_cores')} cores), "
              f"device {env.get('device')}. Every setting is in results.json.", ""]
