@@ -22,7 +22,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,11 +86,18 @@ def test_acc(model, data, device, limit):
     """Test accuracy, on a seeded random subset of ``limit`` images: the test split of an
     ImageFolder source is ordered by class, so its first images are all of one class."""
 
-    x, y = data.split("test")
-    if limit and limit < len(y):
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
-        x, y = x[idx.to(x.device)], y[idx.to(y.device)]
+    x, y = test_subset(data, limit).split("test")
     return accuracy(model, x, y, data=data, device=device)
+
+
+def test_subset(data, limit):
+    """``data`` with its test split cut to the seeded subset of ``limit`` images that
+    :func:`test_acc` measures (``data`` itself where ``limit`` is unset or covers it all)."""
+    x, y = data.split("test")
+    if not limit or limit >= len(y):
+        return data
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+    return replace(data, test_x=x[idx.to(x.device)], test_y=y[idx.to(y.device)])
 
 
 @torch.no_grad()

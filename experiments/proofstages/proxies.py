@@ -33,7 +33,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import optuna
 import torch
-from bench_search import test_acc
+from bench_search import test_subset
 
 from autoprune.arch import build
 from autoprune.evaluator import EvalConfig, Evaluator, fine_tune, recalibrate_bn
@@ -230,13 +230,14 @@ def finetune_unit(p: dict) -> dict:
     """Fine-tune ``p['arch']`` from the weights it inherits from ``p['base']``; test accuracy."""
     from .runner import worker_data
 
-    data, device = worker_data(p), torch.device(p["device"])
+    # The test split cut to the images test_acc measures: finetune tests every image it is given.
+    data, device = test_subset(worker_data(p), p["test_limit"]), torch.device(p["device"])
     start = time.perf_counter()
     res = finetune(p["arch"], p["base"], data, config=TrainConfig.from_dict(p["config"]), device=device,
                    seed=p["config"]["seed"])
     sync(device)
     seconds = time.perf_counter() - start
-    test = res.test_acc if p["test_limit"] is None else test_acc(res.model, data, device, p["test_limit"])
+    test = res.test_acc
     out = {"test": test, "val": res.val_acc, "seconds": round(seconds, 2), "seed": p["config"]["seed"]}
     del res
     free(device)
