@@ -76,9 +76,9 @@ device's 10-minute command limit. OUT must travel between them where the machine
     python experiments/proof.py --config v2-short --out runs/proof-v2-short --data-dir D --part 2 --budget-minutes 8
 
 ``--rehearse`` runs a v2 config's plan with its counts (candidates per search, scorer processes,
-tau vectors, seeds, every proxy and finish) and every training cut to a few steps on the smoke
-data, on the CPU: the plan run to its end in minutes, so that a GPU sitting is not spent finding a
-fault (with --data-dir, on 2,000 real images). Its accuracies mean nothing:
+tau vectors, seeds, every proxy and finish) and every training cut to a few steps on synthetic
+32 x 32 images, on the CPU: the plan run to its end in minutes, so that a GPU sitting is not spent
+finding a fault (with --data-dir, on 2,000 real images). Its accuracies mean nothing:
 
     python experiments/proof.py --config v2-short --rehearse --out runs/rehearse --part 1
     python experiments/proof.py --config v2-short --rehearse --out runs/rehearse --part 2

@@ -424,7 +424,8 @@ def test_a_rehearsal_runs_each_plans_counts_with_every_training_cut(proof_module
         assert all(r[k] == plan[k] for k in ("config", "models", "candidates", "scorers", "searched", "one_shot", "seeds",
                                              "tau"))
         assert {n: s["kind"] for n, s in r["proxies"].items()} == {n: s["kind"] for n, s in plan["proxies"].items()}
-        assert r["data"]["name"] == "synthetic" and r["train"]["max_steps"] <= 2 and r["finetune"]["epochs"] == 1
+        assert r["data"]["name"] == "synthetic" and r["data"]["options"]["image_size"] == 32
+        assert r["train"]["max_steps"] <= 2 and r["finetune"]["epochs"] == 1
         assert r["eval"]["fine_tune_steps"] <= 2 and r["dmcp"]["steps"] <= 2
         for spec in r["proxies"].values():
             assert spec.get("fine_tune_steps", 0) <= 2 and spec.get("max_steps", 2) <= 2 and spec.get("min_steps", 1) == 1

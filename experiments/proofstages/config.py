@@ -198,12 +198,14 @@ CONFIGS = {"v2": (V2_FULL, V2_SMOKE), "v2-cpu": (V2_CPU, V2_SMOKE),
 def rehearsal(settings: dict) -> dict:
     """``settings`` (a v2 config) with their counts kept (models, budgets, candidates per search,
     scorer processes, tau vectors, seeds, every proxy and finish) and every training and score cut
-    to a few steps on the smoke data (--rehearse): a GPU plan run to its end on a CPU, in
+    to a few steps on synthetic 32 x 32 images (--rehearse): a GPU plan run to its end on a CPU, in
     minutes, so that a GPU sitting is not spent finding a fault. Its accuracies mean nothing."""
     cut = {"evaluator": lambda spec: {**spec, "fine_tune_steps": min(spec["fine_tune_steps"], 2)},
            "halving": lambda spec: {**spec, "min_steps": 1, "reduction_factor": 2},
            "scratch": lambda spec: {**spec, "epochs": 1, "max_steps": 2}}
-    return {**settings, "data": V2_SMOKE["data"], "test_limit": None, "threads": 1, "train": V2_SMOKE["train"],
+    # CIFAR's size, not the smoke runs' 16 x 16: VGG16's five poolings leave nothing of those.
+    data = {**V2_SMOKE["data"], "options": {**V2_SMOKE["data"]["options"], "image_size": 32}}
+    return {**settings, "data": data, "test_limit": None, "threads": 1, "train": V2_SMOKE["train"],
             "base_epochs": None, "eval": V2_SMOKE["eval"], "dmcp": V2_SMOKE["dmcp"],
             "proxies": {name: cut[spec["kind"]](spec) for name, spec in settings["proxies"].items()},
             "finetune": {**settings["finetune"], "epochs": 1}, "rehearsal": True}

@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny settings on the synthetic dataset, CPU")
     p.add_argument("--rehearse", action="store_true",
                    help="a v2 config's counts (candidates, scorers, vectors, seeds, proxies) with every training cut "
-                        "to a few steps on the smoke data, CPU: checks a GPU plan runs to its end before GPU time")
+                        "to a few steps on synthetic 32 x 32 images, CPU: checks a GPU plan runs to its end before GPU time")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help="stop cleanly before a stage or unit whose estimate does not fit in this many minutes")
     p.add_argument("--config", choices=("v1", *CONFIGS), default="v1",
