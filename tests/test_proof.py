@@ -324,7 +324,7 @@ def test_v2_results_name_every_model_proxy_reference_tau_and_seed(v2_run):
         assert c["methods"]["uniform-fill"]["vs_reference"] is None
         assert set(c["proxies"]) == {"search evaluator", *kinds}
         for row in c["proxies"].values():
-            assert row["mean_s"] > 0
+            assert row["mean_s"] > 0 and row["cpu_s_per_candidate"] > 0  # CPU time beside wall time
             for finish in ("scratch", "finetune"):
                 t = row[finish]
                 assert t["n"] == len(r["stages"][f"proxy/{c['model']}/{c['budget']}"]["vectors"])
@@ -333,7 +333,7 @@ def test_v2_results_name_every_model_proxy_reference_tau_and_seed(v2_run):
                     assert row[f"{finish}_tau_per_s"] == pytest.approx(t["tau"] / row["mean_s"])
         assert set(c["best_proxy"]) == {"scratch", "finetune"}
     md = (v2_run.out / "proof.md").read_text()
-    assert "multi-fidelity" in md and "τ vs fine-tuned" in md
+    assert "multi-fidelity" in md and "τ vs fine-tuned" in md and "| CPU s/candidate |" in md
 
 
 def test_v2_summary_compares_each_seed_with_uniform_fill_and_ranks_the_tau_vectors(v2_run, proof_module):

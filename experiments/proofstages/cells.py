@@ -33,7 +33,7 @@ from .proxies import cell_finetune, cell_proxies, timed
 from .retrain import ok_rows, unit_payload, wkey
 from .runner import Proof
 from .search import eval_settings, search_unit
-from .stats import mean_std, paired, tau_ci
+from .stats import mean_std, median_of, paired, tau_ci
 from .vectors import tau_set
 
 
@@ -84,8 +84,9 @@ def cell_proxy(q: Proof, budget: str) -> dict:
     ev(vectors[0][1])  # the first candidate of a process pays for lazy initialisation: untimed
     out = []
     for label, w in vectors:
-        proxy, seconds = timed(lambda v: ev(v).score, w, q.device)
-        out.append({"kind": label, "widths": list(w), "macs_ratio": q.macs_ratio(w), "proxy": proxy, "seconds": seconds})
+        proxy, seconds, cpu = timed(lambda v: ev(v).score, w, q.device)
+        out.append({"kind": label, "widths": list(w), "macs_ratio": q.macs_ratio(w), "proxy": proxy, "seconds": seconds,
+                    "cpu_seconds": cpu})
     free(q.device)
     return {"vectors": out, "eval": eval_settings(q)}
 
@@ -164,11 +165,12 @@ def _proxy_rows(st: dict, s: dict, cell: str, finishes: dict) -> list[dict]:
         rows.append({"name": "search evaluator", "kind": "evaluator", "settings": proxy.get("eval"),
                      "scores": [v["proxy"] for v in proxy["vectors"]],
                      "mean_s": statistics.mean(seconds) if seconds else None,
-                     "s_per_candidate": statistics.median(seconds) if seconds else None})
+                     "s_per_candidate": statistics.median(seconds) if seconds else None,
+                     "cpu_s_per_candidate": median_of([v.get("cpu_seconds") for v in proxy["vectors"]])})
     rows += list(((st.get(f"proxies/{cell}") or {}).get("proxies") or {}).values())
     out = []
     for r in rows:
-        row = {k: r.get(k) for k in ("name", "kind", "settings", "mean_s", "s_per_candidate")}
+        row = {k: r.get(k) for k in ("name", "kind", "settings", "mean_s", "s_per_candidate", "cpu_s_per_candidate")}
         for finish, accs in finishes.items():
             ok = [i for i, x in enumerate(r["scores"]) if x is not None]
             t = None if accs is None else tau_ci([r["scores"][i] for i in ok], [accs[i] for i in ok],

@@ -45,19 +45,22 @@ from autoprune.train import TrainConfig, train
 from .common import free, log, sync
 from .retrain import unit_payload, wkey
 from .runner import Proof
+from .stats import median_of
 
 
 def _vectors(q: Proof, budget: str) -> list[tuple[int, ...]]:
     return [tuple(v["widths"]) for v in q.r.stage(f"proxy/{q.model_key}/{budget}")["vectors"]]
 
 
-def timed(fn, widths, device) -> tuple[float | None, float]:
-    """(score, seconds) of one candidate, the device's queue drained on both sides."""
+def timed(fn, widths, device) -> tuple[float | None, float, float]:
+    """(score, seconds, CPU seconds) of one candidate, the device's queue drained on both sides.
+    The CPU seconds are this process's, every thread's: on a CPU shared with other jobs they are
+    the candidate's cost, where the wall seconds add the wait for a core."""
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     score = fn(widths)
     sync(device)
-    return score, time.perf_counter() - start
+    return score, time.perf_counter() - start, time.process_time() - cpu
 
 
 class EvaluatorProxy:
@@ -117,7 +120,7 @@ def halving_scores(q: Proof, vectors: list[tuple[int, ...]], spec: dict) -> list
     def objective(trial: optuna.Trial) -> float:
         i = int(order[trial.number])
         sync(q.device)
-        start, rung, score, done = time.perf_counter(), 0, None, 0
+        start, cpu, rung, score, done = time.perf_counter(), time.process_time(), 0, None, 0
         try:
             model = materialise(ev.base, ev.space, vectors[i], keep=ev.keep, seed=config.seed).to(q.device)
             recalibrate_bn(model, ev.task, batches=config.bn_batches, batch_size=config.batch_size, device=q.device,
@@ -134,6 +137,7 @@ def halving_scores(q: Proof, vectors: list[tuple[int, ...]], spec: dict) -> list
             score = None
         sync(q.device)
         out[i] = {"rung": rung, "score": score, "steps": done, "seconds": time.perf_counter() - start,
+                  "cpu_seconds": time.process_time() - cpu,
                   "proxy": None if score is None else rung + score}
         if score is None:
             raise optuna.TrialPruned()
@@ -151,11 +155,11 @@ def _proxy_unit(q: Proof, budget: str, name: str, spec: dict, vectors: list[tupl
     if spec["kind"] == "evaluator" and spec["fine_tune_steps"] == search.fine_tune_steps:
         # The search's own evaluator: the proxy stage scored and timed these vectors with it already.
         done = q.r.stage(f"proxy/{q.model_key}/{budget}")["vectors"]
-        scores, seconds = [v["proxy"] for v in done], [v["seconds"] for v in done]
+        scores, seconds, cpu = [v["proxy"] for v in done], [v["seconds"] for v in done], [v.get("cpu_seconds") for v in done]
         extra = {"settings": search.to_dict(), "same_as": "search evaluator"}
     elif spec["kind"] == "halving":
         rows = halving_scores(q, vectors, spec)
-        scores, seconds = [r["proxy"] for r in rows], [r["seconds"] for r in rows]
+        scores, seconds, cpu = [r["proxy"] for r in rows], [r["seconds"] for r in rows], [r["cpu_seconds"] for r in rows]
         extra = {"rungs": [r["rung"] for r in rows], "steps": [r["steps"] for r in rows],
                  "rung_scores": [r["score"] for r in rows], "rung_steps": halving_steps(spec),
                  "settings": search.to_dict()}
@@ -164,10 +168,11 @@ def _proxy_unit(q: Proof, budget: str, name: str, spec: dict, vectors: list[tupl
         if spec["kind"] == "evaluator":
             fn(vectors[0])  # the first candidate of a process pays for lazy initialisation: untimed
         runs = [timed(fn, w, q.device) for w in vectors]
-        scores, seconds = [s for s, _ in runs], [t for _, t in runs]
+        scores, seconds, cpu = [s for s, _, _ in runs], [t for _, t, _ in runs], [c for _, _, c in runs]
         extra = {"settings": fn.settings()}
     return {**spec, "name": name, "scores": scores, "seconds": seconds, "mean_s": statistics.mean(seconds),
-            "s_per_candidate": statistics.median(seconds), **extra}
+            "s_per_candidate": statistics.median(seconds), "cpu_seconds": cpu, "cpu_s_per_candidate": median_of(cpu),
+            **extra}
 
 
 def _proxy_estimate(q: Proof, spec: dict, n: int) -> float:

@@ -14,6 +14,11 @@ def _finite(x) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
+def median_of(xs: list[float | None]) -> float | None:
+    """The median, None where a value is missing (a results file written before it was recorded)."""
+    return None if not xs or None in xs else statistics.median(xs)
+
+
 def mean_std(xs: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for one value)."""
     return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None
