@@ -154,12 +154,10 @@ def _proxy_unit(q: Proof, budget: str, name: str, spec: dict, vectors: list[tupl
     search = EvalConfig.for_device(q.device, **q.s["eval"])
     if spec["kind"] == "evaluator" and spec["fine_tune_steps"] == search.fine_tune_steps:
         # The search's own evaluator: the proxy stage scored and timed these vectors with it already.
-        done = q.r.stage(f"proxy/{q.model_key}/{budget}")["vectors"]
-        scores, seconds, cpu = [v["proxy"] for v in done], [v["seconds"] for v in done], [v.get("cpu_seconds") for v in done]
+        rows = q.r.stage(f"proxy/{q.model_key}/{budget}")["vectors"]
         extra = {"settings": search.to_dict(), "same_as": "search evaluator"}
     elif spec["kind"] == "halving":
         rows = halving_scores(q, vectors, spec)
-        scores, seconds, cpu = [r["proxy"] for r in rows], [r["seconds"] for r in rows], [r["cpu_seconds"] for r in rows]
         extra = {"rungs": [r["rung"] for r in rows], "steps": [r["steps"] for r in rows],
                  "rung_scores": [r["score"] for r in rows], "rung_steps": halving_steps(spec),
                  "settings": search.to_dict()}
@@ -167,9 +165,11 @@ def _proxy_unit(q: Proof, budget: str, name: str, spec: dict, vectors: list[tupl
         fn = {"evaluator": EvaluatorProxy, "scratch": ScratchProxy}[spec["kind"]](q, spec)
         if spec["kind"] == "evaluator":
             fn(vectors[0])  # the first candidate of a process pays for lazy initialisation: untimed
-        runs = [timed(fn, w, q.device) for w in vectors]
-        scores, seconds, cpu = [s for s, _, _ in runs], [t for _, t, _ in runs], [c for _, _, c in runs]
+        rows = [dict(zip(("proxy", "seconds", "cpu_seconds"), timed(fn, w, q.device))) for w in vectors]
         extra = {"settings": fn.settings()}
+    # Every kind's rows hold a vector's proxy score and its seconds; CPU seconds are missing from a
+    # proxy stage recorded before they were.
+    scores, seconds, cpu = ([r.get(k) for r in rows] for k in ("proxy", "seconds", "cpu_seconds"))
     return {**spec, "name": name, "scores": scores, "seconds": seconds, "mean_s": statistics.mean(seconds),
             "s_per_candidate": statistics.median(seconds), "cpu_seconds": cpu, "cpu_s_per_candidate": median_of(cpu),
             **extra}
